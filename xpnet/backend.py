@@ -1,0 +1,201 @@
+"""The one place that knows NumPy from CuPy from PyTorch from array-api-strict.
+
+Everything else in xpnet asks a ``Backend`` for its array namespace (``xp``), its
+device, and for the two crossings between host and device: ``upload`` (host NumPy
+-> device, once per dataset) and ``to_host`` (device -> host NumPy, counted, because
+on a GPU every read is a synchronisation the training loop must budget for).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from xpnet.errors import BackendError, ConfigError
+
+BACKENDS = ("numpy", "cupy", "torch", "array-api-strict")
+DTYPES = ("float32", "float64")
+
+_CUPY_HINT = 'install CuPy with: pip install "xpnet[cuda12]" (or "xpnet[cuda13]" for CUDA 13)'
+_TORCH_HINT = 'install PyTorch with: pip install "xpnet[torch]"'
+
+
+@dataclass
+class Backend:
+    """An array namespace bound to one device.
+
+    ``host_reads`` counts device-to-host transfers so tests can hold the training
+    loop to its budget (one read per epoch for the metrics).
+    """
+
+    name: str
+    xp: ModuleType
+    device: Any
+    host_reads: int = field(default=0, compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.name} on {self.device_name}"
+
+    @property
+    def device_name(self) -> str:
+        if self.name == "numpy":
+            return "cpu"
+        if self.name == "cupy":
+            return f"cuda:{self.device.id}"
+        return str(self.device)
+
+    def dtype(self, name: str):
+        """The namespace's float dtype called ``name`` ("float32" or "float64")."""
+        if name not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, not {name!r}")
+        return getattr(self.xp, name)
+
+    def upload(self, host: Any, dtype: Any = None):
+        """Copy a host array (or nested sequence) onto this backend's device."""
+        if self.name == "cupy":
+            with self.device:
+                return self.xp.asarray(host, dtype=dtype)
+        if self.name == "numpy":
+            return np.asarray(host, dtype=dtype)
+        return self.xp.asarray(host, dtype=dtype, device=self.device)
+
+    def owns(self, array: Any) -> bool:
+        """True if ``array`` already lives in this namespace (no upload needed)."""
+        if self.name == "numpy":
+            return isinstance(array, np.ndarray)
+        try:
+            from array_api_compat import array_namespace
+
+            return array_namespace(array) is self.xp
+        except TypeError:
+            return False
+
+    def to_host(self, array: Any) -> np.ndarray:
+        """Copy a device array to a host NumPy array; counted in ``host_reads``."""
+        self.host_reads += 1
+        if self.name == "numpy":
+            return np.asarray(array)
+        if self.name == "cupy":
+            return array.get()
+        if self.name == "torch":
+            return array.detach().cpu().numpy()
+        cpu = self.xp.Device("CPU_DEVICE")
+        return np.asarray(array.to_device(cpu))
+
+    def copy(self, array: Any):
+        """An independent copy on the same device (for best-weights snapshots)."""
+        return self.xp.asarray(array, copy=True)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work to finish (before reading a clock)."""
+        if self.name == "cupy":
+            self.xp.cuda.runtime.deviceSynchronize()
+        elif self.name == "torch" and self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+
+def get_backend(backend: str | Backend | None = None, device: str | None = None) -> Backend:
+    """Resolve a backend name and device string to a ready ``Backend``.
+
+    ``device="cuda"`` (or ``"cuda:N"``) without a backend means CuPy; no backend and
+    no device means NumPy on the CPU.
+    """
+    if isinstance(backend, Backend):
+        return backend
+    device = None if device is None else str(device).strip()
+    if backend is None:
+        backend = "cupy" if device and device.startswith("cuda") else "numpy"
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    return _RESOLVERS[backend](device)
+
+
+def _cuda_index(device: str | None, backend: str) -> int:
+    if device in (None, "cuda", "gpu"):
+        return 0
+    prefix, _, index = device.partition(":")
+    if prefix == "cuda" and index.isdigit():
+        return int(index)
+    raise ConfigError(f"device for backend {backend!r} must be 'cuda' or 'cuda:N', not {device!r}")
+
+
+def _numpy(device: str | None) -> Backend:
+    if device not in (None, "cpu"):
+        raise ConfigError(
+            f"backend 'numpy' runs on the CPU only, not on device {device!r}; "
+            "use --device cuda (CuPy) or --backend torch for a GPU"
+        )
+    return Backend("numpy", _compat("numpy"), "cpu")
+
+
+def _cupy(device: str | None) -> Backend:
+    index = _cuda_index(device, "cupy")
+    try:
+        cupy = importlib.import_module("cupy")
+    except ImportError as exc:
+        raise BackendError(f"device {device or 'cuda'!r} needs CuPy, which is not installed; {_CUPY_HINT}") from exc
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CuPy raises its own CUDARuntimeError without a driver
+        raise BackendError(f"no CUDA GPU is usable here ({exc}); train on the CPU with --device cpu") from exc
+    if index >= count:
+        raise BackendError(f"device cuda:{index} does not exist; this machine has {count} CUDA GPU(s)")
+    return Backend("cupy", _compat("cupy"), cupy.cuda.Device(index))
+
+
+def _torch(device: str | None) -> Backend:
+    try:
+        torch = importlib.import_module("torch")
+    except ImportError as exc:
+        raise BackendError(f"backend 'torch' needs PyTorch, which is not installed; {_TORCH_HINT}") from exc
+    if device in (None, "cpu"):
+        return Backend("torch", _compat("torch"), torch.device("cpu"))
+    index = _cuda_index(device, "torch")
+    if not torch.cuda.is_available():
+        raise BackendError(
+            f"device {device!r} needs a CUDA GPU, but PyTorch sees none (is this a CPU build?); "
+            "train on the CPU with --device cpu"
+        )
+    if index >= torch.cuda.device_count():
+        raise BackendError(f"device cuda:{index} does not exist; PyTorch sees {torch.cuda.device_count()} GPU(s)")
+    return Backend("torch", _compat("torch"), torch.device("cuda", index))
+
+
+def _strict(device: str | None) -> Backend:
+    try:
+        strict = importlib.import_module("array_api_strict")
+    except ImportError as exc:
+        raise BackendError(
+            "backend 'array-api-strict' needs the array-api-strict package; "
+            'install it with: pip install "xpnet[test]"'
+        ) from exc
+    names = [d._device for d in strict.__array_namespace_info__().devices()]  # noqa: SLF001
+    name = "CPU_DEVICE" if device in (None, "cpu") else device
+    if name not in names:
+        raise ConfigError(f"array-api-strict device must be one of {', '.join(names)}, not {device!r}")
+    return Backend("array-api-strict", strict, strict.Device(name))
+
+
+def _compat(name: str) -> ModuleType:
+    return importlib.import_module(f"array_api_compat.{name}")
+
+
+_RESOLVERS = {"numpy": _numpy, "cupy": _cupy, "torch": _torch, "array-api-strict": _strict}
+
+
+def available_backends() -> dict[str, str]:
+    """Each backend name mapped to its status, for ``python -m xpnet info``."""
+    report = {}
+    for name in BACKENDS:
+        try:
+            module = importlib.import_module({"array-api-strict": "array_api_strict"}.get(name, name))
+            report[name] = f"installed ({getattr(module, '__version__', '?')})"
+        except ImportError:
+            report[name] = "not installed"
+    return report
