@@ -17,6 +17,7 @@ intact, plus at worst a stray temporary file named ``.<name>.<random>.tmp`` besi
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections.abc import Mapping
@@ -241,7 +242,8 @@ def _check_entry(name: str, key: str, entry) -> tuple[str, np.dtype, tuple[int, 
     if begin > end:
         raise ModelFileError(f"{where} has data_offsets [{begin}, {end}] that end before they begin")
     dtype = DTYPES[code]
-    nbytes = _declared_bytes(shape, dtype.itemsize, limit=end - begin)
+    # Exact: Python ints cannot overflow, and dims are few (<= 64) and short (JSON int limit).
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes != end - begin:
         raise ModelFileError(
             f"{where} declares shape {shape} ({nbytes} bytes) but its data_offsets span {end - begin} bytes"
@@ -268,18 +270,6 @@ def _check_layout(name: str, entries, buffer_size: int) -> None:
             f"{name}: bytes {position}..{buffer_size} of the data buffer belong to no tensor "
             "(trailing data, or a damaged header)"
         )
-
-
-def _declared_bytes(shape: list[int], itemsize: int, limit: int) -> int:
-    """``prod(shape) * itemsize``, stopping once past ``limit`` so absurd shapes cost no big-int work."""
-    if 0 in shape:
-        return 0
-    nbytes = itemsize
-    for dim in shape:
-        nbytes *= dim
-        if nbytes > limit:
-            return nbytes
-    return nbytes
 
 
 def _is_int(value) -> bool:
