@@ -86,6 +86,23 @@ class Backend:
         cpu = self.xp.Device("CPU_DEVICE")
         return np.asarray(array.to_device(cpu))
 
+    def to_host_many(self, arrays: list) -> list[np.ndarray]:
+        """Host copies of several arrays; one counted read, as a model save is one event."""
+        reads = self.host_reads
+        host = [self.to_host(array) for array in arrays]
+        self.host_reads = reads + 1
+        return host
+
+    def device_of(self, array: Any):
+        """The device ``array`` lives on, in the form ``xp`` functions accept."""
+        from array_api_compat import device
+
+        return device(array)
+
+    def random_generator(self, seed: int | None) -> RandomGenerator:
+        """A seeded source of uniform [0, 1) arrays made on this device (for dropout)."""
+        return RandomGenerator(self, seed)
+
     def copy(self, array: Any):
         """An independent copy on the same device (for best-weights snapshots)."""
         return self.xp.asarray(array, copy=True)
@@ -139,7 +156,9 @@ def _cupy(device: str | None) -> Backend:
     try:
         cupy = importlib.import_module("cupy")
     except ImportError as exc:
-        raise BackendError(f"device {device or 'cuda'!r} needs CuPy, which is not installed; {_CUPY_HINT}") from exc
+        raise BackendError(
+            f"device {device or 'cuda'!r} needs CuPy, which is not installed; {_CUPY_HINT}"
+        ) from exc
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CuPy raises its own CUDARuntimeError without a driver
@@ -163,7 +182,9 @@ def _torch(device: str | None) -> Backend:
             "train on the CPU with --device cpu"
         )
     if index >= torch.cuda.device_count():
-        raise BackendError(f"device cuda:{index} does not exist; PyTorch sees {torch.cuda.device_count()} GPU(s)")
+        raise BackendError(
+            f"device cuda:{index} does not exist; PyTorch sees {torch.cuda.device_count()} GPU(s)"
+        )
     return Backend("torch", _compat("torch"), torch.device("cuda", index))
 
 
@@ -175,7 +196,7 @@ def _strict(device: str | None) -> Backend:
             "backend 'array-api-strict' needs the array-api-strict package; "
             'install it with: pip install "xpnet[test]"'
         ) from exc
-    names = [d._device for d in strict.__array_namespace_info__().devices()]  # noqa: SLF001
+    names = [d._device for d in strict.__array_namespace_info__().devices()]
     name = "CPU_DEVICE" if device in (None, "cpu") else device
     if name not in names:
         raise ConfigError(f"array-api-strict device must be one of {', '.join(names)}, not {device!r}")
@@ -199,3 +220,53 @@ def available_backends() -> dict[str, str]:
         except ImportError:
             report[name] = "not installed"
     return report
+
+
+class RandomGenerator:
+    """Uniform random arrays drawn on the backend's own device, from one seed.
+
+    The array API has no random module, so this is backend-specific by nature;
+    streams differ between backends (dropout masks are not expected to agree).
+    """
+
+    def __init__(self, backend: Backend, seed: int | None):
+        self.backend = backend
+        if backend.name == "torch":
+            import torch
+
+            self._torch = torch
+            self._generator = torch.Generator(device=backend.device)
+            if seed is None:
+                self._generator.seed()
+            else:
+                self._generator.manual_seed(int(seed))
+        elif backend.name == "cupy":
+            with backend.device:
+                self._generator = backend.xp.random.default_rng(seed)
+        else:
+            self._generator = np.random.default_rng(seed)
+
+    def get_state(self) -> dict | None:
+        """The generator's state as JSON-able data (None where the backend cannot say)."""
+        if self.backend.name == "torch":
+            return {"torch": self._generator.get_state().tolist()}
+        if self.backend.name == "cupy":
+            return None
+        return self._generator.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        if self.backend.name == "torch":
+            self._generator.set_state(self._torch.tensor(state["torch"], dtype=self._torch.uint8))
+        elif self.backend.name != "cupy":
+            self._generator.bit_generator.state = state
+
+    def uniform(self, shape: tuple, dtype: Any):
+        """An array of ``shape`` with U[0, 1) entries of ``dtype``, on the device."""
+        name = self.backend.name
+        if name == "torch":
+            return self._torch.rand(shape, generator=self._generator, dtype=dtype, device=self.backend.device)
+        if name == "cupy":
+            with self.backend.device:
+                return self._generator.random(shape, dtype=dtype)
+        host = self._generator.random(shape, dtype=np.float32)
+        return host if name == "numpy" else self.backend.upload(host, dtype)

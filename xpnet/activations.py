@@ -1,0 +1,132 @@
+"""Activation functions: each knows its value and its local derivative, nothing else.
+
+``forward(xp, z)`` gives ``a = σ(z)``; ``backward(xp, z, a, grad_a)`` gives
+``∂C/∂z = grad_a ⊙ σ'(z)`` (a Jacobian-vector product for softmax). Both are
+written against the array API, so they run on any backend unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xpnet.errors import ConfigError
+
+
+class Activation:
+    name = "activation"
+
+    def forward(self, xp, z):
+        raise NotImplementedError
+
+    def backward(self, xp, z, a, grad_a):
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.spec()
+
+    def spec(self) -> str:
+        """The string ``get_activation`` turns back into this activation."""
+        return self.name
+
+
+class Identity(Activation):
+    name = "identity"
+
+    def forward(self, xp, z):
+        return z
+
+    def backward(self, xp, z, a, grad_a):
+        return grad_a
+
+
+class Sigmoid(Activation):
+    """σ(z) = 1 / (1 + e^-z), computed as (1 + tanh(z/2)) / 2: no overflow for any z."""
+
+    name = "sigmoid"
+
+    def forward(self, xp, z):
+        return 0.5 * (xp.tanh(0.5 * z) + 1.0)
+
+    def backward(self, xp, z, a, grad_a):
+        return grad_a * (a * (1.0 - a))
+
+
+class Tanh(Activation):
+    name = "tanh"
+
+    def forward(self, xp, z):
+        return xp.tanh(z)
+
+    def backward(self, xp, z, a, grad_a):
+        return grad_a * (1.0 - a * a)
+
+
+class ReLU(Activation):
+    name = "relu"
+
+    def forward(self, xp, z):
+        return xp.maximum(z, 0.0)
+
+    def backward(self, xp, z, a, grad_a):
+        return xp.where(z > 0, grad_a, 0.0)
+
+
+@dataclass(repr=False)
+class LeakyReLU(Activation):
+    """max(z, αz): a small slope for z < 0 keeps units from dying."""
+
+    alpha: float = 0.01
+    name = "leaky_relu"
+
+    def __post_init__(self):
+        if not 0.0 <= self.alpha < 1.0:
+            raise ConfigError(f"leaky_relu slope must be in [0, 1), not {self.alpha}")
+
+    def forward(self, xp, z):
+        return xp.where(z > 0, z, self.alpha * z)
+
+    def backward(self, xp, z, a, grad_a):
+        return xp.where(z > 0, grad_a, self.alpha * grad_a)
+
+    def spec(self) -> str:
+        return f"leaky_relu({self.alpha:g})"
+
+
+class Softmax(Activation):
+    """Row-wise softmax, shifted by the row maximum so exp never overflows."""
+
+    name = "softmax"
+
+    def forward(self, xp, z):
+        e = xp.exp(z - xp.max(z, axis=1, keepdims=True))
+        return e / xp.sum(e, axis=1, keepdims=True)
+
+    def backward(self, xp, z, a, grad_a):
+        # J^T g for J = diag(a) - a a^T, without forming J.
+        return a * (grad_a - xp.sum(grad_a * a, axis=1, keepdims=True))
+
+
+_BY_NAME = {cls.name: cls for cls in (Identity, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax)} | {
+    "linear": Identity
+}
+ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
+
+
+def get_activation(spec: str | Activation) -> Activation:
+    """Turn ``"relu"``, ``"leaky_relu"`` or ``"leaky_relu(0.2)"`` into an activation."""
+    if isinstance(spec, Activation):
+        return spec
+    if not isinstance(spec, str):
+        raise ConfigError(f"activation must be a name such as 'relu', not {spec!r}")
+    name, _, rest = spec.strip().lower().replace("-", "_").partition("(")
+    if name not in _BY_NAME:
+        raise ConfigError(f"unknown activation {spec!r}; choose from {', '.join(ACTIVATIONS)}")
+    if not rest:
+        return _BY_NAME[name]()
+    if name != "leaky_relu" or not rest.endswith(")"):
+        raise ConfigError(f"activation {spec!r}: only leaky_relu takes a parameter, as leaky_relu(0.1)")
+    try:
+        alpha = float(rest[:-1])
+    except ValueError:
+        raise ConfigError(f"activation {spec!r}: the slope must be a number") from None
+    return LeakyReLU(alpha)

@@ -1,0 +1,131 @@
+"""Loss functions C(a, y), averaged over the batch, and their output error (BP1).
+
+Each loss gives ``value`` (a 0-d array, so it stays on the device) and ``delta``,
+the output error δ^L = ∂C/∂z^L of BP1. Where the output activation is the loss's
+natural partner (softmax for cross-entropy, sigmoid for binary cross-entropy) the
+two fuse: δ^L = (a - y) / N, and the value is computed from the logits z, which is
+what keeps it finite for any logits.
+"""
+
+from __future__ import annotations
+
+from xpnet.activations import Activation, Sigmoid, Softmax
+from xpnet.errors import ConfigError
+
+_EPS = 1e-7  # keeps log() finite when the output activation is not the loss's partner
+
+
+class Loss:
+    name = "loss"
+    #: The output activation that makes this loss's gradient simplest.
+    natural_output = "identity"
+    #: True when targets are class labels (accuracy is meaningful).
+    classification = True
+
+    def value(self, xp, z, a, y):
+        raise NotImplementedError
+
+    def grad_a(self, xp, a, y):
+        """∂C/∂a for the general (unfused) BP1."""
+        raise NotImplementedError
+
+    def delta(self, xp, z, a, y, activation: Activation):
+        """BP1: δ^L = ∇_a C ⊙ σ'(z^L)."""
+        return activation.backward(xp, z, a, self.grad_a(xp, a, y))
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class MSE(Loss):
+    """Quadratic cost C = 1/(2N) Σ_x ||a - y||², the seeds' cost: ∂C/∂a = (a - y)/N."""
+
+    name = "mse"
+    classification = False
+
+    def value(self, xp, z, a, y):
+        diff = a - y
+        return 0.5 * xp.sum(diff * diff) / a.shape[0]
+
+    def grad_a(self, xp, a, y):
+        return (a - y) / a.shape[0]
+
+
+class CrossEntropy(Loss):
+    """Categorical cross-entropy C = -1/N Σ_x Σ_j y_j log a_j for one-hot (or soft) y."""
+
+    name = "cross_entropy"
+    natural_output = "softmax"
+
+    def value(self, xp, z, a, y):
+        return -xp.sum(y * xp.log(xp.clip(a, _EPS, 1.0))) / a.shape[0]
+
+    def grad_a(self, xp, a, y):
+        return -y / (xp.clip(a, _EPS, 1.0) * a.shape[0])
+
+
+class SoftmaxCrossEntropy(CrossEntropy):
+    """Cross-entropy fused with a softmax output: log-softmax from the logits, δ = (a - y)/N."""
+
+    def value(self, xp, z, a, y):
+        shifted = z - xp.max(z, axis=1, keepdims=True)
+        log_p = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
+        return -xp.sum(y * log_p) / z.shape[0]
+
+    def delta(self, xp, z, a, y, activation):
+        return (a - y) / a.shape[0]
+
+
+class BinaryCrossEntropy(Loss):
+    """C = -1/N Σ_x Σ_j [y_j log a_j + (1 - y_j) log(1 - a_j)], one sigmoid per output."""
+
+    name = "binary_cross_entropy"
+    natural_output = "sigmoid"
+
+    def value(self, xp, z, a, y):
+        a = xp.clip(a, _EPS, 1.0 - _EPS)
+        return -xp.sum(y * xp.log(a) + (1.0 - y) * xp.log(1.0 - a)) / a.shape[0]
+
+    def grad_a(self, xp, a, y):
+        a = xp.clip(a, _EPS, 1.0 - _EPS)
+        return (a - y) / (a * (1.0 - a) * a.shape[0])
+
+
+class SigmoidBinaryCrossEntropy(BinaryCrossEntropy):
+    """Binary cross-entropy from the logits: max(z,0) - z·y + log(1 + e^-|z|), δ = (a - y)/N."""
+
+    def value(self, xp, z, a, y):
+        softplus = xp.log1p(xp.exp(-xp.abs(z)))
+        return xp.sum(xp.maximum(z, 0.0) - z * y + softplus) / z.shape[0]
+
+    def delta(self, xp, z, a, y, activation):
+        return (a - y) / a.shape[0]
+
+
+_ALIASES = {
+    "mse": "mse",
+    "quadratic": "mse",
+    "cross_entropy": "cross_entropy",
+    "ce": "cross_entropy",
+    "binary_cross_entropy": "binary_cross_entropy",
+    "bce": "binary_cross_entropy",
+}
+LOSSES = ("mse", "cross_entropy", "binary_cross_entropy")
+
+
+def loss_name(spec: str) -> str:
+    """The canonical name of a loss given by name or alias."""
+    key = str(spec).strip().lower().replace("-", "_")
+    if key not in _ALIASES:
+        raise ConfigError(f"unknown loss {spec!r}; choose from {', '.join(LOSSES)}")
+    return _ALIASES[key]
+
+
+def get_loss(spec: str, output: Activation) -> Loss:
+    """The loss called ``spec``, fused with ``output`` where they are partners."""
+    name = loss_name(spec)
+    if name == "mse":
+        return MSE()
+    if name == "cross_entropy":
+        return SoftmaxCrossEntropy() if isinstance(output, Softmax) else CrossEntropy()
+    return SigmoidBinaryCrossEntropy() if isinstance(output, Sigmoid) else BinaryCrossEntropy()

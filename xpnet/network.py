@@ -1,0 +1,326 @@
+"""Dense networks and their backward pass, BP1-BP4, written once against the array API.
+
+Notation (Nielsen's, with PyTorch's weight layout): layer l has weights W^l shaped
+``(n_l, n_{l-1})`` and biases b^l; for a batch of row vectors
+
+    z^l = a^{l-1} W^l^T + b^l,      a^l = σ_l(z^l),      a^0 = x.
+
+The backward pass is four equations, each one line below:
+
+    BP1  δ^L = ∇_a C ⊙ σ_L'(z^L)                 output error
+    BP2  δ^l = (δ^{l+1} W^{l+1}) ⊙ σ_l'(z^l)       error pushed back through W
+    BP3  ∂C/∂b^l = Σ_batch δ^l                    bias gradient = error
+    BP4  ∂C/∂W^l = δ^l^T a^{l-1}                  error x previous activation
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from xpnet.activations import Activation, get_activation
+from xpnet.backend import Backend, get_backend
+from xpnet.errors import ConfigError
+from xpnet.init import init_name, initial_parameters
+from xpnet.losses import Loss, get_loss, loss_name
+
+
+class MLP:
+    """A multilayer perceptron: ``sizes`` gives the width of every layer, input first.
+
+    ``activation`` is one name for all hidden layers (the output then follows the
+    loss: softmax for cross-entropy, sigmoid for binary cross-entropy, identity for
+    MSE, unless ``output`` says otherwise), or a list with one name per layer,
+    output included, as in ``["sigmoid", "sigmoid", "softmax"]``.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activation: str | Sequence[str] = "relu",
+        loss: str = "cross_entropy",
+        *,
+        output: str | None = None,
+        init: str | Sequence[str] = "auto",
+        dropout: float | Sequence[float] = 0.0,
+        backend: str | Backend | None = None,
+        device: str | None = None,
+        dtype: str = "float32",
+        seed: int | None = 0,
+    ):
+        self.sizes = _check_sizes(sizes)
+        depth = len(self.sizes) - 1
+        self.loss_name = loss_name(loss)
+        self.activations: list[Activation] = _layer_activations(activation, output, self.loss_name, depth)
+        self.loss: Loss = get_loss(self.loss_name, self.activations[-1])
+        self.init = _per_layer(init, depth, "init")
+        self.inits = [init_name(spec, act.name) for spec, act in zip(self.init, self.activations)]
+        self.dropout = _check_dropout(dropout, depth)
+        self.backend = get_backend(backend, device)
+        self.xp = self.backend.xp
+        self.dtype_name = dtype
+        self.dtype = self.backend.dtype(dtype)
+        self.seed = seed
+        self.scaling = None
+        self._scaling_on_device = None
+        self._dropout_rng = self.backend.random_generator(seed) if any(self.dropout) else None
+        #: Flat list [W^1, b^1, W^2, b^2, ...]; optimizers update it in place.
+        self.params = []
+        for W, b in initial_parameters(self.sizes, self.inits, seed):
+            self.params += [self.backend.upload(W, self.dtype), self.backend.upload(b, self.dtype)]
+
+    # -- structure ---------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        return len(self.sizes) - 1
+
+    @property
+    def layers(self) -> list[tuple]:
+        """``(W, b)`` for each layer, input side first."""
+        return [(self.params[2 * i], self.params[2 * i + 1]) for i in range(self.depth)]
+
+    @property
+    def num_outputs(self) -> int:
+        return self.sizes[-1]
+
+    @property
+    def is_classifier(self) -> bool:
+        """Outputs are class scores (one per class, argmax is the prediction)."""
+        return self.loss.classification or self.activations[-1].name in ("softmax", "sigmoid")
+
+    def config(self) -> dict:
+        """The architecture, enough to rebuild this network (saved in model files)."""
+        return {
+            "sizes": list(self.sizes),
+            "activations": [act.spec() for act in self.activations],
+            "loss": self.loss_name,
+            "init": list(self.inits),
+            "dropout": list(self.dropout),
+            "dtype": self.dtype_name,
+        }
+
+    def __repr__(self) -> str:
+        layers = ", ".join(
+            f"{n_in}->{n_out} {act.spec()}"
+            for n_in, n_out, act in zip(self.sizes[:-1], self.sizes[1:], self.activations)
+        )
+        return f"MLP({layers}; loss={self.loss_name}; {self.dtype_name} on {self.backend})"
+
+    # -- host state --------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Host copies of the parameters named as in ``torch.nn.Sequential`` of Linear layers."""
+        host = self.backend.to_host_many(self.params)
+        state = {}
+        for i in range(self.depth):
+            state[f"layers.{i}.weight"] = host[2 * i]
+            state[f"layers.{i}.bias"] = host[2 * i + 1]
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Replace the parameters by host arrays shaped like ``state_dict()``'s."""
+        params = []
+        for i, (n_in, n_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
+            for name, shape in ((f"layers.{i}.weight", (n_out, n_in)), (f"layers.{i}.bias", (n_out,))):
+                if name not in state:
+                    raise ConfigError(f"parameters lack {name!r} (expected shape {shape})")
+                value = np.asarray(state[name])
+                if value.shape != shape:
+                    raise ConfigError(f"parameter {name!r} has shape {value.shape}, expected {shape}")
+                params.append(self.backend.upload(value, self.dtype))
+        self.params = params
+
+    # -- the math ----------------------------------------------------------------
+
+    def forward(self, x, *, logits: bool = False):
+        """Network output a^L for a batch ``x`` (rows are samples), no dropout;
+        ``(z^L, a^L)`` with ``logits=True``, for losses computed from the logits."""
+        a = z = x
+        for (W, b), act in zip(self.layers, self.activations):
+            z = a @ W.T + b
+            a = act.forward(self.xp, z)
+        return (z, a) if logits else a
+
+    def backprop(self, x, y, *, train: bool = False):
+        """Loss, gradients and output for one batch: ``(C, [∂C/∂W^1, ∂C/∂b^1, ...], a^L)``.
+
+        ``y`` holds float targets shaped like the output (see ``targets``). With
+        ``train=True`` dropout is applied (inverted: kept units scaled by 1/(1-p)).
+        """
+        xp = self.xp
+        inputs, zs, outs, masks = [], [], [], []
+        a = x
+        for l, ((W, b), act) in enumerate(zip(self.layers, self.activations)):
+            inputs.append(a)
+            z = a @ W.T + b
+            a = act.forward(xp, z)
+            zs.append(z)
+            outs.append(a)
+            rate = self.dropout[l] if train else 0.0
+            if rate:
+                mask = self._dropout_mask(a.shape, rate)
+                masks.append(mask)
+                a = a * mask
+            else:
+                masks.append(None)
+        cost = self.loss.value(xp, zs[-1], outs[-1], y)
+
+        grads = [None] * len(self.params)
+        delta = self.loss.delta(xp, zs[-1], outs[-1], y, self.activations[-1])  # BP1
+        for l in reversed(range(self.depth)):
+            grads[2 * l] = delta.T @ inputs[l]  # BP4
+            grads[2 * l + 1] = xp.sum(delta, axis=0)  # BP3
+            if l:
+                back = delta @ self.params[2 * l]
+                if masks[l - 1] is not None:
+                    back = back * masks[l - 1]
+                delta = self.activations[l - 1].backward(xp, zs[l - 1], outs[l - 1], back)  # BP2
+        return cost, grads, outs[-1]
+
+    def gradients(self, x, y):
+        """``(loss, [(∂C/∂W, ∂C/∂b), ...])`` for a batch, one pair per layer; for teaching and checks.
+
+        ``x`` and ``y`` may be host arrays; ``y`` may be class labels or targets.
+        """
+        x = self.prepare(self.to_device(x))
+        cost, grads, _ = self.backprop(x, self.targets(self.to_device(y, labels=True)))
+        return cost, [(grads[2 * i], grads[2 * i + 1]) for i in range(self.depth)]
+
+    def _dropout_mask(self, shape, rate):
+        keep = self._dropout_rng.uniform(shape, self.dtype) >= rate
+        return self.xp.astype(keep, self.dtype) / (1.0 - rate)
+
+    # -- inputs and targets ------------------------------------------------------
+
+    def set_scaling(self, scaling) -> None:
+        """Make the network scale raw inputs itself: x -> (x - shift) * scale.
+
+        ``scaling`` has host ``shift`` and ``scale`` (numbers or per-feature arrays),
+        as ``xpnet.data.Scaling`` does; it travels with the model file, so raw uint8
+        images can be fed to a trained model.
+        """
+        self.scaling = scaling
+        if scaling is None:
+            self._scaling_on_device = None
+            return
+        on_device = []
+        for value in (scaling.shift, scaling.scale):
+            value = np.asarray(value, dtype=np.float64)
+            on_device.append(float(value) if value.ndim == 0 else self.backend.upload(value, self.dtype))
+        self._scaling_on_device = tuple(on_device)
+
+    def prepare(self, x):
+        """A batch of raw inputs as the first layer wants them: network dtype, scaled."""
+        if x.dtype != self.dtype:
+            x = self.xp.astype(x, self.dtype)
+        if self._scaling_on_device is None:
+            return x
+        shift, scale = self._scaling_on_device
+        return (x - shift) * scale
+
+    def to_device(self, data, *, labels: bool = False):
+        """``data`` on this network's device, uploaded once: uint8 stays uint8 (scaled per
+        batch by ``prepare``), integer labels become int32, other floats the network dtype."""
+        if self.backend.owns(data):
+            return data
+        data = np.asarray(data)
+        if data.dtype == np.uint8 and not labels:
+            return self.backend.upload(data)
+        if labels and data.dtype.kind in "iub":
+            return self.backend.upload(data.astype(np.int32, copy=False))
+        return self.backend.upload(data, self.dtype)
+
+    def targets(self, y):
+        """Float targets shaped like the output: one-hot rows for integer class labels."""
+        xp = self.xp
+        if xp.isdtype(y.dtype, "integral"):
+            if y.ndim != 1:
+                raise ConfigError(f"class labels must be 1-D, not shaped {tuple(y.shape)}")
+            classes = xp.arange(self.num_outputs, dtype=y.dtype, device=self.backend.device_of(y))
+            return xp.astype(y[:, None] == classes[None, :], self.dtype)
+        if y.ndim == 1:
+            y = xp.reshape(y, (-1, 1))
+        if y.shape[1] != self.num_outputs:
+            raise ConfigError(
+                f"targets have {y.shape[1]} columns but the network has {self.num_outputs} outputs"
+            )
+        return y if y.dtype == self.dtype else xp.astype(y, self.dtype)
+
+    # -- the user-facing API ---------------------------------------------------------
+
+    def fit(self, X, y, **options):
+        """Train on ``(X, y)``; see ``xpnet.train.fit`` for the options. Returns the history."""
+        from xpnet.train import fit
+
+        return fit(self, X, y, **options)
+
+    def predict_proba(self, X, batch_size: int = 4096):
+        """Network outputs for ``X``, in ``X``'s namespace (host NumPy in, NumPy out)."""
+        from xpnet.train import predict_outputs
+
+        return predict_outputs(self, X, batch_size=batch_size)
+
+    def predict(self, X, batch_size: int = 4096):
+        """Class labels for classifiers (argmax of the outputs), else the outputs."""
+        from xpnet.train import predict
+
+        return predict(self, X, batch_size=batch_size)
+
+    def evaluate(self, X, y, batch_size: int = 4096) -> dict[str, float]:
+        """``{"loss": ..., "accuracy": ...}`` (regression: ``loss``, ``mse`` and ``r2``)."""
+        from xpnet.train import evaluate
+
+        return evaluate(self, X, y, batch_size=batch_size)
+
+    def save(self, path, **metadata) -> None:
+        """Write this model to a safetensors file (see ``xpnet.checkpoint``)."""
+        from xpnet.checkpoint import save_model
+
+        save_model(path, self, **metadata)
+
+
+def _check_sizes(sizes) -> list[int]:
+    try:
+        sizes = [int(n) for n in sizes]
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"sizes must be a list of layer widths such as [784, 128, 10], not {sizes!r}"
+        ) from None
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise ConfigError(f"sizes needs at least an input and an output width, all >= 1; got {sizes}")
+    return sizes
+
+
+def _per_layer(spec, depth: int, what: str) -> list:
+    if isinstance(spec, (str, int, float)) or spec is None:
+        return [spec] * depth
+    spec = list(spec)
+    if len(spec) != depth:
+        raise ConfigError(f"{what} lists {len(spec)} entries but the network has {depth} layers")
+    return spec
+
+
+def _layer_activations(activation, output, loss, depth) -> list[Activation]:
+    if isinstance(activation, (str, Activation)):
+        natural = {"mse": "identity", "cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}[loss]
+        names = [activation] * (depth - 1) + [output or natural]
+    else:
+        if output is not None:
+            raise ConfigError(
+                "give the output activation either in the activation list or as output=, not both"
+            )
+        names = _per_layer(activation, depth, "activation")
+    return [get_activation(name) for name in names]
+
+
+def _check_dropout(dropout, depth) -> list[float]:
+    if isinstance(dropout, (int, float)):
+        rates = [float(dropout)] * (depth - 1) + [0.0]  # never drop the outputs
+    else:
+        rates = [float(r) for r in _per_layer(dropout, depth, "dropout")]
+    for rate in rates:
+        if not 0.0 <= rate < 1.0:
+            raise ConfigError(f"dropout rates must be in [0, 1), not {rate}")
+    return rates

@@ -1,0 +1,223 @@
+"""Optimizers and learning-rate schedules.
+
+An optimizer updates a flat list of parameters from a matching list of gradients.
+Updates are written ``params[i] -= step``: NumPy, CuPy and PyTorch do that in place,
+while an immutable array type (JAX-style) falls back to ``params[i] = params[i] - step``
+by Python's own rules, so one code path serves both. Weight decay applies to weights
+(the 2-D parameters), not biases.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from array_api_compat import array_namespace
+
+from xpnet.errors import ConfigError
+
+# -- schedules: progress t (epochs done, fractional) and total epochs T -> lr factor
+
+
+@dataclass(frozen=True)
+class Constant:
+    def __call__(self, t: float, total: float) -> float:
+        return 1.0
+
+
+@dataclass(frozen=True)
+class StepDecay:
+    """Multiply the rate by ``gamma`` every ``every`` epochs."""
+
+    every: float = 10.0
+    gamma: float = 0.1
+
+    def __call__(self, t: float, total: float) -> float:
+        return self.gamma ** math.floor(t / self.every)
+
+
+@dataclass(frozen=True)
+class Cosine:
+    """Half a cosine from the full rate to ``floor`` x rate over the run."""
+
+    floor: float = 0.0
+
+    def __call__(self, t: float, total: float) -> float:
+        progress = min(t / total, 1.0) if total else 1.0
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """Ramp linearly from 0 over ``epochs``, then follow ``then``."""
+
+    epochs: float = 1.0
+    then: object = Constant()
+
+    def __call__(self, t: float, total: float) -> float:
+        ramp = min(1.0, t / self.epochs) if self.epochs > 0 else 1.0
+        return ramp * self.then(t, total)
+
+
+SCHEDULES = ("constant", "step", "cosine", "warmup-cosine")
+
+
+def get_schedule(spec) -> object:
+    """``"constant"``, ``"step"`` (x0.1 every 10 epochs), ``"cosine"``, ``"warmup-cosine"``."""
+    if callable(spec):
+        return spec
+    key = str(spec or "constant").strip().lower().replace("_", "-")
+    if key == "constant":
+        return Constant()
+    if key == "step":
+        return StepDecay()
+    if key == "cosine":
+        return Cosine()
+    if key == "warmup-cosine":
+        return Warmup(1.0, Cosine())
+    raise ConfigError(f"unknown schedule {spec!r}; choose from {', '.join(SCHEDULES)}")
+
+
+# -- optimizers ----------------------------------------------------------------------
+
+
+class Optimizer:
+    """Holds the base rate, the schedule and per-parameter state."""
+
+    def __init__(self, lr: float, weight_decay: float = 0.0, schedule=None):
+        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+            raise ConfigError(f"lr (learning rate) must be a positive number, not {lr!r}")
+        if not weight_decay >= 0:
+            raise ConfigError(f"weight_decay must be >= 0, not {weight_decay!r}")
+        self.base_lr = float(lr)
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.schedule = get_schedule(schedule)
+        self.steps = 0
+        self.state: list = []
+        self.xp = None
+
+    def set_progress(self, epochs_done: float, total_epochs: float) -> None:
+        """Set the current rate from the schedule (called by the training loop)."""
+        self.lr = self.base_lr * self.schedule(epochs_done, total_epochs)
+
+    def step(self, params: list, grads: list) -> None:
+        if not self.state:
+            self.state = [self._new_state(p) for p in params]
+        if self.xp is None:
+            self.xp = array_namespace(params[0])
+        self.steps += 1
+        for i, (p, g) in enumerate(zip(params, grads)):
+            params[i] = self._update(i, p, g, decay=self.weight_decay if p.ndim > 1 else 0.0)
+
+    def _new_state(self, param):
+        return None
+
+    def _update(self, i, p, g, decay):
+        raise NotImplementedError
+
+    def state_arrays(self) -> list:
+        """Per-parameter buffers in a fixed order (for checkpoints)."""
+        return [a for s in self.state for a in (s if isinstance(s, tuple) else (s,)) if a is not None]
+
+    def load_state_arrays(self, arrays: list, steps: int, params: list) -> None:
+        """Inverse of ``state_arrays`` for the same parameter list."""
+        template = [self._new_state(p) for p in params]
+        it = iter(arrays)
+        self.state = [
+            tuple(next(it) for _ in s) if isinstance(s, tuple) else (None if s is None else next(it))
+            for s in template
+        ]
+        self.steps = steps
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay.
+
+    v <- μ v + (g + λW);  W <- W - η v   (Nesterov: W <- W - η (g + λW + μ v)).
+    The same rule as ``torch.optim.SGD``.
+    """
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, schedule=None):
+        super().__init__(lr, weight_decay, schedule)
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), not {momentum!r}")
+        if nesterov and not momentum:
+            raise ConfigError("nesterov=True needs a momentum > 0")
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+
+    def _new_state(self, param):
+        return param * 0.0 if self.momentum else None
+
+    def _update(self, i, p, g, decay):
+        if decay:
+            g = g + decay * p
+        if self.momentum:
+            v = self.state[i]
+            v *= self.momentum
+            v += g
+            self.state[i] = v
+            if self.nesterov:
+                g = g + self.momentum * v
+            else:
+                g = v
+        p -= self.lr * g
+        return p
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with L2 weight decay added to the gradient, as ``torch.optim.Adam``."""
+
+    decoupled = False
+
+    def __init__(self, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, schedule=None):
+        super().__init__(lr, weight_decay, schedule)
+        beta1, beta2 = betas
+        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+            raise ConfigError(f"betas must both be in [0, 1), not {betas!r}")
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+
+    def _new_state(self, param):
+        return (param * 0.0, param * 0.0)
+
+    def _update(self, i, p, g, decay):
+        if decay and self.decoupled:
+            p *= 1.0 - self.lr * decay
+        elif decay:
+            g = g + decay * p
+        m, v = self.state[i]
+        m *= self.beta1
+        m += (1.0 - self.beta1) * g
+        v *= self.beta2
+        v += (1.0 - self.beta2) * (g * g)
+        self.state[i] = (m, v)
+        m_hat_scale = self.lr / (1.0 - self.beta1**self.steps)
+        v_hat_scale = 1.0 / (1.0 - self.beta2**self.steps)
+        p -= m_hat_scale * m / (self.xp.sqrt(v * v_hat_scale) + self.eps)
+        return p
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): W <- W (1 - η λ) before the step."""
+
+    decoupled = True
+
+    def __init__(self, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, schedule=None):
+        super().__init__(lr, betas, eps, weight_decay, schedule)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+def get_optimizer(name: str, **options) -> Optimizer:
+    """Build an optimizer by name (``sgd``, ``adam``, ``adamw``), ignoring unset (None) options."""
+    key = str(name).strip().lower()
+    if key not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+    cls = OPTIMIZERS[key]
+    options = {k: v for k, v in options.items() if v is not None}
+    if cls is not SGD:
+        options.pop("momentum", None)
+        options.pop("nesterov", None)
+    return cls(**options)
