@@ -106,9 +106,7 @@ class Softmax(Activation):
         return a * (grad_a - xp.sum(grad_a * a, axis=1, keepdims=True))
 
 
-_BY_NAME = {cls.name: cls for cls in (Identity, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax)} | {
-    "linear": Identity
-}
+_BY_NAME = {cls.name: cls for cls in (Identity, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax)} | {"linear": Identity}
 ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
 
 

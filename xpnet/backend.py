@@ -156,9 +156,7 @@ def _cupy(device: str | None) -> Backend:
     try:
         cupy = importlib.import_module("cupy")
     except ImportError as exc:
-        raise BackendError(
-            f"device {device or 'cuda'!r} needs CuPy, which is not installed; {_CUPY_HINT}"
-        ) from exc
+        raise BackendError(f"device {device or 'cuda'!r} needs CuPy, which is not installed; {_CUPY_HINT}") from exc
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CuPy raises its own CUDARuntimeError without a driver
@@ -182,9 +180,7 @@ def _torch(device: str | None) -> Backend:
             "train on the CPU with --device cpu"
         )
     if index >= torch.cuda.device_count():
-        raise BackendError(
-            f"device cuda:{index} does not exist; PyTorch sees {torch.cuda.device_count()} GPU(s)"
-        )
+        raise BackendError(f"device cuda:{index} does not exist; PyTorch sees {torch.cuda.device_count()} GPU(s)")
     return Backend("torch", _compat("torch"), torch.device("cuda", index))
 
 

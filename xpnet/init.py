@@ -86,6 +86,5 @@ def initial_parameters(sizes, init_names, seed):
     """Host float64 ``(W, b)`` pairs for each layer, reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
     return [
-        INITIALIZERS[name](rng, fan_in, fan_out)
-        for name, fan_in, fan_out in zip(init_names, sizes[:-1], sizes[1:])
+        INITIALIZERS[name](rng, fan_in, fan_out) for name, fan_in, fan_out in zip(init_names, sizes[:-1], sizes[1:])
     ]

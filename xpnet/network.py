@@ -243,9 +243,7 @@ class MLP:
         if y.ndim == 1:
             y = xp.reshape(y, (-1, 1))
         if y.shape[1] != self.num_outputs:
-            raise ConfigError(
-                f"targets have {y.shape[1]} columns but the network has {self.num_outputs} outputs"
-            )
+            raise ConfigError(f"targets have {y.shape[1]} columns but the network has {self.num_outputs} outputs")
         return y if y.dtype == self.dtype else xp.astype(y, self.dtype)
 
     # -- the user-facing API ---------------------------------------------------------
@@ -285,9 +283,7 @@ def _check_sizes(sizes) -> list[int]:
     try:
         sizes = [int(n) for n in sizes]
     except (TypeError, ValueError):
-        raise ConfigError(
-            f"sizes must be a list of layer widths such as [784, 128, 10], not {sizes!r}"
-        ) from None
+        raise ConfigError(f"sizes must be a list of layer widths such as [784, 128, 10], not {sizes!r}") from None
     if len(sizes) < 2 or min(sizes) < 1:
         raise ConfigError(f"sizes needs at least an input and an output width, all >= 1; got {sizes}")
     return sizes
@@ -308,9 +304,7 @@ def _layer_activations(activation, output, loss, depth) -> list[Activation]:
         names = [activation] * (depth - 1) + [output or natural]
     else:
         if output is not None:
-            raise ConfigError(
-                "give the output activation either in the activation list or as output=, not both"
-            )
+            raise ConfigError("give the output activation either in the activation list or as output=, not both")
         names = _per_layer(activation, depth, "activation")
     return [get_activation(name) for name in names]
 

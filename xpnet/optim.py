@@ -125,8 +125,7 @@ class Optimizer:
         template = [self._new_state(p) for p in params]
         it = iter(arrays)
         self.state = [
-            tuple(next(it) for _ in s) if isinstance(s, tuple) else (None if s is None else next(it))
-            for s in template
+            tuple(next(it) for _ in s) if isinstance(s, tuple) else (None if s is None else next(it)) for s in template
         ]
         self.steps = steps
 
@@ -158,10 +157,7 @@ class SGD(Optimizer):
             v *= self.momentum
             v += g
             self.state[i] = v
-            if self.nesterov:
-                g = g + self.momentum * v
-            else:
-                g = v
+            g = g + self.momentum * v if self.nesterov else v
         p -= self.lr * g
         return p
 

@@ -96,9 +96,7 @@ def fit(
         if X_val.shape[0] == 0:
             validation_data = None
     if patience is not None and validation_data is None:
-        raise ConfigError(
-            "patience (early stopping) needs validation data: pass validation_data or --val-split"
-        )
+        raise ConfigError("patience (early stopping) needs validation data: pass validation_data or --val-split")
 
     history = history or History()
     rng = np.random.default_rng(seed)
@@ -168,8 +166,7 @@ def fit(
         history.restored_best = True
         if verbose:
             log(
-                f"restored the weights of epoch {history.best_epoch} (best validation loss "
-                f"{history.best_val_loss:.4f})"
+                f"restored the weights of epoch {history.best_epoch} (best validation loss {history.best_val_loss:.4f})"
             )
     return history
 
