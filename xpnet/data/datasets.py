@@ -47,6 +47,9 @@ IDX_FILES = (
 
 IMAGE_SHAPE = (28, 28)
 
+#: Where Debian's dataset packages (e.g. ``dataset-fashion-mnist``) install.
+SYSTEM_DATA_DIR = Path("/usr/share/datasets")
+
 #: User files holding only ``X, y``: this fraction (after a shuffle seeded by
 #: ``TEST_SEED``) becomes the test set, the same samples on every run.
 TEST_FRACTION = 0.2
@@ -163,7 +166,7 @@ def search_paths(name: str, data_dir: str | os.PathLike | None = None) -> list[P
         if root is not None:
             root = Path(root).expanduser()
             paths += [root, root / name]
-    paths += [cache_dir(name), Path("/usr/share/datasets") / name]
+    paths += [cache_dir(name), SYSTEM_DATA_DIR / name]
     unique: list[Path] = []
     for path in paths:
         if path not in unique:
@@ -206,9 +209,7 @@ def download_file(
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, temp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     except OSError as exc:
-        raise DataError(
-            f"cannot write into {dest.parent}: {exc.strerror or exc}; pass a writable --data-dir"
-        ) from exc
+        raise DataError(f"cannot write into {dest.parent}: {exc.strerror or exc}; pass a writable --data-dir") from exc
     try:
         with os.fdopen(fd, "wb") as out, opener(url, timeout=timeout) as response:
             bar = _progress_bar(response, dest.name) if progress else None
@@ -351,9 +352,8 @@ def _not_found_message(name: str, folders: list[Path], reason: str) -> str:
     if package:
         ways.append(f"  - install it: sudo apt-get install {package}")
     ways.append(f"  - put the files ({files}) in one of the folders above, or pass --data-dir FOLDER")
-    return (
-        f"dataset {name!r} not found and {reason}.\nSearched:\n{searched}\n"
-        f"To get the data, either:\n" + "\n".join(ways)
+    return f"dataset {name!r} not found and {reason}.\nSearched:\n{searched}\nTo get the data, either:\n" + "\n".join(
+        ways
     )
 
 
