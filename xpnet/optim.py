@@ -120,6 +120,11 @@ class Optimizer:
         """Per-parameter buffers in a fixed order (for checkpoints)."""
         return [a for s in self.state for a in (s if isinstance(s, tuple) else (s,)) if a is not None]
 
+    def buffer_shapes(self, params: list) -> list[tuple]:
+        """Shapes of ``state_arrays()`` for these parameters (to check a checkpoint)."""
+        template = [self._new_state(p) for p in params]
+        return [tuple(a.shape) for s in template for a in (s if isinstance(s, tuple) else (s,)) if a is not None]
+
     def load_state_arrays(self, arrays: list, steps: int, params: list) -> None:
         """Inverse of ``state_arrays`` for the same parameter list."""
         template = [self._new_state(p) for p in params]
