@@ -232,14 +232,20 @@ class MLP:
             return self.backend.upload(data.astype(np.int32, copy=False))
         return self.backend.upload(data, self.dtype)
 
-    def targets(self, y):
-        """Float targets shaped like the output: one-hot rows for integer class labels."""
+    def targets(self, y, smoothing: float = 0.0):
+        """Float targets shaped like the output: one-hot rows for integer class labels.
+
+        ``smoothing`` ε > 0 gives label smoothing: 1 - ε + ε/k on the true class, ε/k elsewhere.
+        """
         xp = self.xp
         if xp.isdtype(y.dtype, "integral"):
             if y.ndim != 1:
                 raise ConfigError(f"class labels must be 1-D, not shaped {tuple(y.shape)}")
             classes = xp.arange(self.num_outputs, dtype=y.dtype, device=self.backend.device_of(y))
-            return xp.astype(y[:, None] == classes[None, :], self.dtype)
+            onehot = xp.astype(y[:, None] == classes[None, :], self.dtype)
+            if smoothing:
+                onehot = onehot * (1.0 - smoothing) + smoothing / self.num_outputs
+            return onehot
         if y.ndim == 1:
             y = xp.reshape(y, (-1, 1))
         if y.shape[1] != self.num_outputs:

@@ -64,6 +64,7 @@ def fit(
     validation_data: tuple | None = None,
     patience: int | None = None,
     restore_best: bool = True,
+    label_smoothing: float = 0.0,
     shuffle: bool = True,
     seed: int | None = 0,
     verbose: bool = False,
@@ -76,11 +77,14 @@ def fit(
     """Train ``net`` on ``(X, y)`` for ``epochs`` epochs; return the ``History``.
 
     ``patience``: stop after that many epochs without a better validation loss and
-    put back the best weights. ``should_stop`` is polled after every step (a signal
+    put back the best weights. ``label_smoothing`` softens one-hot training targets
+    (validation metrics use the true labels). ``should_stop`` is polled after every step (a signal
     handler sets it); ``fit`` then returns with ``history.interrupted`` set and the
     state needed to continue, which ``fit(..., history=that)`` does exactly.
     """
     _check_fit_args(epochs, batch_size, patience)
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ConfigError(f"label_smoothing must be in [0, 1), not {label_smoothing!r}")
     optimizer = optimizer or SGD(lr=0.01)
     xp, backend = net.xp, net.backend
     X, y = net.to_device(X), net.to_device(y, labels=True)
@@ -118,7 +122,7 @@ def fit(
             optimizer.set_progress(history.epoch + b / steps, epochs)
             idx = order[b * batch_size : (b + 1) * batch_size]
             xb, yb = net.prepare(xp.take(X, idx, axis=0)), xp.take(y, idx, axis=0)
-            targets = net.targets(yb)
+            targets = net.targets(yb, label_smoothing)
             cost, grads, out = net.backprop(xb, targets, train=True)
             optimizer.step(net.params, grads)
             sums = _accumulate(xp, net, sums, cost, out, targets, batch_size)
