@@ -1,0 +1,198 @@
+"""One seed, one network, one set of batches: every backend computes the same training run.
+
+Also what a user sees of the backend module: float32 unless float64 is asked for,
+the same initial weights everywhere, and a clear message where no GPU is.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from conftest import CPU_BACKENDS, HAVE_TORCH, build_mlp, host
+
+from xpnet.backend import get_backend
+from xpnet.errors import BackendError, ConfigError
+from xpnet.optim import SGD, Adam, AdamW
+
+STEPS = 50
+BATCH = 16
+SIZES = [5, 16, 12, 3]
+#: rtol each dtype's losses must agree to after STEPS steps
+TOLERANCES = {"float64": 1e-9, "float32": 1e-4}
+OPTIMIZERS = {
+    "sgd-momentum": lambda: SGD(lr=0.1, momentum=0.9),
+    "sgd-nesterov-decay": lambda: SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    "adam": lambda: Adam(lr=0.01),
+    "adamw": lambda: AdamW(lr=0.01, weight_decay=0.05),
+}
+NON_NUMPY = [p for p in CPU_BACKENDS if p.values[0][0] != "numpy"]
+
+
+def training_data(seed=1, n=200):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, SIZES[0]))
+    y = (X[:, 0] + X[:, 1] * X[:, 2] > 0).astype(np.int64) + (X[:, 3] > 1)
+    batches = [rng.choice(n, BATCH, replace=False) for _ in range(STEPS)]
+    return X, y, batches
+
+
+def run_steps(spec, dtype: str, optimizer: str, activation="tanh") -> tuple[np.ndarray, dict]:
+    """Losses of STEPS optimizer steps on fixed batches, and the final parameters."""
+    X, y, batches = training_data()
+    net = build_mlp(spec, SIZES, activation=activation, loss="cross_entropy", dtype=dtype, seed=7)
+    opt = OPTIMIZERS[optimizer]()
+    Xd, yd = net.to_device(X), net.to_device(y, labels=True)
+    costs = []
+    for rows in batches:
+        idx = net.backend.upload(rows.astype(np.int32))
+        xb = net.prepare(net.xp.take(Xd, idx, axis=0))
+        cost, grads, _ = net.backprop(xb, net.targets(net.xp.take(yd, idx, axis=0)), train=True)
+        opt.step(net.params, grads)
+        costs.append(cost)
+    return host(net, net.xp.stack(costs)), net.state_dict()
+
+
+@functools.cache
+def numpy_run(dtype: str, optimizer: str):
+    return run_steps(("numpy", None), dtype, optimizer)
+
+
+def assert_agree(spec, dtype: str, optimizer: str):
+    """``spec``'s losses and final weights equal NumPy's to the dtype's tolerance."""
+    losses, state = run_steps(spec, dtype, optimizer)
+    reference, reference_state = numpy_run(dtype, optimizer)
+    assert losses.dtype == np.dtype(dtype)
+    assert reference[-1] < 0.8 * reference[0]  # the run trains, so the comparison covers real updates
+    np.testing.assert_allclose(losses, reference, rtol=TOLERANCES[dtype], atol=0)
+    for name, value in state.items():
+        np.testing.assert_allclose(
+            value, reference_state[name], rtol=100 * TOLERANCES[dtype], atol=TOLERANCES[dtype] / 10, err_msg=name
+        )
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("spec", NON_NUMPY)
+def test_backends_agree_step_by_step(spec, dtype, optimizer):
+    assert_agree(spec, dtype, optimizer)
+
+
+@pytest.mark.parametrize("spec", NON_NUMPY)
+def test_backends_agree_through_fit(spec):
+    X, y, _ = training_data()
+    histories, states = [], []
+    for which in (("numpy", None), spec):
+        net = build_mlp(which, SIZES, activation="relu", dtype="float64", seed=3)
+        history = net.fit(X, y, epochs=4, batch_size=32, optimizer=SGD(lr=0.1, momentum=0.9), shuffle=True, seed=5)
+        histories.append([(r["loss"], r["accuracy"]) for r in history.records])
+        states.append(net.state_dict())
+    np.testing.assert_allclose(histories[1], histories[0], rtol=1e-9)
+    for name in states[0]:
+        np.testing.assert_allclose(states[1][name], states[0][name], rtol=1e-9, atol=1e-12)
+
+
+def test_a_different_seed_changes_the_run():
+    # Guards the agreement tests: the seed reaches the weights, so equal runs are not a given.
+    a = build_mlp(("numpy", None), SIZES, seed=7)
+    b = build_mlp(("numpy", None), SIZES, seed=8)
+    assert not np.allclose(a.state_dict()["layers.0.weight"], b.state_dict()["layers.0.weight"])
+
+
+# -- initial weights and dtypes --------------------------------------------------------
+
+
+@pytest.mark.parametrize("init", ["auto", "standard_normal", "glorot_uniform", "he_uniform"])
+def test_one_seed_gives_the_same_initial_weights_on_every_backend(spec, init):
+    sizes = [4, 8, 3]
+    reference = build_mlp(("numpy", None), sizes, init=init, dtype="float64", seed=11).state_dict()
+    state = build_mlp(spec, sizes, init=init, dtype="float64", seed=11).state_dict()
+    assert list(state) == ["layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"]
+    for name, value in reference.items():
+        np.testing.assert_array_equal(state[name], value, err_msg=name)
+    assert state["layers.0.weight"].shape == (8, 4)  # torch.nn.Linear's (out, in)
+
+
+def test_float32_is_the_default_everywhere(spec):
+    net = build_mlp(spec, [4, 6, 3], seed=0)
+    X, y = np.random.default_rng(0).standard_normal((5, 4)), np.array([0, 1, 2, 0, 1])
+    dtype = net.xp.float32
+    assert all(p.dtype == dtype for p in net.params)
+    assert net.forward(net.prepare(net.to_device(X))).dtype == dtype
+    cost, layers = net.gradients(X, y)
+    assert cost.dtype == dtype
+    assert all(g.dtype == dtype for pair in layers for g in pair)
+    assert net.predict_proba(X).dtype == np.float32
+    assert all(v.dtype == np.float32 for v in net.state_dict().values())
+
+
+def test_float64_on_request(spec):
+    net = build_mlp(spec, [4, 6, 3], dtype="float64", seed=0)
+    X, y = np.random.default_rng(0).standard_normal((5, 4)), np.array([0, 1, 2, 0, 1])
+    dtype = net.xp.float64
+    assert all(p.dtype == dtype for p in net.params)
+    cost, layers = net.gradients(X, y)
+    assert cost.dtype == dtype
+    assert all(g.dtype == dtype for pair in layers for g in pair)
+    assert net.predict_proba(X).dtype == np.float64
+
+
+def test_unknown_dtype_is_refused():
+    with pytest.raises(ConfigError, match="dtype"):
+        build_mlp(("numpy", None), [2, 2], dtype="float16")
+
+
+# -- asking for backends and devices ---------------------------------------------------
+
+
+def test_default_backend_is_numpy_on_the_cpu():
+    backend = get_backend()
+    assert backend.name == "numpy"
+    assert backend.device_name == "cpu"
+    assert get_backend(backend) is backend
+
+
+def test_unknown_backend_names_the_argument_and_the_choices():
+    with pytest.raises(ConfigError, match=r"backend must be one of numpy, cupy, torch, array-api-strict, not 'jax'"):
+        get_backend("jax")
+
+
+def test_numpy_refuses_a_gpu_device():
+    with pytest.raises(ConfigError, match="CPU only"):
+        get_backend("numpy", "cuda")
+
+
+def test_unknown_strict_device_lists_the_devices():
+    with pytest.raises(ConfigError, match="device1"):
+        get_backend("array-api-strict", "device9")
+
+
+def _cupy_gpu_present() -> bool:
+    try:
+        get_backend("cupy", "cuda")
+    except BackendError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_cupy_gpu_present(), reason="this machine has CuPy and a GPU")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_device_cuda_without_cupy_or_gpu_says_what_to_do(device):
+    with pytest.raises(BackendError) as caught:
+        get_backend(device=device)
+    message = str(caught.value)
+    assert "xpnet[cuda12]" in message or "no CUDA GPU" in message
+    assert device in message or "cuda" in message
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason='needs PyTorch (pip install "xpnet[torch]")')
+def test_torch_cuda_without_gpu_says_so():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(BackendError, match="needs a CUDA GPU"):
+        get_backend("torch", "cuda")
+    with pytest.raises(BackendError, match="--device cpu"):
+        build_mlp(("torch", "cuda"), [2, 2])
