@@ -11,6 +11,7 @@ import csv
 import math
 import os
 import struct
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -36,7 +37,9 @@ _NPZ_ERRORS = (
     RuntimeError,
     struct.error,
     KeyError,
-    SyntaxError,
+    SyntaxError,  # numpy parses the .npy header as a Python literal
+    tokenize.TokenError,
+    RecursionError,
     OverflowError,
 )
 
@@ -76,8 +79,7 @@ def read_npz_arrays(path: str | os.PathLike, *key_sets: tuple[str, ...]) -> dict
             wanted = " or ".join(", ".join(keys) for keys in key_sets)
             example = ", ".join(f"{k}={k}" for k in key_sets[0])
             raise DataError(
-                f"{path}: needs the arrays {wanted} (found: {found}); "
-                f"save it with np.savez({path.name!r}, {example})"
+                f"{path}: needs the arrays {wanted} (found: {found}); save it with np.savez({path.name!r}, {example})"
             )
     except FileNotFoundError as exc:
         raise DataError(f"{path}: file not found; check the path") from exc
@@ -196,9 +198,7 @@ def _labels(y: np.ndarray, where: str) -> np.ndarray:
         low, high = y.min(), y.max()
         if low < 0:
             first = int(np.argmax(y < 0))
-            raise DataError(
-                f"{where}: label y[{first}] = {y[first]} is negative; class labels must be 0, 1, 2, ..."
-            )
+            raise DataError(f"{where}: label y[{first}] = {y[first]} is negative; class labels must be 0, 1, 2, ...")
         if high >= 2**31 - 1:
             raise DataError(f"{where}: label {high} is too large; number the classes 0, 1, 2, ...")
     return y.astype(np.int32)
@@ -238,9 +238,7 @@ def load_csv(
     except IsADirectoryError as exc:
         raise DataError(f"{path}: is a folder, not a CSV file; pass the file itself") from exc
     except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the CSV as UTF-8"
-        ) from exc
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the CSV as UTF-8") from exc
     except csv.Error as exc:
         raise DataError(f"{path}: malformed CSV ({exc}); save it as plain comma-separated numbers") from exc
     except OSError as exc:
@@ -258,9 +256,7 @@ def load_csv(
             raise DataError(f"{path}: only a header line, no data rows; the CSV file is empty")
     width = len(names) if names is not None else len(rows[0][1])
     if width < 2:
-        raise DataError(
-            f"{path}: line {rows[0][0]} has {width} column(s); need features plus a target column"
-        )
+        raise DataError(f"{path}: line {rows[0][0]} has {width} column(s); need features plus a target column")
     target = _target_index(target_column, names, width, path)
 
     values = np.empty((len(rows), width), dtype=np.float64)
@@ -311,7 +307,5 @@ def _target_index(target_column: int | str, names: list[str] | None, width: int,
             )
         return names.index(target_column)
     if not -width <= target_column < width:
-        raise ConfigError(
-            f"target_column: {target_column} is out of range for {path}, which has {width} columns"
-        )
+        raise ConfigError(f"target_column: {target_column} is out of range for {path}, which has {width} columns")
     return target_column % width
