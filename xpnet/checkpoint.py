@@ -1,0 +1,196 @@
+"""Model files and checkpoints: one safetensors file, nothing in it ever executed.
+
+Weights are stored as ``layers.{i}.weight`` ``(out, in)`` and ``layers.{i}.bias``,
+the layout of a ``torch.nn.Sequential`` of ``Linear`` layers. The metadata holds
+JSON strings: the architecture, the training configuration, class names, the input
+scaling and the xpnet version. A checkpoint (``--resume``) adds the optimizer's
+buffers (``optimizer.{k}``), the best weights so far (``best.layers.*``) and the
+loop's state (epoch, batch, RNG states). Files are written atomically, and a file
+is checked against its own architecture before anything is built from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from xpnet import __version__
+from xpnet.errors import BackendError, ModelFileError, XpnetError
+from xpnet.network import MLP
+from xpnet.safetensors import load_tensors, read_metadata, save_tensors
+
+FORMAT = "xpnet-mlp"
+FORMAT_VERSION = "1"
+#: Largest model file xpnet reads (1 GiB); far above any MLP it trains.
+MAX_MODEL_BYTES = 2**30
+MAX_LAYERS = 1000
+
+
+def save_model(
+    path: str | os.PathLike,
+    net: MLP,
+    *,
+    training: dict | None = None,
+    class_names: list[str] | None = None,
+    history=None,
+    optimizer=None,
+) -> None:
+    """Write ``net`` to ``path``; with ``history`` and ``optimizer``, a resumable checkpoint."""
+    tensors = net.state_dict()
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "xpnet_version": __version__,
+        "architecture": json.dumps(net.config()),
+        "training": json.dumps(training or {}),
+        "class_names": json.dumps(list(class_names or [])),
+        "scaling": json.dumps(net.scaling.to_dict() if net.scaling is not None else None),
+    }
+    if history is not None:
+        metadata["history"] = json.dumps(history.records)
+    if optimizer is not None and history is not None:
+        buffers = net.backend.to_host_many(optimizer.state_arrays())
+        tensors.update({f"optimizer.{k}": buffer for k, buffer in enumerate(buffers)})
+        if history.best_params is not None:
+            best = net.backend.to_host_many(history.best_params)
+            for i in range(net.depth):
+                tensors[f"best.layers.{i}.weight"] = best[2 * i]
+                tensors[f"best.layers.{i}.bias"] = best[2 * i + 1]
+        metadata["checkpoint"] = json.dumps(
+            {"state": history.resume_state(), "optimizer_steps": optimizer.steps, "buffers": len(buffers)}
+        )
+    save_tensors(path, tensors, metadata)
+
+
+class ModelFile:
+    """A model file read and checked: its tensors and decoded metadata."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        tensors, metadata = load_tensors(self.path, max_bytes=MAX_MODEL_BYTES)
+        self.tensors = tensors
+        if metadata.get("format") != FORMAT:
+            raise self.error(f"not an xpnet model (format {metadata.get('format')!r}, expected {FORMAT!r})")
+        if metadata.get("format_version") != FORMAT_VERSION:
+            raise self.error(f"format version {metadata.get('format_version')!r} is not supported by this xpnet")
+        self.architecture = self._json(metadata, "architecture", dict)
+        self.training = self._json(metadata, "training", dict)
+        self.class_names = self._json(metadata, "class_names", list)
+        self.scaling = self._json(metadata, "scaling", (dict, type(None)))
+        self.history = self._json(metadata, "history", list, default=[])
+        self.checkpoint = self._json(metadata, "checkpoint", (dict, type(None)), default=None)
+        self.xpnet_version = metadata.get("xpnet_version", "?")
+        self.sizes = self._check_sizes()
+        if not all(isinstance(name, str) for name in self.class_names):
+            raise self.error("class_names must be a list of strings")
+
+    def error(self, problem: str) -> ModelFileError:
+        return ModelFileError(f"{self.path}: {problem}; the file is damaged or was not written by xpnet")
+
+    def _json(self, metadata, key, kinds, default=...):
+        if key not in metadata:
+            if default is not ...:
+                return default
+            raise self.error(f"metadata lacks {key!r}")
+        try:
+            value = json.loads(metadata[key])
+        except (ValueError, RecursionError):
+            raise self.error(f"metadata {key!r} is not valid JSON") from None
+        if not isinstance(value, kinds):
+            raise self.error(f"metadata {key!r} has the wrong type ({type(value).__name__})")
+        return value
+
+    def _check_sizes(self) -> list[int]:
+        sizes = self.architecture.get("sizes")
+        if (
+            not isinstance(sizes, list)
+            or not 2 <= len(sizes) <= MAX_LAYERS + 1
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes)
+        ):
+            raise self.error(f"architecture sizes {str(sizes)[:80]} is not a list of positive layer widths")
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            for name, shape in ((f"layers.{i}.weight", (n_out, n_in)), (f"layers.{i}.bias", (n_out,))):
+                tensor = self.tensors.get(name)
+                if tensor is None:
+                    raise self.error(f"tensor {name!r} is missing")
+                if tensor.shape != shape:
+                    raise self.error(
+                        f"tensor {name!r} has shape {list(tensor.shape)}, the architecture says {list(shape)}"
+                    )
+                if tensor.dtype.kind != "f":
+                    raise self.error(f"tensor {name!r} holds {tensor.dtype}, not floats")
+                if not np.all(np.isfinite(tensor)):
+                    raise self.error(f"tensor {name!r} holds NaN or infinite values")
+        return sizes
+
+    def build(self, backend=None, device=None, dtype=None) -> MLP:
+        """The network this file describes, on the chosen backend and device."""
+        arch = self.architecture
+        activations = arch.get("activations")
+        if not isinstance(activations, list) or len(activations) != len(self.sizes) - 1:
+            raise self.error("architecture activations must list one activation per layer")
+        dropout = arch.get("dropout", 0.0)
+        try:
+            net = MLP(
+                self.sizes,
+                activation=activations,
+                loss=arch.get("loss"),
+                dropout=dropout if isinstance(dropout, list) else 0.0,
+                backend=backend,
+                device=device,
+                dtype=dtype or arch.get("dtype", "float32"),
+                init="scaled_normal",
+                seed=0,
+            )
+        except XpnetError as exc:
+            if isinstance(exc, (ModelFileError, BackendError)):
+                raise
+            raise self.error(f"architecture is not valid ({exc})") from None
+        net.load_state_dict(self.tensors)
+        if self.scaling is not None:
+            from xpnet.data.prep import Scaling
+
+            try:
+                net.set_scaling(Scaling.from_dict(self.scaling, num_features=self.sizes[0]))
+            except XpnetError as exc:
+                raise self.error(str(exc)) from None
+        return net
+
+    def best_params(self, net: MLP) -> list | None:
+        """Device copies of the checkpoint's best-so-far weights, if it has them."""
+        if "best.layers.0.weight" not in self.tensors:
+            return None
+        params = []
+        for i in range(net.depth):
+            for part in ("weight", "bias"):
+                tensor = self.tensors.get(f"best.layers.{i}.{part}")
+                if tensor is None or tensor.shape != self.tensors[f"layers.{i}.{part}"].shape:
+                    raise self.error(f"best-weights tensor best.layers.{i}.{part} is missing or misshapen")
+                params.append(net.backend.upload(tensor, net.dtype))
+        return params
+
+    def optimizer_buffers(self, net: MLP, optimizer) -> list:
+        """The checkpoint's optimizer buffers, checked against what ``optimizer`` keeps, uploaded."""
+        expected = optimizer.buffer_shapes(net.params)
+        if not self.checkpoint or self.checkpoint.get("buffers") != len(expected):
+            raise self.error(f"checkpoint does not hold the {len(expected)} buffers of a {type(optimizer).__name__}")
+        buffers = []
+        for k, shape in enumerate(expected):
+            tensor = self.tensors.get(f"optimizer.{k}")
+            if tensor is None or tuple(tensor.shape) != shape:
+                raise self.error(f"optimizer buffer {k} is missing or not shaped {list(shape)}")
+            buffers.append(net.backend.upload(tensor, net.dtype))
+        return buffers
+
+
+def load_model(path: str | os.PathLike, backend=None, device=None, dtype=None) -> MLP:
+    """Read a model file and build its network on ``backend``/``device``."""
+    return ModelFile(path).build(backend, device, dtype)
+
+
+def model_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The raw metadata of a model file, without loading its tensors."""
+    return read_metadata(path)
