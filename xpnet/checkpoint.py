@@ -11,6 +11,7 @@ is checked against its own architecture before anything is built from it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -111,7 +112,7 @@ class ModelFile:
             or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes)
         ):
             raise self.error(f"architecture sizes {str(sizes)[:80]} is not a list of positive layer widths")
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
             for name, shape in ((f"layers.{i}.weight", (n_out, n_in)), (f"layers.{i}.bias", (n_out,))):
                 tensor = self.tensors.get(name)
                 if tensor is None:
