@@ -209,7 +209,9 @@ def download_file(
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, temp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     except OSError as exc:
-        raise DataError(f"cannot write into {dest.parent}: {exc.strerror or exc}; pass a writable --data-dir") from exc
+        raise DataError(
+            f"cannot write into {dest.parent}: {exc.strerror or exc}; set XDG_CACHE_HOME to a writable folder"
+        ) from exc
     try:
         with os.fdopen(fd, "wb") as out, opener(url, timeout=timeout) as response:
             bar = _progress_bar(response, dest.name) if progress else None

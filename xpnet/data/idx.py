@@ -86,9 +86,7 @@ def _parse_header(path: Path, stream: BinaryIO) -> tuple[np.dtype, tuple[int, ..
     if len(magic) < 4:
         raise DataError(f"{path}: only {len(magic)} bytes, too short for an IDX header; {_HINT}")
     if magic[0] != 0 or magic[1] != 0:
-        raise DataError(
-            f"{path}: bad magic number {magic.hex()} (IDX files start with two zero bytes); {_HINT}"
-        )
+        raise DataError(f"{path}: bad magic number {magic.hex()} (IDX files start with two zero bytes); {_HINT}")
     type_code, ndim = magic[2], magic[3]
     if type_code not in IDX_DTYPES:
         known = ", ".join(f"0x{code:02X}" for code in IDX_DTYPES)
@@ -116,15 +114,11 @@ def _read_stream(path: Path, stream: BinaryIO, total_size: int | None) -> np.nda
     if total_size is not None and total_size - header_len != expected:
         # Raw files: compare sizes before reading a byte of data.
         got = total_size - header_len
-        raise DataError(
-            f"{path}: header declares shape {shape}, {expected} data bytes, but got {got}; {_HINT}"
-        )
+        raise DataError(f"{path}: header declares shape {shape}, {expected} data bytes, but got {got}; {_HINT}")
     data = _read_exact(stream, expected + 1)
     if len(data) != expected:
-        got = f"{len(data)}" if len(data) <= expected else "more"
-        raise DataError(
-            f"{path}: header declares shape {shape}, {expected} data bytes, but got {got}; {_HINT}"
-        )
+        got = f"{len(data)}" if len(data) <= expected else f"more than {expected}"
+        raise DataError(f"{path}: header declares shape {shape}, {expected} data bytes, but got {got}; {_HINT}")
     return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
 
 
@@ -137,9 +131,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool = False
         allowed = ", ".join(str(d) for d in codes)
         raise ConfigError(f"array: dtype {array.dtype} has no IDX type code; convert it to one of {allowed}")
     if not 1 <= array.ndim <= 4 or 0 in array.shape:
-        raise ConfigError(
-            f"array: shape {array.shape} cannot be written; IDX needs 1 to 4 non-empty dimensions"
-        )
+        raise ConfigError(f"array: shape {array.shape} cannot be written; IDX needs 1 to 4 non-empty dimensions")
     if max(array.shape) >= 2**32:
         raise ConfigError(f"array: shape {array.shape} has a dimension too large for IDX (max 2**32 - 1)")
     header = bytes([0, 0, codes[native], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
