@@ -1,3 +1,37 @@
 """xpnet: dense networks trained by hand-written backpropagation on any array-API library."""
 
 __version__ = "0.1.0"
+
+from xpnet import recipes
+from xpnet.backend import Backend, get_backend
+from xpnet.checkpoint import load_model
+from xpnet.errors import (
+    BackendError,
+    ConfigError,
+    DataError,
+    DivergenceError,
+    ModelFileError,
+    XpnetError,
+)
+from xpnet.network import MLP
+from xpnet.optim import SGD, Adam, AdamW
+from xpnet.train import History
+
+__all__ = [
+    "MLP",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "Backend",
+    "BackendError",
+    "ConfigError",
+    "DataError",
+    "DivergenceError",
+    "History",
+    "ModelFileError",
+    "XpnetError",
+    "__version__",
+    "get_backend",
+    "load_model",
+    "recipes",
+]
