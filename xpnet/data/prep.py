@@ -96,15 +96,12 @@ class Scaling:
             )
         kind = d["kind"]
         if not isinstance(kind, str) or kind not in SCALINGS:
-            raise DataError(
-                f"scaling: kind {kind!r} is not one of {', '.join(SCALINGS)}; the model file is corrupt"
-            )
+            raise DataError(f"scaling: kind {kind!r} is not one of {', '.join(SCALINGS)}; the model file is corrupt")
         shift = _from_json(d["shift"], "shift", num_features)
         scale = _from_json(d["scale"], "scale", num_features)
         if isinstance(shift, np.ndarray) and isinstance(scale, np.ndarray) and shift.shape != scale.shape:
             raise DataError(
-                f"scaling: shift has {shift.shape[0]} values but scale has {scale.shape[0]}; "
-                "the model file is corrupt"
+                f"scaling: shift has {shift.shape[0]} values but scale has {scale.shape[0]}; the model file is corrupt"
             )
         return cls(kind, shift, scale)
 
