@@ -241,7 +241,9 @@ class MLP:
         if xp.isdtype(y.dtype, "integral"):
             if y.ndim != 1:
                 raise ConfigError(f"class labels must be 1-D, not shaped {tuple(y.shape)}")
-            classes = xp.arange(self.num_outputs, dtype=y.dtype, device=self.backend.device_of(y))
+            # A single (sigmoid) output scores class 1, as predict reads it: its target is y == 1.
+            first = 1 if self.num_outputs == 1 else 0
+            classes = xp.arange(first, first + self.num_outputs, dtype=y.dtype, device=self.backend.device_of(y))
             onehot = xp.astype(y[:, None] == classes[None, :], self.dtype)
             if smoothing:
                 onehot = onehot * (1.0 - smoothing) + smoothing / self.num_outputs

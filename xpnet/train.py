@@ -245,7 +245,8 @@ def evaluate(net, X, y, batch_size: int = 4096) -> dict[str, float]:
         targets = net.targets(y)
         residual = xp.sum((out - targets) ** 2)
         total = xp.sum((targets - xp.mean(targets, axis=0)) ** 2)
-        sums += [residual, total, xp.asarray(float(targets.shape[1]), dtype=net.dtype)]
+        outputs = xp.asarray(float(targets.shape[1]), dtype=net.dtype, device=net.backend.device_of(targets))
+        sums += [residual, total, outputs]
     host = net.backend.to_host(xp.stack(sums)).tolist()
     result = {"loss": host[0] / host[2]}
     if net.is_classifier:
