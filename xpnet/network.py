@@ -289,6 +289,8 @@ class MLP:
 
 def _check_sizes(sizes) -> list[int]:
     try:
+        if isinstance(sizes, (str, bytes)):  # "784" would otherwise become [7, 8, 4]
+            raise TypeError
         sizes = [int(n) for n in sizes]
     except (TypeError, ValueError):
         raise ConfigError(f"sizes must be a list of layer widths such as [784, 128, 10], not {sizes!r}") from None
