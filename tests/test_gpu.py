@@ -1,0 +1,48 @@
+"""The gradient check and the backend agreement on CUDA: CuPy and torch.cuda.
+
+The same checks as test_gradients and test_backends, parametrised over the GPU
+backends; each is marked ``gpu`` and skipped, with the reason, where CuPy, PyTorch
+with CUDA, or a GPU is missing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import GPU_BACKENDS, build_mlp
+from test_backends import OPTIMIZERS, assert_agree
+from test_gradients import GRADIENT_CASES, check_dropout_gradients, check_gradients
+
+from xpnet.optim import SGD
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize(("hidden", "output", "loss", "fused", "depth"), GRADIENT_CASES)
+@pytest.mark.parametrize("spec", GPU_BACKENDS)
+def test_gradients_match_finite_differences_on_gpu(spec, hidden, output, loss, fused, depth):
+    check_gradients(spec, hidden, output, loss, fused, depth)
+
+
+@pytest.mark.parametrize("spec", GPU_BACKENDS)
+def test_dropout_gradients_with_fixed_masks_on_gpu(spec):
+    check_dropout_gradients(spec, "relu")
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("spec", GPU_BACKENDS)
+def test_gpu_agrees_with_numpy(spec, dtype, optimizer):
+    assert_agree(spec, dtype, optimizer)
+
+
+@pytest.mark.parametrize("spec", GPU_BACKENDS)
+def test_fit_on_gpu_reads_once_per_epoch(spec):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((128, 4))
+    y = (X[:, 0] > 0).astype(np.int64)
+    net = build_mlp(spec, [4, 16, 2], seed=0)
+    reads = net.backend.host_reads
+    history = net.fit(X, y, epochs=5, batch_size=16, optimizer=SGD(lr=0.1, momentum=0.9), validation_data=(X, y))
+    assert net.backend.host_reads - reads <= 5
+    assert history.records[-1]["accuracy"] > 0.9
