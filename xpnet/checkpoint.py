@@ -134,6 +134,16 @@ class ModelFile:
         if not isinstance(activations, list) or len(activations) != len(self.sizes) - 1:
             raise self.error("architecture activations must list one activation per layer")
         dropout = arch.get("dropout", 0.0)
+        # Checked here because MLP trusts its caller's types: float(None) is a TypeError, not a ConfigError.
+        if not all(isinstance(name, str) for name in activations):
+            raise self.error("architecture activations must be names such as 'relu'")
+        if isinstance(dropout, list) and not all(
+            isinstance(rate, (int, float)) and not isinstance(rate, bool) for rate in dropout
+        ):
+            raise self.error("architecture dropout must list one rate (a number) per layer")
+        for key in ("loss", "dtype"):
+            if key in arch and not isinstance(arch[key], str):
+                raise self.error(f"architecture {key} must be a name, not {str(arch[key])[:40]}")
         try:
             net = MLP(
                 self.sizes,
