@@ -8,6 +8,8 @@ on a GPU every read is a synchronisation the training loop must budget for).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -107,6 +109,20 @@ class Backend:
         """An independent copy on the same device (for best-weights snapshots)."""
         return self.xp.asarray(array, copy=True)
 
+    def compute_threads(self, batch_size: int | None = None):
+        """A context in which the CPU BLAS runs with the threads that suit ``batch_size``.
+
+        NumPy only, and only with threadpoolctl installed (else it changes nothing).
+        Below ``SMALL_BATCH`` rows the matmuls are too small to split: waking a second
+        OpenBLAS thread costs more than it saves, so they run on one.
+        """
+        if self.name != "numpy" or batch_size is None or batch_size >= SMALL_BATCH:
+            return contextlib.nullcontext()
+        controller = _blas_controller()
+        if controller is None:
+            return contextlib.nullcontext()
+        return controller.limit(limits=1, user_api="blas")
+
     def synchronize(self) -> None:
         """Wait for queued device work to finish (before reading a clock)."""
         if self.name == "cupy":
@@ -197,6 +213,20 @@ def _strict(device: str | None) -> Backend:
     if name not in names:
         raise ConfigError(f"array-api-strict device must be one of {', '.join(names)}, not {device!r}")
     return Backend("array-api-strict", strict, strict.Device(name))
+
+
+#: Batches with fewer rows than this train with a single BLAS thread (see ``compute_threads``).
+SMALL_BATCH = 1024
+
+
+@functools.cache
+def _blas_controller():
+    """threadpoolctl's view of the loaded BLAS (an optional dependency: None without it)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController()
 
 
 def _compat(name: str) -> ModuleType:

@@ -154,7 +154,8 @@ class MLP:
         a = x
         for l, ((W, b), act) in enumerate(zip(self.layers, self.activations)):
             inputs.append(a)
-            z = a @ W.T + b
+            z = a @ W.T
+            z += b  # in place: one pass and no second (batch, n_l) array per layer
             a = act.forward(xp, z)
             zs.append(z)
             outs.append(a)
@@ -218,6 +219,8 @@ class MLP:
         if self._scaling_on_device is None:
             return x
         shift, scale = self._scaling_on_device
+        if isinstance(shift, float) and shift == 0.0:
+            return x * scale  # unit scaling of uint8 images: one pass, not two
         return (x - shift) * scale
 
     def to_device(self, data, *, labels: bool = False):

@@ -118,23 +118,24 @@ def fit(
         sums = _zeros(xp, net) if not history.partial else _partial_sums(backend, net, history.partial)
         start = time.perf_counter() - (history.partial[3] if history.partial else 0.0)
         bar = _progress_bar(progress, steps, history.epoch + 1, epochs, initial=first)
-        for b in range(first, steps):
-            optimizer.set_progress(history.epoch + b / steps, epochs)
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            xb, yb = net.prepare(xp.take(X, idx, axis=0)), xp.take(y, idx, axis=0)
-            targets = net.targets(yb, label_smoothing)
-            cost, grads, out = net.backprop(xb, targets, train=True)
-            optimizer.step(net.params, grads)
-            sums = _accumulate(xp, net, sums, cost, out, targets, batch_size)
-            if bar is not None:
-                bar.update(1)
-            if should_stop is not None and should_stop() and b + 1 < steps:
-                history.batch = b + 1
-                history.partial = [*backend.to_host(xp.stack(sums)).tolist(), time.perf_counter() - start]
-                history.dropout_state = net._dropout_rng.get_state() if net._dropout_rng else None
-                history.interrupted = True
-                _close(bar)
-                return history
+        with backend.compute_threads(batch_size):  # BLAS threads that suit this batch size
+            for b in range(first, steps):
+                optimizer.set_progress(history.epoch + b / steps, epochs)
+                idx = order[b * batch_size : (b + 1) * batch_size]
+                xb, yb = net.prepare(xp.take(X, idx, axis=0)), xp.take(y, idx, axis=0)
+                targets = net.targets(yb, label_smoothing)
+                cost, grads, out = net.backprop(xb, targets, train=True)
+                optimizer.step(net.params, grads)
+                sums = _accumulate(xp, net, sums, cost, out, targets, batch_size)
+                if bar is not None:
+                    bar.update(1)
+                if should_stop is not None and should_stop() and b + 1 < steps:
+                    history.batch = b + 1
+                    history.partial = [*backend.to_host(xp.stack(sums)).tolist(), time.perf_counter() - start]
+                    history.dropout_state = net._dropout_rng.get_state() if net._dropout_rng else None
+                    history.interrupted = True
+                    _close(bar)
+                    return history
         if validation_data is not None:
             sums += evaluate_sums(net, X_val, y_val)
         host = backend.to_host(xp.stack(sums)).tolist()  # the epoch's one host read
