@@ -224,8 +224,9 @@ class MLP:
         return (x - shift) * scale
 
     def to_device(self, data, *, labels: bool = False):
-        """``data`` on this network's device, uploaded once: uint8 stays uint8 (scaled per
-        batch by ``prepare``), integer labels become int32, other floats the network dtype."""
+        """``data`` on this network's device, uploaded once: uint8 stays uint8, integer labels
+        become int32, other floats the network dtype. Arrays already in the backend's
+        namespace are used as they are; ``prepare`` casts and scales each batch."""
         if self.backend.owns(data):
             return data
         data = np.asarray(data)
@@ -238,7 +239,8 @@ class MLP:
     def targets(self, y, smoothing: float = 0.0):
         """Float targets shaped like the output: one-hot rows for integer class labels.
 
-        ``smoothing`` ε > 0 gives label smoothing: 1 - ε + ε/k on the true class, ε/k elsewhere.
+        ``smoothing`` ε > 0 gives label smoothing: 1 - ε + ε/k on the true class, ε/k elsewhere
+        (k classes; a single sigmoid output stands for k = 2).
         """
         xp = self.xp
         if xp.isdtype(y.dtype, "integral"):
@@ -249,7 +251,7 @@ class MLP:
             classes = xp.arange(first, first + self.num_outputs, dtype=y.dtype, device=self.backend.device_of(y))
             onehot = xp.astype(y[:, None] == classes[None, :], self.dtype)
             if smoothing:
-                onehot = onehot * (1.0 - smoothing) + smoothing / self.num_outputs
+                onehot = onehot * (1.0 - smoothing) + smoothing / max(self.num_outputs, 2)
             return onehot
         if y.ndim == 1:
             y = xp.reshape(y, (-1, 1))
