@@ -66,9 +66,7 @@ def save_tensors(
     you want byte-identical output to ``safetensors.numpy.save_file``.
     """
     if not isinstance(tensors, Mapping):
-        raise ConfigError(
-            f"save_tensors: tensors must be a dict of name -> array, not {type(tensors).__name__}"
-        )
+        raise ConfigError(f"save_tensors: tensors must be a dict of name -> array, not {type(tensors).__name__}")
     meta = _check_save_metadata(metadata)
     header: dict[str, object] = {"__metadata__": meta} if meta else {}
     arrays = []
@@ -107,9 +105,7 @@ def save_tensors(
                 stream.write(array.reshape(-1).view(np.uint8).data)
 
 
-def load_tensors(
-    path: str | os.PathLike, *, max_bytes: int = 2**31
-) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def load_tensors(path: str | os.PathLike, *, max_bytes: int = 2**31) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read a safetensors file into native-endian, writable NumPy arrays and its metadata.
 
     ``max_bytes`` caps the tensor data this call will allocate; raise it only for
@@ -127,9 +123,7 @@ def load_tensors(
                     stream.seek(start + begin)
                     got = stream.readinto(array.reshape(-1).view(np.uint8))
                     if got != end - begin:
-                        raise ModelFileError(
-                            f"{name}: file ended inside tensor {key!r} (changed while reading?)"
-                        )
+                        raise ModelFileError(f"{name}: file ended inside tensor {key!r} (changed while reading?)")
                 if dtype.kind == "b" and array.size and array.view(np.uint8).max() > 1:
                     raise ModelFileError(f"{name}: BOOL tensor {key!r} holds bytes other than 0 and 1")
                 if not dtype.isnative:
@@ -158,8 +152,7 @@ def _read_header(stream, name: str, max_bytes: int | None):
     (length,) = _LENGTH.unpack(stream.read(_LENGTH.size))
     if length > MAX_HEADER_BYTES:
         raise ModelFileError(
-            f"{name}: header length {length} exceeds the {MAX_HEADER_BYTES}-byte limit; "
-            "not a safetensors file?"
+            f"{name}: header length {length} exceeds the {MAX_HEADER_BYTES}-byte limit; not a safetensors file?"
         )
     if length > size - _LENGTH.size:
         raise ModelFileError(
@@ -235,9 +228,7 @@ def _check_entry(name: str, key: str, entry) -> tuple[str, np.dtype, tuple[int, 
         raise ModelFileError(f"{where} has {len(shape)} dimensions; NumPy supports at most {_MAX_DIMS}")
     offsets = entry["data_offsets"]
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) and o >= 0 for o in offsets)):
-        raise ModelFileError(
-            f"{where} has data_offsets {offsets!r}; expected [begin, end] of non-negative integers"
-        )
+        raise ModelFileError(f"{where} has data_offsets {offsets!r}; expected [begin, end] of non-negative integers")
     begin, end = offsets
     if begin > end:
         raise ModelFileError(f"{where} has data_offsets [{begin}, {end}] that end before they begin")
@@ -280,9 +271,7 @@ def _check_save_metadata(metadata) -> dict[str, str]:
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
-        raise ConfigError(
-            f"save_tensors: metadata must be a dict of str -> str, not {type(metadata).__name__}"
-        )
+        raise ConfigError(f"save_tensors: metadata must be a dict of str -> str, not {type(metadata).__name__}")
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise ConfigError(
