@@ -25,6 +25,7 @@ COMMANDS = ("train", "evaluate", "predict", "info", "bench")
 #: Settings no recipe needs to repeat; a recipe overrides them, a flag overrides both.
 BASE_SETTINGS = {
     "dataset": "fashion-mnist",
+    "task": None,
     "layers": [128, 64],
     "activation": "relu",
     "output": None,
@@ -101,6 +102,11 @@ def _add_train_arguments(parser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", help="fashion-mnist (default), mnist, or a .npz/.csv file")
     data.add_argument("--data-dir", help="folder holding the dataset files (searched first)")
+    data.add_argument(
+        "--task",
+        choices=("classification", "regression"),
+        help="what the targets of a .npz/.csv file are (default: regression for mse with a linear output)",
+    )
     data.add_argument("--val-split", type=_fraction, help="fraction of training data held out for validation")
     data.add_argument("--scaling", choices=("unit", "symmetric", "standard", "none"), help="input scaling")
     model = parser.add_argument_group("model")
@@ -258,7 +264,9 @@ def run_training(
     log = log or (lambda message: None if quiet else print(message, flush=True))
     started = time.perf_counter()
     backend = get_backend(settings.get("backend"), settings.get("device"))  # fail fast, before the data
-    data = load_dataset(settings["dataset"], data_dir=settings.get("data_dir"), progress=not quiet)
+    data = load_dataset(
+        settings["dataset"], data_dir=settings.get("data_dir"), progress=not quiet, task=_task(settings)
+    )
     X_train, y_train, X_val, y_val = train_val_split(
         data.X_train, data.y_train, settings["val_split"], seed=settings["seed"]
     )
@@ -294,11 +302,15 @@ def run_training(
     out = Path(out) if out else None
     checkpoint = checkpoint_path(out) if out else None
 
+    saved_checkpoint = False  # by this run: a file left by an earlier run is not this run's last good state
+
     def save_checkpoint(state):
+        nonlocal saved_checkpoint
         if checkpoint is not None:
             save_model(
                 checkpoint, net, training=settings, class_names=data.class_names, history=state, optimizer=optimizer
             )
+            saved_checkpoint = True
 
     try:
         history = fit(
@@ -320,7 +332,9 @@ def run_training(
             history=history,
         )
     except DivergenceError as exc:
-        kept = f"; the last good checkpoint is {checkpoint}" if checkpoint and checkpoint.exists() else ""
+        kept = f"; the last good checkpoint is {checkpoint}" if saved_checkpoint else ""
+        if not saved_checkpoint and resume:
+            kept = f"; the checkpoint it resumed from, {resume}, is unchanged"
         raise DivergenceError(f"{exc}{kept}") from None
     result = {
         "recipe": settings.get("recipe"),
@@ -352,6 +366,14 @@ def run_training(
         plot_training(plot_path, history.records, data.y_test, predictions, data.class_names)
         log(f"saved the plot to {plot_path}")
     return result
+
+
+def _task(settings: dict) -> str:
+    """The task a user file's targets serve: given, or regression for MSE on a linear output."""
+    if settings.get("task"):
+        return settings["task"]
+    linear = settings["output"] in (None, "identity", "linear")
+    return "regression" if settings["loss"] == "mse" and linear else "classification"
 
 
 def _format_test(test: dict, seconds: float) -> str:

@@ -145,6 +145,7 @@ def fit(
         history.epoch += 1
         history.batch = 0
         history.partial = []
+        history.rng_state = rng.bit_generator.state  # the next epoch's, so a per-epoch checkpoint resumes exactly
         history.dropout_state = net._dropout_rng.get_state() if net._dropout_rng else None
         if not math.isfinite(record["loss"]):
             raise DivergenceError(
