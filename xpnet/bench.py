@@ -401,7 +401,7 @@ def peak_gemm_gflops(target: Target, repeats: int = 5, n: int | None = None) -> 
     return 2 * n**3 / seconds / 1e9
 
 
-def own_matmul_gflops(target: Target, batch_size: int, repeats: int = 5) -> float:
+def own_matmul_gflops(target: Target, batch_size: int, repeats: int = 5, samples: int = 200_000) -> float:
     """GFLOP/s of the training step's own GEMMs at ``batch_size``, alone and back to back."""
     from xpnet.backend import get_backend
 
@@ -417,7 +417,7 @@ def own_matmul_gflops(target: Target, batch_size: int, repeats: int = 5) -> floa
             if l:
                 acts[l + 1] @ W
 
-    reps = max(repeats, math.ceil(2e5 / batch_size))  # enough steps to see small batches
+    reps = max(1, samples // batch_size)  # as many steps as an epoch
     with backend.compute_threads(batch_size):
         seconds = _median_seconds(lambda: [step() for _ in range(reps)], backend.synchronize, 3) / reps
     return flops_per_sample() * batch_size / seconds / 1e9
@@ -464,6 +464,7 @@ def run_bench(
     warmup: int = 1,
     data: str = "auto",
     memory: bool = True,
+    gemm_size: int | None = None,
     log: Callable[[str], None] | None = print,
 ) -> BenchResult:
     """Run the sweep; every implementation alternates with the others, repeat by repeat."""
@@ -481,7 +482,7 @@ def run_bench(
     ceilings: dict = {}
     rows: list[Row] = []
     for target in targets:
-        peak = peak_gemm_gflops(target, repeats)
+        peak = peak_gemm_gflops(target, repeats, gemm_size)
         ceilings[target.label] = {"peak": peak, "own": {}}
         if log:
             log(f"{target.label}: peak square GEMM {peak:.1f} GFLOP/s")
@@ -494,7 +495,7 @@ def run_bench(
                 if impl == "torch-eager" and target.backend != "torch":
                     continue
                 runners.append((target, RUNNERS[impl](target, X, y, batch_size)))
-            ceilings[target.label]["own"][batch_size] = own_matmul_gflops(target, batch_size, repeats)
+            ceilings[target.label]["own"][batch_size] = own_matmul_gflops(target, batch_size, repeats, X.shape[0])
         for _ in range(warmup):
             for _, runner in runners:
                 runner.epoch()
@@ -816,6 +817,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per row; the median is reported")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs first (default: %(default)s)")
     parser.add_argument("--data", default="auto", choices=("auto", "fashion-mnist", "random"))
+    parser.add_argument(
+        "--gemm-size", type=int, default=None, help="side of the peak GEMM (default 2048 CPU, 8192 GPU)"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the (untimed) peak-memory epoch")
     parser.add_argument("--profile", default=None, help="also profile xpnet's step phase by phase at these batch sizes")
     parser.add_argument("--json", default=None, help="write the results as JSON here")
@@ -842,6 +846,7 @@ def bench_main(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         data=args.data,
         memory=not args.no_memory,
+        gemm_size=args.gemm_size,
         log=None,
     )
     print(format_rows(result.rows))

@@ -1,0 +1,13 @@
+"""Benchmarks of the xpnet implementation (see xpnet.bench for what it is)."""
+
+from _common import bench_epoch, bench_step
+
+IMPL = "xpnet"
+
+
+def test_xpnet_step(benchmark, target, batch_size, data):
+    bench_step(benchmark, IMPL, target, batch_size, data)
+
+
+def test_xpnet_epoch(benchmark, target, batch_size, data):
+    bench_epoch(benchmark, IMPL, target, batch_size, data)
