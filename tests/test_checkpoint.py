@@ -243,6 +243,36 @@ def test_checkpoint_round_trip_keeps_optimizer_and_loop_state(tmp_path):
         np.testing.assert_array_equal(mine, theirs)
     assert saved.checkpoint["state"]["epoch"] == 2
     assert len(saved.best_params(loaded)) == 4
+    assert saved.resume_state()["epoch"] == 2
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("epoch", "x"),
+        ("batch", -1),
+        ("partial", [1, "a", 3, 4]),
+        ("records", ["not a record"]),
+        ("rng_state", {"bit_generator": "PCG64", "state": "junk"}),
+        ("dropout_state", [1, 2, 3]),
+        ("interrupted", "yes"),
+    ],
+)
+def test_tampered_loop_state_is_refused_before_resuming(tmp_path, key, value):
+    from xpnet.optim import SGD
+    from xpnet.train import fit
+
+    X, y = blobs(n=60, features=4, classes=3)
+    net = MLP([4, 6, 3], dropout=0.2)
+    optimizer = SGD(lr=0.01, momentum=0.9)
+    history = fit(net, X, y, epochs=1, batch_size=10, optimizer=optimizer)
+    good = tmp_path / "good.ckpt.safetensors"
+    save_model(good, net, training={"seed": 0}, history=history, optimizer=optimizer)
+    checkpoint = json.loads(load_tensors(good)[1]["checkpoint"])
+    checkpoint["state"][key] = value
+    bad = _tamper(good, tmp_path / "bad.ckpt.safetensors", metadata={"checkpoint": json.dumps(checkpoint)})
+    with pytest.raises(ModelFileError, match=f"bad.ckpt.safetensors: checkpoint state '{key}'"):
+        ModelFile(bad).resume_state()
 
 
 _SAVER = textwrap.dedent(

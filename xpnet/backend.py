@@ -123,6 +123,16 @@ class Backend:
             return contextlib.nullcontext()
         return controller.limit(limits=1, user_api="blas")
 
+    def quiet_float_errors(self):
+        """A context in which NumPy-based backends do not warn on overflow or NaN.
+
+        The training loop checks the loss itself and stops with a clear message, so
+        NumPy's RuntimeWarnings would only be noise before it.
+        """
+        if self.name in ("numpy", "array-api-strict"):
+            return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+        return contextlib.nullcontext()
+
     def synchronize(self) -> None:
         """Wait for queued device work to finish (before reading a clock)."""
         if self.name == "cupy":

@@ -153,7 +153,7 @@ class ModelFile:
                 backend=backend,
                 device=device,
                 dtype=dtype or arch.get("dtype", "float32"),
-                init="scaled_normal",
+                init=_saved_init(arch.get("init")),
                 seed=0,
             )
         except XpnetError as exc:
@@ -169,6 +169,19 @@ class ModelFile:
             except XpnetError as exc:
                 raise self.error(str(exc)) from None
         return net
+
+    def resume_state(self) -> dict:
+        """The training loop's saved state, every field checked: it steers the resumed run."""
+        state = self.checkpoint.get("state") if self.checkpoint else None
+        if not isinstance(state, dict):
+            raise self.error("checkpoint holds no training-loop state")
+        for key, valid in _STATE_CHECKS.items():
+            if key in state and not valid(state[key]):
+                raise self.error(f"checkpoint state {key!r} is invalid ({str(state[key])[:40]})")
+        for key in ("rng_state", "dropout_state"):
+            if not _valid_rng_state(state.get(key)):
+                raise self.error(f"checkpoint state {key!r} is not a random generator state")
+        return state
 
     def best_params(self, net: MLP) -> list | None:
         """Device copies of the checkpoint's best-so-far weights, if it has them."""
@@ -195,6 +208,51 @@ class ModelFile:
                 raise self.error(f"optimizer buffer {k} is missing or not shaped {list(shape)}")
             buffers.append(net.backend.upload(tensor, net.dtype))
         return buffers
+
+
+def _saved_init(init):
+    """The saved initialiser names, if they are names; weights are loaded over them anyway."""
+    if isinstance(init, list) and all(isinstance(name, str) for name in init):
+        return init
+    return "auto"
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_STATE_CHECKS = {
+    "epoch": _count,
+    "batch": _count,
+    "best_epoch": _count,
+    "bad_epochs": _count,
+    "best_val_loss": _number,
+    "records": lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
+    "partial": lambda v: isinstance(v, list) and len(v) in (0, 4) and all(_number(x) for x in v),
+    "stopped_early": lambda v: isinstance(v, bool),
+    "interrupted": lambda v: isinstance(v, bool),
+    "restored_best": lambda v: isinstance(v, bool),
+}
+
+
+def _valid_rng_state(state) -> bool:
+    """None, a PyTorch generator state (bytes), or a state NumPy's generator accepts."""
+    if state is None:
+        return True
+    if not isinstance(state, dict):
+        return False
+    if "torch" in state:
+        data = state["torch"]
+        return isinstance(data, list) and all(isinstance(b, int) and 0 <= b < 256 for b in data)
+    try:
+        np.random.default_rng().bit_generator.state = state
+    except (TypeError, ValueError, KeyError, OverflowError):
+        return False
+    return True
 
 
 def load_model(path: str | os.PathLike, backend=None, device=None, dtype=None) -> MLP:

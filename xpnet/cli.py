@@ -280,7 +280,7 @@ def run_training(
         optimizer.load_state_arrays(
             saved.optimizer_buffers(net, optimizer), saved.checkpoint.get("optimizer_steps", 0), net.params
         )
-        history = History.from_resume_state(saved.checkpoint["state"], best_params=saved.best_params(net))
+        history = History.from_resume_state(saved.resume_state(), best_params=saved.best_params(net))
         log(f"resuming {resume} at epoch {history.epoch + 1}, batch {history.batch}")
     else:
         net = MLP(

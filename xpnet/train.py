@@ -110,62 +110,63 @@ def fit(
         net._dropout_rng.set_state(history.dropout_state)
     history.interrupted = False
 
-    while history.epoch < epochs:
-        history.rng_state = rng.bit_generator.state
-        order = rng.permutation(n) if shuffle else np.arange(n)
-        order = backend.upload(order.astype(np.int32))
-        first = history.batch
-        sums = _zeros(xp, net) if not history.partial else _partial_sums(backend, net, history.partial)
-        start = time.perf_counter() - (history.partial[3] if history.partial else 0.0)
-        bar = _progress_bar(progress, steps, history.epoch + 1, epochs, initial=first)
-        with backend.compute_threads(batch_size):  # BLAS threads that suit this batch size
-            for b in range(first, steps):
-                optimizer.set_progress(history.epoch + b / steps, epochs)
-                idx = order[b * batch_size : (b + 1) * batch_size]
-                xb, yb = net.prepare(xp.take(X, idx, axis=0)), xp.take(y, idx, axis=0)
-                targets = net.targets(yb, label_smoothing)
-                cost, grads, out = net.backprop(xb, targets, train=True)
-                optimizer.step(net.params, grads)
-                sums = _accumulate(xp, net, sums, cost, out, targets, batch_size)
-                if bar is not None:
-                    bar.update(1)
-                if should_stop is not None and should_stop() and b + 1 < steps:
-                    history.batch = b + 1
-                    history.partial = [*backend.to_host(xp.stack(sums)).tolist(), time.perf_counter() - start]
-                    history.dropout_state = net._dropout_rng.get_state() if net._dropout_rng else None
-                    history.interrupted = True
-                    _close(bar)
-                    return history
-        if validation_data is not None:
-            sums += evaluate_sums(net, X_val, y_val)
-        host = backend.to_host(xp.stack(sums)).tolist()  # the epoch's one host read
-        seconds = time.perf_counter() - start
-        record = _record(net, history.epoch + 1, host, seconds, optimizer, validation_data is not None)
-        _close(bar, record)
-        history.epoch += 1
-        history.batch = 0
-        history.partial = []
-        history.rng_state = rng.bit_generator.state  # the next epoch's, so a per-epoch checkpoint resumes exactly
-        history.dropout_state = net._dropout_rng.get_state() if net._dropout_rng else None
-        if not math.isfinite(record["loss"]):
-            raise DivergenceError(
-                f"training diverged in epoch {record['epoch']}: the loss became {record['loss']}; "
-                f"try a smaller learning rate (now {optimizer.base_lr:g})"
-            )
-        history.records.append(record)
-        if verbose:
-            log(format_record(record))
-        improved = _track_best(net, history, record, validation_data is not None)
-        if on_epoch_end is not None:
-            on_epoch_end(history)
-        if patience is not None and not improved and history.bad_epochs >= patience:
-            history.stopped_early = True
+    with backend.quiet_float_errors():  # a NaN/inf loss is caught below, by value
+        while history.epoch < epochs:
+            history.rng_state = rng.bit_generator.state
+            order = rng.permutation(n) if shuffle else np.arange(n)
+            order = backend.upload(order.astype(np.int32))
+            first = history.batch
+            sums = _zeros(xp, net) if not history.partial else _partial_sums(backend, net, history.partial)
+            start = time.perf_counter() - (history.partial[3] if history.partial else 0.0)
+            bar = _progress_bar(progress, steps, history.epoch + 1, epochs, initial=first)
+            with backend.compute_threads(batch_size):  # BLAS threads that suit this batch size
+                for b in range(first, steps):
+                    optimizer.set_progress(history.epoch + b / steps, epochs)
+                    idx = order[b * batch_size : (b + 1) * batch_size]
+                    xb, yb = net.prepare(xp.take(X, idx, axis=0)), xp.take(y, idx, axis=0)
+                    targets = net.targets(yb, label_smoothing)
+                    cost, grads, out = net.backprop(xb, targets, train=True)
+                    optimizer.step(net.params, grads)
+                    sums = _accumulate(xp, net, sums, cost, out, targets, batch_size)
+                    if bar is not None:
+                        bar.update(1)
+                    if should_stop is not None and should_stop() and b + 1 < steps:
+                        history.batch = b + 1
+                        history.partial = [*backend.to_host(xp.stack(sums)).tolist(), time.perf_counter() - start]
+                        history.dropout_state = net._dropout_rng.get_state() if net._dropout_rng else None
+                        history.interrupted = True
+                        _close(bar)
+                        return history
+            if validation_data is not None:
+                sums += evaluate_sums(net, X_val, y_val)
+            host = backend.to_host(xp.stack(sums)).tolist()  # the epoch's one host read
+            seconds = time.perf_counter() - start
+            record = _record(net, history.epoch + 1, host, seconds, optimizer, validation_data is not None)
+            _close(bar, record)
+            history.epoch += 1
+            history.batch = 0
+            history.partial = []
+            history.rng_state = rng.bit_generator.state  # the next epoch's, so a per-epoch checkpoint resumes exactly
+            history.dropout_state = net._dropout_rng.get_state() if net._dropout_rng else None
+            if not math.isfinite(record["loss"]):
+                raise DivergenceError(
+                    f"training diverged in epoch {record['epoch']}: the loss became {record['loss']}; "
+                    f"try a smaller learning rate (now {optimizer.base_lr:g})"
+                )
+            history.records.append(record)
             if verbose:
-                log(f"early stopping: no better validation loss for {patience} epochs")
-            break
-        if should_stop is not None and should_stop() and history.epoch < epochs:
-            history.interrupted = True
-            return history
+                log(format_record(record))
+            improved = _track_best(net, history, record, validation_data is not None)
+            if on_epoch_end is not None:
+                on_epoch_end(history)
+            if patience is not None and not improved and history.bad_epochs >= patience:
+                history.stopped_early = True
+                if verbose:
+                    log(f"early stopping: no better validation loss for {patience} epochs")
+                break
+            if should_stop is not None and should_stop() and history.epoch < epochs:
+                history.interrupted = True
+                return history
 
     if restore_best and history.best_params is not None and history.best_epoch != history.epoch:
         net.params = [backend.copy(p) for p in history.best_params]
