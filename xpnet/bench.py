@@ -631,6 +631,7 @@ def environment() -> dict:
         "numpy": np.__version__,
         "array_api_compat": array_api_compat.__version__,
         "blas": _blas(),
+        "load_average": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
     for name in ("torch", "cupy"):
         try:
@@ -686,6 +687,7 @@ def markdown_report(result: BenchResult, profile_text: str | None = None, notes:
         "",
         f"- CPU: {env['cpu']} ({env['cores']} logical cores)",
         f"- BLAS: {env['blas']}",
+        f"- Load average (1/5/15 min) when the run ended: {env['load_average']} on {env['cores']} cores",
         f"- Python {env['python']}, NumPy {env['numpy']}, array-api-compat {env['array_api_compat']}, "
         f"PyTorch {env['torch']}, CuPy {env['cupy']}",
     ]
