@@ -163,7 +163,7 @@ _RECIPES = [
     Recipe(
         "regression",
         "10-32-1 LeakyReLU(0.01), linear output, MSE, full-batch gradient descent (the batch is "
-        "larger than the whole data set) at 0.002 for 5000 steps, standardised inputs, on "
+        "larger than the whole data set) at 0.002 for 1000 steps, standardised inputs, on "
         "scikit-learn's diabetes data (442 patients; targets in original units).",
         {
             "dataset": "diabetes",
@@ -174,7 +174,7 @@ _RECIPES = [
             "optimizer": "sgd",
             "lr": 0.002,
             "batch_size": 442,
-            "epochs": 5000,
+            "epochs": 1000,
             "val_split": 0.0,
             "scaling": "standard",
         },
