@@ -9,7 +9,9 @@ import pytest
 from conftest import blobs, build_mlp
 
 from xpnet.errors import ConfigError
+from xpnet.network import MLP
 from xpnet.optim import SGD, Adam
+from xpnet.train import fit
 
 STRICT_DEVICES = ["device1", "no_x64"]
 
@@ -189,3 +191,13 @@ def test_fit_refuses_mismatched_lengths():
     X, y = blobs(n=8)
     with pytest.raises(ConfigError, match="8 samples but y has 7"):
         build_mlp(("numpy", None), [2, 2], seed=0).fit(X, y[:7])
+
+
+def test_label_smoothing_keeps_the_accuracy_honest():
+    """Training accuracy is measured against the true labels, not the smoothed targets."""
+    X, y = blobs(n=200, features=4, classes=3)
+    plain, smoothed = (MLP([4, 16, 3], seed=0) for _ in range(2))
+    fit(plain, X, y, epochs=20, batch_size=20, optimizer=SGD(lr=0.1))
+    history = fit(smoothed, X, y, epochs=20, batch_size=20, optimizer=SGD(lr=0.1), label_smoothing=0.3)
+    assert history.records[-1]["accuracy"] == pytest.approx(smoothed.evaluate(X, y)["accuracy"], abs=0.05)
+    assert history.records[-1]["accuracy"] > 0.9

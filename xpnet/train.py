@@ -124,10 +124,11 @@ def fit(
                     optimizer.set_progress(history.epoch + b / steps, epochs)
                     idx = order[b * batch_size : (b + 1) * batch_size]
                     xb, yb = net.prepare(xp.take(X, idx, axis=0)), xp.take(y, idx, axis=0)
-                    targets = net.targets(yb, label_smoothing)
+                    truth = net.targets(yb)
+                    targets = net.targets(yb, label_smoothing) if label_smoothing else truth
                     cost, grads, out = net.backprop(xb, targets, train=True)
                     optimizer.step(net.params, grads)
-                    sums = _accumulate(xp, net, sums, cost, out, targets, batch_size)
+                    sums = _accumulate(xp, net, sums, cost, out, truth, batch_size)
                     if bar is not None:
                         bar.update(1)
                     if should_stop is not None and should_stop() and b + 1 < steps:
