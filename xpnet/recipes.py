@@ -181,8 +181,9 @@ _RECIPES = [
     ),
     Recipe(
         "default",
-        "xpnet's own best MLP in about three minutes on two CPU cores: 784-512-256-10 ReLU, "
-        "dropout, label smoothing, AdamW with a cosine schedule; see docs/RECIPES.md for the "
+        "xpnet's own recipe, about a minute on two CPU cores: 784-512-256-10 ReLU, He init, "
+        "AdamW at 0.001 with weight decay 0.05 and a cosine schedule, label smoothing 0.1, "
+        "batches of 128 for 25 epochs, 10% held out for validation; docs/RECIPES.md logs the "
         "experiments behind each choice.",
         {
             "dataset": "fashion-mnist",
@@ -190,10 +191,10 @@ _RECIPES = [
             "activation": "relu",
             "loss": "cross_entropy",
             "init": "auto",
-            "dropout": 0.2,
+            "dropout": 0.0,
             "optimizer": "adamw",
             "lr": 0.001,
-            "weight_decay": 0.01,
+            "weight_decay": 0.05,
             "schedule": "cosine",
             "batch_size": 128,
             "epochs": 25,
