@@ -29,8 +29,7 @@ def run_recipe(name: str, device: str | None = None, backend: str | None = None)
 
     overrides = {"device": device, "backend": backend}
     settings = resolve_settings(name, overrides)
-    with _regression_datasets():
-        return run_training(settings, quiet=True)
+    return run_training(settings, quiet=True)
 
 
 def table_row(name: str, dataset: str, result: dict) -> str:
@@ -92,36 +91,6 @@ def _cpu_count() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-class _regression_datasets:
-    """Let ``load_dataset`` find ``diabetes``/``friedman1`` while the data layer does not know them yet.
-
-    Steps in only where ``xpnet.data.load_dataset`` refuses one of those names.
-    """
-
-    def __enter__(self):
-        import xpnet.data
-        from xpnet.data.regression import REGRESSION_DATASETS, load_regression
-        from xpnet.errors import DataError
-
-        self.module, self.original = xpnet.data, xpnet.data.load_dataset
-        original = self.original
-
-        def load_dataset(name_or_path, *args, **kwargs):
-            try:
-                return original(name_or_path, *args, **kwargs)
-            except DataError:
-                if str(name_or_path).strip().lower() not in REGRESSION_DATASETS:
-                    raise
-                return load_regression(name_or_path)
-
-        xpnet.data.load_dataset = load_dataset
-        return self
-
-    def __exit__(self, *exc):
-        self.module.load_dataset = self.original
-        return False
 
 
 if __name__ == "__main__":

@@ -196,8 +196,7 @@ def test_python_dash_m_runs_as_a_program(tmp_path, idx_dir):
 def test_real_fashion_mnist_short_run(tmp_path, capsys):
     """One short run on the real data, found in /usr/share/datasets without --data-dir."""
     out = tmp_path / "m.safetensors"
-    args = ["train", "--epochs", "1", "--layers", "64", "--optimizer", "adam", "--lr", "0.002", "--batch-size", "128"]
-    assert main([*args, "--out", str(out), "--quiet"]) == 0
+    assert main(["train", "--epochs", "1", "--out", str(out), "--quiet"]) == 0  # the default recipe, cut short
     accuracy = float(capsys.readouterr().out.split("accuracy")[1].split()[0])
     assert accuracy > 0.8
-    assert load_model(out).sizes == [784, 64, 10]
+    assert load_model(out).sizes == [784, 512, 256, 10]

@@ -155,7 +155,7 @@ def fit(
                     f"try a smaller learning rate (now {optimizer.base_lr:g})"
                 )
             history.records.append(record)
-            if verbose:
+            if verbose and _worth_logging(record["epoch"], epochs):
                 log(format_record(record))
             improved = _track_best(net, history, record, validation_data is not None)
             if on_epoch_end is not None:
@@ -177,6 +177,11 @@ def fit(
                 f"restored the weights of epoch {history.best_epoch} (best validation loss {history.best_val_loss:.4f})"
             )
     return history
+
+
+def _worth_logging(epoch: int, epochs: int) -> bool:
+    """Every epoch of a short run; about twenty lines of a long one (full-batch runs have thousands)."""
+    return epochs <= 50 or epoch % (epochs // 20) == 0 or epoch == epochs
 
 
 def _check_fit_args(epochs, batch_size, patience):

@@ -300,7 +300,8 @@ def load_dataset(
     progress: bool = True,
     task: str = "classification",
 ) -> Dataset:
-    """Load ``fashion-mnist``, ``mnist``, or a user ``.npz`` / ``.csv`` file.
+    """Load ``fashion-mnist``, ``mnist``, a regression set (``diabetes``, ``friedman1``),
+    or a user ``.npz`` / ``.csv`` file.
 
     Named datasets come from the first folder in ``search_paths`` that holds all four
     IDX files, else are downloaded into the cache folder (``download=True``). Images
@@ -315,6 +316,10 @@ def load_dataset(
     key = str(name_or_path).strip().lower().replace("_", "-")
     if key in SOURCES:
         return _load_named(key, data_dir, download, progress)
+    from xpnet.data.regression import REGRESSION_DATASETS, load_regression  # imports this module
+
+    if key in REGRESSION_DATASETS:
+        return load_regression(key)
     path = Path(name_or_path)
     suffix = path.suffix.lower()
     if suffix == ".npz":
@@ -324,7 +329,7 @@ def load_dataset(
         return _from_xy(path, X, y, task)
     raise DataError(
         f"dataset {str(name_or_path)!r}: not a known name or a .npz/.csv file; use one of "
-        f"{', '.join(SOURCES)}, or a path ending in .npz or .csv"
+        f"{', '.join([*SOURCES, *REGRESSION_DATASETS])}, or a path ending in .npz or .csv"
     )
 
 
