@@ -85,9 +85,7 @@ def test_accepts_any_layout_and_byte_order(tmp_path):
     big_endian = np.arange(6, dtype=">i4").reshape(2, 3)
     fortran = np.asfortranarray(np.arange(12.0).reshape(3, 4))
     strided = np.arange(20, dtype=np.int16)[::3]
-    save_tensors(
-        tmp_path / "m.safetensors", {"be": big_endian, "f": fortran, "s": strided, "g": np.float32(2)}
-    )
+    save_tensors(tmp_path / "m.safetensors", {"be": big_endian, "f": fortran, "s": strided, "g": np.float32(2)})
     loaded, _ = load_tensors(tmp_path / "m.safetensors")
     for name, original in [("be", big_endian), ("f", fortran), ("s", strided), ("g", np.float32(2))]:
         np.testing.assert_array_equal(loaded[name], original)
@@ -182,8 +180,7 @@ BAD_HEADERS = {
     "size mismatch": (
         {"layers.0.weight": {"dtype": "F32", "shape": [128, 784], "data_offsets": [0, 12]}},
         b"\0" * 12,
-        "tensor 'layers.0.weight' declares shape [128, 784] (401408 bytes) "
-        "but its data_offsets span 12 bytes",
+        "tensor 'layers.0.weight' declares shape [128, 784] (401408 bytes) but its data_offsets span 12 bytes",
     ),
     "huge shape": (with_entry(shape=[10**12, 10**12], data_offsets=[0, 8]), b"\0" * 8, "declares shape"),
     "past the end": (with_entry(shape=[4], data_offsets=[0, 16]), b"\0" * 8, "past the end"),

@@ -196,9 +196,7 @@ def test_header_tampering(folder, valid, data):
 def test_huge_declared_shapes_fail_fast_without_allocating(folder, shape, code):
     """A self-consistent header declaring a huge tensor over a tiny file is refused before allocation."""
     size = math.prod(shape) * DTYPES[code].itemsize
-    raw = frame(
-        json.dumps({"big": {"dtype": code, "shape": shape, "data_offsets": [0, size]}}).encode(), b"\0" * 64
-    )
+    raw = frame(json.dumps({"big": {"dtype": code, "shape": shape, "data_offsets": [0, size]}}).encode(), b"\0" * 64)
     path = folder / "huge.safetensors"
     path.write_bytes(raw)
     tracemalloc.start()
