@@ -68,7 +68,8 @@ class ReLU(Activation):
         return xp.maximum(z, 0.0)
 
     def backward(self, xp, z, a, grad_a):
-        return xp.where(z > 0, grad_a, 0.0)
+        # σ'(z) is the 0/1 step; a multiply by it is many times faster than xp.where on NumPy.
+        return grad_a * xp.astype(z > 0, grad_a.dtype)
 
 
 @dataclass(repr=False)
@@ -83,10 +84,11 @@ class LeakyReLU(Activation):
             raise ConfigError(f"leaky_relu slope must be in [0, 1), not {self.alpha}")
 
     def forward(self, xp, z):
-        return xp.where(z > 0, z, self.alpha * z)
+        return xp.maximum(z, self.alpha * z)  # equal to max(z, αz) because 0 <= α < 1
 
     def backward(self, xp, z, a, grad_a):
-        return xp.where(z > 0, grad_a, self.alpha * grad_a)
+        step = xp.astype(z > 0, grad_a.dtype)  # σ'(z) = α + (1 - α)·step(z)
+        return grad_a * (self.alpha + (1.0 - self.alpha) * step)
 
     def spec(self) -> str:
         return f"leaky_relu({self.alpha:g})"

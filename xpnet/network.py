@@ -214,14 +214,19 @@ class MLP:
 
     def prepare(self, x):
         """A batch of raw inputs as the first layer wants them: network dtype, scaled."""
-        if x.dtype != self.dtype:
+        fresh = x.dtype != self.dtype
+        if fresh:
             x = self.xp.astype(x, self.dtype)
         if self._scaling_on_device is None:
             return x
         shift, scale = self._scaling_on_device
-        if isinstance(shift, float) and shift == 0.0:
-            return x * scale  # unit scaling of uint8 images: one pass, not two
-        return (x - shift) * scale
+        if not fresh:
+            return (x - shift) * scale
+        # x is our own copy (the cast made it): scale it in place, with no second batch-sized array.
+        if not (isinstance(shift, float) and shift == 0.0):
+            x -= shift
+        x *= scale
+        return x
 
     def to_device(self, data, *, labels: bool = False):
         """``data`` on this network's device, uploaded once: uint8 stays uint8, integer labels
