@@ -246,6 +246,26 @@ def _compat(name: str) -> ModuleType:
 _RESOLVERS = {"numpy": _numpy, "cupy": _cupy, "torch": _torch, "array-api-strict": _strict}
 
 
+def cuda_devices() -> list[str]:
+    """The CUDA GPUs CuPy and PyTorch can see, one line each (for ``python -m xpnet info``)."""
+    found = []
+    try:
+        import cupy
+
+        for index in range(cupy.cuda.runtime.getDeviceCount()):
+            name = cupy.cuda.runtime.getDeviceProperties(index)["name"].decode()
+            found.append(f"cuda:{index} {name} (CuPy)")
+    except Exception:  # no CuPy, no driver, no GPU: nothing to list
+        pass
+    try:
+        import torch
+
+        found += [f"cuda:{i} {torch.cuda.get_device_name(i)} (PyTorch)" for i in range(torch.cuda.device_count())]
+    except Exception:
+        pass
+    return found
+
+
 def available_backends() -> dict[str, str]:
     """Each backend name mapped to its status, for ``python -m xpnet info``."""
     report = {}
@@ -295,6 +315,22 @@ class RandomGenerator:
             self._generator.set_state(self._torch.tensor(state["torch"], dtype=self._torch.uint8))
         elif self.backend.name != "cupy":
             self._generator.bit_generator.state = state
+
+    @staticmethod
+    def valid_state(state: Any) -> bool:
+        """True if ``state`` could come from ``get_state`` (checks untrusted checkpoint data)."""
+        if state is None:
+            return True
+        if not isinstance(state, dict):
+            return False
+        if "torch" in state:
+            data = state["torch"]
+            return isinstance(data, list) and all(isinstance(b, int) and 0 <= b < 256 for b in data)
+        try:
+            np.random.default_rng().bit_generator.state = state
+        except (TypeError, ValueError, KeyError, OverflowError):
+            return False
+        return True
 
     def uniform(self, shape: tuple, dtype: Any):
         """An array of ``shape`` with U[0, 1) entries of ``dtype``, on the device."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from xpnet import __version__
+from xpnet.backend import RandomGenerator
 from xpnet.errors import BackendError, ModelFileError, XpnetError
 from xpnet.network import MLP
 from xpnet.safetensors import load_tensors, read_metadata, save_tensors
@@ -179,7 +180,7 @@ class ModelFile:
             if key in state and not valid(state[key]):
                 raise self.error(f"checkpoint state {key!r} is invalid ({str(state[key])[:40]})")
         for key in ("rng_state", "dropout_state"):
-            if not _valid_rng_state(state.get(key)):
+            if not RandomGenerator.valid_state(state.get(key)):
                 raise self.error(f"checkpoint state {key!r} is not a random generator state")
         return state
 
@@ -237,22 +238,6 @@ _STATE_CHECKS = {
     "interrupted": lambda v: isinstance(v, bool),
     "restored_best": lambda v: isinstance(v, bool),
 }
-
-
-def _valid_rng_state(state) -> bool:
-    """None, a PyTorch generator state (bytes), or a state NumPy's generator accepts."""
-    if state is None:
-        return True
-    if not isinstance(state, dict):
-        return False
-    if "torch" in state:
-        data = state["torch"]
-        return isinstance(data, list) and all(isinstance(b, int) and 0 <= b < 256 for b in data)
-    try:
-        np.random.default_rng().bit_generator.state = state
-    except (TypeError, ValueError, KeyError, OverflowError):
-        return False
-    return True
 
 
 def load_model(path: str | os.PathLike, backend=None, device=None, dtype=None) -> MLP:

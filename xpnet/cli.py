@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from xpnet import __version__
+from xpnet.backend import BACKENDS
 from xpnet.errors import ConfigError, DivergenceError, XpnetError
 
 COMMANDS = ("train", "evaluate", "predict", "info", "bench")
@@ -91,9 +92,7 @@ def _fraction(text: str) -> float:
 
 def _add_device_arguments(parser) -> None:
     parser.add_argument("--device", help="cpu (default), cuda or cuda:N; cuda alone means CuPy")
-    parser.add_argument(
-        "--backend", choices=("numpy", "cupy", "torch", "array-api-strict"), help="array library (default: numpy)"
-    )
+    parser.add_argument("--backend", choices=BACKENDS, help="array library (default: numpy)")
 
 
 def _add_train_arguments(parser) -> None:
@@ -495,7 +494,7 @@ def _read_inputs(path: Path, features: int) -> np.ndarray:
 def _info_command(args) -> int:
     import array_api_compat
 
-    from xpnet.backend import available_backends
+    from xpnet.backend import available_backends, cuda_devices
 
     print(f"xpnet {__version__} on Python {platform.python_version()} ({platform.machine()})")
     print(f"numpy {np.__version__}, array-api-compat {array_api_compat.__version__}")
@@ -504,30 +503,10 @@ def _info_command(args) -> int:
         print(f"  {name:17s} {status}")
     print("devices:")
     print("  cpu")
-    for line in _cuda_devices():
+    for line in cuda_devices() or ["no CUDA GPU seen"]:
         print(f"  {line}")
     print(f"BLAS: {_blas_description()}")
     return 0
-
-
-def _cuda_devices() -> list[str]:
-    found = []
-    try:
-        import cupy
-
-        for index in range(cupy.cuda.runtime.getDeviceCount()):
-            name = cupy.cuda.runtime.getDeviceProperties(index)["name"].decode()
-            found.append(f"cuda:{index} {name} (CuPy)")
-    except Exception:
-        pass
-    try:
-        import torch
-
-        for index in range(torch.cuda.device_count()):
-            found.append(f"cuda:{index} {torch.cuda.get_device_name(index)} (PyTorch)")
-    except Exception:
-        pass
-    return found or ["no CUDA GPU seen"]
 
 
 def _blas_description() -> str:
