@@ -48,6 +48,11 @@ LR, MOMENTUM = 0.01, 0.9
 IMPLS = ("xpnet", "direct", "torch-eager")
 
 
+def step_macs(batch_size: int, sizes: Sequence[int] = SIZES) -> int:
+    """Forward multiply-adds of one step, what ``Backend.compute_threads`` sizes threads by."""
+    return batch_size * sum(n_in * n_out for n_in, n_out in itertools.pairwise(sizes))
+
+
 def flops_per_sample(sizes: Sequence[int] = SIZES) -> int:
     """FLOPs of one training sample through a dense network, counting multiply-adds as 2.
 
@@ -183,7 +188,7 @@ class XpnetRunner(Runner):
         self.backend.synchronize()
 
     def step(self) -> None:
-        with self.backend.compute_threads(self.batch_size):
+        with self.backend.compute_threads(step_macs(self.batch_size)):
             _, grads, _ = self.net.backprop(*self._batch, train=True)
             self.optimizer.step(self.net.params, grads)
         self.backend.synchronize()
@@ -253,7 +258,7 @@ class DirectRunner(Runner):
         order = np.random.default_rng(self.epochs).permutation(self.X.shape[0]).astype(np.int32)
         bs = self.batch_size
         sums = np.zeros(3, dtype=np.float32)
-        with self.backend.compute_threads(bs):
+        with self.backend.compute_threads(step_macs(bs)):
             for i in range(self.X.shape[0] // bs):
                 idx = order[i * bs : (i + 1) * bs]
                 x = self.X.take(idx, axis=0).astype(np.float32)
@@ -264,7 +269,7 @@ class DirectRunner(Runner):
 
     def step(self) -> None:
         x = self.X[: self.batch_size].astype(np.float32) / np.float32(255.0)
-        with self.backend.compute_threads(self.batch_size):
+        with self.backend.compute_threads(step_macs(self.batch_size)):
             self._train_step(x, self.eye[self.y[: self.batch_size]])
 
     def peak_memory(self) -> int | None:
@@ -418,7 +423,7 @@ def own_matmul_gflops(target: Target, batch_size: int, repeats: int = 5, samples
                 acts[l + 1] @ W
 
     reps = max(1, samples // batch_size)  # as many steps as an epoch
-    with backend.compute_threads(batch_size):
+    with backend.compute_threads(step_macs(batch_size)):
         seconds = _median_seconds(lambda: [step() for _ in range(reps)], backend.synchronize, 3) / reps
     return flops_per_sample() * batch_size / seconds / 1e9
 
@@ -765,7 +770,7 @@ def profile_step(batch_size: int, samples: int = 16384, backend: str = "numpy", 
     phases = dict.fromkeys(("batch", "forward+loss+backward", "optimizer", "metrics"), 0.0)
     steps = max(1, min(samples // batch_size, 400))
     order = runner.backend.upload(np.random.default_rng(0).permutation(X.shape[0]).astype(np.int32))
-    with runner.backend.compute_threads(batch_size):
+    with runner.backend.compute_threads(step_macs(batch_size)):
         for rep in range(2):  # the first pass warms up
             for b in range(steps):
                 t0 = time.perf_counter()

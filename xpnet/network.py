@@ -54,8 +54,7 @@ class MLP:
         self.loss_name = loss_name(loss)
         self.activations: list[Activation] = _layer_activations(activation, output, self.loss_name, depth)
         self.loss: Loss = get_loss(self.loss_name, self.activations[-1])
-        self.init = _per_layer(init, depth, "init")
-        self.inits = [init_name(spec, act.name) for spec, act in zip(self.init, self.activations)]
+        self.inits = [init_name(spec, act.name) for spec, act in zip(_per_layer(init, depth, "init"), self.activations)]
         self.dropout = _check_dropout(dropout, depth)
         self.backend = get_backend(backend, device)
         self.xp = self.backend.xp
@@ -64,7 +63,8 @@ class MLP:
         self.seed = seed
         self.scaling = None
         self._scaling_on_device = None
-        self._dropout_rng = self.backend.random_generator(seed) if any(self.dropout) else None
+        #: Draws the dropout masks on the device; None when no layer drops units.
+        self.dropout_rng = self.backend.random_generator(seed) if any(self.dropout) else None
         #: Flat list [W^1, b^1, W^2, b^2, ...]; optimizers update it in place.
         self.params = []
         for W, b in initial_parameters(self.sizes, self.inits, seed):
@@ -80,6 +80,11 @@ class MLP:
     def layers(self) -> list[tuple]:
         """``(W, b)`` for each layer, input side first."""
         return [(self.params[2 * i], self.params[2 * i + 1]) for i in range(self.depth)]
+
+    @property
+    def macs_per_sample(self) -> int:
+        """Multiply-adds of one forward pass for one sample (the matmuls' size)."""
+        return sum(n_in * n_out for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]))
 
     @property
     def num_outputs(self) -> int:
@@ -190,7 +195,7 @@ class MLP:
         return cost, [(grads[2 * i], grads[2 * i + 1]) for i in range(self.depth)]
 
     def _dropout_mask(self, shape, rate):
-        keep = self._dropout_rng.uniform(shape, self.dtype) >= rate
+        keep = self.dropout_rng.uniform(shape, self.dtype) >= rate
         return self.xp.astype(keep, self.dtype) / (1.0 - rate)
 
     # -- inputs and targets ------------------------------------------------------

@@ -106,8 +106,8 @@ def fit(
     rng = np.random.default_rng(seed)
     if history.rng_state is not None:
         rng.bit_generator.state = history.rng_state
-    if history.dropout_state is not None and net._dropout_rng is not None:
-        net._dropout_rng.set_state(history.dropout_state)
+    if history.dropout_state is not None and net.dropout_rng is not None:
+        net.dropout_rng.set_state(history.dropout_state)
     history.interrupted = False
 
     with backend.quiet_float_errors():  # a NaN/inf loss is caught below, by value
@@ -119,7 +119,7 @@ def fit(
             sums = _zeros(xp, net) if not history.partial else _partial_sums(backend, net, history.partial)
             start = time.perf_counter() - (history.partial[3] if history.partial else 0.0)
             bar = _progress_bar(progress, steps, history.epoch + 1, epochs, initial=first)
-            with backend.compute_threads(batch_size):  # BLAS threads that suit this batch size
+            with backend.compute_threads(batch_size * net.macs_per_sample):  # BLAS threads that suit the step
                 for b in range(first, steps):
                     optimizer.set_progress(history.epoch + b / steps, epochs)
                     idx = order[b * batch_size : (b + 1) * batch_size]
@@ -134,7 +134,7 @@ def fit(
                     if should_stop is not None and should_stop() and b + 1 < steps:
                         history.batch = b + 1
                         history.partial = [*backend.to_host(xp.stack(sums)).tolist(), time.perf_counter() - start]
-                        history.dropout_state = net._dropout_rng.get_state() if net._dropout_rng else None
+                        history.dropout_state = net.dropout_rng.get_state() if net.dropout_rng else None
                         history.interrupted = True
                         _close(bar)
                         return history
@@ -148,7 +148,7 @@ def fit(
             history.batch = 0
             history.partial = []
             history.rng_state = rng.bit_generator.state  # the next epoch's, so a per-epoch checkpoint resumes exactly
-            history.dropout_state = net._dropout_rng.get_state() if net._dropout_rng else None
+            history.dropout_state = net.dropout_rng.get_state() if net.dropout_rng else None
             if not math.isfinite(record["loss"]):
                 raise DivergenceError(
                     f"training diverged in epoch {record['epoch']}: the loss became {record['loss']}; "
