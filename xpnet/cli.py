@@ -254,11 +254,9 @@ def run_training(
     Returns ``{"test": metrics, "epochs": n, "seconds": s, "device": ..., ...}``.
     """
     from xpnet.backend import get_backend
-    from xpnet.checkpoint import ModelFile, save_model
-    from xpnet.data import Scaling, load_dataset, train_val_split
-    from xpnet.network import MLP
-    from xpnet.optim import get_optimizer
-    from xpnet.train import History, fit
+    from xpnet.checkpoint import save_model
+    from xpnet.data import load_dataset, train_val_split
+    from xpnet.train import fit
 
     log = log or (lambda message: None if quiet else print(message, flush=True))
     started = time.perf_counter()
@@ -269,33 +267,9 @@ def run_training(
     X_train, y_train, X_val, y_val = train_val_split(
         data.X_train, data.y_train, settings["val_split"], seed=settings["seed"]
     )
-    scaling = Scaling.fit(settings["scaling"], X_train)
-    sizes = [data.num_features, *settings["layers"], data.num_classes]
-    optimizer_options = {key: settings[key] for key in ("lr", "momentum", "nesterov", "weight_decay", "schedule")}
-    if resume:
-        saved = ModelFile(resume)
-        net = saved.build(backend)
-        optimizer = get_optimizer(settings["optimizer"], **optimizer_options)
-        optimizer.load_state_arrays(
-            saved.optimizer_buffers(net, optimizer), saved.checkpoint.get("optimizer_steps", 0), net.params
-        )
-        history = History.from_resume_state(saved.resume_state(), best_params=saved.best_params(net))
+    net, optimizer, history = _model_and_optimizer(settings, backend, data, X_train, resume)
+    if history is not None:
         log(f"resuming {resume} at epoch {history.epoch + 1}, batch {history.batch}")
-    else:
-        net = MLP(
-            sizes,
-            activation=settings["activation"],
-            loss=settings["loss"],
-            output=settings["output"],
-            init=settings["init"],
-            dropout=settings["dropout"],
-            backend=backend,
-            dtype=settings["dtype"],
-            seed=settings["seed"],
-        )
-        net.set_scaling(scaling)
-        optimizer = get_optimizer(settings["optimizer"], **optimizer_options)
-        history = None
     log(f"{net}\n{len(X_train)} training, {len(X_val)} validation, {len(data.X_test)} test samples")
 
     out = Path(out) if out else None
@@ -365,6 +339,45 @@ def run_training(
         plot_training(plot_path, history.records, data.y_test, predictions, data.class_names)
         log(f"saved the plot to {plot_path}")
     return result
+
+
+def _model_and_optimizer(settings: dict, backend, data, X_train, resume):
+    """A new network and optimizer as ``settings`` say, or both restored from ``resume``.
+
+    Returns ``(net, optimizer, history)``; ``history`` is None for a new run.
+    """
+    from xpnet.checkpoint import ModelFile
+    from xpnet.data import Scaling
+    from xpnet.network import MLP
+    from xpnet.optim import get_optimizer
+    from xpnet.train import History
+
+    options = {key: settings[key] for key in ("lr", "momentum", "nesterov", "weight_decay", "schedule")}
+    optimizer = get_optimizer(settings["optimizer"], **options)
+    if resume:
+        saved = ModelFile(resume)
+        net = saved.build(backend)
+        if net.sizes[0] != data.num_features or net.sizes[-1] != data.num_classes:
+            raise ConfigError(
+                f"--resume {resume}: the checkpoint's network is {net.sizes[0]}->{net.sizes[-1]}, but dataset "
+                f"{settings['dataset']!r} has {data.num_features} features and {data.num_classes} outputs"
+            )
+        steps = saved.checkpoint.get("optimizer_steps", 0)
+        optimizer.load_state_arrays(saved.optimizer_buffers(net, optimizer), steps, net.params)
+        return net, optimizer, History.from_resume_state(saved.resume_state(), best_params=saved.best_params(net))
+    net = MLP(
+        [data.num_features, *settings["layers"], data.num_classes],
+        activation=settings["activation"],
+        loss=settings["loss"],
+        output=settings["output"],
+        init=settings["init"],
+        dropout=settings["dropout"],
+        backend=backend,
+        dtype=settings["dtype"],
+        seed=settings["seed"],
+    )
+    net.set_scaling(Scaling.fit(settings["scaling"], X_train))
+    return net, optimizer, None
 
 
 def _task(settings: dict) -> str:
