@@ -96,7 +96,13 @@ def _add_device_arguments(parser) -> None:
 
 
 def _add_train_arguments(parser) -> None:
-    parser.add_argument("--recipe", default="default", help="named configuration to start from (see docs/RECIPES.md)")
+    from xpnet.recipes import RECIPES
+
+    parser.add_argument(
+        "--recipe",
+        default="default",
+        help=f"named configuration to start from: {', '.join(RECIPES)} (default: default; see docs/RECIPES.md)",
+    )
     _add_device_arguments(parser)
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", help="fashion-mnist (default), mnist, or a .npz/.csv file")
