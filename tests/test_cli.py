@@ -134,6 +134,7 @@ def test_early_stopping_restores_best_weights(tmp_path, idx_dir, capsys):
         (["--backend", "torch", "--device", "cuda:0"], "cuda"),
         (["--dataset", "missing.npz"], "missing.npz"),
         (["--history", "h.txt"], "--history"),
+        (["--plot", "p.jpg"], "--plot"),
         (["--recipe", "no-such-recipe"], "no-such-recipe"),
     ],
 )

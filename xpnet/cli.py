@@ -267,6 +267,12 @@ def run_training(
     log = log or (lambda message: None if quiet else print(message, flush=True))
     started = time.perf_counter()
     backend = get_backend(settings.get("backend"), settings.get("device"))  # fail fast, before the data
+    if history_path:
+        _history_format(history_path)
+    if plot_path:
+        from xpnet.plot import check_plot_path
+
+        check_plot_path(plot_path)
     data = load_dataset(
         settings["dataset"], data_dir=settings.get("data_dir"), progress=not quiet, task=_task(settings)
     )
@@ -399,19 +405,24 @@ def _format_test(test: dict, seconds: float) -> str:
     return f"test  {metrics}  ({seconds:.1f} s)"
 
 
+def _history_format(path) -> str:
+    """``json`` or ``csv`` from the file name; anything else is refused up front."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".json", ".csv"):
+        raise ConfigError(f"--history {path}: the file name must end in .json or .csv")
+    return suffix[1:]
+
+
 def _write_history(path, records: list[dict]) -> None:
     from xpnet.fileio import atomic_write_text
 
-    path = Path(path)
-    if path.suffix.lower() == ".json":
+    if _history_format(path) == "json":
         atomic_write_text(path, json.dumps(records, indent=2) + "\n")
-    elif path.suffix.lower() == ".csv":
-        columns = list(dict.fromkeys(key for record in records for key in record))
-        lines = [",".join(columns)]
-        lines += [",".join(f"{record.get(c, '')}" for c in columns) for record in records]
-        atomic_write_text(path, "\n".join(lines) + "\n")
-    else:
-        raise ConfigError(f"--history {path}: the file name must end in .json or .csv")
+        return
+    columns = list(dict.fromkeys(key for record in records for key in record))
+    lines = [",".join(columns)]
+    lines += [",".join(f"{record.get(c, '')}" for c in columns) for record in records]
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 class _StopFlag:

@@ -10,6 +10,13 @@ from xpnet.errors import ConfigError
 from xpnet.fileio import atomic_writer
 
 
+def check_plot_path(path) -> None:
+    """Refuse a plot file xpnet cannot write, before any training time is spent on it."""
+    if Path(path).suffix.lower() != ".png":
+        raise ConfigError(f"--plot {path}: the file name must end in .png")
+    _pyplot()
+
+
 def _pyplot():
     try:
         import matplotlib
@@ -29,8 +36,7 @@ def confusion_matrix(truth, predicted, num_classes: int) -> np.ndarray:
 
 def plot_training(path, records: list[dict], truth=None, predicted=None, class_names=None) -> None:
     """Loss and accuracy per epoch (train and validation), and the test confusion matrix."""
-    if Path(path).suffix.lower() != ".png":
-        raise ConfigError(f"--plot {path}: the file name must end in .png")
+    check_plot_path(path)
     plt = _pyplot()
     panels = 3 if predicted is not None else 2
     figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), constrained_layout=True)
