@@ -135,6 +135,8 @@ def test_early_stopping_restores_best_weights(tmp_path, idx_dir, capsys):
         (["--dataset", "missing.npz"], "missing.npz"),
         (["--history", "h.txt"], "--history"),
         (["--plot", "p.jpg"], "--plot"),
+        (["--seed", "-1"], "argument --seed"),
+        (["--epochs", "-2"], "argument --epochs"),
         (["--recipe", "no-such-recipe"], "no-such-recipe"),
     ],
 )
@@ -201,3 +203,57 @@ def test_real_fashion_mnist_short_run(tmp_path, capsys):
     accuracy = float(capsys.readouterr().out.split("accuracy")[1].split()[0])
     assert accuracy > 0.8
     assert load_model(out).sizes == [784, 512, 256, 10]
+
+
+@pytest.fixture(scope="module")
+def regression_npz(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4)).astype(np.float32)
+    y = X @ np.array([1.0, -2.0, 0.5, 3.0], dtype=np.float32) + 0.1 * rng.normal(size=300).astype(np.float32)
+    path = tmp_path_factory.mktemp("reg") / "reg.npz"
+    np.savez(path, X=X, y=y)
+    return path
+
+
+def test_regression_model_evaluates_and_predicts_values(tmp_path, regression_npz, capsys):
+    out = tmp_path / "reg.safetensors"
+    args = ["train", "--dataset", str(regression_npz), "--loss", "mse", "--layers", "16", "--optimizer", "adam"]
+    args += ["--lr", "0.01", "--epochs", "30", "--batch-size", "16", "--weight-decay", "0", "--scaling", "standard"]
+    assert main([*args, "--out", str(out), "--quiet"]) == 0
+    assert "r2" in capsys.readouterr().out
+    assert main(["evaluate", str(out)]) == 0
+    r2 = float(capsys.readouterr().out.split("r2")[1].split()[0])
+    assert r2 > 0.9
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, X=np.ones((3, 4), np.float32))
+    assert main(["predict", str(out), str(inputs)]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0] == "index,y0" and len(rows) == 4
+    assert all(len(row.split(",")) == 2 for row in rows[1:])
+    float(rows[1].split(",")[1])
+
+
+def test_regression_data_with_a_classification_loss_is_refused(tmp_path, regression_npz, capsys):
+    argv = ["train", "--dataset", str(regression_npz), "--task", "regression", "--out", str(tmp_path / "m.safetensors")]
+    assert main(argv) == 2
+    assert "--loss mse" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_dataset_with_other_classes(tmp_path, idx_dir, capsys):
+    out = _train(tmp_path, idx_dir)
+    rng = np.random.default_rng(0)
+    other = tmp_path / "other.npz"
+    np.savez(other, X=rng.integers(0, 255, (50, 784)).astype(np.uint8), y=np.arange(50) % 3)
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--dataset", str(other)]) == 2
+    assert "3 classes/targets but the model has 10 outputs" in capsys.readouterr().err
+
+
+def test_resume_on_another_backend_with_dropout(tmp_path, idx_dir, capsys):
+    pytest.importorskip("torch")
+    out = _train(tmp_path, idx_dir, "--dropout", "0.2", "--epochs", "1")
+    checkpoint = tmp_path / "model.ckpt.safetensors"
+    assert checkpoint.exists()
+    resumed = ["train", "--resume", str(checkpoint), "--backend", "torch", "--epochs", "2", "--out", str(out)]
+    assert main([*resumed, "--quiet"]) == 0
+    assert "accuracy" in capsys.readouterr().out

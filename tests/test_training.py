@@ -201,3 +201,17 @@ def test_label_smoothing_keeps_the_accuracy_honest():
     history = fit(smoothed, X, y, epochs=20, batch_size=20, optimizer=SGD(lr=0.1), label_smoothing=0.3)
     assert history.records[-1]["accuracy"] == pytest.approx(smoothed.evaluate(X, y)["accuracy"], abs=0.05)
     assert history.records[-1]["accuracy"] > 0.9
+
+
+def test_integer_regression_targets_are_values_not_classes():
+    X = np.linspace(-1, 1, 64, dtype=np.float32).reshape(-1, 1)
+    y = np.round(10 * X[:, 0] + 20).astype(np.int64)  # whole numbers, but regression targets
+    net = MLP([1, 16, 1], loss="mse", seed=0)
+    fit(net, X, y, epochs=300, batch_size=64, optimizer=Adam(lr=0.05))
+    assert not net.is_classifier
+    assert net.evaluate(X, y)["r2"] > 0.95
+
+
+def test_dropout_on_the_output_layer_is_refused():
+    with pytest.raises(ConfigError, match="output layer"):
+        MLP([4, 8, 3], dropout=[0.2, 0.5])

@@ -79,21 +79,22 @@ class Backend:
     def to_host(self, array: Any) -> np.ndarray:
         """Copy a device array to a host NumPy array; counted in ``host_reads``."""
         self.host_reads += 1
+        return self._copy_to_host(array)
+
+    def to_host_many(self, arrays: list) -> list[np.ndarray]:
+        """Host copies of several arrays; one counted read, as a model save is one event."""
+        self.host_reads += 1
+        return [self._copy_to_host(array) for array in arrays]
+
+    def _copy_to_host(self, array: Any) -> np.ndarray:
         if self.name == "numpy":
-            return np.asarray(array)
+            return np.array(array, copy=True)  # a copy on every backend: later updates must not show
         if self.name == "cupy":
             return array.get()
         if self.name == "torch":
             return array.detach().cpu().numpy()
         cpu = self.xp.Device("CPU_DEVICE")
         return np.asarray(array.to_device(cpu))
-
-    def to_host_many(self, arrays: list) -> list[np.ndarray]:
-        """Host copies of several arrays; one counted read, as a model save is one event."""
-        reads = self.host_reads
-        host = [self.to_host(array) for array in arrays]
-        self.host_reads = reads + 1
-        return host
 
     def device_of(self, array: Any):
         """The device ``array`` lives on, in the form ``xp`` functions accept."""
@@ -314,10 +315,19 @@ class RandomGenerator:
         return self._generator.bit_generator.state
 
     def set_state(self, state: dict) -> None:
-        if self.backend.name == "torch":
-            self._generator.set_state(self._torch.tensor(state["torch"], dtype=self._torch.uint8))
-        elif self.backend.name != "cupy":
-            self._generator.bit_generator.state = state
+        """Continue a stream saved by ``get_state``.
+
+        A state saved on another kind of backend cannot continue here (the streams
+        differ anyway), so the generator keeps its own seeded stream instead.
+        """
+        saved_on_torch = "torch" in state
+        try:
+            if self.backend.name == "torch" and saved_on_torch:
+                self._generator.set_state(self._torch.tensor(state["torch"], dtype=self._torch.uint8))
+            elif self.backend.name not in ("torch", "cupy") and not saved_on_torch:
+                self._generator.bit_generator.state = state
+        except (RuntimeError, TypeError, ValueError, KeyError) as exc:
+            raise ConfigError(f"the saved dropout generator state does not fit this backend ({exc})") from None
 
     @staticmethod
     def valid_state(state: Any) -> bool:

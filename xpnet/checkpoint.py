@@ -22,7 +22,7 @@ from xpnet import __version__
 from xpnet.backend import RandomGenerator
 from xpnet.errors import BackendError, ModelFileError, XpnetError
 from xpnet.network import MLP
-from xpnet.safetensors import load_tensors, read_metadata, save_tensors
+from xpnet.safetensors import load_tensors, save_tensors
 
 FORMAT = "xpnet-mlp"
 FORMAT_VERSION = "1"
@@ -243,8 +243,3 @@ _STATE_CHECKS = {
 def load_model(path: str | os.PathLike, backend=None, device=None, dtype=None) -> MLP:
     """Read a model file and build its network on ``backend``/``device``."""
     return ModelFile(path).build(backend, device, dtype)
-
-
-def model_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The raw metadata of a model file, without loading its tensors."""
-    return read_metadata(path)

@@ -8,6 +8,7 @@ bug shows a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import signal
@@ -19,6 +20,7 @@ import numpy as np
 
 from xpnet import __version__
 from xpnet.backend import BACKENDS
+from xpnet.bench import add_bench_arguments, bench_main
 from xpnet.errors import ConfigError, DivergenceError, XpnetError
 
 COMMANDS = ("train", "evaluate", "predict", "info", "bench")
@@ -68,6 +70,16 @@ def _layers(text: str) -> list[int]:
     if any(n < 1 for n in layers):
         raise argparse.ArgumentTypeError(f"layer widths must be >= 1, not {text!r}")
     return layers
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, not {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -131,9 +143,9 @@ def _add_train_arguments(parser) -> None:
     optim.add_argument("--schedule", help="constant, step, cosine or warmup-cosine")
     optim.add_argument("--label-smoothing", type=_fraction, help="label smoothing for cross-entropy targets")
     optim.add_argument("--batch-size", type=_positive_int, help="samples per step")
-    optim.add_argument("--epochs", type=int, help="passes over the training data")
+    optim.add_argument("--epochs", type=_count, help="passes over the training data")
     optim.add_argument("--patience", type=_positive_int, help="stop after this many epochs without a better val loss")
-    optim.add_argument("--seed", type=int, help="seed for initial weights, split and shuffling")
+    optim.add_argument("--seed", type=_count, help="seed (>= 0) for initial weights, split and shuffling")
     out = parser.add_argument_group("output")
     out.add_argument("--out", default="xpnet-model.safetensors", help="where to save the trained model")
     out.add_argument("--resume", metavar="CHECKPOINT", help="continue an interrupted run from its checkpoint")
@@ -161,12 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_arguments(predict)
     commands.add_parser("info", help="versions, backends, devices and BLAS")
     bench = commands.add_parser("bench", help="throughput sweep over batch sizes and devices")
-    try:
-        from xpnet.bench import add_bench_arguments
-    except ImportError:
-        add_bench_arguments = None
-    if add_bench_arguments is not None:
-        add_bench_arguments(bench)
+    add_bench_arguments(bench)
     return parser
 
 
@@ -183,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     except XpnetError as exc:
         print(f"xpnet: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without a checkpoint
+        print("xpnet: stopped at once (second interrupt); the last per-epoch checkpoint is kept", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 # -- train --------------------------------------------------------------------------
@@ -369,11 +379,7 @@ def _model_and_optimizer(settings: dict, backend, data, X_train, resume):
     if resume:
         saved = ModelFile(resume)
         net = saved.build(backend)
-        if net.sizes[0] != data.num_features or net.sizes[-1] != data.num_classes:
-            raise ConfigError(
-                f"--resume {resume}: the checkpoint's network is {net.sizes[0]}->{net.sizes[-1]}, but dataset "
-                f"{settings['dataset']!r} has {data.num_features} features and {data.num_classes} outputs"
-            )
+        _check_fits(net, data, f"--resume {resume}: dataset {settings['dataset']!r}")
         steps = saved.checkpoint.get("optimizer_steps", 0)
         optimizer.load_state_arrays(saved.optimizer_buffers(net, optimizer), steps, net.params)
         return net, optimizer, History.from_resume_state(saved.resume_state(), best_params=saved.best_params(net))
@@ -388,16 +394,24 @@ def _model_and_optimizer(settings: dict, backend, data, X_train, resume):
         dtype=settings["dtype"],
         seed=settings["seed"],
     )
+    if data.task == "regression" and net.loss.classification:
+        raise ConfigError(
+            f"dataset {settings['dataset']!r} holds regression targets, but --loss {net.loss_name} is for "
+            "classes; use --loss mse (with the default linear output)"
+        )
     net.set_scaling(Scaling.fit(settings["scaling"], X_train))
     return net, optimizer, None
 
 
 def _task(settings: dict) -> str:
     """The task a user file's targets serve: given, or regression for MSE on a linear output."""
+    from xpnet.losses import loss_name
+
     if settings.get("task"):
         return settings["task"]
-    linear = settings["output"] in (None, "identity", "linear")
-    return "regression" if settings["loss"] == "mse" and linear else "classification"
+    output = str(settings.get("output") or "identity").strip().lower()
+    mse = loss_name(settings.get("loss") or "cross_entropy") == "mse"
+    return "regression" if mse and output in ("identity", "linear") else "classification"
 
 
 def _format_test(test: dict, seconds: float) -> str:
@@ -439,19 +453,14 @@ class _StopFlag:
             raise KeyboardInterrupt
         self.signum = signum
 
+    @contextlib.contextmanager
     def installed(self):
-        import contextlib
-
-        @contextlib.contextmanager
-        def handlers():
-            previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield self
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-        return handlers()
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 # -- evaluate / predict / info ---------------------------------------------------------
@@ -466,9 +475,8 @@ def _evaluate_command(args) -> int:
     dataset = args.dataset or saved.training.get("dataset")
     if not dataset:
         raise ConfigError(f"{args.model} does not say which dataset it was trained on; pass --dataset")
-    data = load_dataset(dataset, data_dir=args.data_dir, progress=False)
-    if data.num_features != net.sizes[0]:
-        raise ConfigError(f"dataset {dataset!r} has {data.num_features} features but the model takes {net.sizes[0]}")
+    data = load_dataset(dataset, data_dir=args.data_dir, progress=False, task=_task(saved.training))
+    _check_fits(net, data, f"dataset {dataset!r}")
     started = time.perf_counter()
     print(_format_test(net.evaluate(data.X_test, data.y_test), time.perf_counter() - started))
     return 0
@@ -480,24 +488,12 @@ def _predict_command(args) -> int:
     saved = ModelFile(args.model)
     net = saved.build(args.backend, args.device)
     X = _read_inputs(Path(args.input), net.sizes[0])
-    labels = net.predict(X)
-    proba = net.predict_proba(X) if args.proba else None
-    names = saved.class_names
-    if args.out and args.out.endswith(".npz"):
-        from xpnet.fileio import atomic_writer
-
-        arrays = {"labels": labels} if proba is None else {"labels": labels, "proba": proba}
-        with atomic_writer(args.out) as stream:
-            np.savez(stream, **arrays)
-        return 0
-    rows = ["index,label" + (",class" if names else "") + "".join(f",p{j}" for j in range(net.sizes[-1]) if args.proba)]
-    for i, label in enumerate(np.asarray(labels).tolist()):
-        row = f"{i},{label}"
-        if names and isinstance(label, int) and 0 <= label < len(names):
-            row += f",{names[label]}"
-        if proba is not None:
-            row += "".join(f",{p:.6g}" for p in proba[i])
-        rows.append(row)
+    if not net.is_classifier:
+        rows = _value_rows(net.predict(X))
+    else:
+        rows = _label_rows(net.predict(X), net.predict_proba(X) if args.proba else None, saved.class_names, args)
+        if rows is None:
+            return 0
     text = "\n".join(rows) + "\n"
     if args.out:
         from xpnet.fileio import atomic_write_text
@@ -506,6 +502,44 @@ def _predict_command(args) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _label_rows(labels, proba, names, args) -> list[str] | None:
+    """CSV rows of predicted classes (and probabilities); None once written as .npz."""
+    if args.out and args.out.endswith(".npz"):
+        from xpnet.fileio import atomic_writer
+
+        arrays = {"labels": labels} if proba is None else {"labels": labels, "proba": proba}
+        with atomic_writer(args.out) as stream:
+            np.savez(stream, **arrays)
+        return None
+    header = "index,label" + (",class" if names else "")
+    if proba is not None:
+        header += "".join(f",p{j}" for j in range(proba.shape[1]))
+    rows = [header]
+    for i, label in enumerate(np.asarray(labels).tolist()):
+        row = f"{i},{label}"
+        if names and 0 <= label < len(names):
+            row += f",{names[label]}"
+        if proba is not None:
+            row += "".join(f",{p:.6g}" for p in proba[i])
+        rows.append(row)
+    return rows
+
+
+def _value_rows(outputs) -> list[str]:
+    """CSV rows of a regression model's outputs, one column per output."""
+    outputs = np.asarray(outputs).reshape(len(outputs), -1)
+    header = "index," + ",".join(f"y{j}" for j in range(outputs.shape[1]))
+    return [header] + [f"{i}," + ",".join(f"{v:.6g}" for v in row) for i, row in enumerate(outputs)]
+
+
+def _check_fits(net, data, what: str) -> None:
+    """Refuse data whose features or classes the network does not take."""
+    if data.num_features != net.sizes[0]:
+        raise ConfigError(f"{what} has {data.num_features} features but the model takes {net.sizes[0]}")
+    if data.num_classes != net.sizes[-1]:
+        raise ConfigError(f"{what} has {data.num_classes} classes/targets but the model has {net.sizes[-1]} outputs")
 
 
 def _read_inputs(path: Path, features: int) -> np.ndarray:
@@ -556,10 +590,6 @@ def _blas_description() -> str:
 
 
 def _bench_command(args) -> int:
-    try:
-        from xpnet.bench import bench_main
-    except ImportError as exc:
-        raise ConfigError(f"the benchmark harness is not available ({exc})") from None
     return bench_main(args) or 0
 
 

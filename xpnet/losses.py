@@ -17,8 +17,6 @@ _EPS = 1e-7  # keeps log() finite when the output activation is not the loss's p
 
 class Loss:
     name = "loss"
-    #: The output activation that makes this loss's gradient simplest.
-    natural_output = "identity"
     #: True when targets are class labels (accuracy is meaningful).
     classification = True
 
@@ -55,7 +53,6 @@ class CrossEntropy(Loss):
     """Categorical cross-entropy C = -1/N Σ_x Σ_j y_j log a_j for one-hot (or soft) y."""
 
     name = "cross_entropy"
-    natural_output = "softmax"
 
     def value(self, xp, z, a, y):
         return -xp.sum(y * xp.log(xp.clip(a, _EPS, 1.0))) / a.shape[0]
@@ -80,7 +77,6 @@ class BinaryCrossEntropy(Loss):
     """C = -1/N Σ_x Σ_j [y_j log a_j + (1 - y_j) log(1 - a_j)], one sigmoid per output."""
 
     name = "binary_cross_entropy"
-    natural_output = "sigmoid"
 
     def value(self, xp, z, a, y):
         a = xp.clip(a, _EPS, 1.0 - _EPS)
@@ -111,6 +107,8 @@ _ALIASES = {
     "bce": "binary_cross_entropy",
 }
 LOSSES = ("mse", "cross_entropy", "binary_cross_entropy")
+#: Each loss's partner output activation: the one that makes its gradient simplest.
+NATURAL_OUTPUT = {"mse": "identity", "cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}
 
 
 def loss_name(spec: str) -> str:

@@ -23,7 +23,7 @@ from xpnet.activations import Activation, get_activation
 from xpnet.backend import Backend, get_backend
 from xpnet.errors import ConfigError
 from xpnet.init import init_name, initial_parameters
-from xpnet.losses import Loss, get_loss, loss_name
+from xpnet.losses import NATURAL_OUTPUT, Loss, get_loss, loss_name
 
 
 class MLP:
@@ -253,7 +253,7 @@ class MLP:
         (k classes; a single sigmoid output stands for k = 2).
         """
         xp = self.xp
-        if xp.isdtype(y.dtype, "integral"):
+        if xp.isdtype(y.dtype, "integral") and self.is_classifier:
             if y.ndim != 1:
                 raise ConfigError(f"class labels must be 1-D, not shaped {tuple(y.shape)}")
             # A single (sigmoid) output scores class 1, as predict reads it: its target is y == 1.
@@ -325,8 +325,7 @@ def _per_layer(spec, depth: int, what: str) -> list:
 
 def _layer_activations(activation, output, loss, depth) -> list[Activation]:
     if isinstance(activation, (str, Activation)):
-        natural = {"mse": "identity", "cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}[loss]
-        names = [activation] * (depth - 1) + [output or natural]
+        names = [activation] * (depth - 1) + [output or NATURAL_OUTPUT[loss]]
     else:
         if output is not None:
             raise ConfigError("give the output activation either in the activation list or as output=, not both")
@@ -342,4 +341,6 @@ def _check_dropout(dropout, depth) -> list[float]:
     for rate in rates:
         if not 0.0 <= rate < 1.0:
             raise ConfigError(f"dropout rates must be in [0, 1), not {rate}")
+    if rates[-1]:
+        raise ConfigError(f"dropout on the output layer ({rates[-1]}) is not supported; give 0 for the last layer")
     return rates

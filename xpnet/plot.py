@@ -49,7 +49,8 @@ def plot_training(path, records: list[dict], truth=None, predicted=None, class_n
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # regression has no accuracy; zero epochs, no curves
+            ax.legend()
     if predicted is not None:
         names = list(class_names or range(int(max(np.max(truth), np.max(predicted))) + 1))
         matrix = confusion_matrix(truth, predicted, len(names))
