@@ -117,7 +117,7 @@ def _add_train_arguments(parser) -> None:
     )
     _add_device_arguments(parser)
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", help="fashion-mnist (default), mnist, or a .npz/.csv file")
+    data.add_argument("--dataset", help="fashion-mnist (default), mnist, diabetes, friedman1, or a .npz/.csv file")
     data.add_argument("--data-dir", help="folder holding the dataset files (searched first)")
     data.add_argument(
         "--task",
