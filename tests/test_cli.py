@@ -135,6 +135,7 @@ def test_early_stopping_restores_best_weights(tmp_path, idx_dir, capsys):
         (["--dataset", "missing.npz"], "missing.npz"),
         (["--history", "h.txt"], "--history"),
         (["--plot", "p.jpg"], "--plot"),
+        (["--out", "/dev/null/m.safetensors"], "--out"),
         (["--seed", "-1"], "argument --seed"),
         (["--epochs", "-2"], "argument --epochs"),
         (["--recipe", "no-such-recipe"], "no-such-recipe"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import signal
 import sys
@@ -277,6 +278,8 @@ def run_training(
     log = log or (lambda message: None if quiet else print(message, flush=True))
     started = time.perf_counter()
     backend = get_backend(settings.get("backend"), settings.get("device"))  # fail fast, before the data
+    if out:
+        _check_writable(out, "--out")
     if history_path:
         _history_format(history_path)
     if plot_path:
@@ -417,6 +420,15 @@ def _task(settings: dict) -> str:
 def _format_test(test: dict, seconds: float) -> str:
     metrics = "  ".join(f"{key} {value:.4f}" for key, value in test.items())
     return f"test  {metrics}  ({seconds:.1f} s)"
+
+
+def _check_writable(path, option: str) -> None:
+    """Refuse an output path in a folder xpnet cannot write, before training starts."""
+    folder = Path(path).absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise ConfigError(f"{option} {path}: cannot write in {folder}; choose another path")
 
 
 def _history_format(path) -> str:

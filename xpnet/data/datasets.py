@@ -406,10 +406,15 @@ def _load_npz_dataset(path: Path, task: str) -> Dataset:
 def _from_xy(path: Path, X: np.ndarray, y: np.ndarray, task: str) -> Dataset:
     if len(X) < 2:
         raise DataError(f"{path}: only {len(X)} sample; need at least 2 to hold some out for testing")
-    n_test = min(max(1, round(len(X) * TEST_FRACTION)), len(X) - 1)
-    order = np.random.default_rng(TEST_SEED).permutation(len(X))
-    train, test = order[: len(X) - n_test], order[len(X) - n_test :]
+    train, test = held_out_rows(len(X))
     return _make(path, X[train], y[train], X[test], y[test], task)
+
+
+def held_out_rows(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(train, test)``: a seeded ``TEST_FRACTION`` of ``n >= 2`` rows held out for testing."""
+    n_test = min(max(1, round(n * TEST_FRACTION)), n - 1)
+    order = np.random.default_rng(TEST_SEED).permutation(n)
+    return order[: n - n_test], order[n - n_test :]
 
 
 def _make(path: Path, X_train, y_train, X_test, y_test, task: str) -> Dataset:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xpnet.data.datasets import TEST_FRACTION, TEST_SEED, Dataset
+from xpnet.data.datasets import Dataset, held_out_rows
 from xpnet.errors import DataError
 
 #: Loader names -> functions returning a regression ``Dataset``.
@@ -68,7 +68,5 @@ def load_regression(name: str) -> Dataset:
 def _split(name: str, X, y) -> Dataset:
     X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y, dtype=np.float32)
-    n_test = min(max(1, round(len(X) * TEST_FRACTION)), len(X) - 1)
-    order = np.random.default_rng(TEST_SEED).permutation(len(X))
-    train, test = order[: len(X) - n_test], order[len(X) - n_test :]
+    train, test = held_out_rows(len(X))
     return Dataset(name, X[train], y[train], X[test], y[test], [], "regression")
