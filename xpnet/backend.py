@@ -125,6 +125,14 @@ class Backend:
             return contextlib.nullcontext()
         return controller.limit(limits=1, user_api="blas")
 
+    def activated(self):
+        """A context in which new arrays land on this backend's device.
+
+        Only CuPy needs it: array-api-compat's CuPy functions ignore ``device=`` and
+        allocate on the current GPU, so ``cuda:1`` must be made current around the work.
+        """
+        return self.device if self.name == "cupy" else contextlib.nullcontext()
+
     def quiet_float_errors(self):
         """A context in which NumPy-based backends do not warn on overflow or NaN.
 

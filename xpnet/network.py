@@ -281,19 +281,22 @@ class MLP:
         """Network outputs for ``X``, in ``X``'s namespace (host NumPy in, NumPy out)."""
         from xpnet.train import predict_outputs
 
-        return predict_outputs(self, X, batch_size=batch_size)
+        with self.backend.activated():
+            return predict_outputs(self, X, batch_size=batch_size)
 
     def predict(self, X, batch_size: int = 4096):
         """Class labels for classifiers (argmax of the outputs), else the outputs."""
         from xpnet.train import predict
 
-        return predict(self, X, batch_size=batch_size)
+        with self.backend.activated():
+            return predict(self, X, batch_size=batch_size)
 
     def evaluate(self, X, y, batch_size: int = 4096) -> dict[str, float]:
         """``{"loss": ..., "accuracy": ...}`` (regression: ``loss``, ``mse`` and ``r2``)."""
         from xpnet.train import evaluate
 
-        return evaluate(self, X, y, batch_size=batch_size)
+        with self.backend.activated():
+            return evaluate(self, X, y, batch_size=batch_size)
 
     def save(self, path, **metadata) -> None:
         """Write this model to a safetensors file (see ``xpnet.checkpoint``)."""

@@ -110,7 +110,7 @@ def fit(
         net.dropout_rng.set_state(history.dropout_state)
     history.interrupted = False
 
-    with backend.quiet_float_errors():  # a NaN/inf loss is caught below, by value
+    with backend.activated(), backend.quiet_float_errors():  # a NaN/inf loss is caught below, by value
         while history.epoch < epochs:
             history.rng_state = rng.bit_generator.state
             order = rng.permutation(n) if shuffle else np.arange(n)
