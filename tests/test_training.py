@@ -215,3 +215,20 @@ def test_integer_regression_targets_are_values_not_classes():
 def test_dropout_on_the_output_layer_is_refused():
     with pytest.raises(ConfigError, match="output layer"):
         MLP([4, 8, 3], dropout=[0.2, 0.5])
+
+
+def test_uint8_inputs_are_scaled_to_unit_range_unless_a_scaling_is_set():
+    from xpnet.data import Scaling
+
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, size=(64, 4)).astype(np.uint8)
+    y = (X[:, 0] > 127).astype(np.int32)
+    net = MLP([4, 8, 2], seed=0)
+    fit(net, X, y, epochs=1, batch_size=16)
+    assert net.scaling.kind == "unit" and net.scaling.scale == pytest.approx(1 / 255)
+    np.testing.assert_allclose(net.backend.to_host(net.prepare(X)), X / np.float32(255), rtol=1e-6)
+    chosen = Scaling("standard", 100.0, 0.01)
+    other = MLP([4, 8, 2], seed=0)
+    other.set_scaling(chosen)
+    fit(other, X, y, epochs=1, batch_size=16)
+    assert other.scaling is chosen

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from xpnet.data.prep import Scaling
 from xpnet.errors import ConfigError, DivergenceError
 from xpnet.optim import SGD, Optimizer
 
@@ -77,7 +78,8 @@ def fit(
     """Train ``net`` on ``(X, y)`` for ``epochs`` epochs; return the ``History``.
 
     ``patience``: stop after that many epochs without a better validation loss and
-    put back the best weights. ``label_smoothing`` softens one-hot training targets
+    put back the best weights. uint8 inputs (images) are scaled to [0, 1] on the device
+    unless the network already has a scaling (``net.set_scaling``). ``label_smoothing`` softens one-hot training targets
     (validation metrics use the true labels). ``should_stop`` is polled after every step (a signal
     handler sets it); ``fit`` then returns with ``history.interrupted`` set and the
     state needed to continue, which ``fit(..., history=that)`` does exactly.
@@ -88,6 +90,10 @@ def fit(
     optimizer = optimizer or SGD(lr=0.01)
     xp, backend = net.xp, net.backend
     X, y = net.to_device(X), net.to_device(y, labels=True)
+    if net.scaling is None and X.dtype == net.xp.uint8:
+        net.set_scaling(Scaling("unit", 0.0, float(np.float32(1 / 255))))  # 0..255 pixels -> [0, 1]
+        if verbose:
+            log("uint8 inputs and no scaling set: scaling them to [0, 1] (x / 255)")
     n = X.shape[0]
     if y.shape[0] != n:
         raise ConfigError(f"X has {n} samples but y has {y.shape[0]}")
