@@ -3,7 +3,7 @@
     python scripts/recipes.py                       # all recipes, default device
     python scripts/recipes.py --recipes default,relu-momentum --device cpu
 
-Each recipe goes through the CLI's own training function (``xpnet.cli.run_training``),
+Each recipe goes through the CLI's own training function (``xpnet.run.run_training``),
 so the table shows what ``python -m xpnet train --recipe NAME`` gives. The table lands
 between the marker comments in docs/RECIPES.md; the prose around it is kept. With
 ``--recipes`` only those rows are replaced, the others stay as they were.
@@ -25,7 +25,7 @@ HEADER = "| recipe | dataset | test result | epochs run | wall time | device |\n
 
 def run_recipe(name: str, device: str | None = None, backend: str | None = None) -> dict:
     """Train recipe ``name`` as the CLI would, quietly; return ``run_training``'s result."""
-    from xpnet.cli import resolve_settings, run_training
+    from xpnet.run import resolve_settings, run_training
 
     overrides = {"device": device, "backend": backend}
     settings = resolve_settings(name, overrides)
@@ -62,9 +62,9 @@ def write_table(rows: dict[str, str], doc: Path = DOC) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from xpnet.cli import resolve_settings
     from xpnet.errors import XpnetError
     from xpnet.recipes import RECIPES, get_recipe
+    from xpnet.run import resolve_settings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated recipe names (default: all)")

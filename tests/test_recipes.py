@@ -40,8 +40,24 @@ def test_settings_use_only_cli_option_names(name):
 
 
 def test_recipe_settings_match_the_cli_options():
-    cli = pytest.importorskip("xpnet.cli")
-    assert set(SETTINGS) <= set(cli.BASE_SETTINGS)
+    from xpnet.run import BASE_SETTINGS
+
+    assert set(SETTINGS) <= set(BASE_SETTINGS)
+
+
+def test_a_recipe_runs_from_python(tmp_path, monkeypatch):
+    """``run_recipe`` is ``python -m xpnet train --recipe NAME`` without the command line."""
+    from xpnet.data import write_idx
+    from xpnet.run import run_recipe
+
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 120), ("t10k", 40)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)).astype(np.uint8))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", labels)
+    result = run_recipe("relu-momentum", epochs=1, data_dir=str(tmp_path))
+    assert result["epochs"] == 1 and 0.0 <= result["test"]["accuracy"] <= 1.0
+    assert result["recipe"] == "relu-momentum"
 
 
 @pytest.mark.parametrize("name", ALL)

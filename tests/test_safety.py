@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 
 from xpnet.checkpoint import ModelFile, save_model
-from xpnet.cli import BASE_SETTINGS, checkpoint_path, run_training
 from xpnet.data import write_idx
 from xpnet.errors import DivergenceError
 from xpnet.network import MLP
 from xpnet.optim import SGD, Adam
+from xpnet.run import BASE_SETTINGS, checkpoint_path, run_training
 from xpnet.safetensors import load_tensors
 from xpnet.train import History, fit
 
