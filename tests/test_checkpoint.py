@@ -320,3 +320,20 @@ def test_killed_save_never_corrupts_the_previous_checkpoint(tmp_path):
         assert all(np.all(np.isfinite(p)) for p in net.params)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != path.name]
     assert all(name.startswith(f".{path.name}.") and name.endswith(".tmp") for name in leftovers)
+
+
+@pytest.mark.parametrize(("key", "value"), [("seed", "x"), ("layers", "128"), ("nesterov", 1), ("lr", None)])
+def test_resume_refuses_tampered_training_settings(tmp_path, key, value, capsys):
+    from xpnet.cli import main
+    from xpnet.optim import SGD
+    from xpnet.run import BASE_SETTINGS
+    from xpnet.train import fit
+
+    X, y = blobs(n=60, features=4, classes=3)
+    net = MLP([4, 6, 3])
+    optimizer = SGD(lr=0.01)
+    history = fit(net, X, y, epochs=1, batch_size=10, optimizer=optimizer)
+    good = tmp_path / "good.ckpt.safetensors"
+    save_model(good, net, training={**BASE_SETTINGS, key: value}, history=history, optimizer=optimizer)
+    assert main(["train", "--resume", str(good)]) == 2
+    assert f"its setting {key!r}" in capsys.readouterr().err

@@ -56,14 +56,32 @@ def resolve_settings(recipe: str, overrides: dict) -> dict:
 
 
 def resumed_settings(path: str, overrides: dict) -> dict:
+    """The settings a checkpoint was trained with, checked, plus the run settings given now."""
     from xpnet.checkpoint import ModelFile
 
     saved = ModelFile(path)
     if not saved.checkpoint:
         raise ConfigError(f"--resume {path}: this is a final model, not a checkpoint (it ends in .ckpt.safetensors)")
-    settings = dict(saved.training)
+    settings = dict(BASE_SETTINGS)
+    settings.update(saved.training)
+    for key, base in BASE_SETTINGS.items():
+        if not _same_kind(settings[key], base):
+            raise ConfigError(f"--resume {path}: its setting {key!r} = {str(settings[key])[:40]} is not valid")
     settings.update({key: overrides[key] for key in RUN_SETTINGS if overrides.get(key) is not None})
     return settings
+
+
+def _same_kind(value, base) -> bool:
+    """``value`` has the type ``BASE_SETTINGS`` gives that setting."""
+    if base is None:
+        return True  # optional settings (task, output, patience) are checked where they are used
+    if isinstance(base, bool) or isinstance(value, bool):
+        return isinstance(base, bool) and isinstance(value, bool)
+    if isinstance(base, float):
+        return isinstance(value, (int, float))
+    if isinstance(base, list):
+        return isinstance(value, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in value)
+    return isinstance(value, type(base))
 
 
 def checkpoint_path(out: str | Path) -> Path:
