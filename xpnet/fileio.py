@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from xpnet.errors import XpnetError
+from xpnet.errors import DataError, XpnetError
 
 
 @contextlib.contextmanager
@@ -49,3 +49,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_failure(path: Path, exc: OSError, what: str, where: str = "the path") -> DataError:
+    """The ``DataError`` for an input file that cannot be opened: missing, a folder, or unreadable."""
+    if isinstance(exc, FileNotFoundError):
+        return DataError(f"{path}: file not found; check {where}")
+    if isinstance(exc, IsADirectoryError):
+        return DataError(f"{path}: is a folder, not {what}; pass the file itself")
+    return DataError(f"{path}: cannot read: {exc.strerror or exc}; check the file's permissions")

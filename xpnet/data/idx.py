@@ -22,7 +22,7 @@ from typing import BinaryIO
 import numpy as np
 
 from xpnet.errors import ConfigError, DataError
-from xpnet.fileio import atomic_write_bytes
+from xpnet.fileio import atomic_write_bytes, read_failure
 
 #: Largest data block (in bytes) a header may declare: 2 GiB, over 40x Fashion-MNIST.
 MAX_IDX_BYTES = 2**31
@@ -52,12 +52,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             if is_gzip:
                 return _read_gzip(path, raw)
             return _read_stream(path, raw, total_size=os.fstat(raw.fileno()).st_size)
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: file not found; check the path or the --data-dir folder") from exc
-    except IsADirectoryError as exc:
-        raise DataError(f"{path}: is a folder, not an IDX file; pass the file itself") from exc
     except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror or exc}; check the file's permissions") from exc
+        raise read_failure(path, exc, "an IDX file", "the path or the --data-dir folder") from exc
 
 
 def _read_gzip(path: Path, raw: BinaryIO) -> np.ndarray:

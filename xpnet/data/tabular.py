@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from xpnet.errors import ConfigError, DataError
+from xpnet.fileio import read_failure
 
 TASKS = ("classification", "regression")
 
@@ -81,10 +82,8 @@ def read_npz_arrays(path: str | os.PathLike, *key_sets: tuple[str, ...]) -> dict
             raise DataError(
                 f"{path}: needs the arrays {wanted} (found: {found}); save it with np.savez({path.name!r}, {example})"
             )
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: file not found; check the path") from exc
-    except IsADirectoryError as exc:
-        raise DataError(f"{path}: is a folder, not an .npz file; pass the file itself") from exc
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise read_failure(path, exc, "an .npz file") from exc
     except MemoryError as exc:
         raise DataError(f"{path}: too large to load into memory; use a smaller file") from exc
     except _NPZ_ERRORS as exc:
@@ -233,16 +232,12 @@ def load_csv(
     try:
         with open(path, encoding="utf-8-sig", newline="") as stream:
             rows = [(number, row) for number, row in enumerate(csv.reader(stream), start=1)]
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: file not found; check the path") from exc
-    except IsADirectoryError as exc:
-        raise DataError(f"{path}: is a folder, not a CSV file; pass the file itself") from exc
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the CSV as UTF-8") from exc
     except csv.Error as exc:
         raise DataError(f"{path}: malformed CSV ({exc}); save it as plain comma-separated numbers") from exc
     except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror or exc}; check the file's permissions") from exc
+        raise read_failure(path, exc, "a CSV file") from exc
     rows = [(number, row) for number, row in rows if any(field.strip() for field in row)]
     if not rows:
         raise DataError(f"{path}: no data rows; the CSV file is empty")
