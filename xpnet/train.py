@@ -253,23 +253,17 @@ def evaluate(net, X, y, batch_size: int = 4096) -> dict[str, float]:
         raise ConfigError(f"X has {X.shape[0]} samples but y has {y.shape[0]}")
     if X.shape[0] == 0:
         raise ConfigError("cannot evaluate on an empty set")
-    sums = evaluate_sums(net, X, y, batch_size)
-    xp = net.xp
-    if not net.is_classifier:
-        out = _outputs(net, X, batch_size)
-        targets = net.targets(y)
-        residual = xp.sum((out - targets) ** 2)
-        total = xp.sum((targets - xp.mean(targets, axis=0)) ** 2)
-        outputs = xp.asarray(float(targets.shape[1]), dtype=net.dtype, device=net.backend.device_of(targets))
-        sums += [residual, total, outputs]
-    host = net.backend.to_host(xp.stack(sums)).tolist()
-    result = {"loss": host[0] / host[2]}
+    xp, n = net.xp, X.shape[0]
     if net.is_classifier:
-        result["accuracy"] = host[1] / host[2]
-    else:
-        result["mse"] = host[3] / (host[2] * host[5])
-        result["r2"] = 1.0 - host[3] / host[4] if host[4] > 0 else float("nan")
-    return result
+        loss_sum, correct, _ = net.backend.to_host(xp.stack(evaluate_sums(net, X, y, batch_size))).tolist()
+        return {"loss": loss_sum / n, "accuracy": correct / n}
+    # Regression is MSE on a linear output: one forward pass gives the loss, the MSE and R².
+    out, targets = _outputs(net, X, batch_size), net.targets(y)
+    sums = [net.loss.value(xp, out, out, targets), xp.sum((out - targets) ** 2)]
+    sums.append(xp.sum((targets - xp.mean(targets, axis=0)) ** 2))
+    loss, residual, total = net.backend.to_host(xp.stack(sums)).tolist()
+    r2 = 1.0 - residual / total if total > 0 else float("nan")
+    return {"loss": loss, "mse": residual / (n * targets.shape[1]), "r2": r2}
 
 
 def _outputs(net, X, batch_size):
