@@ -106,37 +106,33 @@ class Optimizer:
         """Set the current rate from the schedule (called by the training loop)."""
         self.lr = self.base_lr * self.schedule(epochs_done, total_epochs)
 
+    #: Buffers the optimizer keeps per parameter (momentum: 1; Adam's m and v: 2).
+    buffers_per_param = 0
+
     def step(self, params: list, grads: list) -> None:
         if not self.state:
-            self.state = [self._new_state(p) for p in params]
+            self.state = [tuple(p * 0.0 for _ in range(self.buffers_per_param)) for p in params]
         if self.xp is None:
             self.xp = array_namespace(params[0])
         self.steps += 1
         for i, (p, g) in enumerate(zip(params, grads)):
             params[i] = self._update(i, p, g, decay=self.weight_decay if p.ndim > 1 else 0.0)
 
-    def _new_state(self, param):
-        return None
-
     def _update(self, i, p, g, decay):
         raise NotImplementedError
 
     def state_arrays(self) -> list:
         """Per-parameter buffers in a fixed order (for checkpoints)."""
-        return [a for s in self.state for a in (s if isinstance(s, tuple) else (s,)) if a is not None]
+        return [buffer for buffers in self.state for buffer in buffers]
 
     def buffer_shapes(self, params: list) -> list[tuple]:
         """Shapes of ``state_arrays()`` for these parameters (to check a checkpoint)."""
-        template = [self._new_state(p) for p in params]
-        return [tuple(a.shape) for s in template for a in (s if isinstance(s, tuple) else (s,)) if a is not None]
+        return [tuple(p.shape) for p in params for _ in range(self.buffers_per_param)]
 
     def load_state_arrays(self, arrays: list, steps: int, params: list) -> None:
         """Inverse of ``state_arrays`` for the same parameter list."""
-        template = [self._new_state(p) for p in params]
-        it = iter(arrays)
-        self.state = [
-            tuple(next(it) for _ in s) if isinstance(s, tuple) else (None if s is None else next(it)) for s in template
-        ]
+        k = self.buffers_per_param
+        self.state = [tuple(arrays[i * k : (i + 1) * k]) for i in range(len(params))] if k else []
         self.steps = steps
 
 
@@ -155,18 +151,16 @@ class SGD(Optimizer):
             raise ConfigError("nesterov=True needs a momentum > 0")
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
-
-    def _new_state(self, param):
-        return param * 0.0 if self.momentum else None
+        self.buffers_per_param = 1 if self.momentum else 0
 
     def _update(self, i, p, g, decay):
         if decay:
             g = g + decay * p
         if self.momentum:
-            v = self.state[i]
+            (v,) = self.state[i]
             v *= self.momentum
             v += g
-            self.state[i] = v
+            self.state[i] = (v,)
             g = g + self.momentum * v if self.nesterov else v
         p -= self.lr * g
         return p
@@ -176,6 +170,7 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba) with L2 weight decay added to the gradient, as ``torch.optim.Adam``."""
 
     decoupled = False
+    buffers_per_param = 2
 
     def __init__(self, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, schedule=None):
         super().__init__(lr, weight_decay, schedule)
@@ -185,9 +180,6 @@ class Adam(Optimizer):
         if not (_is_number(eps) and eps > 0):
             raise ConfigError(f"eps must be a positive number, not {eps!r}")
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
-
-    def _new_state(self, param):
-        return (param * 0.0, param * 0.0)
 
     def _update(self, i, p, g, decay):
         if decay and self.decoupled:
