@@ -249,40 +249,38 @@ def _evaluate_command(args) -> int:
 
 def _predict_command(args) -> int:
     from xpnet.checkpoint import ModelFile
+    from xpnet.fileio import atomic_write_text, atomic_writer
 
     saved = ModelFile(args.model)
     net = saved.build(args.backend, args.device)
     X = _read_inputs(Path(args.input), net.sizes[0])
-    if not net.is_classifier:
-        rows = _value_rows(net.predict(X))
+    if net.is_classifier:
+        arrays = {"labels": net.predict(X)}
+        if args.proba:
+            arrays["proba"] = net.predict_proba(X)
     else:
-        rows = _label_rows(net.predict(X), net.predict_proba(X) if args.proba else None, saved.class_names, args)
-        if rows is None:
-            return 0
+        arrays = {"outputs": np.asarray(net.predict(X)).reshape(len(X), -1)}
+    if args.out and args.out.endswith(".npz"):
+        with atomic_writer(args.out) as stream:
+            np.savez(stream, **arrays)
+        return 0
+    rows = _label_rows(arrays, saved.class_names) if net.is_classifier else _value_rows(arrays["outputs"])
     text = "\n".join(rows) + "\n"
     if args.out:
-        from xpnet.fileio import atomic_write_text
-
         atomic_write_text(args.out, text)
     else:
         sys.stdout.write(text)
     return 0
 
 
-def _label_rows(labels, proba, names, args) -> list[str] | None:
-    """CSV rows of predicted classes (and probabilities); None once written as .npz."""
-    if args.out and args.out.endswith(".npz"):
-        from xpnet.fileio import atomic_writer
-
-        arrays = {"labels": labels} if proba is None else {"labels": labels, "proba": proba}
-        with atomic_writer(args.out) as stream:
-            np.savez(stream, **arrays)
-        return None
+def _label_rows(arrays: dict, names: list[str]) -> list[str]:
+    """CSV rows of predicted classes, their names, and the probabilities if asked for."""
+    proba = arrays.get("proba")
     header = "index,label" + (",class" if names else "")
     if proba is not None:
         header += "".join(f",p{j}" for j in range(proba.shape[1]))
     rows = [header]
-    for i, label in enumerate(np.asarray(labels).tolist()):
+    for i, label in enumerate(np.asarray(arrays["labels"]).tolist()):
         row = f"{i},{label}"
         if names and 0 <= label < len(names):
             row += f",{names[label]}"
@@ -292,9 +290,8 @@ def _label_rows(labels, proba, names, args) -> list[str] | None:
     return rows
 
 
-def _value_rows(outputs) -> list[str]:
+def _value_rows(outputs: np.ndarray) -> list[str]:
     """CSV rows of a regression model's outputs, one column per output."""
-    outputs = np.asarray(outputs).reshape(len(outputs), -1)
     header = "index," + ",".join(f"y{j}" for j in range(outputs.shape[1]))
     return [header] + [f"{i}," + ",".join(f"{v:.6g}" for v in row) for i, row in enumerate(outputs)]
 
