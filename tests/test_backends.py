@@ -22,6 +22,7 @@ SIZES = [5, 16, 12, 3]
 #: rtol each dtype's losses must agree to after STEPS steps
 TOLERANCES = {"float64": 1e-9, "float32": 1e-4}
 OPTIMIZERS = {
+    "sgd-decay": lambda: SGD(lr=0.1, weight_decay=1e-3),
     "sgd-momentum": lambda: SGD(lr=0.1, momentum=0.9),
     "sgd-nesterov-decay": lambda: SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
     "adam": lambda: Adam(lr=0.01),

@@ -63,6 +63,8 @@ def test_tiny_sweep_writes_json_markdown_and_png(tmp_path):
             "1",
             "--warmup",
             "0",
+            "--pause",
+            "0",
             "--data",
             "random",
             "--json",
@@ -88,6 +90,8 @@ def test_tiny_sweep_writes_json_markdown_and_png(tmp_path):
 def test_bad_options_are_refused_by_name():
     with pytest.raises(ConfigError, match="batch sizes"):
         bench.run_bench(batch_sizes=[0], backends=["numpy"], log=None)
+    with pytest.raises(ConfigError, match="pause"):
+        bench.run_bench(batch_sizes=[8], backends=["numpy"], pause=-1, log=None)
     with pytest.raises(ConfigError, match="implementations"):
         bench.run_bench(batch_sizes=[8], backends=["numpy"], impls=["jax"], log=None)
     with pytest.raises(ConfigError, match="backends"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import GPU_BACKENDS, build_mlp
-from test_backends import OPTIMIZERS, assert_agree
+from test_backends import OPTIMIZERS, assert_agree, run_steps
 from test_gradients import GRADIENT_CASES, check_dropout_gradients, check_gradients
 
 from xpnet.optim import SGD
@@ -34,6 +34,18 @@ def test_dropout_gradients_with_fixed_masks_on_gpu(spec):
 @pytest.mark.parametrize("spec", GPU_BACKENDS)
 def test_gpu_agrees_with_numpy(spec, dtype, optimizer):
     assert_agree(spec, dtype, optimizer)
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+@pytest.mark.parametrize("spec", GPU_BACKENDS)
+def test_fused_kernels_agree_with_the_array_api_reference(spec, optimizer):
+    """On CuPy, ReLU's backward and every optimizer update run as fused kernels;
+    NumPy runs the array-API code they replace. Same losses, same weights."""
+    losses, state = run_steps(spec, "float64", optimizer, activation="relu")
+    reference, reference_state = run_steps(("numpy", None), "float64", optimizer, activation="relu")
+    np.testing.assert_allclose(losses, reference, rtol=1e-9)
+    for name, value in state.items():
+        np.testing.assert_allclose(value, reference_state[name], rtol=1e-7, atol=1e-10, err_msg=name)
 
 
 @pytest.mark.parametrize("spec", GPU_BACKENDS)

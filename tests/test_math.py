@@ -67,8 +67,9 @@ def test_elementwise_backward_is_grad_times_derivative(spec, name):
     z = on(net, Z)
     a = act.forward(net.xp, z)
     grad = np.arange(Z.size, dtype=float).reshape(Z.shape) - 4.0
-    out = act.backward(net.xp, z, a, on(net, grad))
-    np.testing.assert_allclose(host(net, out), grad * DERIVATIVE[name](Z), rtol=1e-12, atol=1e-15)
+    expected = grad * DERIVATIVE[name](Z)
+    out = act.backward(net.xp, z, a, on(net, grad))  # may overwrite its grad argument (NumPy: grad itself)
+    np.testing.assert_allclose(host(net, out), expected, rtol=1e-12, atol=1e-15)
 
 
 def test_softmax_backward_is_the_jacobian_transpose_product():

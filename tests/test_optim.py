@@ -255,3 +255,22 @@ def test_get_optimizer_by_name_drops_unset_and_sgd_only_options():
 def test_bad_settings_raise_config_error_naming_the_argument(build, argument):
     with pytest.raises(ConfigError, match=argument):
         build()
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [SGD(), SGD(momentum=0.9), SGD(momentum=0.9, nesterov=True), Adam(), AdamW()],
+    ids=["sgd", "momentum", "nesterov", "adam", "adamw"],
+)
+def test_every_update_names_a_fused_kernel_and_only_cupy_gets_one(optimizer):
+    """A misspelt kernel name would otherwise surface only on a GPU."""
+    import array_api_compat.numpy
+
+    import xpnet.backend
+
+    assert optimizer.kernel_name in xpnet.backend._CUPY_KERNELS
+    assert xpnet.backend.fused_kernel(array_api_compat.numpy, optimizer.kernel_name) is None
+    optimizer.step([np.ones(3)], [np.ones(3)])
+    assert optimizer.kernel is None  # NumPy: the array-API update ran
+    with pytest.raises(ValueError, match="no fused kernel"):
+        xpnet.backend.fused_kernel(array_api_compat.numpy, "sgd_typo")

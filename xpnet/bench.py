@@ -12,7 +12,9 @@ a time and reports, for every backend/device available here and every batch size
   if everything but the matmuls were free),
 - peak memory of one epoch (NumPy: tracemalloc; CUDA: the library's allocator).
 
-Peers run in the same loop, alternating with xpnet repeat by repeat, on the same
+Peers run in the same loop, alternating with xpnet repeat by repeat (with a short
+pause before each timed epoch, so the last runner's idle BLAS/OpenMP threads, which
+spin for a while after their work, have stopped competing for the cores), on the same
 batches (one seeded permutation per epoch, the same uint8 data resident on the
 device, scaled per batch): ``direct`` is the same math written straight in NumPy
 (the array-API indirection costs the difference), ``torch-eager`` is a plain
@@ -46,6 +48,10 @@ SIZES = (784, 128, 64, 10)
 BATCH_SIZES = (16, 64, 256, 1024, 4096, 8192)
 LR, MOMENTUM = 0.01, 0.9
 IMPLS = ("xpnet", "direct", "torch-eager")
+#: Seconds of idle before each timed epoch. OpenBLAS's idle threads spin for about 2^28
+#: cycles (~0.1 s) after a call; without the pause they slowed whichever runner came next
+#: (PyTorch after NumPy: 180k instead of 310k samples/s at batch 1024 on 2 cores).
+PAUSE = 0.25
 
 
 def step_macs(batch_size: int, sizes: Sequence[int] = SIZES) -> int:
@@ -470,14 +476,18 @@ def run_bench(
     data: str = "auto",
     memory: bool = True,
     gemm_size: int | None = None,
+    pause: float = PAUSE,
     log: Callable[[str], None] | None = print,
 ) -> BenchResult:
-    """Run the sweep; every implementation alternates with the others, repeat by repeat."""
+    """Run the sweep; every implementation alternates with the others, repeat by repeat,
+    ``pause`` seconds of idle before each epoch."""
     batch_sizes = [int(b) for b in batch_sizes]
     if not batch_sizes or min(batch_sizes) < 1:
         raise ConfigError(f"batch sizes must be whole numbers >= 1, not {batch_sizes}")
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"repeats must be >= 1 and warmup >= 0, not {repeats} and {warmup}")
+    if not 0 <= pause <= 60:
+        raise ConfigError(f"pause must be between 0 and 60 seconds, not {pause}")
     for impl in impls:
         if impl not in IMPLS:
             raise ConfigError(f"bench implementations must be among {', '.join(IMPLS)}, not {impl!r}")
@@ -507,6 +517,7 @@ def run_bench(
         times: list[list[float]] = [[] for _ in runners]
         for _ in range(repeats):
             for i, (_, runner) in enumerate(runners):
+                time.sleep(pause)
                 runner.backend.synchronize()
                 start = time.perf_counter()
                 runner.epoch()  # ends synchronised
@@ -545,6 +556,7 @@ def run_bench(
         "samples": int(X.shape[0]),
         "repeats": repeats,
         "warmup": warmup,
+        "pause": pause,
         "data": source,
     }
     return BenchResult(rows, ceilings, skipped, environment(), options)
@@ -688,7 +700,8 @@ def markdown_report(result: BenchResult, profile_text: str | None = None, notes:
         f"Produced by `python -m xpnet bench` on {env['date']}. Network 784-128-64-10, ReLU, softmax",
         f"cross-entropy, SGD momentum {MOMENTUM}, float32; {flops_per_sample():,} FLOPs per training sample.",
         f"Data: {opts['data']} ({opts['samples']:,} samples, uint8 resident on the device);",
-        f"one epoch per timing, median of {opts['repeats']} alternating repeats after {opts['warmup']} warm-up.",
+        f"one epoch per timing, median of {opts['repeats']} alternating repeats after {opts['warmup']} warm-up,",
+        f"{opts.get('pause', 0):g} s idle before each timed epoch.",
         "",
         f"- CPU: {env['cpu']} ({env['cores']} logical cores)",
         f"- BLAS: {env['blas']}",
@@ -827,6 +840,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gemm-size", type=int, default=None, help="side of the peak GEMM (default 2048 CPU, 8192 GPU)"
     )
+    parser.add_argument(
+        "--pause", type=float, default=PAUSE, help="idle seconds before each timed epoch (default: %(default)s)"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the (untimed) peak-memory epoch")
     parser.add_argument("--profile", default=None, help="also profile xpnet's step phase by phase at these batch sizes")
     parser.add_argument("--json", default=None, help="write the results as JSON here")
@@ -854,6 +870,7 @@ def bench_main(args: argparse.Namespace) -> int:
         data=args.data,
         memory=not args.no_memory,
         gemm_size=args.gemm_size,
+        pause=args.pause,
         log=None,
     )
     print(format_rows(result.rows))

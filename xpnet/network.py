@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from xpnet.activations import Activation, get_activation
-from xpnet.backend import Backend, get_backend
+from xpnet.backend import Backend, fused_kernel, get_backend
 from xpnet.errors import ConfigError
 from xpnet.init import init_name, initial_parameters
 from xpnet.losses import NATURAL_OUTPUT, Loss, get_loss, loss_name
@@ -219,6 +219,9 @@ class MLP:
 
     def prepare(self, x):
         """A batch of raw inputs as the first layer wants them: network dtype, scaled."""
+        kernel = fused_kernel(self.xp, "scale_inputs") if self._scaling_on_device is not None else None
+        if kernel is not None:  # the cast and the scaling in one pass
+            return kernel(x, *self._scaling_on_device, self.xp.empty(x.shape, dtype=self.dtype))
         fresh = x.dtype != self.dtype
         if fresh:
             x = self.xp.astype(x, self.dtype)

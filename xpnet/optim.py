@@ -4,7 +4,9 @@ An optimizer updates a flat list of parameters from a matching list of gradients
 Updates are written ``params[i] -= step``: NumPy, CuPy and PyTorch do that in place,
 while an immutable array type (JAX-style) falls back to ``params[i] = params[i] - step``
 by Python's own rules, so one code path serves both. Weight decay applies to weights
-(the 2-D parameters), not biases.
+(the 2-D parameters), not biases. On CuPy each parameter's whole update runs as one
+fused kernel (``backend.fused_kernel``); the array-API code is the same update, and the
+reference for it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 from array_api_compat import array_namespace
 
+from xpnet.backend import fused_kernel
 from xpnet.errors import ConfigError
 
 # -- schedules: progress t (epochs done, fractional) and total epochs T -> lr factor
@@ -101,6 +104,7 @@ class Optimizer:
         self.steps = 0
         self.state: list = []
         self.xp = None
+        self.kernel = None  #: the fused update where the backend has one (CuPy)
 
     def set_progress(self, epochs_done: float, total_epochs: float) -> None:
         """Set the current rate from the schedule (called by the training loop)."""
@@ -108,12 +112,15 @@ class Optimizer:
 
     #: Buffers the optimizer keeps per parameter (momentum: 1; Adam's m and v: 2).
     buffers_per_param = 0
+    #: The name of this update among the backend's fused kernels.
+    kernel_name = ""
 
     def step(self, params: list, grads: list) -> None:
         if not self.state:
             self.state = [tuple(p * 0.0 for _ in range(self.buffers_per_param)) for p in params]
         if self.xp is None:
             self.xp = array_namespace(params[0])
+            self.kernel = fused_kernel(self.xp, self.kernel_name)
         self.steps += 1
         for i, (p, g) in enumerate(zip(params, grads)):
             params[i] = self._update(i, p, g, decay=self.weight_decay if p.ndim > 1 else 0.0)
@@ -152,8 +159,12 @@ class SGD(Optimizer):
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
         self.buffers_per_param = 1 if self.momentum else 0
+        self.kernel_name = "sgd_nesterov" if self.nesterov else "sgd_momentum" if self.momentum else "sgd"
 
     def _update(self, i, p, g, decay):
+        if self.kernel is not None:
+            self.kernel(g, self.lr, self.momentum, decay, p, *self.state[i])
+            return p
         if decay:
             g = g + decay * p
         if self.momentum:
@@ -171,6 +182,7 @@ class Adam(Optimizer):
 
     decoupled = False
     buffers_per_param = 2
+    kernel_name = "adam"
 
     def __init__(self, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, schedule=None):
         super().__init__(lr, weight_decay, schedule)
@@ -182,18 +194,22 @@ class Adam(Optimizer):
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
     def _update(self, i, p, g, decay):
+        m, v = self.state[i]
+        m_hat_scale = self.lr / (1.0 - self.beta1**self.steps)
+        v_hat_scale = 1.0 / (1.0 - self.beta2**self.steps)
+        if self.kernel is not None:
+            l2, shrink = (0.0, 1.0 - self.lr * decay) if self.decoupled else (decay, 1.0)
+            self.kernel(g, m_hat_scale, self.beta1, self.beta2, v_hat_scale, self.eps, l2, shrink, p, m, v)
+            return p
         if decay and self.decoupled:
             p *= 1.0 - self.lr * decay
         elif decay:
             g = g + decay * p
-        m, v = self.state[i]
         m *= self.beta1
         m += (1.0 - self.beta1) * g
         v *= self.beta2
         v += (1.0 - self.beta2) * (g * g)
         self.state[i] = (m, v)
-        m_hat_scale = self.lr / (1.0 - self.beta1**self.steps)
-        v_hat_scale = 1.0 / (1.0 - self.beta2**self.steps)
         p -= m_hat_scale * m / (self.xp.sqrt(v * v_hat_scale) + self.eps)
         return p
 

@@ -115,6 +115,7 @@ def fit(
     if history.dropout_state is not None and net.dropout_rng is not None:
         net.dropout_rng.set_state(history.dropout_state)
     history.interrupted = False
+    classifier = net.is_classifier
 
     with backend.activated(), backend.quiet_float_errors():  # a NaN/inf loss is caught below, by value
         while history.epoch < epochs:
@@ -122,7 +123,8 @@ def fit(
             order = rng.permutation(n) if shuffle else np.arange(n)
             order = backend.upload(order.astype(np.int32))
             first = history.batch
-            sums = _zeros(xp, net) if not history.partial else _partial_sums(backend, net, history.partial)
+            carried = _zeros(xp, net) if not history.partial else _partial_sums(backend, net, history.partial)
+            costs, hits = [], []  # per-step 0-d device arrays, summed once the epoch ends
             start = time.perf_counter() - (history.partial[3] if history.partial else 0.0)
             bar = _progress_bar(progress, steps, history.epoch + 1, epochs, initial=first)
             with backend.compute_threads(batch_size * net.macs_per_sample):  # BLAS threads that suit the step
@@ -134,16 +136,20 @@ def fit(
                     targets = net.targets(yb, label_smoothing) if label_smoothing else truth
                     cost, grads, out = net.backprop(xb, targets, train=True)
                     optimizer.step(net.params, grads)
-                    sums = _accumulate(xp, net, sums, cost, out, truth, batch_size)
+                    costs.append(cost)
+                    if classifier:
+                        hits.append(count_correct(net, out, truth))
                     if bar is not None:
                         bar.update(1)
                     if should_stop is not None and should_stop() and b + 1 < steps:
+                        sums = _epoch_sums(xp, carried, costs, hits, batch_size)
                         history.batch = b + 1
                         history.partial = [*backend.to_host(xp.stack(sums)).tolist(), time.perf_counter() - start]
                         history.dropout_state = net.dropout_rng.get_state() if net.dropout_rng else None
                         history.interrupted = True
                         _close(bar)
                         return history
+            sums = _epoch_sums(xp, carried, costs, hits, batch_size)
             if validation_data is not None:
                 sums += evaluate_sums(net, X_val, y_val)
             host = backend.to_host(xp.stack(sums)).tolist()  # the epoch's one host read
@@ -206,6 +212,16 @@ def _zeros(xp, net):
 
 def _partial_sums(backend, net, partial):
     return [backend.upload(np.asarray(v), net.dtype) for v in partial[:3]]
+
+
+def _epoch_sums(xp, carried, costs, hits, batch_size):
+    """[loss x count, correct, count] on the device: ``carried`` plus this run of equal-size steps."""
+    loss_sum, correct, seen = carried
+    if costs:
+        loss_sum = loss_sum + xp.sum(xp.stack(costs)) * batch_size
+    if hits:
+        correct = correct + xp.sum(xp.stack(hits))
+    return [loss_sum, correct, seen + float(len(costs) * batch_size)]
 
 
 def _accumulate(xp, net, sums, cost, out, targets, count):
