@@ -9,8 +9,10 @@ on a GPU every read is a synchronisation the training loop must budget for).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import importlib
+import platform
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -143,6 +145,20 @@ class Backend:
             return np.errstate(over="ignore", invalid="ignore", divide="ignore")
         return contextlib.nullcontext()
 
+    def flush_denormals(self):
+        """A context in which this thread's CPU float arithmetic flushes denormals to zero.
+
+        The momentum buffer of a weight whose gradient stays 0 (a blank border pixel, a
+        dead unit) decays geometrically into the denormal range below 1.2e-38, where each
+        x86 operation on it costs about a hundred cycles: a fifth of a batch-16 step was
+        spent there. Training needs no such values; TensorFlow and XLA flush them too.
+        CPU devices only, and only where the switch is known (x86-64 Linux with glibc);
+        elsewhere nothing changes. The previous mode comes back on exit.
+        """
+        if self.name == "cupy" or getattr(self.device, "type", "cpu") != "cpu":
+            return contextlib.nullcontext()
+        return _denormals_flushed()
+
     def synchronize(self) -> None:
         """Wait for queued device work to finish (before reading a clock)."""
         if self.name == "cupy":
@@ -256,6 +272,59 @@ def _compat(name: str) -> ModuleType:
 
 
 _RESOLVERS = {"numpy": _numpy, "cupy": _cupy, "torch": _torch, "array-api-strict": _strict}
+
+
+# -- denormals ------------------------------------------------------------------------------
+
+#: MXCSR bits: flush-to-zero (results) and denormals-are-zero (inputs).
+_FTZ_DAZ = 0x8040
+
+
+class _FloatEnv(ctypes.Structure):
+    """glibc's x86-64 ``fenv_t``: the x87 environment, then the SSE control word, MXCSR."""
+
+    _fields_ = [("x87", ctypes.c_ubyte * 28), ("mxcsr", ctypes.c_uint32)]
+
+
+@functools.cache
+def _libm():
+    """glibc's libm where MXCSR can be set through ``fesetenv`` and does flush; else None."""
+    if platform.system() != "Linux" or platform.machine() != "x86_64" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libm = ctypes.CDLL("libm.so.6")
+    except OSError:
+        return None
+    denormal = np.array([1e-39], dtype=np.float32)
+    saved = _set_mxcsr(libm, _FTZ_DAZ, _FTZ_DAZ)
+    try:
+        works = bool((denormal * np.float32(1.0))[0] == 0.0)
+    finally:
+        _set_mxcsr(libm, _FTZ_DAZ, saved)
+    return libm if works else None
+
+
+def _set_mxcsr(libm, mask: int, bits: int) -> int:
+    """Set the ``mask`` bits of this thread's MXCSR to ``bits``; return the old MXCSR."""
+    env = _FloatEnv()
+    libm.fegetenv(ctypes.byref(env))
+    old = env.mxcsr
+    env.mxcsr = (old & ~mask) | (bits & mask)
+    libm.fesetenv(ctypes.byref(env))
+    return old
+
+
+@contextlib.contextmanager
+def _denormals_flushed():
+    libm = _libm()
+    if libm is None:
+        yield
+        return
+    saved = _set_mxcsr(libm, _FTZ_DAZ, _FTZ_DAZ)
+    try:
+        yield
+    finally:
+        _set_mxcsr(libm, _FTZ_DAZ, saved)
 
 
 # -- fused elementwise kernels ------------------------------------------------------------

@@ -194,7 +194,7 @@ class XpnetRunner(Runner):
         self.backend.synchronize()
 
     def step(self) -> None:
-        with self.backend.compute_threads(step_macs(self.batch_size)):
+        with self.backend.compute_threads(step_macs(self.batch_size)), self.backend.flush_denormals():
             _, grads, _ = self.net.backprop(*self._batch, train=True)
             self.optimizer.step(self.net.params, grads)
         self.backend.synchronize()
@@ -207,7 +207,7 @@ class DirectRunner(Runner):
     """The same math and loop written straight in NumPy: the array-API indirection's yardstick.
 
     Same batches as ``fit`` (its permutation, the ``n % batch_size`` remainder left out),
-    same loss and accuracy sums, same BLAS thread policy.
+    same loss and accuracy sums, same BLAS thread policy, denormals flushed as in ``fit``.
     """
 
     impl = "direct"
@@ -264,7 +264,7 @@ class DirectRunner(Runner):
         order = np.random.default_rng(self.epochs).permutation(self.X.shape[0]).astype(np.int32)
         bs = self.batch_size
         sums = np.zeros(3, dtype=np.float32)
-        with self.backend.compute_threads(step_macs(bs)):
+        with self.backend.compute_threads(step_macs(bs)), self.backend.flush_denormals():
             for i in range(self.X.shape[0] // bs):
                 idx = order[i * bs : (i + 1) * bs]
                 x = self.X.take(idx, axis=0).astype(np.float32)
@@ -275,7 +275,7 @@ class DirectRunner(Runner):
 
     def step(self) -> None:
         x = self.X[: self.batch_size].astype(np.float32) / np.float32(255.0)
-        with self.backend.compute_threads(step_macs(self.batch_size)):
+        with self.backend.compute_threads(step_macs(self.batch_size)), self.backend.flush_denormals():
             self._train_step(x, self.eye[self.y[: self.batch_size]])
 
     def peak_memory(self) -> int | None:

@@ -31,6 +31,11 @@ class Loss:
         """BP1: δ^L = ∇_a C ⊙ σ'(z^L)."""
         return activation.backward(xp, z, a, self.grad_a(xp, a, y))
 
+    def output_and_value(self, xp, z, y, activation: Activation):
+        """``(a^L, C)`` for the logits z^L; a fused loss shares the work of the two."""
+        a = activation.forward(xp, z)
+        return a, self.value(xp, z, a, y)
+
     def __repr__(self) -> str:
         return self.name
 
@@ -65,9 +70,15 @@ class SoftmaxCrossEntropy(CrossEntropy):
     """Cross-entropy fused with a softmax output: log-softmax from the logits, δ = (a - y)/N."""
 
     def value(self, xp, z, a, y):
+        return self.output_and_value(xp, z, y, None)[1]
+
+    def output_and_value(self, xp, z, y, activation):
+        # One exp for both: a = e / Σe and log a = shifted - log Σe, finite for any logits.
         shifted = z - xp.max(z, axis=1, keepdims=True)
-        log_p = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
-        return -xp.sum(y * log_p) / z.shape[0]
+        e = xp.exp(shifted)
+        total = xp.sum(e, axis=1, keepdims=True)
+        log_p = shifted - xp.log(total)
+        return e / total, -xp.sum(y * log_p) / z.shape[0]
 
     def delta(self, xp, z, a, y, activation):
         return (a - y) / a.shape[0]

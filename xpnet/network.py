@@ -63,6 +63,7 @@ class MLP:
         self.seed = seed
         self.scaling = None
         self._scaling_on_device = None
+        self._class_ids = None  #: 0..k-1 on the device (1 for a single sigmoid output), for one-hot targets
         #: Draws the dropout masks on the device; None when no layer drops units.
         self.dropout_rng = self.backend.random_generator(seed) if any(self.dropout) else None
         #: Flat list [W^1, b^1, W^2, b^2, ...]; optimizers update it in place.
@@ -157,11 +158,15 @@ class MLP:
         xp = self.xp
         inputs, zs, outs, masks = [], [], [], []
         a = x
+        output_layer = self.depth - 1
         for l, ((W, b), act) in enumerate(zip(self.layers, self.activations)):
             inputs.append(a)
             z = a @ W.T
             z += b  # in place: one pass and no second (batch, n_l) array per layer
-            a = act.forward(xp, z)
+            if l < output_layer:
+                a = act.forward(xp, z)
+            else:  # a^L and the loss together: a fused loss (softmax + cross-entropy) shares their work
+                a, cost = self.loss.output_and_value(xp, z, y, act)
             zs.append(z)
             outs.append(a)
             rate = self.dropout[l] if train else 0.0
@@ -171,7 +176,6 @@ class MLP:
                 a = a * mask
             else:
                 masks.append(None)
-        cost = self.loss.value(xp, zs[-1], outs[-1], y)
 
         grads = [None] * len(self.params)
         delta = self.loss.delta(xp, zs[-1], outs[-1], y, self.activations[-1])  # BP1
@@ -260,9 +264,11 @@ class MLP:
             if y.ndim != 1:
                 raise ConfigError(f"class labels must be 1-D, not shaped {tuple(y.shape)}")
             # A single (sigmoid) output scores class 1, as predict reads it: its target is y == 1.
-            first = 1 if self.num_outputs == 1 else 0
-            classes = xp.arange(first, first + self.num_outputs, dtype=y.dtype, device=self.backend.device_of(y))
-            onehot = xp.astype(y[:, None] == classes[None, :], self.dtype)
+            if self._class_ids is None:  # made once: this runs every training step
+                first = 1 if self.num_outputs == 1 else 0
+                device = self.backend.device_of(y)
+                self._class_ids = xp.arange(first, first + self.num_outputs, dtype=xp.int32, device=device)
+            onehot = xp.astype(y[:, None] == self._class_ids[None, :], self.dtype)
             if smoothing:
                 onehot = onehot * (1.0 - smoothing) + smoothing / max(self.num_outputs, 2)
             return onehot

@@ -82,7 +82,9 @@ def fit(
     unless the network already has a scaling (``net.set_scaling``). ``label_smoothing`` softens one-hot training targets
     (validation metrics use the true labels). ``should_stop`` is polled after every step (a signal
     handler sets it); ``fit`` then returns with ``history.interrupted`` set and the
-    state needed to continue, which ``fit(..., history=that)`` does exactly.
+    state needed to continue, which ``fit(..., history=that)`` does exactly. While ``fit``
+    runs, the calling thread flushes float denormals to zero (``Backend.flush_denormals``),
+    callbacks included.
     """
     _check_fit_args(epochs, batch_size, patience)
     if not 0.0 <= label_smoothing < 1.0:
@@ -117,7 +119,8 @@ def fit(
     history.interrupted = False
     classifier = net.is_classifier
 
-    with backend.activated(), backend.quiet_float_errors():  # a NaN/inf loss is caught below, by value
+    # A NaN/inf loss is caught below, by value; denormals only slow the steps down.
+    with backend.activated(), backend.quiet_float_errors(), backend.flush_denormals():
         while history.epoch < epochs:
             history.rng_state = rng.bit_generator.state
             order = rng.permutation(n) if shuffle else np.arange(n)
@@ -241,7 +244,7 @@ def count_correct(net, out, targets):
     if out.shape[1] == 1:
         hits = (out[:, 0] > 0.5) == (targets[:, 0] > 0.5)
     else:
-        hits = xp.sum(targets * out, axis=1) >= xp.max(out, axis=1)
+        hits = xp.vecdot(targets, out) >= xp.max(out, axis=1)
     return xp.sum(xp.astype(hits, net.dtype))
 
 
