@@ -232,3 +232,29 @@ def test_uint8_inputs_are_scaled_to_unit_range_unless_a_scaling_is_set():
     other.set_scaling(chosen)
     fit(other, X, y, epochs=1, batch_size=16)
     assert other.scaling is chosen
+
+
+@pytest.mark.parametrize("stop_after", [1, 5, 12])
+def test_an_interrupted_fit_resumed_from_its_history_equals_an_uninterrupted_one(stop_after):
+    """``should_stop`` mid-epoch, then ``fit(..., history=that)``: the same weights and the
+    same per-epoch figures, bit for bit, dropout and momentum included."""
+    X, y = blobs(n=150, features=4, classes=3, seed=4, spread=1.5)
+    Xv, yv = blobs(n=40, features=4, classes=3, seed=5, spread=1.5)
+    options = dict(epochs=3, batch_size=16, validation_data=(Xv, yv), seed=2)
+
+    def run(stop_after=None):
+        net = build_mlp(("numpy", None), [4, 12, 3], dropout=0.2, seed=1)
+        optimizer = SGD(lr=0.05, momentum=0.9)
+        steps = iter(range(10**6))
+        should_stop = None if stop_after is None else (lambda: next(steps) + 1 == stop_after)
+        history = fit(net, X, y, optimizer=optimizer, should_stop=should_stop, **options)
+        if stop_after is not None:
+            assert history.interrupted and history.partial
+            history = fit(net, X, y, optimizer=optimizer, history=history, **options)
+        assert not history.interrupted and history.epoch == 3
+        return net, [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")} for r in history.records]
+
+    (net, records), (reference, reference_records) = run(stop_after), run()
+    assert records == reference_records
+    for name, value in net.state_dict().items():
+        np.testing.assert_array_equal(value, reference.state_dict()[name], err_msg=name)

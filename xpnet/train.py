@@ -126,8 +126,10 @@ def fit(
             order = rng.permutation(n) if shuffle else np.arange(n)
             order = backend.upload(order.astype(np.int32))
             first = history.batch
-            carried = _zeros(xp, net) if not history.partial else _partial_sums(backend, net, history.partial)
-            costs, hits = [], []  # per-step 0-d device arrays, summed once the epoch ends
+            # Device sums [loss x count, correct]: added to step by step, in one order, so that a
+            # resumed epoch (which starts from the saved partial sums) reports the very same figures.
+            zero = _zero(xp, net)
+            loss_sum, correct = (zero, zero) if not history.partial else _partial_sums(backend, net, history.partial)
             start = time.perf_counter() - (history.partial[3] if history.partial else 0.0)
             bar = _progress_bar(progress, steps, history.epoch + 1, epochs, initial=first)
             with backend.compute_threads(batch_size * net.macs_per_sample):  # BLAS threads that suit the step
@@ -139,20 +141,20 @@ def fit(
                     targets = net.targets(yb, label_smoothing) if label_smoothing else truth
                     cost, grads, out = net.backprop(xb, targets, train=True)
                     optimizer.step(net.params, grads)
-                    costs.append(cost)
+                    loss_sum = loss_sum + cost * batch_size
                     if classifier:
-                        hits.append(count_correct(net, out, truth))
+                        correct = correct + count_correct(net, out, truth)
                     if bar is not None:
                         bar.update(1)
                     if should_stop is not None and should_stop() and b + 1 < steps:
-                        sums = _epoch_sums(xp, carried, costs, hits, batch_size)
                         history.batch = b + 1
-                        history.partial = [*backend.to_host(xp.stack(sums)).tolist(), time.perf_counter() - start]
+                        partial = backend.to_host(xp.stack([loss_sum, correct])).tolist()
+                        history.partial = [*partial, float(history.batch * batch_size), time.perf_counter() - start]
                         history.dropout_state = net.dropout_rng.get_state() if net.dropout_rng else None
                         history.interrupted = True
                         _close(bar)
                         return history
-            sums = _epoch_sums(xp, carried, costs, hits, batch_size)
+            sums = [loss_sum, correct, zero + float(steps * batch_size)]
             if validation_data is not None:
                 sums += evaluate_sums(net, X_val, y_val)
             host = backend.to_host(xp.stack(sums)).tolist()  # the epoch's one host read
@@ -208,23 +210,13 @@ def _check_fit_args(epochs, batch_size, patience):
         raise ConfigError(f"patience must be a whole number >= 1, not {patience!r}")
 
 
-def _zeros(xp, net):
-    zero = xp.zeros((), dtype=net.dtype, device=net.backend.device_of(net.params[0]))
-    return [zero, zero, zero]  # loss sum, correct predictions, samples
+def _zero(xp, net):
+    return xp.zeros((), dtype=net.dtype, device=net.backend.device_of(net.params[0]))
 
 
 def _partial_sums(backend, net, partial):
-    return [backend.upload(np.asarray(v), net.dtype) for v in partial[:3]]
-
-
-def _epoch_sums(xp, carried, costs, hits, batch_size):
-    """[loss x count, correct, count] on the device: ``carried`` plus this run of equal-size steps."""
-    loss_sum, correct, seen = carried
-    if costs:
-        loss_sum = loss_sum + xp.sum(xp.stack(costs)) * batch_size
-    if hits:
-        correct = correct + xp.sum(xp.stack(hits))
-    return [loss_sum, correct, seen + float(len(costs) * batch_size)]
+    """The loss and correct-count sums saved by an interrupted epoch, back on the device."""
+    return [backend.upload(np.asarray(v), net.dtype) for v in partial[:2]]
 
 
 def _accumulate(xp, net, sums, cost, out, targets, count):
@@ -256,7 +248,8 @@ def _chunks(n: int, size: int) -> list[slice]:
 def evaluate_sums(net, X, y, batch_size: int = 4096) -> list:
     """Device sums over a whole set: [loss x count, correct, count]; nothing read back."""
     xp = net.xp
-    sums = _zeros(xp, net)
+    zero = _zero(xp, net)
+    sums = [zero, zero, zero]  # loss x count, correct predictions, samples
     for rows in _chunks(X.shape[0], batch_size):
         xb, yb = net.prepare(X[rows, ...]), y[rows, ...]
         z, out = net.forward(xb, logits=True)
