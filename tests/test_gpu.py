@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import GPU_BACKENDS, build_mlp
+from conftest import GPU_BACKENDS, build_mlp, host
 from test_backends import OPTIMIZERS, assert_agree, run_steps
 from test_gradients import GRADIENT_CASES, check_dropout_gradients, check_gradients
 
+from xpnet.data import Scaling
 from xpnet.optim import SGD
 
 pytestmark = pytest.mark.gpu
@@ -46,6 +47,25 @@ def test_fused_kernels_agree_with_the_array_api_reference(spec, optimizer):
     np.testing.assert_allclose(losses, reference, rtol=1e-9)
     for name, value in state.items():
         np.testing.assert_allclose(value, reference_state[name], rtol=1e-7, atol=1e-10, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "scaling",
+    [Scaling("unit", 0.0, 1 / 255), Scaling("standard", np.arange(5.0), np.linspace(0.5, 2.0, 5))],
+    ids=["unit", "per-feature"],
+)
+@pytest.mark.parametrize("spec", GPU_BACKENDS)
+def test_uint8_batches_are_cast_and_scaled_on_the_gpu(spec, scaling):
+    """CuPy casts and scales a batch in one fused kernel; NumPy runs the array-API reference."""
+    X = np.random.default_rng(0).integers(0, 256, (8, 5), dtype=np.uint8)
+    prepared = []
+    for which in (spec, ("numpy", None)):
+        net = build_mlp(which, [5, 3])
+        net.set_scaling(scaling)
+        with net.backend.activated():
+            prepared.append(host(net, net.prepare(net.to_device(X))))
+    np.testing.assert_allclose(prepared[0], prepared[1], rtol=1e-6)
+    assert prepared[0].dtype == np.float32
 
 
 @pytest.mark.parametrize("spec", GPU_BACKENDS)

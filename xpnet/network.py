@@ -194,8 +194,9 @@ class MLP:
 
         ``x`` and ``y`` may be host arrays; ``y`` may be class labels or targets.
         """
-        x = self.prepare(self.to_device(x))
-        cost, grads, _ = self.backprop(x, self.targets(self.to_device(y, labels=True)))
+        with self.backend.activated():
+            x = self.prepare(self.to_device(x))
+            cost, grads, _ = self.backprop(x, self.targets(self.to_device(y, labels=True)))
         return cost, [(grads[2 * i], grads[2 * i + 1]) for i in range(self.depth)]
 
     def _dropout_mask(self, shape, rate):
