@@ -54,9 +54,11 @@ def test_regression_fit_and_evaluate_on_strict_devices(device):
     assert np.isfinite(net.evaluate(X, y)["r2"])
 
 
-def test_predict_works_on_device1():
+@pytest.mark.parametrize("device", STRICT_DEVICES)
+def test_predict_works_on_strict_devices(device):
+    """device1 refuses stray host copies; no_x64 refuses int64, which xp.argmax returns."""
     X, _ = blobs(n=32, classes=3, seed=1)
-    net = build_mlp(("array-api-strict", "device1"), [2, 8, 3], seed=0)
+    net = build_mlp(("array-api-strict", device), [2, 8, 3], seed=0)
     labels = net.predict(X)
     probabilities = net.predict_proba(X)
     assert isinstance(labels, np.ndarray) and isinstance(probabilities, np.ndarray)
@@ -258,3 +260,13 @@ def test_an_interrupted_fit_resumed_from_its_history_equals_an_uninterrupted_one
     assert records == reference_records
     for name, value in net.state_dict().items():
         np.testing.assert_array_equal(value, reference.state_dict()[name], err_msg=name)
+
+
+def test_predicted_classes_are_the_first_row_maximum_as_numpy_argmax_says():
+    from xpnet.train import _argmax_int32
+
+    net = build_mlp(("numpy", None), [2, 4])
+    out = np.array([[0.1, 0.7, 0.7, 0.1], [3.0, -1.0, 2.0, 3.0], [0.0, np.nan, 5.0, np.nan], [-2.0, -1.0, -3.0, -1.5]])
+    got = _argmax_int32(net.xp, net, out)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, np.argmax(out, axis=1))

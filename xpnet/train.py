@@ -296,8 +296,21 @@ def predict(net, X, batch_size: int = 4096):
     xp = net.xp
     out = _outputs(net, net.to_device(X), batch_size)
     if net.is_classifier:
-        out = xp.argmax(out, axis=1) if out.shape[1] > 1 else xp.astype(out[:, 0] > 0.5, xp.int32)
+        out = _argmax_int32(xp, net, out) if out.shape[1] > 1 else xp.astype(out[:, 0] > 0.5, xp.int32)
     return net.backend.to_host(out) if on_host else out
+
+
+def _argmax_int32(xp, net, out):
+    """Each row's first maximum (NaN counting as the maximum, as in NumPy), as int32.
+
+    ``xp.argmax`` returns int64, which some devices cannot hold (array-api-strict's no_x64).
+    The first maximum at column j scores k - j on a countdown k, k-1, ..., 1; the row's
+    best score gives j back.
+    """
+    k = out.shape[1]
+    top = (out == xp.max(out, axis=1, keepdims=True)) | xp.isnan(out)
+    countdown = xp.arange(k, 0, -1, dtype=xp.int32, device=net.backend.device_of(out))
+    return k - xp.max(xp.astype(top, xp.int32) * countdown, axis=1)
 
 
 def _record(net, epoch, host, seconds, optimizer, validated) -> dict:
