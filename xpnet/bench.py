@@ -12,9 +12,10 @@ a time and reports, for every backend/device available here and every batch size
   if everything but the matmuls were free),
 - peak memory of one epoch (NumPy: tracemalloc; CUDA: the library's allocator).
 
-Peers run in the same loop, alternating with xpnet repeat by repeat (with a short
-pause before each timed epoch, so the last runner's idle BLAS/OpenMP threads, which
-spin for a while after their work, have stopped competing for the cores), on the same
+Peers run in the same loop, alternating with xpnet repeat by repeat (with a garbage
+collection and a short pause before each timed epoch, so the last runner's idle
+BLAS/OpenMP threads, which spin for a while after their work, have stopped competing
+for the cores), on the same
 batches (one seeded permutation per epoch, the same uint8 data resident on the
 device, scaled per batch): ``direct`` is the same math written straight in NumPy
 (the array-API indirection costs the difference), ``torch-eager`` is a plain
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import itertools
 import json
 import math
@@ -517,6 +519,7 @@ def run_bench(
         times: list[list[float]] = [[] for _ in runners]
         for _ in range(repeats):
             for i, (_, runner) in enumerate(runners):
+                gc.collect()  # a full collection (~40 ms with PyTorch loaded) lands in no timed epoch
                 time.sleep(pause)
                 runner.backend.synchronize()
                 start = time.perf_counter()
@@ -701,7 +704,7 @@ def markdown_report(result: BenchResult, profile_text: str | None = None, notes:
         f"cross-entropy, SGD momentum {MOMENTUM}, float32; {flops_per_sample():,} FLOPs per training sample.",
         f"Data: {opts['data']} ({opts['samples']:,} samples, uint8 resident on the device);",
         f"one epoch per timing, median of {opts['repeats']} alternating repeats after {opts['warmup']} warm-up,",
-        f"{opts.get('pause', 0):g} s idle before each timed epoch.",
+        f"a garbage collection and {opts.get('pause', 0):g} s idle before each timed epoch.",
         "",
         f"- CPU: {env['cpu']} ({env['cores']} logical cores)",
         f"- BLAS: {env['blas']}",
