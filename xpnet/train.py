@@ -117,7 +117,6 @@ def fit(
     if history.dropout_state is not None and net.dropout_rng is not None:
         net.dropout_rng.set_state(history.dropout_state)
     history.interrupted = False
-    classifier = net.is_classifier
 
     # A NaN/inf loss is caught below, by value; denormals only slow the steps down.
     with backend.activated(), backend.quiet_float_errors(), backend.flush_denormals():
@@ -141,9 +140,7 @@ def fit(
                     targets = net.targets(yb, label_smoothing) if label_smoothing else truth
                     cost, grads, out = net.backprop(xb, targets, train=True)
                     optimizer.step(net.params, grads)
-                    loss_sum = loss_sum + cost * batch_size
-                    if classifier:
-                        correct = correct + count_correct(net, out, truth)
+                    loss_sum, correct = _accumulate(net, loss_sum, correct, cost, out, truth, batch_size)
                     if bar is not None:
                         bar.update(1)
                     if should_stop is not None and should_stop() and b + 1 < steps:
@@ -219,9 +216,12 @@ def _partial_sums(backend, net, partial):
     return [backend.upload(np.asarray(v), net.dtype) for v in partial[:2]]
 
 
-def _accumulate(xp, net, sums, cost, out, targets, count):
-    loss_sum, correct, seen = sums
-    return [loss_sum + cost * count, correct + count_correct(net, out, targets), seen + float(count)]
+def _accumulate(net, loss_sum, correct, cost, out, targets, count):
+    """One batch added to the device sums: loss x count, and correct predictions (classifiers)."""
+    loss_sum = loss_sum + cost * count
+    if net.is_classifier:
+        correct = correct + count_correct(net, out, targets)
+    return loss_sum, correct
 
 
 def count_correct(net, out, targets):
@@ -249,13 +249,14 @@ def evaluate_sums(net, X, y, batch_size: int = 4096) -> list:
     """Device sums over a whole set: [loss x count, correct, count]; nothing read back."""
     xp = net.xp
     zero = _zero(xp, net)
-    sums = [zero, zero, zero]  # loss x count, correct predictions, samples
+    loss_sum = correct = zero
     for rows in _chunks(X.shape[0], batch_size):
         xb, yb = net.prepare(X[rows, ...]), y[rows, ...]
         z, out = net.forward(xb, logits=True)
         targets = net.targets(yb)
-        sums = _accumulate(xp, net, sums, net.loss.value(xp, z, out, targets), out, targets, xb.shape[0])
-    return sums
+        cost = net.loss.value(xp, z, out, targets)
+        loss_sum, correct = _accumulate(net, loss_sum, correct, cost, out, targets, xb.shape[0])
+    return [loss_sum, correct, zero + float(X.shape[0])]
 
 
 def evaluate(net, X, y, batch_size: int = 4096) -> dict[str, float]:
