@@ -155,9 +155,8 @@ class Backend:
         CPU devices only, and only where the switch is known (x86-64 Linux with glibc);
         elsewhere nothing changes. The previous mode comes back on exit.
         """
-        if self.name == "cupy" or getattr(self.device, "type", "cpu") != "cpu":
-            return contextlib.nullcontext()
-        return _denormals_flushed()
+        libm = _libm() if self.name != "cupy" and getattr(self.device, "type", "cpu") == "cpu" else None
+        return contextlib.nullcontext() if libm is None else _mxcsr_flushing(libm)
 
     def synchronize(self) -> None:
         """Wait for queued device work to finish (before reading a clock)."""
@@ -296,11 +295,8 @@ def _libm():
     except OSError:
         return None
     denormal = np.array([1e-39], dtype=np.float32)
-    saved = _set_mxcsr(libm, _FTZ_DAZ, _FTZ_DAZ)
-    try:
+    with _mxcsr_flushing(libm):
         works = bool((denormal * np.float32(1.0))[0] == 0.0)
-    finally:
-        _set_mxcsr(libm, _FTZ_DAZ, saved)
     return libm if works else None
 
 
@@ -315,11 +311,8 @@ def _set_mxcsr(libm, mask: int, bits: int) -> int:
 
 
 @contextlib.contextmanager
-def _denormals_flushed():
-    libm = _libm()
-    if libm is None:
-        yield
-        return
+def _mxcsr_flushing(libm):
+    """FTZ and DAZ set in this thread's MXCSR for the block, the old bits put back after."""
     saved = _set_mxcsr(libm, _FTZ_DAZ, _FTZ_DAZ)
     try:
         yield
