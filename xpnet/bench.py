@@ -28,6 +28,7 @@ synchronisation inside a timed epoch other than its end (the fit loop's one host
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import itertools
@@ -59,6 +60,13 @@ PAUSE = 0.25
 def step_macs(batch_size: int, sizes: Sequence[int] = SIZES) -> int:
     """Forward multiply-adds of one step, what ``Backend.compute_threads`` sizes threads by."""
     return batch_size * sum(n_in * n_out for n_in, n_out in itertools.pairwise(sizes))
+
+
+@contextlib.contextmanager
+def _fit_step_policy(backend, batch_size: int):
+    """The BLAS threads and the denormal flushing that ``fit`` runs a step of this size with."""
+    with backend.compute_threads(step_macs(batch_size)), backend.flush_denormals():
+        yield
 
 
 def flops_per_sample(sizes: Sequence[int] = SIZES) -> int:
@@ -196,7 +204,7 @@ class XpnetRunner(Runner):
         self.backend.synchronize()
 
     def step(self) -> None:
-        with self.backend.compute_threads(step_macs(self.batch_size)), self.backend.flush_denormals():
+        with _fit_step_policy(self.backend, self.batch_size):
             _, grads, _ = self.net.backprop(*self._batch, train=True)
             self.optimizer.step(self.net.params, grads)
         self.backend.synchronize()
@@ -266,7 +274,7 @@ class DirectRunner(Runner):
         order = np.random.default_rng(self.epochs).permutation(self.X.shape[0]).astype(np.int32)
         bs = self.batch_size
         sums = np.zeros(3, dtype=np.float32)
-        with self.backend.compute_threads(step_macs(bs)), self.backend.flush_denormals():
+        with _fit_step_policy(self.backend, bs):
             for i in range(self.X.shape[0] // bs):
                 idx = order[i * bs : (i + 1) * bs]
                 x = self.X.take(idx, axis=0).astype(np.float32)
@@ -277,7 +285,7 @@ class DirectRunner(Runner):
 
     def step(self) -> None:
         x = self.X[: self.batch_size].astype(np.float32) / np.float32(255.0)
-        with self.backend.compute_threads(step_macs(self.batch_size)), self.backend.flush_denormals():
+        with _fit_step_policy(self.backend, self.batch_size):
             self._train_step(x, self.eye[self.y[: self.batch_size]])
 
     def peak_memory(self) -> int | None:
