@@ -794,7 +794,7 @@ def profile_step(batch_size: int, samples: int = 16384, backend: str = "numpy", 
     phases = dict.fromkeys(("batch", "forward+loss+backward", "optimizer", "metrics"), 0.0)
     steps = max(1, min(samples // batch_size, 400))
     order = runner.backend.upload(np.random.default_rng(0).permutation(X.shape[0]).astype(np.int32))
-    with runner.backend.compute_threads(step_macs(batch_size)):
+    with _fit_step_policy(runner.backend, batch_size):
         for rep in range(2):  # the first pass warms up
             for b in range(steps):
                 t0 = time.perf_counter()
