@@ -127,6 +127,16 @@ class Backend:
             return contextlib.nullcontext()
         return controller.limit(limits=1, user_api="blas")
 
+    @contextlib.contextmanager
+    def step_policy(self, step_macs: int | None = None):
+        """The CPU policy a training step runs under: BLAS threads for its size, denormals flushed.
+
+        One home for it: ``fit`` and the benchmark harness both step under this, so a
+        measured step is the step users run.
+        """
+        with self.compute_threads(step_macs), self.flush_denormals():
+            yield
+
     def activated(self):
         """A context in which new arrays land on this backend's device.
 

@@ -65,7 +65,7 @@ def step_macs(batch_size: int, sizes: Sequence[int] = SIZES) -> int:
 @contextlib.contextmanager
 def _fit_step_policy(backend, batch_size: int):
     """The BLAS threads and the denormal flushing that ``fit`` runs a step of this size with."""
-    with backend.compute_threads(step_macs(batch_size)), backend.flush_denormals():
+    with backend.step_policy(step_macs(batch_size)):
         yield
 
 

@@ -131,7 +131,7 @@ def fit(
             loss_sum, correct = (zero, zero) if not history.partial else _partial_sums(backend, net, history.partial)
             start = time.perf_counter() - (history.partial[3] if history.partial else 0.0)
             bar = _progress_bar(progress, steps, history.epoch + 1, epochs, initial=first)
-            with backend.compute_threads(batch_size * net.macs_per_sample):  # BLAS threads that suit the step
+            with backend.step_policy(batch_size * net.macs_per_sample):
                 for b in range(first, steps):
                     optimizer.set_progress(history.epoch + b / steps, epochs)
                     idx = order[b * batch_size : (b + 1) * batch_size]
