@@ -17,7 +17,7 @@ import pytest
 import xpnet.activations
 import xpnet.network
 from xpnet.activations import ReLU
-from xpnet.backend import _CUPY_KERNELS
+from xpnet.backend import KERNELS
 from xpnet.optim import SGD, Adam, AdamW
 
 
@@ -25,7 +25,8 @@ class CKernel:
     """An ``ElementwiseKernel`` stand-in that interprets the kernel's C body with NumPy."""
 
     def __init__(self, name: str):
-        inputs, outputs, self.body = _CUPY_KERNELS[name]
+        spec = KERNELS[name]
+        inputs, outputs, self.body = spec.inputs, spec.outputs, spec.body
         self.inputs = [p.split()[-1] for p in inputs.split(",")]
         self.outputs = [p.split()[-1] for p in outputs.split(",")]
 

@@ -263,7 +263,7 @@ def test_an_interrupted_fit_resumed_from_its_history_equals_an_uninterrupted_one
 
 
 def test_predicted_classes_are_the_first_row_maximum_as_numpy_argmax_says():
-    from xpnet.train import _argmax_int32
+    from xpnet.evaluate import _argmax_int32
 
     net = build_mlp(("numpy", None), [2, 4])
     out = np.array([[0.1, 0.7, 0.7, 0.1], [3.0, -1.0, 2.0, 3.0], [0.0, np.nan, 5.0, np.nan], [-2.0, -1.0, -3.0, -1.5]])

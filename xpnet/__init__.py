@@ -1,8 +1,7 @@
 """xpnet: dense networks trained by hand-written backpropagation on any array-API library."""
 
-__version__ = "0.1.0"
-
 from xpnet import recipes
+from xpnet._version import __version__
 from xpnet.backend import Backend, get_backend
 from xpnet.checkpoint import load_model
 from xpnet.errors import (

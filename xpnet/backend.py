@@ -18,6 +18,8 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from array_api_compat import array_namespace, is_cupy_namespace
+from array_api_compat import device as array_device
 
 from xpnet.errors import BackendError, ConfigError
 
@@ -72,8 +74,6 @@ class Backend:
         if self.name == "numpy":
             return isinstance(array, np.ndarray)
         try:
-            from array_api_compat import array_namespace
-
             return array_namespace(array) is self.xp
         except TypeError:
             return False
@@ -100,9 +100,7 @@ class Backend:
 
     def device_of(self, array: Any):
         """The device ``array`` lives on, in the form ``xp`` functions accept."""
-        from array_api_compat import device
-
-        return device(array)
+        return array_device(array)
 
     def random_generator(self, seed: int | None) -> RandomGenerator:
         """A seeded source of uniform [0, 1) arrays made on this device (for dropout)."""
@@ -332,47 +330,34 @@ def _mxcsr_flushing(libm):
 
 # -- fused elementwise kernels ------------------------------------------------------------
 
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """A CuPy ``ElementwiseKernel``'s parameters and CUDA C body."""
+
+    inputs: str
+    outputs: str  #: updated in place
+    body: str
+
+
 #: Elementwise updates that CuPy runs as one compiled kernel each, instead of one kernel
-#: launch per array operation: (inputs, outputs updated in place, CUDA C body). The
-#: array-API code beside each caller is the fallback on every other backend, and the
-#: reference the GPU tests hold these to.
-_CUPY_KERNELS = {
-    # A raw batch (uint8 pixels, say) cast and scaled in one pass: (x - shift) * scale.
-    "scale_inputs": ("X x, T shift, T scale", "T out", "out = (x - shift) * scale;"),
-    # ReLU's BP2 factor: grad ⊙ step(z).
-    "relu_backward": ("T z", "T grad", "if (!(z > 0)) grad = 0;"),
-    # SGD with L2 decay: p <- p - lr (g + λp).
-    "sgd": ("T g, T lr, T momentum, T decay", "T p", "p -= lr * (g + decay * p);"),
-    # Momentum: v <- μv + (g + λp); p <- p - lr v.
-    "sgd_momentum": (
-        "T g, T lr, T momentum, T decay",
-        "T p, T v",
-        "T d = g + decay * p; v = momentum * v + d; p -= lr * v;",
-    ),
-    # Nesterov: v as above; p <- p - lr (d + μv).
-    "sgd_nesterov": (
-        "T g, T lr, T momentum, T decay",
-        "T p, T v",
-        "T d = g + decay * p; v = momentum * v + d; p -= lr * (d + momentum * v);",
-    ),
-    # Adam: l2 is λ for Adam's coupled decay (else 0), shrink is 1 - lr λ for AdamW's (else 1);
-    # step = lr / (1 - β1^t), v_scale = 1 / (1 - β2^t) are the bias corrections.
-    "adam": (
-        "T g, T step, T beta1, T beta2, T v_scale, T eps, T l2, T shrink",
-        "T p, T m, T v",
-        "T d = g + l2 * p; p *= shrink;"
-        " m = beta1 * m + (1 - beta1) * d; v = beta2 * v + (1 - beta2) * d * d;"
-        " p -= step * m / (sqrt(v * v_scale) + eps);",
-    ),
-}
+#: launch per array operation. Each is defined (``define_kernel``) next to the array-API
+#: code it must equal -- ReLU's in activations.py, the optimizers' in optim.py, the input
+#: scaling in network.py -- which is the fallback on every other backend and the reference
+#: the tests hold the kernel to. This module alone knows how to build one.
+KERNELS: dict[str, KernelSpec] = {}
+
+
+def define_kernel(name: str, inputs: str, outputs: str, body: str) -> str:
+    """Register the fused kernel ``name``; returns the name, for the caller to keep."""
+    KERNELS[name] = KernelSpec(inputs, outputs, body)
+    return name
 
 
 def fused_kernel(xp: ModuleType, name: str):
-    """CuPy's compiled kernel for the elementwise update ``name`` (see ``_CUPY_KERNELS``),
-    or None where the namespace is not CuPy's: the caller's array-API code then runs."""
-    from array_api_compat import is_cupy_namespace
-
-    if name not in _CUPY_KERNELS:
+    """CuPy's compiled kernel ``name`` (see ``KERNELS``), or None where the namespace is
+    not CuPy's: the caller's array-API code then runs."""
+    if name not in KERNELS:
         raise ValueError(f"no fused kernel called {name!r}")
     return _cupy_kernel(name) if is_cupy_namespace(xp) else None
 
@@ -382,8 +367,8 @@ def _cupy_kernel(name: str):
     """Built once; CuPy compiles it on first use on each GPU and caches the binary."""
     import cupy
 
-    inputs, outputs, body = _CUPY_KERNELS[name]
-    return cupy.ElementwiseKernel(inputs, outputs, body, f"xpnet_{name}")
+    spec = KERNELS[name]
+    return cupy.ElementwiseKernel(spec.inputs, spec.outputs, spec.body, f"xpnet_{name}")
 
 
 def cuda_devices() -> list[str]:

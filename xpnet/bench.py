@@ -786,7 +786,7 @@ def profile_step(batch_size: int, samples: int = 16384, backend: str = "numpy", 
     Phases are synchronised one by one (this is a profile, not a throughput figure).
     ``matmuls`` is the part of forward+backward spent in the six GEMMs, timed alone.
     """
-    from xpnet.train import count_correct
+    from xpnet.evaluate import count_correct
 
     X, y, _ = load_data(samples)
     runner = XpnetRunner(Target(backend, device), X, y, batch_size)

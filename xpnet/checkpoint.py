@@ -1,4 +1,4 @@
-"""Model files and checkpoints: one safetensors file, nothing in it ever executed.
+"""Reading model files and checkpoints back: checked, then built; nothing in them ever executed.
 
 Weights are stored as ``layers.{i}.weight`` ``(out, in)`` and ``layers.{i}.bias``,
 the layout of a ``torch.nn.Sequential`` of ``Linear`` layers. The metadata holds
@@ -18,53 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-from xpnet import __version__
 from xpnet.backend import RandomGenerator
 from xpnet.errors import BackendError, ModelFileError, XpnetError
+from xpnet.modelfile import FORMAT, FORMAT_VERSION, save_model
 from xpnet.network import MLP
-from xpnet.safetensors import load_tensors, save_tensors
+from xpnet.safetensors import load_tensors
+from xpnet.scaling import Scaling
 
-FORMAT = "xpnet-mlp"
-FORMAT_VERSION = "1"
 #: Largest model file xpnet reads (1 GiB); far above any MLP it trains.
 MAX_MODEL_BYTES = 2**30
 MAX_LAYERS = 1000
 
-
-def save_model(
-    path: str | os.PathLike,
-    net: MLP,
-    *,
-    training: dict | None = None,
-    class_names: list[str] | None = None,
-    history=None,
-    optimizer=None,
-) -> None:
-    """Write ``net`` to ``path``; with ``history`` and ``optimizer``, a resumable checkpoint."""
-    tensors = net.state_dict()
-    metadata = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "xpnet_version": __version__,
-        "architecture": json.dumps(net.config()),
-        "training": json.dumps(training or {}),
-        "class_names": json.dumps(list(class_names or [])),
-        "scaling": json.dumps(net.scaling.to_dict() if net.scaling is not None else None),
-    }
-    if history is not None:
-        metadata["history"] = json.dumps(history.records)
-    if optimizer is not None and history is not None:
-        buffers = net.backend.to_host_many(optimizer.state_arrays())
-        tensors.update({f"optimizer.{k}": buffer for k, buffer in enumerate(buffers)})
-        if history.best_params is not None:
-            best = net.backend.to_host_many(history.best_params)
-            for i in range(net.depth):
-                tensors[f"best.layers.{i}.weight"] = best[2 * i]
-                tensors[f"best.layers.{i}.bias"] = best[2 * i + 1]
-        metadata["checkpoint"] = json.dumps(
-            {"state": history.resume_state(), "optimizer_steps": optimizer.steps, "buffers": len(buffers)}
-        )
-    save_tensors(path, tensors, metadata)
+__all__ = ["FORMAT", "FORMAT_VERSION", "ModelFile", "load_model", "save_model"]
 
 
 class ModelFile:
@@ -163,8 +128,6 @@ class ModelFile:
             raise self.error(f"architecture is not valid ({exc})") from None
         net.load_state_dict(self.tensors)
         if self.scaling is not None:
-            from xpnet.data.prep import Scaling
-
             try:
                 net.set_scaling(Scaling.from_dict(self.scaling, num_features=self.sizes[0]))
             except XpnetError as exc:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xpnet import __version__
+from xpnet._version import __version__
 from xpnet.backend import BACKENDS
 from xpnet.bench import add_bench_arguments, bench_main
 from xpnet.errors import ConfigError, DivergenceError, XpnetError

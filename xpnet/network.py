@@ -16,14 +16,30 @@ The backward pass is four equations, each one line below:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from xpnet import evaluate as inference
+from xpnet import train as training
 from xpnet.activations import Activation, get_activation
-from xpnet.backend import Backend, fused_kernel, get_backend
+from xpnet.backend import Backend, define_kernel, fused_kernel, get_backend
 from xpnet.errors import ConfigError
 from xpnet.init import init_name, initial_parameters
 from xpnet.losses import NATURAL_OUTPUT, Loss, get_loss, loss_name
+from xpnet.modelfile import named_layers, save_model
+
+
+class Layer(NamedTuple):
+    """One dense layer's parameters, z = a W^T + b (or its gradients, ∂C/∂W and ∂C/∂b)."""
+
+    W: Any
+    b: Any
+
+
+def flatten(layers: Sequence[Layer]) -> list:
+    """``[W^1, b^1, W^2, b^2, ...]``: the flat list optimizers and files see."""
+    return [array for layer in layers for array in layer]
 
 
 class MLP:
@@ -78,9 +94,9 @@ class MLP:
         return len(self.sizes) - 1
 
     @property
-    def layers(self) -> list[tuple]:
-        """``(W, b)`` for each layer, input side first."""
-        return [(self.params[2 * i], self.params[2 * i + 1]) for i in range(self.depth)]
+    def layers(self) -> list[Layer]:
+        """``Layer(W, b)`` for each layer, input side first: named views of ``params``."""
+        return [Layer(*self.params[i : i + 2]) for i in range(0, len(self.params), 2)]
 
     @property
     def macs_per_sample(self) -> int:
@@ -118,12 +134,7 @@ class MLP:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Host copies of the parameters named as in ``torch.nn.Sequential`` of Linear layers."""
-        host = self.backend.to_host_many(self.params)
-        state = {}
-        for i in range(self.depth):
-            state[f"layers.{i}.weight"] = host[2 * i]
-            state[f"layers.{i}.bias"] = host[2 * i + 1]
-        return state
+        return named_layers(self.backend.to_host_many(self.params))
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Replace the parameters by host arrays shaped like ``state_dict()``'s."""
@@ -177,17 +188,18 @@ class MLP:
             else:
                 masks.append(None)
 
-        grads = [None] * len(self.params)
+        layers, grads = self.layers, [None] * self.depth
         delta = self.loss.delta(xp, zs[-1], outs[-1], y, self.activations[-1])  # BP1
         for l in reversed(range(self.depth)):
-            grads[2 * l] = delta.T @ inputs[l]  # BP4
-            grads[2 * l + 1] = xp.sum(delta, axis=0)  # BP3
+            dC_dW = delta.T @ inputs[l]  # BP4
+            dC_db = xp.sum(delta, axis=0)  # BP3
+            grads[l] = Layer(dC_dW, dC_db)
             if l:
-                back = delta @ self.params[2 * l]
+                back = delta @ layers[l].W
                 if masks[l - 1] is not None:
                     back = back * masks[l - 1]
                 delta = self.activations[l - 1].backward(xp, zs[l - 1], outs[l - 1], back)  # BP2
-        return cost, grads, outs[-1]
+        return cost, flatten(grads), outs[-1]
 
     def gradients(self, x, y):
         """``(loss, [(∂C/∂W, ∂C/∂b), ...])`` for a batch, one pair per layer; for teaching and checks.
@@ -197,7 +209,7 @@ class MLP:
         with self.backend.activated():
             x = self.prepare(self.to_device(x))
             cost, grads, _ = self.backprop(x, self.targets(self.to_device(y, labels=True)))
-        return cost, [(grads[2 * i], grads[2 * i + 1]) for i in range(self.depth)]
+        return cost, [Layer(*grads[i : i + 2]) for i in range(0, len(grads), 2)]
 
     def _dropout_mask(self, shape, rate):
         keep = self.dropout_rng.uniform(shape, self.dtype) >= rate
@@ -222,9 +234,12 @@ class MLP:
             on_device.append(float(value) if value.ndim == 0 else self.backend.upload(value, self.dtype))
         self._scaling_on_device = tuple(on_device)
 
+    #: The fused CuPy form of ``prepare``: a raw batch (uint8 pixels, say) cast and scaled in one pass.
+    SCALE_KERNEL = define_kernel("scale_inputs", "X x, T shift, T scale", "T out", "out = (x - shift) * scale;")
+
     def prepare(self, x):
         """A batch of raw inputs as the first layer wants them: network dtype, scaled."""
-        kernel = fused_kernel(self.xp, "scale_inputs") if self._scaling_on_device is not None else None
+        kernel = fused_kernel(self.xp, self.SCALE_KERNEL) if self._scaling_on_device is not None else None
         if kernel is not None:  # the cast and the scaling in one pass
             return kernel(x, *self._scaling_on_device, self.xp.empty(x.shape, dtype=self.dtype))
         fresh = x.dtype != self.dtype
@@ -283,35 +298,25 @@ class MLP:
 
     def fit(self, X, y, **options):
         """Train on ``(X, y)``; see ``xpnet.train.fit`` for the options. Returns the history."""
-        from xpnet.train import fit
-
-        return fit(self, X, y, **options)
+        return training.fit(self, X, y, **options)
 
     def predict_proba(self, X, batch_size: int = 4096):
         """Network outputs for ``X``, in ``X``'s namespace (host NumPy in, NumPy out)."""
-        from xpnet.train import predict_outputs
-
         with self.backend.activated():
-            return predict_outputs(self, X, batch_size=batch_size)
+            return inference.predict_outputs(self, X, batch_size=batch_size)
 
     def predict(self, X, batch_size: int = 4096):
         """Class labels for classifiers (argmax of the outputs), else the outputs."""
-        from xpnet.train import predict
-
         with self.backend.activated():
-            return predict(self, X, batch_size=batch_size)
+            return inference.predict(self, X, batch_size=batch_size)
 
     def evaluate(self, X, y, batch_size: int = 4096) -> dict[str, float]:
         """``{"loss": ..., "accuracy": ...}`` (regression: ``loss``, ``mse`` and ``r2``)."""
-        from xpnet.train import evaluate
-
         with self.backend.activated():
-            return evaluate(self, X, y, batch_size=batch_size)
+            return inference.evaluate(self, X, y, batch_size=batch_size)
 
     def save(self, path, **metadata) -> None:
-        """Write this model to a safetensors file (see ``xpnet.checkpoint``)."""
-        from xpnet.checkpoint import save_model
-
+        """Write this model to a safetensors file (see ``xpnet.modelfile``)."""
         save_model(path, self, **metadata)
 
 

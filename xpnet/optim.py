@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from array_api_compat import array_namespace
 
-from xpnet.backend import fused_kernel
+from xpnet.backend import define_kernel, fused_kernel
 from xpnet.errors import ConfigError
 
 # -- schedules: progress t (epochs done, fractional) and total epochs T -> lr factor
@@ -159,7 +159,25 @@ class SGD(Optimizer):
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
         self.buffers_per_param = 1 if self.momentum else 0
-        self.kernel_name = "sgd_nesterov" if self.nesterov else "sgd_momentum" if self.momentum else "sgd"
+        self.kernel_name = self.NESTEROV if self.nesterov else self.MOMENTUM if self.momentum else self.PLAIN
+
+    # The fused CuPy updates (one kernel per parameter), each the array-API code of ``_update`` below.
+    #: p <- p - lr (g + λp)
+    PLAIN = define_kernel("sgd", "T g, T lr, T momentum, T decay", "T p", "p -= lr * (g + decay * p);")
+    #: v <- μv + (g + λp); p <- p - lr v
+    MOMENTUM = define_kernel(
+        "sgd_momentum",
+        "T g, T lr, T momentum, T decay",
+        "T p, T v",
+        "T d = g + decay * p; v = momentum * v + d; p -= lr * v;",
+    )
+    #: v as above; p <- p - lr (d + μv)
+    NESTEROV = define_kernel(
+        "sgd_nesterov",
+        "T g, T lr, T momentum, T decay",
+        "T p, T v",
+        "T d = g + decay * p; v = momentum * v + d; p -= lr * (d + momentum * v);",
+    )
 
     def _update(self, i, p, g, decay):
         if self.kernel is not None:
@@ -182,7 +200,17 @@ class Adam(Optimizer):
 
     decoupled = False
     buffers_per_param = 2
-    kernel_name = "adam"
+    #: The fused CuPy update, the array-API code of ``_update`` below: l2 is λ for Adam's coupled
+    #: decay (else 0), shrink is 1 - lr λ for AdamW's (else 1); step = lr / (1 - β1^t) and
+    #: v_scale = 1 / (1 - β2^t) are the bias corrections.
+    kernel_name = define_kernel(
+        "adam",
+        "T g, T step, T beta1, T beta2, T v_scale, T eps, T l2, T shrink",
+        "T p, T m, T v",
+        "T d = g + l2 * p; p *= shrink;"
+        " m = beta1 * m + (1 - beta1) * d; v = beta2 * v + (1 - beta2) * d * d;"
+        " p -= step * m / (sqrt(v * v_scale) + eps);",
+    )
 
     def __init__(self, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, schedule=None):
         super().__init__(lr, weight_decay, schedule)

@@ -12,14 +12,16 @@ import hashlib
 import http.client
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
 
 import numpy as np
 
+from xpnet.data.dataset import Dataset, held_out_rows
 from xpnet.data.idx import read_idx
+from xpnet.data.regression import REGRESSION_DATASETS, load_regression
 from xpnet.data.tabular import check_task, check_xy, load_csv, read_npz_arrays
 from xpnet.errors import DataError
 
@@ -49,11 +51,6 @@ IMAGE_SHAPE = (28, 28)
 
 #: Where Debian's dataset packages (e.g. ``dataset-fashion-mnist``) install.
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")
-
-#: User files holding only ``X, y``: this fraction (after a shuffle seeded by
-#: ``TEST_SEED``) becomes the test set, the same samples on every run.
-TEST_FRACTION = 0.2
-TEST_SEED = 0
 
 #: User labels must be below this; a larger label is almost surely not a class index.
 MAX_CLASSES = 100_000
@@ -116,34 +113,6 @@ SOURCES: dict[str, Source] = {
 }
 
 
-@dataclass
-class Dataset:
-    """Train and test arrays on the host, plus what the arrays mean.
-
-    ``X_*`` are ``(n, features)`` (uint8 for images, float32 otherwise); ``y_*`` are
-    int32 class labels or float32 regression targets.
-    """
-
-    name: str
-    X_train: np.ndarray
-    y_train: np.ndarray
-    X_test: np.ndarray
-    y_test: np.ndarray
-    class_names: list[str] = field(default_factory=list)
-    task: str = "classification"
-
-    @property
-    def num_classes(self) -> int:
-        """Output units: one per class, or one per regression target."""
-        if self.task == "classification":
-            return len(self.class_names)
-        return 1 if self.y_train.ndim == 1 else int(self.y_train.shape[1])
-
-    @property
-    def num_features(self) -> int:
-        return int(self.X_train.shape[1])
-
-
 class DownloadError(DataError):
     """The network could not deliver a file (as opposed to delivering a wrong one)."""
 
@@ -202,9 +171,7 @@ def download_file(
     ``DownloadError``; a hash mismatch raises ``DataError``.
     """
     dest = Path(dest)
-    opener = opener or urlopen
     algorithm, expected = checksum
-    hasher = hashlib.new(algorithm)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, temp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
@@ -213,27 +180,10 @@ def download_file(
             f"cannot write into {dest.parent}: {exc.strerror or exc}; set XDG_CACHE_HOME to a writable folder"
         ) from exc
     try:
-        with os.fdopen(fd, "wb") as out, opener(url, timeout=timeout) as response:
-            bar = _progress_bar(response, dest.name) if progress else None
-            received = 0
-            try:
-                while chunk := response.read(_CHUNK):
-                    received += len(chunk)
-                    if received > MAX_DOWNLOAD_BYTES:
-                        raise DataError(
-                            f"{url}: more than {MAX_DOWNLOAD_BYTES} bytes, far larger than the real file; "
-                            "the server is not sending the dataset"
-                        )
-                    hasher.update(chunk)
-                    out.write(chunk)
-                    if bar is not None:
-                        bar.update(len(chunk))
-            finally:
-                if bar is not None:
-                    bar.close()
+        with os.fdopen(fd, "wb") as out, (opener or urlopen)(url, timeout=timeout) as response:
+            got = _stream_hashed(url, response, out, hashlib.new(algorithm), dest.name if progress else None)
             out.flush()
             os.fsync(out.fileno())
-        got = hasher.hexdigest()
         if got != expected:
             raise DataError(
                 f"{url}: the downloaded file's {algorithm} is {got}, expected {expected}; the download "
@@ -250,6 +200,29 @@ def download_file(
             os.unlink(temp_name)
         raise
     return dest
+
+
+def _stream_hashed(url: str, response, out, hasher, bar_name: str | None) -> str:
+    """Copy ``response`` to ``out`` chunk by chunk, hashing as it goes; the hex digest.
+    A server sending more than ``MAX_DOWNLOAD_BYTES`` is cut off."""
+    bar = _progress_bar(response, bar_name) if bar_name else None
+    received = 0
+    try:
+        while chunk := response.read(_CHUNK):
+            received += len(chunk)
+            if received > MAX_DOWNLOAD_BYTES:
+                raise DataError(
+                    f"{url}: more than {MAX_DOWNLOAD_BYTES} bytes, far larger than the real file; "
+                    "the server is not sending the dataset"
+                )
+            hasher.update(chunk)
+            out.write(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    return hasher.hexdigest()
 
 
 def _progress_bar(response, desc: str):
@@ -316,7 +289,6 @@ def load_dataset(
     key = str(name_or_path).strip().lower().replace("_", "-")
     if key in SOURCES:
         return _load_named(key, data_dir, download, progress)
-    from xpnet.data.regression import REGRESSION_DATASETS, load_regression  # imports this module
 
     if key in REGRESSION_DATASETS:
         return load_regression(key)
@@ -408,13 +380,6 @@ def _from_xy(path: Path, X: np.ndarray, y: np.ndarray, task: str) -> Dataset:
         raise DataError(f"{path}: only {len(X)} sample; need at least 2 to hold some out for testing")
     train, test = held_out_rows(len(X))
     return _make(path, X[train], y[train], X[test], y[test], task)
-
-
-def held_out_rows(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices ``(train, test)``: a seeded ``TEST_FRACTION`` of ``n >= 2`` rows held out for testing."""
-    n_test = min(max(1, round(n * TEST_FRACTION)), n - 1)
-    order = np.random.default_rng(TEST_SEED).permutation(n)
-    return order[: n - n_test], order[n - n_test :]
 
 
 def _make(path: Path, X_train, y_train, X_test, y_test, task: str) -> Dataset:

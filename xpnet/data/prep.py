@@ -1,141 +1,15 @@
-"""Input scaling and the train/validation split, fitted on the host once per run.
-
-A ``Scaling`` is two numbers (or two per-feature vectors), ``shift`` and ``scale``,
-applied as ``(X - shift) * scale``. ``apply`` is the host reference; the training
-loop applies the same pair on the device. The pair is saved with the model so that
-prediction scales new inputs exactly as training did, which is why ``from_dict``
-validates what it reads: model files are untrusted input.
-"""
+"""The train/validation split, drawn on the host once per run."""
 
 from __future__ import annotations
 
-import math
 import numbers
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from xpnet.errors import ConfigError, DataError
+from xpnet.scaling import SCALINGS, Scaling
 
-SCALINGS = ("unit", "symmetric", "standard", "none")
-
-#: Features whose standard deviation is below this are left unscaled (scale 1):
-#: dividing a constant feature by ~0 would blow up any test value that differs.
-STD_FLOOR = 1e-8
-
-Param = float | np.ndarray
-
-
-@dataclass
-class Scaling:
-    """``(X - shift) * scale``, with ``shift``/``scale`` floats or 1-D float32 arrays.
-
-    kinds: ``unit`` maps the training range to [0, 1] (uint8 images: exactly x/255),
-    ``symmetric`` to [-1, 1], ``standard`` gives each feature mean 0 and std 1,
-    ``none`` leaves the data as it is.
-    """
-
-    kind: str = "none"
-    shift: Param = 0.0
-    scale: Param = 1.0
-
-    @classmethod
-    def fit(cls, kind: str, X_train: np.ndarray) -> Scaling:
-        """Choose ``shift`` and ``scale`` from the training features only."""
-        if kind not in SCALINGS:
-            raise ConfigError(f"scaling: got {kind!r}; use one of {', '.join(SCALINGS)}")
-        X = np.asarray(X_train)
-        if kind == "none":
-            return cls("none", 0.0, 1.0)
-        if X.size == 0:
-            raise DataError("cannot fit the input scaling on an empty training set; check the data")
-        if kind in ("unit", "symmetric"):
-            if X.dtype == np.uint8:
-                low, high = 0.0, 255.0
-            else:
-                low, high = float(X.min()), float(X.max())
-            width = high - low if high > low else 1.0
-            if kind == "unit":
-                return cls("unit", low, float(np.float32(1.0 / width)))
-            return cls("symmetric", (low + high) / 2, float(np.float32(2.0 / width)))
-        flat = X.reshape(X.shape[0], -1).astype(np.float64)
-        mean = flat.mean(axis=0)
-        std = flat.std(axis=0)
-        scale = np.where(std > STD_FLOOR, 1.0 / np.maximum(std, STD_FLOOR), 1.0)
-        return cls("standard", mean.astype(np.float32), scale.astype(np.float32))
-
-    def apply(self, X: np.ndarray) -> np.ndarray:
-        """Scale ``X`` on the host; returns float32."""
-        X = np.asarray(X)
-        for name, value in (("shift", self.shift), ("scale", self.scale)):
-            if isinstance(value, np.ndarray) and X.ndim >= 1 and value.shape[0] != X.shape[-1]:
-                raise DataError(
-                    f"input has {X.shape[-1]} features but the scaling {name} has {value.shape[0]}; "
-                    "use data with the features the model was trained on"
-                )
-        shift = np.asarray(self.shift, dtype=np.float32)
-        scale = np.asarray(self.scale, dtype=np.float32)
-        return ((X.astype(np.float32) - shift) * scale).astype(np.float32, copy=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable form (arrays become lists of floats)."""
-        return {"kind": self.kind, "shift": _to_json(self.shift), "scale": _to_json(self.scale)}
-
-    @classmethod
-    def from_dict(cls, d: Any, num_features: int | None = None) -> Scaling:
-        """Rebuild a ``Scaling`` from ``to_dict`` output read back from a file, checking every field."""
-        if not isinstance(d, dict):
-            raise DataError(f"scaling: expected a mapping, got {type(d).__name__}; the model file is corrupt")
-        extra = set(d) - {"kind", "shift", "scale"}
-        missing = {"kind", "shift", "scale"} - set(d)
-        if missing or extra:
-            raise DataError(
-                f"scaling: keys {sorted(d, key=str)} should be exactly kind, shift, scale; the model file "
-                "is corrupt or from another program"
-            )
-        kind = d["kind"]
-        if not isinstance(kind, str) or kind not in SCALINGS:
-            raise DataError(f"scaling: kind {kind!r} is not one of {', '.join(SCALINGS)}; the model file is corrupt")
-        shift = _from_json(d["shift"], "shift", num_features)
-        scale = _from_json(d["scale"], "scale", num_features)
-        if isinstance(shift, np.ndarray) and isinstance(scale, np.ndarray) and shift.shape != scale.shape:
-            raise DataError(
-                f"scaling: shift has {shift.shape[0]} values but scale has {scale.shape[0]}; the model file is corrupt"
-            )
-        return cls(kind, shift, scale)
-
-
-def _to_json(value: Param) -> float | list[float]:
-    if isinstance(value, np.ndarray):
-        return [float(v) for v in value]
-    return float(value)
-
-
-def _is_number(value: Any) -> bool:
-    """A real, non-bool number that stays finite as float32."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return False
-    try:
-        return math.isfinite(value) and abs(float(value)) <= float(np.finfo(np.float32).max)
-    except OverflowError:
-        return False
-
-
-def _from_json(value: Any, name: str, num_features: int | None) -> Param:
-    if _is_number(value):
-        return float(value)
-    if isinstance(value, list) and value and all(_is_number(v) for v in value):
-        if num_features is not None and len(value) != num_features:
-            raise DataError(
-                f"scaling: {name} has {len(value)} values but the model takes {num_features} features; "
-                "the model file is corrupt"
-            )
-        return np.asarray(value, dtype=np.float32)
-    raise DataError(
-        f"scaling: {name} must be a finite number or a non-empty list of finite numbers, "
-        f"got {type(value).__name__}; the model file is corrupt"
-    )
+__all__ = ["SCALINGS", "Scaling", "train_val_split"]  # Scaling lives in the core; re-exported for data users
 
 
 def train_val_split(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xpnet.data.datasets import Dataset, held_out_rows
+from xpnet.data.dataset import Dataset, held_out_rows
 from xpnet.errors import DataError
 
 #: Loader names -> functions returning a regression ``Dataset``.

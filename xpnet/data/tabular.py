@@ -229,6 +229,24 @@ def load_csv(
     if isinstance(target_column, bool) or not isinstance(target_column, int | str):
         raise ConfigError(f"target_column: got {target_column!r}; use a column index or a header name")
     path = Path(path)
+    rows = _read_rows(path)
+    names: list[str] | None = None
+    first = rows[0][1]
+    if header is True or (header == "auto" and not _all_numbers(first)):
+        names = [field.strip() for field in first]
+        rows = rows[1:]
+        if not rows:
+            raise DataError(f"{path}: only a header line, no data rows; the CSV file is empty")
+    width = len(names) if names is not None else len(rows[0][1])
+    if width < 2:
+        raise DataError(f"{path}: line {rows[0][0]} has {width} column(s); need features plus a target column")
+    target = _target_index(target_column, names, width, path)
+    values = _numbers(path, rows, width)
+    return check_xy(np.delete(values, target, axis=1), values[:, target], task, str(path))
+
+
+def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """The CSV's non-blank rows, each with its line number."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as stream:
             rows = [(number, row) for number, row in enumerate(csv.reader(stream), start=1)]
@@ -241,19 +259,11 @@ def load_csv(
     rows = [(number, row) for number, row in rows if any(field.strip() for field in row)]
     if not rows:
         raise DataError(f"{path}: no data rows; the CSV file is empty")
+    return rows
 
-    names: list[str] | None = None
-    first = rows[0][1]
-    if header is True or (header == "auto" and not _all_numbers(first)):
-        names = [field.strip() for field in first]
-        rows = rows[1:]
-        if not rows:
-            raise DataError(f"{path}: only a header line, no data rows; the CSV file is empty")
-    width = len(names) if names is not None else len(rows[0][1])
-    if width < 2:
-        raise DataError(f"{path}: line {rows[0][0]} has {width} column(s); need features plus a target column")
-    target = _target_index(target_column, names, width, path)
 
+def _numbers(path: Path, rows: list[tuple[int, list[str]]], width: int) -> np.ndarray:
+    """The rows as a finite float64 table, every field checked, errors naming line and column."""
     values = np.empty((len(rows), width), dtype=np.float64)
     for i, (number, row) in enumerate(rows):
         if len(row) != width:
@@ -269,8 +279,6 @@ def load_csv(
                     f"{path}: line {number}, column {j + 1}: {field.strip()[:40]!r} is not a number; "
                     "the CSV must hold only numbers (plus an optional header line)"
                 ) from None
-    X = np.delete(values, target, axis=1)
-    y = values[:, target]
     if not np.isfinite(values).all():
         bad = np.argwhere(~np.isfinite(values))
         line = rows[int(bad[0][0])][0]
@@ -278,7 +286,7 @@ def load_csv(
             f"{path}: {len(bad)} NaN/Inf value(s), the first on line {line}, column {int(bad[0][1]) + 1}; "
             "clean or impute them before training"
         )
-    return check_xy(X, y, task, str(path))
+    return values
 
 
 def _all_numbers(row: list[str]) -> bool:

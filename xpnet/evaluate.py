@@ -1,0 +1,134 @@
+"""Whole-set passes that do not train: metrics summed on the device, and predictions.
+
+Sums stay on the device and are read back once (``RunningSums``); argmax is done in a
+form every device can hold (int32), because some (array-api-strict's no_x64) refuse int64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from xpnet.errors import ConfigError
+
+
+@dataclass
+class RunningSums:
+    """Metrics summed on the device, batch by batch, read to the host once.
+
+    Added to step by step, in one order, so that a resumed epoch (which starts from the
+    saved partial sums) reports the very same figures as an uninterrupted one.
+    """
+
+    loss: Any  #: Σ batch loss × batch size
+    correct: Any  #: correct predictions (classifiers)
+
+    @classmethod
+    def zero(cls, net) -> RunningSums:
+        zero = zero_sum(net.xp, net)
+        return cls(zero, zero)
+
+    @classmethod
+    def resumed(cls, net, loss_sum: float, correct: float) -> RunningSums:
+        """Sums an interrupted epoch saved on the host, back on the device."""
+        return cls(*(net.backend.upload(np.asarray(v), net.dtype) for v in (loss_sum, correct)))
+
+    def add(self, net, cost, out, targets, count: int) -> None:
+        """One batch of ``count`` samples: its mean loss ``cost`` and outputs against ``targets``."""
+        self.loss = self.loss + cost * count
+        if net.is_classifier:
+            self.correct = self.correct + count_correct(net, out, targets)
+
+
+def zero_sum(xp, net):
+    """A 0-d device array to add sums to, in the network's dtype."""
+    return xp.zeros((), dtype=net.dtype, device=net.backend.device_of(net.params[0]))
+
+
+def count_correct(net, out, targets):
+    """Correct predictions in a batch, as a 0-d device array (0 for regression).
+
+    A sample counts as correct when its true class scores the row maximum; this
+    avoids argmax, whose int64 result some devices cannot hold.
+    """
+    xp = net.xp
+    if not net.is_classifier:
+        return xp.zeros((), dtype=net.dtype, device=net.backend.device_of(out))
+    if out.shape[1] == 1:
+        hits = (out[:, 0] > 0.5) == (targets[:, 0] > 0.5)
+    else:
+        hits = xp.vecdot(targets, out) >= xp.max(out, axis=1)
+    return xp.sum(xp.astype(hits, net.dtype))
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    """Slices covering range(n) in steps of ``size``, none running past the end."""
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def evaluate_sums(net, X, y, batch_size: int = 4096) -> list:
+    """Device sums over a whole set: [loss x count, correct, count]; nothing read back."""
+    sums = RunningSums.zero(net)
+    for rows in _chunks(X.shape[0], batch_size):
+        xb, yb = net.prepare(X[rows, ...]), y[rows, ...]
+        z, out = net.forward(xb, logits=True)
+        targets = net.targets(yb)
+        sums.add(net, net.loss.value(net.xp, z, out, targets), out, targets, xb.shape[0])
+    return [sums.loss, sums.correct, zero_sum(net.xp, net) + float(X.shape[0])]
+
+
+def evaluate(net, X, y, batch_size: int = 4096) -> dict[str, float]:
+    """Loss and accuracy (classifiers) or loss, MSE and R² (regression) over ``(X, y)``."""
+    X, y = net.to_device(X), net.to_device(y, labels=True)
+    if X.shape[0] != y.shape[0]:
+        raise ConfigError(f"X has {X.shape[0]} samples but y has {y.shape[0]}")
+    if X.shape[0] == 0:
+        raise ConfigError("cannot evaluate on an empty set")
+    xp, n = net.xp, X.shape[0]
+    if net.is_classifier:
+        loss_sum, correct, _ = net.backend.to_host(xp.stack(evaluate_sums(net, X, y, batch_size))).tolist()
+        return {"loss": loss_sum / n, "accuracy": correct / n}
+    # Regression is MSE on a linear output: one forward pass gives the loss, the MSE and R².
+    out, targets = _outputs(net, X, batch_size), net.targets(y)
+    sums = [net.loss.value(xp, out, out, targets), xp.sum((out - targets) ** 2)]
+    sums.append(xp.sum((targets - xp.mean(targets, axis=0)) ** 2))
+    loss, residual, total = net.backend.to_host(xp.stack(sums)).tolist()
+    r2 = 1.0 - residual / total if total > 0 else float("nan")
+    return {"loss": loss, "mse": residual / (n * targets.shape[1]), "r2": r2}
+
+
+def _outputs(net, X, batch_size):
+    chunks = [net.forward(net.prepare(X[rows, ...])) for rows in _chunks(X.shape[0], batch_size)]
+    return chunks[0] if len(chunks) == 1 else net.xp.concat(chunks, axis=0)
+
+
+def predict_outputs(net, X, batch_size: int = 4096):
+    """Network outputs for ``X``; host arrays in, host arrays out."""
+    on_host = not net.backend.owns(X)
+    out = _outputs(net, net.to_device(X), batch_size)
+    return net.backend.to_host(out) if on_host else out
+
+
+def predict(net, X, batch_size: int = 4096):
+    """Class labels (argmax, or output > 0.5 for one sigmoid) for classifiers, else outputs."""
+    on_host = not net.backend.owns(X)
+    xp = net.xp
+    out = _outputs(net, net.to_device(X), batch_size)
+    if net.is_classifier:
+        out = _argmax_int32(xp, net, out) if out.shape[1] > 1 else xp.astype(out[:, 0] > 0.5, xp.int32)
+    return net.backend.to_host(out) if on_host else out
+
+
+def _argmax_int32(xp, net, out):
+    """Each row's first maximum (NaN counting as the maximum, as in NumPy), as int32.
+
+    ``xp.argmax`` returns int64, which some devices cannot hold (array-api-strict's no_x64).
+    The first maximum at column j scores k - j on a countdown k, k-1, ..., 1; the row's
+    best score gives j back.
+    """
+    k = out.shape[1]
+    top = (out == xp.max(out, axis=1, keepdims=True)) | xp.isnan(out)
+    countdown = xp.arange(k, 0, -1, dtype=xp.int32, device=net.backend.device_of(out))
+    return k - xp.max(xp.astype(top, xp.int32) * countdown, axis=1)
