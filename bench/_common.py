@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xpnet.bench import RUNNERS
+from xpnet.bench.runners import RUNNERS
 
 
 def bench_step(benchmark, impl, target, batch_size, data):
@@ -19,5 +19,6 @@ def bench_epoch(benchmark, impl, target, batch_size, data):
     benchmark.group = f"epoch, batch {batch_size:>5}"
     benchmark.extra_info.update(impl=impl, backend=target.backend, device=target.device, batch_size=batch_size)
     benchmark.pedantic(runner.epoch, warmup_rounds=1, rounds=3, iterations=1)
-    samples = data[0].shape[0] // batch_size * batch_size
-    benchmark.extra_info["samples_per_s"] = samples / benchmark.stats.stats.median
+    if benchmark.stats is not None:  # None under --benchmark-disable (a run-once smoke test)
+        samples = data[0].shape[0] // batch_size * batch_size
+        benchmark.extra_info["samples_per_s"] = samples / benchmark.stats.stats.median

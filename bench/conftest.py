@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from xpnet.bench import BATCH_SIZES, Target, available_targets, load_data
+from xpnet.bench.data import load_data
+from xpnet.bench.targets import Target, available_targets
+from xpnet.bench.workload import BATCH_SIZES
 
 SAMPLES = 2 * max(BATCH_SIZES)  # two steps even at the largest batch size
 

@@ -1,4 +1,4 @@
-"""Benchmarks of the torch-eager implementation (see xpnet.bench for what it is)."""
+"""Benchmarks of the torch-eager implementation (see xpnet.bench.runners for what it is)."""
 
 import pytest
 from _common import bench_epoch, bench_step

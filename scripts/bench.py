@@ -9,7 +9,7 @@ The table in bench/RESULTS.md comes from:
 
 import sys
 
-from xpnet.bench import main
+from xpnet.bench.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,7 +21,7 @@ MAX_FUNCTION_LINES = 60
 #: In-function imports of xpnet's own modules, each deferring something heavy on purpose.
 DEFERRED = {
     # module importing -> modules it may import inside a function
-    "xpnet.cli": {"xpnet.bench"},  # the benchmark harness loads only for `xpnet bench`
+    "xpnet.cli": {"xpnet.bench.cli"},  # the benchmark harness loads only for `xpnet bench`
 }
 
 

@@ -2,21 +2,38 @@
 
 import argparse
 import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
+import numpy as np
 import pytest
 
+import xpnet
 from xpnet import bench
+from xpnet.bench import runners, sweep, table, workload
+from xpnet.bench.options import add_bench_arguments
+from xpnet.bench.results import Row
 from xpnet.errors import ConfigError
+from xpnet.network import MLP
 
 
 def test_flop_count_of_the_benchmark_network():
     # forward and BP4 for all three layers, BP2 (δ W) for the last two only
-    assert bench.flops_per_sample() == 454_400
-    assert bench.flops_per_sample([3, 2]) == 2 * 6 + 2 * 6  # one layer: no BP2
+    assert workload.flops_per_sample() == 454_400
+    assert workload.flops_per_sample([3, 2]) == 2 * 6 + 2 * 6  # one layer: no BP2
+
+
+def test_step_macs_are_the_figure_fit_sizes_its_step_policy_by():
+    net = MLP(workload.SIZES, "relu", "cross_entropy")
+    assert workload.step_macs(64) == 64 * net.macs_per_sample
 
 
 def _row(impl, samples_per_s, backend="numpy", device="cpu", batch=64):
-    return bench.Row(impl, backend, device, batch, samples_per_s, 1.0, 1.0, 1.0, 1.0, 2048)
+    return Row(impl, backend, device, batch, samples_per_s, 1.0, 1.0, 1.0, 1.0, 2048)
 
 
 def test_ratios_compare_within_one_device_and_batch():
@@ -26,7 +43,7 @@ def test_ratios_compare_within_one_device_and_batch():
         _row("torch-eager", 50.0, "torch"),
         _row("xpnet", 25.0, "torch"),
     ]
-    bench._add_ratios(rows)
+    sweep.add_ratios(rows)
     assert rows[0].vs_torch_eager == pytest.approx(4.0)
     assert rows[0].vs_direct == pytest.approx(2.0)
     assert rows[3].vs_torch_eager == pytest.approx(0.5)
@@ -35,46 +52,36 @@ def test_ratios_compare_within_one_device_and_batch():
 
 def test_tables_have_one_line_per_row_and_every_column():
     rows = [_row("xpnet", 123456.7), _row("direct", 1000.0)]
-    text = bench.format_rows(rows).splitlines()
+    text = table.format_rows(rows).splitlines()
     assert len(text) == 3 and "samples/s" in text[0] and "123,457" in text[1]
-    md = bench.markdown_table(rows).splitlines()
-    assert len(md) == 4 and md[0].count("|") == len(bench.COLUMNS) + 1
+    md = table.markdown_table(rows).splitlines()
+    assert len(md) == 4 and md[0].count("|") == len(table.COLUMNS) + 1
     assert "2.0 KiB" in md[2]
 
 
 def test_bytes_are_formatted_in_binary_units():
-    assert bench.format_bytes(512) == "512 B"
-    assert bench.format_bytes(3 * 1024**2) == "3.0 MiB"
+    assert table.format_bytes(512) == "512 B"
+    assert table.format_bytes(3 * 1024**2) == "3.0 MiB"
+    assert table.format_bytes(5 * 1024**4) == "5120.0 GiB"
+
+
+def test_every_runner_trains_the_same_batches_to_a_similar_loss():
+    X, y, _ = bench.load_data(512, "random")
+    target = bench.Target("numpy", "cpu")
+    first = {impl: runners.RUNNERS[impl](target, X, y, 64).epoch() for impl in ("xpnet", "direct")}
+    for metrics in first.values():
+        assert math.isfinite(metrics.loss) and 0.0 <= metrics.accuracy <= 1.0
+    # the same network, data and optimizer: the first epoch's loss agrees to a few per cent
+    assert first["xpnet"].loss == pytest.approx(first["direct"].loss, rel=0.05)
 
 
 def test_tiny_sweep_writes_json_markdown_and_png(tmp_path):
     parser = argparse.ArgumentParser()
-    bench.add_bench_arguments(parser)
+    add_bench_arguments(parser)
     out = {k: tmp_path / f"r.{k}" for k in ("json", "md", "png")}
-    args = parser.parse_args(
-        [
-            "--batch-sizes",
-            "8,32",
-            "--backends",
-            "numpy",
-            "--samples",
-            "64",
-            "--repeats",
-            "1",
-            "--warmup",
-            "0",
-            "--pause",
-            "0",
-            "--data",
-            "random",
-            "--json",
-            str(out["json"]),
-            "--markdown",
-            str(out["md"]),
-            "--png",
-            str(out["png"]),
-        ]
-    )
+    options = "--batch-sizes 8,32 --backends numpy --samples 64 --repeats 1 --warmup 0 --pause 0 --data random"
+    files = ["--json", str(out["json"]), "--markdown", str(out["md"]), "--png", str(out["png"])]
+    args = parser.parse_args(options.split() + files)
     assert bench.bench_main(args) == 0
     result = json.loads(out["json"].read_text())
     assert {(r["impl"], r["batch_size"]) for r in result["rows"]} == {
@@ -87,6 +94,12 @@ def test_tiny_sweep_writes_json_markdown_and_png(tmp_path):
     assert out["png"].read_bytes().startswith(b"\x89PNG")
 
 
+def test_phase_profile_covers_every_phase_of_the_step():
+    phases = bench.profile_step(32, samples=128)
+    assert set(phases) == {"batch", "forward+loss+backward", "optimizer", "metrics", "of which matmuls"}
+    assert all(seconds > 0 for seconds in phases.values())
+
+
 def test_bad_options_are_refused_by_name():
     with pytest.raises(ConfigError, match="batch sizes"):
         bench.run_bench(batch_sizes=[0], backends=["numpy"], log=None)
@@ -96,3 +109,36 @@ def test_bad_options_are_refused_by_name():
         bench.run_bench(batch_sizes=[8], backends=["numpy"], impls=["jax"], log=None)
     with pytest.raises(ConfigError, match="backends"):
         bench.available_targets(["tpu"])
+
+
+def test_package_names_resolve_to_their_modules():
+    assert bench.run_bench is sweep.run_bench and bench.RUNNERS is runners.RUNNERS
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        bench.no_such_thing  # noqa: B018
+
+
+_HEAVY = ("xpnet.bench.runners", "xpnet.bench.sweep", "xpnet.bench.report", "xpnet.bench.profile", "xpnet.bench.cli")
+
+
+def test_the_product_cli_does_not_load_the_harness(tmp_path):
+    """``python -m xpnet train`` builds the bench options, not the runners, sweep, report or profile."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, X=rng.normal(size=(40, 3)).astype(np.float32), y=(np.arange(40) % 2).astype(np.int64))
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from xpnet.cli import build_parser, main
+        build_parser()
+        code = main(["train", "--dataset", {str(data)!r}, "--layers", "4", "--epochs", "1",
+                     "--out", {str(tmp_path / "m.safetensors")!r}, "--quiet"])
+        print(code, sorted(m for m in sys.modules if m.startswith("xpnet.bench")))
+        """
+    )
+    root = str(Path(xpnet.__file__).parents[1])  # this checkout's xpnet, not another one installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    code, loaded = done.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert code == "0", done.stdout + done.stderr
+    assert "xpnet.bench.options" in loaded  # the check can see the harness's modules
+    assert not [m for m in _HEAVY if f"'{m}'" in loaded], loaded

@@ -19,7 +19,7 @@ import numpy as np
 
 from xpnet._version import __version__
 from xpnet.backend import BACKENDS
-from xpnet.bench import add_bench_arguments, bench_main
+from xpnet.bench.options import add_bench_arguments
 from xpnet.errors import ConfigError, DivergenceError, XpnetError
 from xpnet.run import (
     BASE_SETTINGS,
@@ -344,7 +344,10 @@ def _blas_description() -> str:
 
 
 def _bench_command(args) -> int:
-    return bench_main(args) or 0
+    # Deferred: the harness (runners, PyTorch peers, plotting) loads only for this command.
+    from xpnet.bench.cli import bench_main
+
+    return bench_main(args)
 
 
 _COMMANDS = {

@@ -1,0 +1,39 @@
+"""The records a sweep produces: one ``Row`` per table line, one ``BenchResult`` per run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Row:
+    """One implementation on one backend/device at one batch size: the figures of a table line."""
+
+    impl: str
+    backend: str
+    device: str
+    batch_size: int
+    samples_per_s: float
+    step_ms: float
+    gflops: float
+    pct_peak: float
+    pct_own: float
+    peak_memory: int | None
+    epoch_times: list[float] = field(default_factory=list)
+    vs_torch_eager: float | None = None
+    vs_direct: float | None = None
+
+
+@dataclass
+class BenchResult:
+    """A whole sweep: rows, the ceilings measured beside them, and where and how it ran."""
+
+    rows: list[Row]
+    ceilings: dict  # target label -> {"peak": GFLOP/s, "own": {batch: GFLOP/s}}
+    skipped: list[str]
+    environment: dict
+    options: dict
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=str)

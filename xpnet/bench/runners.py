@@ -1,0 +1,240 @@
+"""The three implementations the sweep times, each training one epoch of the same batches.
+
+``xpnet`` is the library's own ``fit``; ``direct`` is the same math and loop written
+straight in NumPy (the array-API indirection costs the difference); ``torch-eager`` is a
+plain ``nn.Sequential`` + ``torch.optim.SGD``. All three see the same batches (one seeded
+permutation per epoch, the same uint8 data resident on the device, scaled per batch),
+sum loss and accuracy on the device and read them back once per epoch, as ``fit`` does.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import NamedTuple
+
+import numpy as np
+
+from xpnet.backend import get_backend
+from xpnet.bench.memory import peak_memory
+from xpnet.bench.targets import Target
+from xpnet.bench.workload import LR, MOMENTUM, SIZES, step_macs
+from xpnet.init import initial_parameters
+from xpnet.network import MLP
+from xpnet.optim import SGD
+from xpnet.scaling import Scaling
+from xpnet.train import fit
+
+
+class EpochMetrics(NamedTuple):
+    """Mean loss and accuracy of one epoch: the host read that ends every runner's epoch."""
+
+    loss: float
+    accuracy: float
+
+
+class Runner:
+    """Trains the benchmark network on resident data; ``epoch()`` ends synchronised."""
+
+    impl = "?"
+
+    def epoch(self) -> EpochMetrics:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        """One training step on one fixed batch (for the pytest benchmarks)."""
+        raise NotImplementedError
+
+    def peak_memory(self) -> int | None:
+        return None
+
+
+class XpnetRunner(Runner):
+    """xpnet's own ``fit`` loop, one epoch per call."""
+
+    impl = "xpnet"
+
+    def __init__(self, target: Target, X, y, batch_size: int, seed: int = 0):
+        self.net = MLP(SIZES, "relu", "cross_entropy", backend=target.backend, device=target.device, seed=seed)
+        self.net.set_scaling(Scaling.fit("unit", X[:1]))
+        self.backend = self.net.backend
+        self.X, self.y = self.net.to_device(X), self.net.to_device(y, labels=True)
+        self.batch_size = batch_size
+        self.optimizer = SGD(lr=LR, momentum=MOMENTUM)
+        self.epochs = 0
+        xb = self.net.prepare(self.X[:batch_size, ...])
+        self._batch = (xb, self.net.targets(self.y[:batch_size, ...]))
+
+    def epoch(self) -> EpochMetrics:
+        self.epochs += 1
+        history = fit(
+            self.net, self.X, self.y, epochs=1, batch_size=self.batch_size, optimizer=self.optimizer, seed=self.epochs
+        )
+        self.backend.synchronize()
+        record = history.records[-1]
+        return EpochMetrics(record["loss"], record["accuracy"])
+
+    def step(self) -> None:
+        """One of ``fit``'s steps: ``backprop`` then ``optimizer.step``, under fit's step policy.
+
+        The library's own pieces, called as ``fit`` calls them (not a copy of its math),
+        under the same ``Backend.step_policy`` with the same multiply-add count, so the
+        step timed here is the step a user's ``fit`` runs: BLAS threads and denormal
+        flushing included, which the harness once re-derived and twice drifted from.
+        """
+        with self.backend.step_policy(self.batch_size * self.net.macs_per_sample):
+            _, grads, _ = self.net.backprop(*self._batch, train=True)
+            self.optimizer.step(self.net.params, grads)
+        self.backend.synchronize()
+
+    def peak_memory(self) -> int | None:
+        return peak_memory(self.backend.name, self.backend.device, self.epoch)
+
+
+class DirectRunner(Runner):
+    """The same math and loop written straight in NumPy: the array-API indirection's yardstick.
+
+    Same batches as ``fit`` (its permutation, the ``n % batch_size`` remainder left out),
+    same loss and accuracy sums, and ``fit``'s step policy (BLAS threads, denormals flushed).
+    """
+
+    impl = "direct"
+
+    def __init__(self, target: Target, X, y, batch_size: int, seed: int = 0):
+        self.backend = get_backend("numpy")
+        init = initial_parameters(SIZES, ["he_normal"] * (len(SIZES) - 1), seed)
+        self.W = [w.astype(np.float32) for w, _ in init]
+        self.b = [b.astype(np.float32) for _, b in init]
+        self.v = [np.zeros_like(p) for p in self.W + self.b]
+        self.X, self.y = X, y
+        self.batch_size = batch_size
+        self.eye = np.eye(SIZES[-1], dtype=np.float32)
+        self.epochs = 0
+
+    def _forward(self, x):
+        """Pre-activations z and activations a of every layer; the last layer's a is its z."""
+        zs, acts = [], [x]
+        for l in range(len(self.W)):
+            z = acts[-1] @ self.W[l].T
+            z += self.b[l]
+            zs.append(z)
+            acts.append(np.maximum(z, 0.0) if l + 1 < len(self.W) else z)
+        return zs, acts
+
+    def _train_step(self, x, t):
+        W = self.W
+        scale = np.float32(1.0 / x.shape[0])
+        zs, acts = self._forward(x)
+        shifted = zs[-1] - zs[-1].max(axis=1, keepdims=True)
+        e = np.exp(shifted)
+        total = e.sum(axis=1, keepdims=True)
+        loss = -np.sum(t * (shifted - np.log(total))) * scale
+        p = e / total
+        correct = np.sum(np.sum(t * p, axis=1) >= p.max(axis=1), dtype=np.float32)
+        delta = (p - t) * scale
+        grads = [None] * (2 * len(W))
+        for l in reversed(range(len(W))):
+            grads[l] = delta.T @ acts[l]  # BP4
+            grads[len(W) + l] = delta.sum(axis=0)  # BP3
+            if l:
+                delta = delta @ W[l]  # BP2
+                delta *= zs[l - 1] > 0
+        for p_, g, v in zip(self.W + self.b, grads, self.v):
+            v *= MOMENTUM
+            v += g
+            p_ -= LR * v
+        return loss, correct
+
+    def epoch(self) -> EpochMetrics:
+        self.epochs += 1
+        order = np.random.default_rng(self.epochs).permutation(self.X.shape[0]).astype(np.int32)
+        bs = self.batch_size
+        sums = np.zeros(3, dtype=np.float32)
+        with self.backend.step_policy(step_macs(bs)):
+            for i in range(self.X.shape[0] // bs):
+                idx = order[i * bs : (i + 1) * bs]
+                x = self.X.take(idx, axis=0).astype(np.float32)
+                x *= np.float32(1.0 / 255.0)
+                loss, correct = self._train_step(x, self.eye[self.y.take(idx)])
+                sums += (loss * bs, correct, bs)
+        loss_sum, correct_sum, seen = sums.tolist()
+        return EpochMetrics(loss_sum / seen, correct_sum / seen)
+
+    def step(self) -> None:
+        x = self.X[: self.batch_size].astype(np.float32) / np.float32(255.0)
+        with self.backend.step_policy(step_macs(self.batch_size)):
+            self._train_step(x, self.eye[self.y[: self.batch_size]])
+
+    def peak_memory(self) -> int | None:
+        return peak_memory("numpy", "cpu", self.epoch)
+
+
+class TorchEagerRunner(Runner):
+    """PyTorch's own way: ``nn.Sequential`` of Linear/ReLU, CrossEntropyLoss, ``optim.SGD``.
+
+    The same batches (the same seeded permutations), the uint8 data resident on the
+    device and scaled per batch, and loss/accuracy summed on the device, as ``fit`` does.
+    PyTorch keeps its own thread and denormal defaults: it is the peer as users run it.
+    """
+
+    impl = "torch-eager"
+
+    def __init__(self, target: Target, X, y, batch_size: int, seed: int = 0):
+        import torch  # only here: the peer needs PyTorch, the harness does not
+
+        self.torch = torch
+        self.backend = get_backend("torch", target.device)
+        self.device = self.backend.device
+        torch.manual_seed(seed)
+        layers = []
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(SIZES)):
+            layers.append(torch.nn.Linear(n_in, n_out))
+            if i + 2 < len(SIZES):
+                layers.append(torch.nn.ReLU())
+        self.model = torch.nn.Sequential(*layers).to(self.device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
+        self.loss = torch.nn.CrossEntropyLoss()
+        self.X = torch.from_numpy(X).to(self.device)
+        self.y = torch.from_numpy(y.astype(np.int64)).to(self.device)
+        self.batch_size = batch_size
+        self.epochs = 0
+
+    def _train_step(self, xb, yb):
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.model(xb)
+        loss = self.loss(out, yb)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), out.detach()
+
+    def epoch(self) -> EpochMetrics:
+        torch = self.torch
+        self.epochs += 1
+        order = np.random.default_rng(self.epochs).permutation(self.X.shape[0]).astype(np.int32)
+        order = torch.from_numpy(order).to(self.device)
+        bs = self.batch_size
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        steps = self.X.shape[0] // bs
+        for i in range(steps):
+            idx = order[i * bs : (i + 1) * bs]
+            xb = self.X[idx].float() * (1.0 / 255.0)
+            yb = self.y[idx]
+            loss, out = self._train_step(xb, yb)
+            loss_sum += loss * bs
+            correct += (out.argmax(dim=1) == yb).sum()
+        loss_total, correct_total = torch.stack([loss_sum, correct]).cpu().tolist()
+        self.backend.synchronize()
+        return EpochMetrics(loss_total / (steps * bs), correct_total / (steps * bs))
+
+    def step(self) -> None:
+        xb = self.X[: self.batch_size].float() * (1.0 / 255.0)
+        self._train_step(xb, self.y[: self.batch_size])
+        self.backend.synchronize()
+
+    def peak_memory(self) -> int | None:
+        if self.device.type != "cuda":
+            return None
+        return peak_memory("torch", self.device, self.epoch)
+
+
+RUNNERS = {"xpnet": XpnetRunner, "direct": DirectRunner, "torch-eager": TorchEagerRunner}

@@ -1,0 +1,151 @@
+"""The sweep: every runner at every batch size, alternating repeat by repeat, into rows.
+
+Peers run in the same loop, alternating with xpnet repeat by repeat (with a garbage
+collection and a short pause before each timed epoch, so the last runner's idle
+BLAS/OpenMP threads, which spin for a while after their work, have stopped competing
+for the cores). Ratios are taken within one run only: slow drifts of a shared machine
+cancel, absolute samples/s do not.
+
+GPU timing: warm-up epochs first, ``synchronize()`` before each clock read, and no
+synchronisation inside a timed epoch other than its end (the fit loop's one host read).
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+from xpnet.bench.ceilings import own_matmul_gflops, peak_gemm_gflops
+from xpnet.bench.data import load_data
+from xpnet.bench.environment import environment
+from xpnet.bench.results import BenchResult, Row
+from xpnet.bench.runners import RUNNERS, Runner
+from xpnet.bench.table import format_rows
+from xpnet.bench.targets import Target, available_targets
+from xpnet.bench.workload import BATCH_SIZES, IMPLS, PAUSE, flops_per_sample
+from xpnet.errors import ConfigError
+
+
+def _check_options(batch_sizes: list[int], repeats: int, warmup: int, pause: float, impls: Sequence[str]) -> None:
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ConfigError(f"batch sizes must be whole numbers >= 1, not {batch_sizes}")
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"repeats must be >= 1 and warmup >= 0, not {repeats} and {warmup}")
+    if not 0 <= pause <= 60:
+        raise ConfigError(f"pause must be between 0 and 60 seconds, not {pause}")
+    for impl in impls:
+        if impl not in IMPLS:
+            raise ConfigError(f"bench implementations must be among {', '.join(IMPLS)}, not {impl!r}")
+
+
+def runs_on(impl: str, target: Target) -> bool:
+    """Whether ``impl`` has a runner for ``target``: the direct loop is NumPy, eager is PyTorch."""
+    if impl == "direct":
+        return target.backend == "numpy"
+    if impl == "torch-eager":
+        return target.backend == "torch"
+    return True
+
+
+def time_alternating(runners: Sequence[Runner], repeats: int, warmup: int, pause: float) -> list[list[float]]:
+    """Seconds of each runner's timed epochs; the runners take turns, repeat by repeat."""
+    for _ in range(warmup):
+        for runner in runners:
+            runner.epoch()
+    times: list[list[float]] = [[] for _ in runners]
+    for _ in range(repeats):
+        for i, runner in enumerate(runners):
+            gc.collect()  # a full collection (~40 ms with PyTorch loaded) lands in no timed epoch
+            time.sleep(pause)
+            runner.backend.synchronize()
+            start = time.perf_counter()
+            runner.epoch()  # ends synchronised
+            times[i].append(time.perf_counter() - start)
+    return times
+
+
+def _row(target: Target, runner: Runner, seconds: list[float], samples: int, ceiling: dict, memory: bool) -> Row:
+    """The table line of one runner from its epoch times (the median) and its device's ceilings."""
+    batch_size = runner.batch_size
+    steps = samples // batch_size
+    median = statistics.median(seconds)
+    rate = steps * batch_size / median
+    gflops = rate * flops_per_sample() / 1e9
+    return Row(
+        impl=runner.impl,
+        backend=target.backend,
+        device=target.device,
+        batch_size=batch_size,
+        samples_per_s=rate,
+        step_ms=median / steps * 1e3,
+        gflops=gflops,
+        pct_peak=100 * gflops / ceiling["peak"],
+        pct_own=100 * gflops / ceiling["own"][batch_size],
+        peak_memory=runner.peak_memory() if memory else None,
+        epoch_times=seconds,
+    )
+
+
+def run_bench(
+    batch_sizes: Sequence[int] = BATCH_SIZES,
+    backends: Sequence[str] | None = None,
+    impls: Sequence[str] = IMPLS,
+    samples: int = 32768,
+    repeats: int = 5,
+    warmup: int = 1,
+    data: str = "auto",
+    memory: bool = True,
+    gemm_size: int | None = None,
+    pause: float = PAUSE,
+    log: Callable[[str], None] | None = print,
+) -> BenchResult:
+    """Run the sweep; every implementation alternates with the others, repeat by repeat,
+    ``pause`` seconds of idle before each epoch."""
+    batch_sizes = [int(b) for b in batch_sizes]
+    _check_options(batch_sizes, repeats, warmup, pause, impls)
+    targets, skipped = available_targets(backends)
+    X, y, source = load_data(max(samples, max(batch_sizes)), data)
+    ceilings = {t.label: {"peak": peak_gemm_gflops(t, repeats, gemm_size), "own": {}} for t in targets}
+    if log:
+        for label, ceiling in ceilings.items():
+            log(f"{label}: peak square GEMM {ceiling['peak']:.1f} GFLOP/s")
+    rows: list[Row] = []
+    for batch_size in batch_sizes:
+        pairs = [(t, RUNNERS[impl](t, X, y, batch_size)) for t in targets for impl in impls if runs_on(impl, t)]
+        for target in targets:
+            ceilings[target.label]["own"][batch_size] = own_matmul_gflops(target, batch_size, repeats, X.shape[0])
+        times = time_alternating([runner for _, runner in pairs], repeats, warmup, pause)
+        batch_rows = [
+            _row(target, runner, seconds, X.shape[0], ceilings[target.label], memory)
+            for (target, runner), seconds in zip(pairs, times)
+        ]
+        add_ratios(batch_rows)
+        rows += batch_rows
+        if log:
+            log(format_rows(batch_rows, header=False))
+    options = {
+        "batch_sizes": batch_sizes,
+        "backends": list(backends or []),
+        "impls": list(impls),
+        "samples": int(X.shape[0]),
+        "repeats": repeats,
+        "warmup": warmup,
+        "pause": pause,
+        "data": source,
+    }
+    return BenchResult(rows, ceilings, skipped, environment(), options)
+
+
+def add_ratios(rows: list[Row]) -> None:
+    """Speed ratios within one batch size: every row against torch eager on its device,
+    and xpnet on NumPy against the direct NumPy loop (>1 means faster than the peer)."""
+    eager = {r.device: r for r in rows if r.impl == "torch-eager"}
+    direct = next((r for r in rows if r.impl == "direct"), None)
+    for row in rows:
+        peer = eager.get(row.device)
+        if peer is not None and row is not peer:
+            row.vs_torch_eager = row.samples_per_s / peer.samples_per_s
+        if direct is not None and row.impl == "xpnet" and row.backend == "numpy":
+            row.vs_direct = row.samples_per_s / direct.samples_per_s

@@ -1,0 +1,47 @@
+"""Which backend/device pairs the benchmark can run here, and why the others cannot."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from xpnet.backend import get_backend
+from xpnet.errors import ConfigError, XpnetError
+
+BENCH_BACKENDS = ("numpy", "torch", "cupy", "array-api-strict")
+
+
+@dataclass
+class Target:
+    """One backend on one device, as the sweep names it."""
+
+    backend: str
+    device: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend}/{self.device}"
+
+
+def _candidates(name: str) -> list[Target]:
+    if name in ("numpy", "array-api-strict"):
+        return [Target(name, "cpu")]
+    if name == "torch":
+        return [Target("torch", "cpu"), Target("torch", "cuda")]
+    if name == "cupy":
+        return [Target("cupy", "cuda")]
+    raise ConfigError(f"bench backends must be among {', '.join(BENCH_BACKENDS)}, not {name!r}")
+
+
+def available_targets(backends: Sequence[str] | None = None) -> tuple[list[Target], list[str]]:
+    """Backends/devices usable here, and a reason for each one that is not."""
+    wanted = list(backends) if backends else ["numpy", "torch", "cupy"]
+    candidates = [target for name in wanted for target in _candidates(name)]
+    found, skipped = [], []
+    for target in candidates:
+        try:
+            get_backend(target.backend, target.device)
+            found.append(target)
+        except XpnetError as exc:
+            skipped.append(f"{target.label}: {exc}")
+    return found, skipped
