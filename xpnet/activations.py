@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from xpnet.backend import define_kernel, fused_kernel
 from xpnet.errors import ConfigError
+from xpnet.names import canonical
 
 
 class Activation:
@@ -123,8 +124,9 @@ class Softmax(Activation):
         return a * (grad_a - xp.sum(grad_a * a, axis=1, keepdims=True))
 
 
-_BY_NAME = {cls.name: cls for cls in (Identity, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax)} | {"linear": Identity}
+_BY_NAME = {cls.name: cls for cls in (Identity, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax)}
 ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
+_ALIASES = {"linear": "identity"}
 
 
 def get_activation(spec: str | Activation) -> Activation:
@@ -133,9 +135,8 @@ def get_activation(spec: str | Activation) -> Activation:
         return spec
     if not isinstance(spec, str):
         raise ConfigError(f"activation must be a name such as 'relu', not {spec!r}")
-    name, _, rest = spec.strip().lower().replace("-", "_").partition("(")
-    if name not in _BY_NAME:
-        raise ConfigError(f"unknown activation {spec!r}; choose from {', '.join(ACTIVATIONS)}")
+    word, _, rest = spec.strip().partition("(")
+    name = canonical(word, ACTIVATIONS, "activation", _ALIASES)
     if not rest:
         return _BY_NAME[name]()
     if name != "leaky_relu" or not rest.endswith(")"):

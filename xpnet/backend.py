@@ -22,6 +22,7 @@ from array_api_compat import array_namespace, is_cupy_namespace
 from array_api_compat import device as array_device
 
 from xpnet.errors import BackendError, ConfigError
+from xpnet.names import canonical
 
 BACKENDS = ("numpy", "cupy", "torch", "array-api-strict")
 DTYPES = ("float32", "float64")
@@ -187,9 +188,7 @@ def get_backend(backend: str | Backend | None = None, device: str | None = None)
     device = None if device is None else str(device).strip()
     if backend is None:
         backend = "cupy" if device and device.startswith("cuda") else "numpy"
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    return _RESOLVERS[backend](device)
+    return _RESOLVERS[canonical(backend, BACKENDS, "backend")](device)
 
 
 def _cuda_index(device: str | None, backend: str) -> int:

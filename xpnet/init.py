@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from xpnet.errors import ConfigError
+from xpnet.names import canonical
 
 
 def standard_normal(rng, fan_in, fan_out):
@@ -71,14 +71,20 @@ _ALIASES = {
 }
 
 
+#: What ``--init`` accepts: ``auto`` (chosen per layer by ``init_name``) or an initialiser.
+INIT_CHOICES = ("auto", *INITIALIZERS)
+
+
+def init_spec(spec: str) -> str:
+    """The canonical spelling of an init setting, ``"auto"`` kept as it is."""
+    return canonical(spec, INIT_CHOICES, "init", _ALIASES)
+
+
 def init_name(spec: str, activation_name: str = "relu") -> str:
     """Canonical initialiser name; ``"auto"`` picks He for ReLU-family layers, else Glorot."""
-    key = str(spec).strip().lower().replace("-", "_")
+    key = init_spec(spec)
     if key == "auto":
         return "he_normal" if "relu" in activation_name else "glorot_uniform"
-    key = _ALIASES.get(key, key)
-    if key not in INITIALIZERS:
-        raise ConfigError(f"unknown init {spec!r}; choose from auto, {', '.join(INITIALIZERS)}")
     return key
 
 

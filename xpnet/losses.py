@@ -10,7 +10,7 @@ what keeps it finite for any logits.
 from __future__ import annotations
 
 from xpnet.activations import Activation, Sigmoid, Softmax
-from xpnet.errors import ConfigError
+from xpnet.names import canonical
 
 _EPS = 1e-7  # keeps log() finite when the output activation is not the loss's partner
 
@@ -109,25 +109,15 @@ class SigmoidBinaryCrossEntropy(BinaryCrossEntropy):
         return (a - y) / a.shape[0]
 
 
-_ALIASES = {
-    "mse": "mse",
-    "quadratic": "mse",
-    "cross_entropy": "cross_entropy",
-    "ce": "cross_entropy",
-    "binary_cross_entropy": "binary_cross_entropy",
-    "bce": "binary_cross_entropy",
-}
 LOSSES = ("mse", "cross_entropy", "binary_cross_entropy")
+_ALIASES = {"quadratic": "mse", "ce": "cross_entropy", "bce": "binary_cross_entropy"}
 #: Each loss's partner output activation: the one that makes its gradient simplest.
 NATURAL_OUTPUT = {"mse": "identity", "cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}
 
 
 def loss_name(spec: str) -> str:
     """The canonical name of a loss given by name or alias."""
-    key = str(spec).strip().lower().replace("-", "_")
-    if key not in _ALIASES:
-        raise ConfigError(f"unknown loss {spec!r}; choose from {', '.join(LOSSES)}")
-    return _ALIASES[key]
+    return canonical(spec, LOSSES, "loss", _ALIASES)
 
 
 def get_loss(spec: str, output: Activation) -> Loss:

@@ -18,6 +18,7 @@ from array_api_compat import array_namespace
 
 from xpnet.backend import define_kernel, fused_kernel
 from xpnet.errors import ConfigError
+from xpnet.names import canonical
 
 # -- schedules: progress t (epochs done, fractional) and total epochs T -> lr factor
 
@@ -69,16 +70,14 @@ def get_schedule(spec) -> object:
     """``"constant"``, ``"step"`` (x0.1 every 10 epochs), ``"cosine"``, ``"warmup-cosine"``."""
     if callable(spec):
         return spec
-    key = str(spec or "constant").strip().lower().replace("_", "-")
+    key = canonical(spec or "constant", SCHEDULES, "schedule")
     if key == "constant":
         return Constant()
     if key == "step":
         return StepDecay()
     if key == "cosine":
         return Cosine()
-    if key == "warmup-cosine":
-        return Warmup(1.0, Cosine())
-    raise ConfigError(f"unknown schedule {spec!r}; choose from {', '.join(SCHEDULES)}")
+    return Warmup(1.0, Cosine())
 
 
 # -- optimizers ----------------------------------------------------------------------
@@ -256,10 +255,7 @@ OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 def get_optimizer(name: str, **options) -> Optimizer:
     """Build an optimizer by name (``sgd``, ``adam``, ``adamw``), ignoring unset (None) options."""
-    key = str(name).strip().lower()
-    if key not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
-    cls = OPTIMIZERS[key]
+    cls = OPTIMIZERS[canonical(name, OPTIMIZERS, "optimizer")]
     options = {k: v for k, v in options.items() if v is not None}
     if cls is not SGD:
         options.pop("momentum", None)

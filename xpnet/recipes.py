@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from xpnet.errors import ConfigError
+from xpnet.names import canonical
 
 #: Every setting a recipe may give; the same names as the CLI's options.
 SETTINGS = (
@@ -212,10 +213,7 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in _RECIPES}
 
 def get_recipe(name: str) -> Recipe:
     """The recipe called ``name`` (underscores work for hyphens)."""
-    key = str(name).strip().lower().replace("_", "-")
-    if key not in RECIPES:
-        raise ConfigError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
-    return RECIPES[key]
+    return RECIPES[canonical(name, RECIPES, "recipe")]
 
 
 def __getattr__(attribute: str) -> Recipe:

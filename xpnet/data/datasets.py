@@ -24,6 +24,7 @@ from xpnet.data.idx import read_idx
 from xpnet.data.regression import REGRESSION_DATASETS, load_regression
 from xpnet.data.tabular import check_task, check_xy, load_csv, read_npz_arrays
 from xpnet.errors import DataError
+from xpnet.names import find
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -286,12 +287,12 @@ def load_dataset(
     ``task`` ("classification" or "regression") applies to user files only.
     """
     check_task(task)
-    key = str(name_or_path).strip().lower().replace("_", "-")
-    if key in SOURCES:
+    key = find(str(name_or_path), SOURCES)
+    if key is not None:
         return _load_named(key, data_dir, download, progress)
 
-    if key in REGRESSION_DATASETS:
-        return load_regression(key)
+    if find(str(name_or_path), REGRESSION_DATASETS):
+        return load_regression(str(name_or_path))
     path = Path(name_or_path)
     suffix = path.suffix.lower()
     if suffix == ".npz":

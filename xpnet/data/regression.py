@@ -21,6 +21,7 @@ import numpy as np
 
 from xpnet.data.dataset import Dataset, held_out_rows
 from xpnet.errors import DataError
+from xpnet.names import find
 
 #: Loader names -> functions returning a regression ``Dataset``.
 REGRESSION_DATASETS = ("diabetes", "friedman1")
@@ -57,7 +58,7 @@ def load_friedman1(n_samples: int = 2000, noise: float = 1.0, seed: int = 0) -> 
 
 def load_regression(name: str) -> Dataset:
     """``"diabetes"`` or ``"friedman1"`` by name."""
-    key = str(name).strip().lower().replace("_", "-")
+    key = find(name, REGRESSION_DATASETS)
     if key == "diabetes":
         return load_diabetes()
     if key == "friedman1":

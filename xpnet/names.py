@@ -1,0 +1,45 @@
+"""One spelling rule for every name a user types: activations, losses, backends, recipes, ...
+
+Each kind of name has one canonical spelling, the one xpnet writes in files and lists
+in messages (``cross_entropy``, ``warmup-cosine``, ``array-api-strict``). Users may type
+any case and swap ``-`` for ``_``: ``Cross-Entropy``, ``WARMUP_COSINE`` and
+``array_api_strict`` all name the same thing. Unknown names are refused with the
+choices listed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from xpnet.errors import ConfigError
+
+
+def _key(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def find(name, choices: Iterable[str], aliases: Mapping[str, str] | None = None) -> str | None:
+    """The canonical spelling of ``name`` among ``choices`` (or an alias of one), else None."""
+    if not isinstance(name, str):
+        return None
+    key = _key(name)
+    for choice in choices:
+        if _key(choice) == key:
+            return choice
+    for alias, choice in (aliases or {}).items():
+        if _key(alias) == key:
+            return choice
+    return None
+
+
+def canonical(name, choices: Iterable[str], what: str, aliases: Mapping[str, str] | None = None) -> str:
+    """The canonical spelling of ``name``; a ConfigError listing ``choices`` if it names none.
+
+    ``what`` names the kind of thing in the message (``"loss"``, ``"backend"``);
+    ``aliases`` maps other accepted names (``"ce"``) to their canonical choice.
+    """
+    choices = tuple(choices)
+    found = find(name, choices, aliases)
+    if found is None:
+        raise ConfigError(f"unknown {what} {name!r}; choose from {', '.join(choices)}")
+    return found
