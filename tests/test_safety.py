@@ -127,10 +127,10 @@ def _settings(dataset, **changes) -> dict:
 
 
 def test_divergence_after_good_epochs_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import xpnet.optim
+    import xpnet.run
 
     dataset = _blobs_npz(tmp_path / "d.npz", n=100, features=5)  # 80 training samples: 8 steps per epoch
-    monkeypatch.setattr(xpnet.optim, "get_optimizer", lambda name, **options: _Exploding(after=20, **options))
+    monkeypatch.setattr(xpnet.run, "get_optimizer", lambda name, **options: _Exploding(after=20, **options))
     # Epochs 1 and 2 are good (16 steps); step 21, in epoch 3, turns the loss NaN.
     good = run_training(_settings(dataset, epochs=2), out=tmp_path / "good.safetensors")
     assert good["epochs"] == 2

@@ -15,21 +15,21 @@ import sys
 import time
 from pathlib import Path
 
+import array_api_compat
 import numpy as np
 
 from xpnet._version import __version__
-from xpnet.backend import BACKENDS
+from xpnet.backend import available_backends, cuda_devices
 from xpnet.bench.options import add_bench_arguments
+from xpnet.checkpoint import ModelFile
+from xpnet.data import load_dataset, read_idx
+from xpnet.data.tabular import read_npz_arrays
 from xpnet.errors import ConfigError, DivergenceError, XpnetError
-from xpnet.run import (
-    BASE_SETTINGS,
-    check_fits,
-    format_test,
-    resolve_settings,
-    resumed_settings,
-    run_training,
-    task_of,
-)
+from xpnet.fileio import atomic_write_text, atomic_writer
+from xpnet.recipes import RECIPES
+from xpnet.run import check_fits, format_test, resolve_settings, resumed_settings, run_training
+from xpnet.settings import TABLE, Setting
+from xpnet.task import decide_task
 
 COMMANDS = ("train", "evaluate", "predict", "info", "bench")
 
@@ -42,89 +42,45 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def _layers(text: str) -> list[int]:
-    try:
-        layers = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected widths such as 128,64, not {text!r}") from None
-    if any(n < 1 for n in layers):
-        raise argparse.ArgumentTypeError(f"layer widths must be >= 1, not {text!r}")
-    return layers
+def _option_type(setting: Setting):
+    """An argparse type for ``setting``: its parse, then its check, errors as argparse's."""
 
-
-def _whole_number(minimum: int):
-    """An argparse type for whole numbers >= ``minimum``."""
-
-    def parse(text: str) -> int:
+    def parse(text: str):
         try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a number >= {minimum}, not {text!r}")
-        return value
+            return setting.validate(setting.parse(text))
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
+    parse.__name__ = setting.name
     return parse
 
 
-_count = _whole_number(0)
-_positive_int = _whole_number(1)
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), not {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), not {text!r}")
-    return value
+def _add_setting(parser, setting: Setting) -> None:
+    """The option ``--name`` for a row of the settings table; None (not given) by default."""
+    if isinstance(setting.default, bool):
+        parser.add_argument(setting.flag, action=argparse.BooleanOptionalAction, default=None, help=setting.help)
+        return
+    parser.add_argument(setting.flag, type=_option_type(setting), choices=setting.choices, help=setting.help)
 
 
 def _add_device_arguments(parser) -> None:
-    parser.add_argument("--device", help="cpu (default), cuda or cuda:N; cuda alone means CuPy")
-    parser.add_argument("--backend", choices=BACKENDS, help="array library (default: numpy)")
+    for setting in TABLE.values():
+        if setting.group == "device":
+            _add_setting(parser, setting)
 
 
 def _add_train_arguments(parser) -> None:
-    from xpnet.recipes import RECIPES
-
     parser.add_argument(
         "--recipe",
         default="default",
         help=f"named configuration to start from: {', '.join(RECIPES)} (default: default; see docs/RECIPES.md)",
     )
     _add_device_arguments(parser)
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", help="fashion-mnist (default), mnist, diabetes, friedman1, or a .npz/.csv file")
-    data.add_argument("--data-dir", help="folder holding the dataset files (searched first)")
-    data.add_argument(
-        "--task",
-        choices=("classification", "regression"),
-        help="what the targets of a .npz/.csv file are (default: regression for mse with a linear output)",
-    )
-    data.add_argument("--val-split", type=_fraction, help="fraction of training data held out for validation")
-    data.add_argument("--scaling", choices=("unit", "symmetric", "standard", "none"), help="input scaling")
-    model = parser.add_argument_group("model")
-    model.add_argument("--layers", type=_layers, help="hidden layer widths, e.g. 128,64")
-    model.add_argument("--activation", help="hidden activation: relu, leaky_relu(0.01), sigmoid, tanh, identity")
-    model.add_argument("--output", help="output activation (default: the loss's partner: softmax, sigmoid, identity)")
-    model.add_argument("--loss", help="cross_entropy, mse or binary_cross_entropy")
-    model.add_argument("--init", help="auto, he_normal, glorot_uniform, standard_normal, ...")
-    model.add_argument("--dropout", type=_fraction, help="dropout rate on hidden layers")
-    model.add_argument("--dtype", choices=("float32", "float64"), help="float type of weights and math")
-    optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="update rule")
-    optim.add_argument("--lr", type=float, help="learning rate")
-    optim.add_argument("--momentum", type=_fraction, help="SGD momentum")
-    optim.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum")
-    optim.add_argument("--weight-decay", type=float, help="L2 weight decay (decoupled for adamw)")
-    optim.add_argument("--schedule", help="constant, step, cosine or warmup-cosine")
-    optim.add_argument("--label-smoothing", type=_fraction, help="label smoothing for cross-entropy targets")
-    optim.add_argument("--batch-size", type=_positive_int, help="samples per step")
-    optim.add_argument("--epochs", type=_count, help="passes over the training data")
-    optim.add_argument("--patience", type=_positive_int, help="stop after this many epochs without a better val loss")
-    optim.add_argument("--seed", type=_count, help="seed (>= 0) for initial weights, split and shuffling")
+    groups = {"data": parser.add_argument_group("data"), "model": parser.add_argument_group("model")}
+    groups["optimisation"] = parser.add_argument_group("optimisation")
+    for setting in TABLE.values():
+        if setting.group in groups:
+            _add_setting(groups[setting.group], setting)
     out = parser.add_argument_group("output")
     out.add_argument("--out", default="xpnet-model.safetensors", help="where to save the trained model")
     out.add_argument("--resume", metavar="CHECKPOINT", help="continue an interrupted run from its checkpoint")
@@ -178,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train_command(args) -> int:
-    overrides = {key: getattr(args, key) for key in (*BASE_SETTINGS, "backend", "device", "data_dir")}
+    overrides = {key: getattr(args, key) for key in TABLE}
     if args.resume:
         settings = resumed_settings(args.resume, overrides)
     else:
@@ -232,15 +188,13 @@ class _StopFlag:
 
 
 def _evaluate_command(args) -> int:
-    from xpnet.checkpoint import ModelFile
-    from xpnet.data import load_dataset
-
     saved = ModelFile(args.model)
     net = saved.build(args.backend, args.device)
     dataset = args.dataset or saved.training.get("dataset")
     if not dataset:
         raise ConfigError(f"{args.model} does not say which dataset it was trained on; pass --dataset")
-    data = load_dataset(dataset, data_dir=args.data_dir, progress=False, task=task_of(saved.training))
+    task = decide_task(net.loss_name, net.activations[-1])
+    data = load_dataset(dataset, data_dir=args.data_dir, progress=False, task=task)
     check_fits(net, data, f"dataset {dataset!r}")
     started = time.perf_counter()
     print(format_test(net.evaluate(data.X_test, data.y_test), time.perf_counter() - started))
@@ -248,9 +202,6 @@ def _evaluate_command(args) -> int:
 
 
 def _predict_command(args) -> int:
-    from xpnet.checkpoint import ModelFile
-    from xpnet.fileio import atomic_write_text, atomic_writer
-
     saved = ModelFile(args.model)
     net = saved.build(args.backend, args.device)
     X = _read_inputs(Path(args.input), net.sizes[0])
@@ -297,9 +248,6 @@ def _value_rows(outputs: np.ndarray) -> list[str]:
 
 
 def _read_inputs(path: Path, features: int) -> np.ndarray:
-    from xpnet.data import read_idx
-    from xpnet.data.tabular import read_npz_arrays
-
     X = read_npz_arrays(path, ("X",))["X"] if path.suffix.lower() == ".npz" else read_idx(path)
     X = X.reshape(X.shape[0], -1) if X.ndim > 1 else X.reshape(1, -1)
     if X.shape[1] != features:
@@ -310,10 +258,6 @@ def _read_inputs(path: Path, features: int) -> np.ndarray:
 
 
 def _info_command(args) -> int:
-    import array_api_compat
-
-    from xpnet.backend import available_backends, cuda_devices
-
     print(f"xpnet {__version__} on Python {platform.python_version()} ({platform.machine()})")
     print(f"numpy {np.__version__}, array-api-compat {array_api_compat.__version__}")
     print("backends:")

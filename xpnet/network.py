@@ -28,6 +28,7 @@ from xpnet.errors import ConfigError
 from xpnet.init import init_name, initial_parameters
 from xpnet.losses import NATURAL_OUTPUT, Loss, get_loss, loss_name
 from xpnet.modelfile import named_layers, save_model
+from xpnet.task import CLASSIFICATION, decide_task
 
 
 class Layer(NamedTuple):
@@ -110,7 +111,7 @@ class MLP:
     @property
     def is_classifier(self) -> bool:
         """Outputs are class scores (one per class, argmax is the prediction)."""
-        return self.loss.classification or self.activations[-1].name in ("softmax", "sigmoid")
+        return decide_task(self.loss_name, self.activations[-1]) == CLASSIFICATION
 
     def config(self) -> dict:
         """The architecture, enough to rebuild this network (saved in model files)."""

@@ -14,32 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from xpnet.errors import ConfigError
 from xpnet.names import canonical
+from xpnet.settings import RECIPE_SETTINGS, check_recipe
 
 #: Every setting a recipe may give; the same names as the CLI's options.
-SETTINGS = (
-    "dataset",
-    "layers",
-    "activation",
-    "output",
-    "loss",
-    "init",
-    "dropout",
-    "optimizer",
-    "lr",
-    "momentum",
-    "nesterov",
-    "weight_decay",
-    "schedule",
-    "batch_size",
-    "epochs",
-    "val_split",
-    "patience",
-    "scaling",
-    "label_smoothing",
-    "seed",
-)
+SETTINGS = RECIPE_SETTINGS
 
 
 @dataclass(frozen=True)
@@ -51,11 +30,7 @@ class Recipe:
     settings: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        unknown = sorted(set(self.settings) - set(SETTINGS))
-        if unknown:
-            raise ConfigError(
-                f"recipe {self.name!r}: unknown settings {', '.join(unknown)}; use only {', '.join(SETTINGS)}"
-            )
+        check_recipe(self.name, self.settings)  # a typo or a bad value fails when the module is imported
 
     @property
     def attribute(self) -> str:

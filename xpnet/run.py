@@ -11,77 +11,54 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from xpnet.backend import get_backend
+from xpnet.checkpoint import ModelFile, save_model
+from xpnet.data import Scaling, load_dataset, train_val_split
 from xpnet.errors import ConfigError, DivergenceError
+from xpnet.fileio import atomic_write_text
+from xpnet.network import MLP
+from xpnet.optim import get_optimizer
+from xpnet.plot import check_plot_path, plot_training
+from xpnet.recipes import get_recipe
+from xpnet.settings import BASE_SETTINGS, RUN_SETTINGS, checked
+from xpnet.task import decide_task
+from xpnet.train import History, fit
 
-#: Settings no recipe needs to repeat; a recipe overrides them, a flag overrides both.
-BASE_SETTINGS = {
-    "dataset": "fashion-mnist",
-    "task": None,
-    "layers": [128, 64],
-    "activation": "relu",
-    "output": None,
-    "loss": "cross_entropy",
-    "init": "auto",
-    "dropout": 0.0,
-    "optimizer": "sgd",
-    "lr": 0.01,
-    "momentum": 0.0,
-    "nesterov": False,
-    "weight_decay": 0.0,
-    "schedule": "constant",
-    "batch_size": 64,
-    "epochs": 10,
-    "val_split": 0.1,
-    "patience": None,
-    "scaling": "unit",
-    "label_smoothing": 0.0,
-    "seed": 0,
-    "dtype": "float32",
-}
-#: Settings that say where and how to run, not what to train; a resumed run may change them.
-RUN_SETTINGS = ("backend", "device", "data_dir", "epochs")
+__all__ = [
+    "BASE_SETTINGS",
+    "RUN_SETTINGS",
+    "check_fits",
+    "checkpoint_path",
+    "format_test",
+    "resolve_settings",
+    "resumed_settings",
+    "run_recipe",
+    "run_training",
+    "task_of",
+]
 
 
 def resolve_settings(recipe: str, overrides: dict) -> dict:
     """Base settings, then the recipe's, then every option the user actually gave."""
-    from xpnet.recipes import get_recipe
-
+    chosen = get_recipe(recipe)
     settings = dict(BASE_SETTINGS)
-    settings.update(get_recipe(recipe).settings)
+    settings.update(chosen.settings)
     settings.update({key: value for key, value in overrides.items() if value is not None})
-    settings["recipe"] = recipe
+    settings["recipe"] = chosen.name
     return settings
 
 
 def resumed_settings(path: str, overrides: dict) -> dict:
     """The settings a checkpoint was trained with, checked, plus the run settings given now."""
-    from xpnet.checkpoint import ModelFile
-
     saved = ModelFile(path)
     if not saved.checkpoint:
         raise ConfigError(f"--resume {path}: this is a final model, not a checkpoint (it ends in .ckpt.safetensors)")
-    settings = dict(BASE_SETTINGS)
-    settings.update(saved.training)
-    for key, base in BASE_SETTINGS.items():
-        if not _same_kind(settings[key], base):
-            raise ConfigError(f"--resume {path}: its setting {key!r} = {str(settings[key])[:40]} is not valid")
+    settings = checked({**BASE_SETTINGS, **saved.training}, f"--resume {path}: its setting")
     settings.update({key: overrides[key] for key in RUN_SETTINGS if overrides.get(key) is not None})
     return settings
-
-
-def _same_kind(value, base) -> bool:
-    """``value`` has the type ``BASE_SETTINGS`` gives that setting."""
-    if base is None:
-        return True  # optional settings (task, output, patience) are checked where they are used
-    if isinstance(base, bool) or isinstance(value, bool):
-        return isinstance(base, bool) and isinstance(value, bool)
-    if isinstance(base, float):
-        return isinstance(value, (int, float))
-    if isinstance(base, list):
-        return isinstance(value, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in value)
-    return isinstance(value, type(base))
 
 
 def checkpoint_path(out: str | Path) -> Path:
@@ -89,6 +66,16 @@ def checkpoint_path(out: str | Path) -> Path:
     out = Path(out)
     stem = out.name.removesuffix(".safetensors")
     return out.with_name(f"{stem}.ckpt.safetensors")
+
+
+@dataclass(frozen=True)
+class _Files:
+    """What a run writes: the model, its checkpoint, the history and the plot (each may be None)."""
+
+    out: Path | None
+    checkpoint: Path | None
+    history: str | Path | None
+    plot: str | Path | None
 
 
 def run_training(
@@ -104,102 +91,130 @@ def run_training(
 ) -> dict:
     """Load data, build, train and test the model ``settings`` describe; save it to ``out``.
 
-    Returns ``{"test": metrics, "epochs": n, "seconds": s, "device": ..., ...}``.
+    ``settings`` missing from the dict take ``BASE_SETTINGS``' values; every one is checked
+    against the table in ``xpnet.settings`` first. Returns ``{"test": metrics, "epochs": n,
+    "seconds": s, "device": ..., ...}``.
     """
-    from xpnet.backend import get_backend
-    from xpnet.checkpoint import save_model
-    from xpnet.data import load_dataset, train_val_split
-    from xpnet.train import fit
-
+    settings = checked({**BASE_SETTINGS, **settings})
     log = log or (lambda message: None if quiet else print(message, flush=True))
     started = time.perf_counter()
     backend = get_backend(settings.get("backend"), settings.get("device"))  # fail fast, before the data
-    if out:
-        _check_writable(out, "--out")
-    if history_path:
-        _history_format(history_path)
-    if plot_path:
-        from xpnet.plot import check_plot_path
-
-        check_plot_path(plot_path)
-    data = load_dataset(
-        settings["dataset"], data_dir=settings.get("data_dir"), progress=not quiet, task=task_of(settings)
-    )
-    X_train, y_train, X_val, y_val = train_val_split(
-        data.X_train, data.y_train, settings["val_split"], seed=settings["seed"]
-    )
+    files = _check_outputs(out, history_path, plot_path)
+    data, (X_train, y_train, X_val, y_val) = _load_data(settings, quiet)
     net, optimizer, history = _model_and_optimizer(settings, backend, data, X_train, resume)
     if history is not None:
         log(f"resuming {resume} at epoch {history.epoch + 1}, batch {history.batch}")
     log(f"{net}\n{len(X_train)} training, {len(X_val)} validation, {len(data.X_test)} test samples")
-
-    out = Path(out) if out else None
-    checkpoint = checkpoint_path(out) if out else None
-
-    saved_checkpoint = False  # by this run: a file left by an earlier run is not this run's last good state
-
-    def save_checkpoint(state):
-        nonlocal saved_checkpoint
-        if checkpoint is not None:
-            save_model(
-                checkpoint, net, training=settings, class_names=data.class_names, history=state, optimizer=optimizer
-            )
-            saved_checkpoint = True
-
+    checkpoints = _Checkpoints(files.checkpoint, net, optimizer, settings, data.class_names)
     try:
         history = fit(
             net,
             X_train,
             y_train,
-            epochs=settings["epochs"],
-            batch_size=settings["batch_size"],
             optimizer=optimizer,
             validation_data=(X_val, y_val) if len(X_val) else None,
-            patience=settings["patience"],
-            label_smoothing=settings["label_smoothing"] if net.loss.classification else 0.0,
-            seed=settings["seed"],
-            verbose=not quiet,
-            progress=not quiet and sys.stderr.isatty(),
-            log=log,
-            on_epoch_end=save_checkpoint,
+            on_epoch_end=checkpoints,
             should_stop=should_stop,
             history=history,
+            **_fit_options(settings, net, quiet, log),
         )
     except DivergenceError as exc:
-        kept = f"; the last good checkpoint is {checkpoint}" if saved_checkpoint else ""
-        if not saved_checkpoint and resume:
-            kept = f"; the checkpoint it resumed from, {resume}, is unchanged"
-        raise DivergenceError(f"{exc}{kept}") from None
+        raise checkpoints.divergence(exc, resume) from None
     result = {
         "recipe": settings.get("recipe"),
         "device": str(net.backend),
         "epochs": history.epoch,
         "interrupted": history.interrupted,
-        "checkpoint": str(checkpoint) if checkpoint else None,
+        "checkpoint": str(files.checkpoint) if files.checkpoint else None,
         "history": history.records,
     }
     if history.interrupted:
-        save_checkpoint(history)
+        checkpoints(history)
         return result
+    _test_and_save(net, data, history, settings, files, result, started, quiet, log)
+    return result
 
+
+def _fit_options(settings: dict, net, quiet: bool, log) -> dict:
+    """``fit``'s keyword arguments that come straight from the settings and the verbosity."""
+    return {
+        "epochs": settings["epochs"],
+        "batch_size": settings["batch_size"],
+        "patience": settings["patience"],
+        "label_smoothing": settings["label_smoothing"] if net.loss.classification else 0.0,
+        "seed": settings["seed"],
+        "verbose": not quiet,
+        "progress": not quiet and sys.stderr.isatty(),
+        "log": log,
+    }
+
+
+def _check_outputs(out, history_path, plot_path) -> _Files:
+    """Refuse output paths that cannot be written, before any data is read or time spent."""
+    if out:
+        _check_writable(out, "--out")
+    if history_path:
+        _history_format(history_path)
+    if plot_path:
+        check_plot_path(plot_path)
+    out = Path(out) if out else None
+    return _Files(out, checkpoint_path(out) if out else None, history_path, plot_path)
+
+
+def _load_data(settings: dict, quiet: bool):
+    """The dataset, checked against the model's task, and its ``(X_train, y_train, X_val, y_val)``."""
+    task = task_of(settings)
+    data = load_dataset(settings["dataset"], data_dir=settings.get("data_dir"), progress=not quiet, task=task)
+    decide_task(settings["loss"], settings["output"], given=data.task, source=f"dataset {settings['dataset']!r}")
+    split = train_val_split(data.X_train, data.y_train, settings["val_split"], seed=settings["seed"])
+    return data, split
+
+
+class _Checkpoints:
+    """Saves the resumable checkpoint at each epoch's end (``fit``'s ``on_epoch_end``)."""
+
+    def __init__(self, path: Path | None, net, optimizer, settings: dict, class_names: list[str]):
+        self.path, self.net, self.optimizer = path, net, optimizer
+        self.settings, self.class_names = settings, class_names
+        self.saved = False  # by this run: a file left by an earlier run is not this run's last good state
+
+    def __call__(self, state) -> None:
+        if self.path is not None:
+            save_model(
+                self.path,
+                self.net,
+                training=self.settings,
+                class_names=self.class_names,
+                history=state,
+                optimizer=self.optimizer,
+            )
+            self.saved = True
+
+    def divergence(self, exc: DivergenceError, resume) -> DivergenceError:
+        """``exc``, saying which saved state is still good."""
+        kept = f"; the last good checkpoint is {self.path}" if self.saved else ""
+        if not self.saved and resume:
+            kept = f"; the checkpoint it resumed from, {resume}, is unchanged"
+        return DivergenceError(f"{exc}{kept}")
+
+
+def _test_and_save(net, data, history, settings, files: _Files, result, started, quiet, log) -> None:
+    """Test the trained model, then write the model, the history and the plot asked for."""
     test = net.evaluate(data.X_test, data.y_test)
     result["test"] = test
     result["seconds"] = time.perf_counter() - started
     log(format_test(test, result["seconds"]))
     if quiet:
         print(format_test(test, result["seconds"]))
-    if out is not None:
-        save_model(out, net, training=settings, class_names=data.class_names, history=history)
-        log(f"saved the model to {out}")
-    if history_path:
-        _write_history(history_path, history.records)
-    if plot_path:
-        from xpnet.plot import plot_training
-
+    if files.out is not None:
+        save_model(files.out, net, training=settings, class_names=data.class_names, history=history)
+        log(f"saved the model to {files.out}")
+    if files.history:
+        _write_history(files.history, history.records)
+    if files.plot:
         predictions = net.predict(data.X_test) if net.is_classifier else None
-        plot_training(plot_path, history.records, data.y_test, predictions, data.class_names)
-        log(f"saved the plot to {plot_path}")
-    return result
+        plot_training(files.plot, history.records, data.y_test, predictions, data.class_names)
+        log(f"saved the plot to {files.plot}")
 
 
 def _model_and_optimizer(settings: dict, backend, data, X_train, resume):
@@ -207,12 +222,6 @@ def _model_and_optimizer(settings: dict, backend, data, X_train, resume):
 
     Returns ``(net, optimizer, history)``; ``history`` is None for a new run.
     """
-    from xpnet.checkpoint import ModelFile
-    from xpnet.data import Scaling
-    from xpnet.network import MLP
-    from xpnet.optim import get_optimizer
-    from xpnet.train import History
-
     options = {key: settings[key] for key in ("lr", "momentum", "nesterov", "weight_decay", "schedule")}
     optimizer = get_optimizer(settings["optimizer"], **options)
     if resume:
@@ -233,24 +242,14 @@ def _model_and_optimizer(settings: dict, backend, data, X_train, resume):
         dtype=settings["dtype"],
         seed=settings["seed"],
     )
-    if data.task == "regression" and net.loss.classification:
-        raise ConfigError(
-            f"dataset {settings['dataset']!r} holds regression targets, but --loss {net.loss_name} is for "
-            "classes; use --loss mse (with the default linear output)"
-        )
     net.set_scaling(Scaling.fit(settings["scaling"], X_train))
     return net, optimizer, None
 
 
 def task_of(settings: dict) -> str:
-    """The task a user file's targets serve: given, or regression for MSE on a linear output."""
-    from xpnet.losses import loss_name
-
-    if settings.get("task"):
-        return settings["task"]
-    output = str(settings.get("output") or "identity").strip().lower()
-    mse = loss_name(settings.get("loss") or "cross_entropy") == "mse"
-    return "regression" if mse and output in ("identity", "linear") else "classification"
+    """The task of the model ``settings`` describe (``xpnet.task.decide_task``'s rule),
+    checked against ``--task`` where the user gave one."""
+    return decide_task(settings.get("loss") or "cross_entropy", settings.get("output"), given=settings.get("task"))
 
 
 def format_test(test: dict, seconds: float) -> str:
@@ -276,8 +275,6 @@ def _history_format(path) -> str:
 
 
 def _write_history(path, records: list[dict]) -> None:
-    from xpnet.fileio import atomic_write_text
-
     if _history_format(path) == "json":
         atomic_write_text(path, json.dumps(records, indent=2) + "\n")
         return

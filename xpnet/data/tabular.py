@@ -20,8 +20,7 @@ import numpy as np
 
 from xpnet.errors import ConfigError, DataError
 from xpnet.fileio import read_failure
-
-TASKS = ("classification", "regression")
+from xpnet.task import TASKS
 
 #: Largest array (in bytes) an ``.npz`` member may declare before xpnet refuses it.
 MAX_NPZ_ARRAY_BYTES = 2**32

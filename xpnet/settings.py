@@ -1,0 +1,261 @@
+"""The training settings: one table of name, default, check and help, read by every way in.
+
+The CLI builds ``python -m xpnet train``'s options from ``TABLE``; recipes are checked
+against it when they are defined; ``run_training`` checks the settings it is handed;
+a resumed checkpoint's saved settings are checked by it before they steer a run.
+A row's ``check`` takes a value (from the command line, a recipe, Python or a file)
+and returns it in canonical form (``"Warmup_Cosine"`` -> ``"warmup-cosine"``), or
+raises a ConfigError saying what it expected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from xpnet.activations import get_activation
+from xpnet.backend import BACKENDS
+from xpnet.errors import ConfigError
+from xpnet.init import init_spec
+from xpnet.losses import loss_name
+from xpnet.names import canonical
+from xpnet.optim import OPTIMIZERS, SCHEDULES
+from xpnet.task import TASKS
+
+#: Input scalings (``xpnet.data.Scaling``'s kinds; the same tuple, kept here so the
+#: settings do not import the data package).
+SCALINGS = ("unit", "symmetric", "standard", "none")
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One training setting. ``run`` settings say where or how long to run, not what to
+    train: a resumed run may change them. ``recipe``: a recipe may give it. ``base``: it
+    has a default every run starts from (in ``BASE_SETTINGS``)."""
+
+    name: str
+    default: object
+    check: Callable[[object], object]
+    help: str
+    group: str  #: the ``--help`` section: device, data, model or optimisation
+    parse: Callable[[str], object] = str  #: command-line text -> value, before ``check``
+    choices: tuple | None = None  #: listed in ``--help``
+    optional: bool = False  #: None (not given) is allowed
+    run: bool = False
+    recipe: bool = True
+    base: bool = True
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def validate(self, value):
+        """``value`` in canonical form; ConfigError (the reason only) if it is not valid."""
+        if value is None and self.optional:
+            return None
+        return self.check(value)
+
+
+# -- checks: each returns the canonical value or raises ConfigError(reason)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(minimum: int):
+    def check(value):
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
+            raise ConfigError(f"expected a whole number >= {minimum}, not {value!r}")
+        return value
+
+    return check
+
+
+def _fraction(value):
+    if not (_is_number(value) and 0.0 <= value < 1.0):
+        raise ConfigError(f"expected a number in [0, 1), not {value!r}")
+    return float(value)
+
+
+def _positive(value):
+    if not (_is_number(value) and value > 0):
+        raise ConfigError(f"expected a positive number, not {value!r}")
+    return float(value)
+
+
+def _non_negative(value):
+    if not (_is_number(value) and value >= 0):
+        raise ConfigError(f"expected a number >= 0, not {value!r}")
+    return float(value)
+
+
+def _boolean(value):
+    if not isinstance(value, bool):
+        raise ConfigError(f"expected true or false, not {value!r}")
+    return value
+
+
+def _text(value):
+    if not (isinstance(value, str) and value.strip()):
+        raise ConfigError(f"expected a name or a path, not {value!r}")
+    return value
+
+
+def _widths(value):
+    if not (isinstance(value, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in value)):
+        raise ConfigError(f"expected a list of layer widths such as [128, 64], not {str(value)[:40]}")
+    if any(n < 1 for n in value):
+        raise ConfigError(f"layer widths must be >= 1, not {value!r}")
+    return value
+
+
+def _activation(value):
+    if not isinstance(value, str):
+        raise ConfigError(f"expected an activation name such as 'relu', not {value!r}")
+    return get_activation(value).spec()
+
+
+def _name(choices, what):
+    def check(value):
+        return canonical(value, choices, what)
+
+    return check
+
+
+def _parse_layers(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"expected widths such as 128,64, not {text!r}") from None
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"expected a whole number, not {text!r}") from None
+
+
+def _parse_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"expected a number, not {text!r}") from None
+
+
+_ROWS = [
+    # name, default, check, help, group, then the details
+    Setting(
+        "device", None, _text, "cpu (default), cuda or cuda:N; cuda alone means CuPy", "device",
+        optional=True, run=True, recipe=False, base=False,
+    ),
+    Setting(
+        "backend", None, _name(BACKENDS, "backend"), "array library (default: numpy)", "device",
+        choices=BACKENDS, optional=True, run=True, recipe=False, base=False,
+    ),
+    Setting(
+        "dataset", "fashion-mnist", _text,
+        "fashion-mnist (default), mnist, diabetes, friedman1, or a .npz/.csv file", "data",
+    ),
+    Setting(
+        "data_dir", None, _text, "folder holding the dataset files (searched first)", "data",
+        optional=True, run=True, recipe=False, base=False,
+    ),
+    Setting(
+        "task", None, _name(TASKS, "task"),
+        "what the targets of a .npz/.csv file are (default: regression for mse with a linear output)", "data",
+        choices=TASKS, optional=True, recipe=False,
+    ),
+    Setting(
+        "val_split", 0.1, _fraction, "fraction of training data held out for validation", "data",
+        parse=_parse_float,
+    ),
+    Setting("scaling", "unit", _name(SCALINGS, "scaling"), "input scaling", "data", choices=SCALINGS),
+    Setting(
+        "layers", [128, 64], _widths, "hidden layer widths, e.g. 128,64", "model", parse=_parse_layers,
+    ),
+    Setting(
+        "activation", "relu", _activation,
+        "hidden activation: relu, leaky_relu(0.01), sigmoid, tanh, identity", "model",
+    ),
+    Setting(
+        "output", None, _activation,
+        "output activation (default: the loss's partner: softmax, sigmoid, identity)", "model", optional=True,
+    ),
+    Setting("loss", "cross_entropy", loss_name, "cross_entropy, mse or binary_cross_entropy", "model"),
+    Setting("init", "auto", init_spec, "auto, he_normal, glorot_uniform, standard_normal, ...", "model"),
+    Setting("dropout", 0.0, _fraction, "dropout rate on hidden layers", "model", parse=_parse_float),
+    Setting(
+        "dtype", "float32", _name(DTYPES, "dtype"), "float type of weights and math", "model",
+        choices=DTYPES, recipe=False,
+    ),
+    Setting(
+        "optimizer", "sgd", _name(OPTIMIZERS, "optimizer"), "update rule", "optimisation",
+        choices=tuple(OPTIMIZERS),
+    ),
+    Setting("lr", 0.01, _positive, "learning rate", "optimisation", parse=_parse_float),
+    Setting("momentum", 0.0, _fraction, "SGD momentum", "optimisation", parse=_parse_float),
+    Setting("nesterov", False, _boolean, "Nesterov momentum", "optimisation"),
+    Setting(
+        "weight_decay", 0.0, _non_negative, "L2 weight decay (decoupled for adamw)", "optimisation",
+        parse=_parse_float,
+    ),
+    Setting(
+        "schedule", "constant", _name(SCHEDULES, "schedule"), "constant, step, cosine or warmup-cosine",
+        "optimisation",
+    ),
+    Setting(
+        "label_smoothing", 0.0, _fraction, "label smoothing for cross-entropy targets", "optimisation",
+        parse=_parse_float,
+    ),
+    Setting("batch_size", 64, _whole(1), "samples per step", "optimisation", parse=_parse_int),
+    Setting(
+        "epochs", 10, _whole(0), "passes over the training data", "optimisation", parse=_parse_int, run=True,
+    ),
+    Setting(
+        "patience", None, _whole(1), "stop after this many epochs without a better val loss", "optimisation",
+        parse=_parse_int, optional=True,
+    ),
+    Setting(
+        "seed", 0, _whole(0), "seed (>= 0) for initial weights, split and shuffling", "optimisation",
+        parse=_parse_int,
+    ),
+]  # fmt: skip
+
+#: Every training setting by name, in ``--help`` order.
+TABLE: dict[str, Setting] = {row.name: row for row in _ROWS}
+#: Settings no recipe needs to repeat; a recipe overrides them, a flag overrides both.
+BASE_SETTINGS = {row.name: row.default for row in _ROWS if row.base}
+#: Settings that say where and how long to run, not what to train; a resumed run may change them.
+RUN_SETTINGS = tuple(row.name for row in _ROWS if row.run)
+#: Settings a recipe may give.
+RECIPE_SETTINGS = tuple(row.name for row in _ROWS if row.recipe)
+
+
+def check_setting(name: str, value, source: str = "setting"):
+    """``value`` of setting ``name`` in canonical form; a ConfigError naming both if it is not valid."""
+    try:
+        return TABLE[name].validate(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{source} {name!r} = {str(value)[:40]} is not valid: {exc}") from None
+
+
+def checked(settings: dict, source: str = "setting") -> dict:
+    """A copy of ``settings`` with every table setting checked and in canonical form.
+
+    Keys outside the table (``recipe``, the name a run was started from) pass through.
+    ``source`` begins an error message, e.g. ``"--resume m.ckpt.safetensors: its setting"``.
+    """
+    return {key: check_setting(key, value, source) if key in TABLE else value for key, value in settings.items()}
+
+
+def check_recipe(name: str, settings: dict) -> None:
+    """Refuse a recipe naming a setting it may not give or giving a value the table refuses."""
+    unknown = sorted(set(settings) - set(RECIPE_SETTINGS))
+    if unknown:
+        allowed = ", ".join(RECIPE_SETTINGS)
+        raise ConfigError(f"recipe {name!r}: unknown settings {', '.join(unknown)}; use only {allowed}")
+    checked(settings, f"recipe {name!r}: setting")
