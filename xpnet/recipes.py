@@ -1,8 +1,9 @@
 """Named training recipes: the classic from-scratch networks, reproduced, and xpnet's own default.
 
 A recipe is a dict of CLI settings (the option names of ``python -m xpnet``, without the
-dashes, underscored). The CLI applies a recipe's settings as defaults and lets any flag
-override them; a recipe lists only the settings it cares about. ``docs/RECIPES.md``
+dashes, underscored), checked against the settings table (``xpnet.settings``) when it is
+defined. The CLI applies a recipe's settings as defaults and lets any flag override them;
+a recipe lists only the settings it cares about. ``docs/RECIPES.md``
 explains each one and holds the accuracy ``scripts/recipes.py`` measured for it.
 
     >>> from xpnet import recipes
@@ -187,7 +188,7 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in _RECIPES}
 
 
 def get_recipe(name: str) -> Recipe:
-    """The recipe called ``name`` (underscores work for hyphens)."""
+    """The recipe called ``name`` (any case; underscores work for hyphens)."""
     return RECIPES[canonical(name, RECIPES, "recipe")]
 
 
