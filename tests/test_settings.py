@@ -10,13 +10,12 @@ from conftest import blobs
 
 from xpnet.checkpoint import save_model
 from xpnet.cli import build_parser
-from xpnet.data import SCALINGS as DATA_SCALINGS
 from xpnet.errors import ConfigError
 from xpnet.network import MLP
 from xpnet.optim import SGD
 from xpnet.recipes import RECIPES, Recipe
 from xpnet.run import resumed_settings, run_recipe, run_training
-from xpnet.settings import BASE_SETTINGS, RECIPE_SETTINGS, RUN_SETTINGS, SCALINGS, TABLE, checked
+from xpnet.settings import BASE_SETTINGS, RECIPE_SETTINGS, RUN_SETTINGS, TABLE, checked
 from xpnet.train import fit
 
 #: The train command's options that are about this invocation, not what is trained.
@@ -67,10 +66,6 @@ def test_defaults_pass_their_own_checks():
     assert set(RUN_SETTINGS) == {"backend", "device", "data_dir", "epochs"}
     assert set(BASE_SETTINGS) == set(TABLE) - {"backend", "device", "data_dir"}
     assert set(RECIPE_SETTINGS) == set(BASE_SETTINGS) - {"task", "dtype"}
-
-
-def test_the_scalings_are_the_data_packages():
-    assert SCALINGS == DATA_SCALINGS
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

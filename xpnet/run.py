@@ -16,13 +16,14 @@ from pathlib import Path
 
 from xpnet.backend import get_backend
 from xpnet.checkpoint import ModelFile, save_model
-from xpnet.data import Scaling, load_dataset, train_val_split
+from xpnet.data import load_dataset, train_val_split
 from xpnet.errors import ConfigError, DivergenceError
 from xpnet.fileio import atomic_write_text
 from xpnet.network import MLP
 from xpnet.optim import get_optimizer
 from xpnet.plot import check_plot_path, plot_training
 from xpnet.recipes import get_recipe
+from xpnet.scaling import Scaling
 from xpnet.settings import BASE_SETTINGS, RUN_SETTINGS, checked
 from xpnet.task import decide_task
 from xpnet.train import History, fit

@@ -21,11 +21,9 @@ from xpnet.init import init_spec
 from xpnet.losses import loss_name
 from xpnet.names import canonical
 from xpnet.optim import OPTIMIZERS, SCHEDULES
+from xpnet.scaling import SCALINGS
 from xpnet.task import TASKS
 
-#: Input scalings (``xpnet.data.Scaling``'s kinds; the same tuple, kept here so the
-#: settings do not import the data package).
-SCALINGS = ("unit", "symmetric", "standard", "none")
 DTYPES = ("float32", "float64")
 
 
