@@ -17,8 +17,10 @@ def bench_epoch(benchmark, impl, target, batch_size, data):
     """One epoch of ``2 x 8192`` samples; ``samples_per_s`` goes into extra_info (and the JSON)."""
     runner = RUNNERS[impl](target, *data, batch_size)
     benchmark.group = f"epoch, batch {batch_size:>5}"
-    benchmark.extra_info.update(impl=impl, backend=target.backend, device=target.device, batch_size=batch_size)
+    samples = data[0].shape[0] // batch_size * batch_size
+    benchmark.extra_info.update(
+        impl=impl, backend=target.backend, device=target.device, batch_size=batch_size, samples=samples
+    )
     benchmark.pedantic(runner.epoch, warmup_rounds=1, rounds=3, iterations=1)
     if benchmark.stats is not None:  # None under --benchmark-disable (a run-once smoke test)
-        samples = data[0].shape[0] // batch_size * batch_size
         benchmark.extra_info["samples_per_s"] = samples / benchmark.stats.stats.median

@@ -1,5 +1,8 @@
 """pytest-benchmark suite: ``pytest bench/ --benchmark-only`` (add ``--benchmark-json=out.json``).
 
+Its own history and comparison (``--benchmark-autosave``, ``--benchmark-compare``) and
+the import of its JSON into bench/history/ are described in bench/HISTORY.md.
+
 Every test is parametrised over batch size and over every backend/device pair the
 sweep knows; pairs not usable here (no GPU, no PyTorch, no CuPy) are collected as
 skips with the reason, so ``-ra`` lists them instead of hiding them.

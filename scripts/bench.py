@@ -4,7 +4,9 @@
 The table in bench/RESULTS.md comes from:
 
     python scripts/bench.py --profile 64,4096 --json bench/results.json \
-        --png bench/results.png --markdown bench/RESULTS.md --notes bench/NOTES.md
+        --png bench/results.png --markdown bench/RESULTS.md --notes bench/NOTES.md --history
+
+(``--history`` appends the run to bench/history/; see bench/HISTORY.md.)
 """
 
 import sys

@@ -75,23 +75,30 @@ def test_every_runner_trains_the_same_batches_to_a_similar_loss():
     assert first["xpnet"].loss == pytest.approx(first["direct"].loss, rel=0.05)
 
 
-def test_tiny_sweep_writes_json_markdown_and_png(tmp_path):
+def test_tiny_sweep_writes_json_markdown_png_and_history(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_bench_arguments(parser)
-    out = {k: tmp_path / f"r.{k}" for k in ("json", "md", "png")}
+    out = {k: tmp_path / f"r.{k}" for k in ("json", "md", "png", "jsonl")}
+    stored = {"impl": "xpnet", "backend": "numpy", "device": "cpu", "batch_size": 8, "repeats": 5}
+    stored["vs_direct"] = {"median": 1.0, "spread": 0.01}
+    out["jsonl"].write_text(json.dumps({"schema": 1, "commit": "e" * 40, "rows": [stored]}) + "\n")
     options = "--batch-sizes 8,32 --backends numpy --samples 64 --repeats 1 --warmup 0 --pause 0 --data random"
     files = ["--json", str(out["json"]), "--markdown", str(out["md"]), "--png", str(out["png"])]
-    args = parser.parse_args(options.split() + files)
+    args = parser.parse_args([*options.split(), *files, "--history", str(out["jsonl"]), "--compare"])
     assert bench.bench_main(args) == 0
     result = json.loads(out["json"].read_text())
     assert {(r["impl"], r["batch_size"]) for r in result["rows"]} == {
         (impl, b) for impl in ("xpnet", "direct") for b in (8, 32)
     }
     assert all(r["samples_per_s"] > 0 and r["vs_direct"] is not None for r in result["rows"] if r["impl"] == "xpnet")
-    assert "numpy/cpu" in result["ceilings"]
+    assert set(result["ceilings"]["numpy/cpu"]["own"]) == {"8", "32"}
     report = out["md"].read_text()
     assert "| xpnet | numpy | cpu | 8 |" in report and "NumPy" in report
     assert out["png"].read_bytes().startswith(b"\x89PNG")
+    printed = capsys.readouterr().out
+    assert "before: eeeeeeeeee" in printed and "vs direct NumPy" in printed and "too few repeats" in printed
+    runs = [json.loads(line) for line in out["jsonl"].read_text().splitlines()]
+    assert len(runs) == 2 and len(runs[1]["rows"]) == 4 and runs[1]["options"]["batch_sizes"] == [8, 32]
 
 
 def test_phase_profile_covers_every_phase_of_the_step():

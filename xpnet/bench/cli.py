@@ -7,9 +7,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from xpnet.bench import history
+from xpnet.bench.compare import compare, format_changes
 from xpnet.bench.options import add_bench_arguments
 from xpnet.bench.profile import profile_markdown
 from xpnet.bench.report import markdown_report, plot
+from xpnet.bench.results import BenchResult
 from xpnet.bench.sweep import run_bench
 from xpnet.bench.table import format_rows
 from xpnet.errors import ConfigError, XpnetError
@@ -50,6 +53,13 @@ def bench_main(args: argparse.Namespace) -> int:
     profile_text = profile_markdown(_ints(args.profile, "--profile")) if args.profile else None
     if profile_text:
         print(profile_text)
+    _write_files(args, result, profile_text)
+    if args.history is not None or args.compare is not None:
+        _history(args, result)
+    return 0
+
+
+def _write_files(args: argparse.Namespace, result: BenchResult, profile_text: str | None) -> None:
     if args.json:
         atomic_write_text(args.json, result.to_json())
     if args.png:
@@ -57,7 +67,18 @@ def bench_main(args: argparse.Namespace) -> int:
     if args.markdown:
         notes = Path(args.notes).read_text() if args.notes else None
         atomic_write_text(args.markdown, markdown_report(result, profile_text, notes))
-    return 0
+
+
+def _history(args: argparse.Namespace, result: BenchResult) -> None:
+    """``--compare`` with the stored run first, then ``--history`` appends this one."""
+    entry = history.entry_from_result(result, args.machine)
+    path = Path(args.history) if args.history else history.default_path(entry["machine"])
+    if args.compare is not None:
+        before = history.find(history.read(path), args.compare)
+        print(format_changes(compare(before, entry), before, entry))
+    if args.history is not None:
+        history.append(path, entry)
+        print(f"appended this run to {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

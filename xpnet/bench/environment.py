@@ -11,8 +11,11 @@ import array_api_compat
 import numpy as np
 
 
-def environment() -> dict:
-    """Date, CPU, BLAS and library versions, for the header of the results."""
+def environment(loadavg_start: list[float] | None = None) -> dict:
+    """Date, CPU, BLAS and library versions, and the load average now (and at the start, if given).
+
+    The load says how much the run shared the machine: a busy run has wider spreads.
+    """
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": _cpu_name(),
@@ -22,6 +25,8 @@ def environment() -> dict:
         "array_api_compat": array_api_compat.__version__,
         "blas": _blas(),
         "load_average": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "loadavg": list(os.getloadavg()),
+        "loadavg_start": loadavg_start,
     }
     for name in ("torch", "cupy"):
         try:

@@ -38,3 +38,21 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--markdown", default=None, help="write a Markdown report here")
     parser.add_argument("--notes", default=None, help="a Markdown file appended to the report")
     parser.add_argument("--png", default=None, help="write the throughput plot here")
+    history = parser.add_argument_group("history (see bench/HISTORY.md)")
+    history.add_argument(
+        "--history",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="FILE",
+        help="append this run to the benchmark history (default FILE: bench/history/<machine>.jsonl)",
+    )
+    history.add_argument(
+        "--compare",
+        nargs="?",
+        const="last",
+        default=None,
+        metavar="REF",
+        help="compare this run with a stored one: the last (default) or the newest of commit REF",
+    )
+    history.add_argument("--machine", default=None, help="the machine's name in the history (default: CPU and GPU)")

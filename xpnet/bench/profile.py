@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from xpnet.bench.ceilings import own_matmul_gflops
+from xpnet.bench.ceilings import measure, own_gemms
 from xpnet.bench.data import load_data
 from xpnet.bench.runners import XpnetRunner
 from xpnet.bench.targets import Target
@@ -62,8 +62,8 @@ def profile_step(batch_size: int, samples: int = 16384, backend: str = "numpy", 
         _timed_pass(runner, order, steps)  # warms up
         spent = _timed_pass(runner, order, steps)
     phases = {phase: seconds / steps for phase, seconds in zip(PHASES, spent)}
-    own = own_matmul_gflops(Target(backend, device), batch_size)
-    phases["of which matmuls"] = flops_per_sample() * batch_size / (own * 1e9)
+    own = measure(own_gemms(Target(backend, device), batch_size))
+    phases["of which matmuls"] = flops_per_sample() * batch_size / (own.gflops * 1e9)
     return phases
 
 

@@ -30,7 +30,9 @@ class BenchResult:
     """A whole sweep: rows, the ceilings measured beside them, and where and how it ran."""
 
     rows: list[Row]
-    ceilings: dict  # target label -> {"peak": GFLOP/s, "own": {batch: GFLOP/s}}
+    #: target label -> {"peak": GFLOP/s (median of all its repeats), "own": {batch: GFLOP/s},
+    #: "repeats": {"peak": {batch: [GFLOP/s of each repeat]}, "own": {batch: [...]}}}
+    ceilings: dict
     skipped: list[str]
     environment: dict
     options: dict

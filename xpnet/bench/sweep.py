@@ -13,11 +13,12 @@ synchronisation inside a timed epoch other than its end (the fit loop's one host
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
 
-from xpnet.bench.ceilings import own_matmul_gflops, peak_gemm_gflops
+from xpnet.bench.ceilings import Gemms, own_gemms, peak_gemms
 from xpnet.bench.data import load_data
 from xpnet.bench.environment import environment
 from xpnet.bench.results import BenchResult, Row
@@ -49,7 +50,7 @@ def runs_on(impl: str, target: Target) -> bool:
     return True
 
 
-def time_alternating(runners: Sequence[Runner], repeats: int, warmup: int, pause: float) -> list[list[float]]:
+def time_alternating(runners: Sequence[Runner | Gemms], repeats: int, warmup: int, pause: float) -> list[list[float]]:
     """Seconds of each runner's timed epochs; the runners take turns, repeat by repeat."""
     for _ in range(warmup):
         for runner in runners:
@@ -67,7 +68,7 @@ def time_alternating(runners: Sequence[Runner], repeats: int, warmup: int, pause
 
 
 def _row(target: Target, runner: Runner, seconds: list[float], samples: int, ceiling: dict, memory: bool) -> Row:
-    """The table line of one runner from its epoch times (the median) and its device's ceilings."""
+    """The table line of one runner from its epoch times (the median) and the ceilings timed beside it."""
     batch_size = runner.batch_size
     steps = samples // batch_size
     median = statistics.median(seconds)
@@ -82,10 +83,40 @@ def _row(target: Target, runner: Runner, seconds: list[float], samples: int, cei
         step_ms=median / steps * 1e3,
         gflops=gflops,
         pct_peak=100 * gflops / ceiling["peak"],
-        pct_own=100 * gflops / ceiling["own"][batch_size],
+        pct_own=100 * gflops / ceiling["own"],
         peak_memory=runner.peak_memory() if memory else None,
         epoch_times=seconds,
     )
+
+
+def _batch(targets, impls, X, y, batch_size, gemm_size, options) -> tuple[list[Row], dict]:
+    """The rows of one batch size, and each device's ceilings: runners and GEMMs timed in turn."""
+    pairs = [(t, RUNNERS[impl](t, X, y, batch_size)) for t in targets for impl in impls if runs_on(impl, t)]
+    gemms = {t.label: (peak_gemms(t, gemm_size), own_gemms(t, batch_size, X.shape[0])) for t in targets}
+    timed = [runner for _, runner in pairs] + [g for pair in gemms.values() for g in pair]
+    times = time_alternating(timed, options["repeats"], options["warmup"], options["pause"])
+    ceiling_times = iter(times[len(pairs) :])
+    ceilings = {}
+    for label, (peak, own) in gemms.items():
+        repeats = {"peak": peak.gflops(next(ceiling_times)), "own": own.gflops(next(ceiling_times))}
+        ceilings[label] = {"peak": statistics.median(repeats["peak"]), "own": statistics.median(repeats["own"])}
+        ceilings[label]["repeats"] = repeats
+    rows = [
+        _row(target, runner, seconds, X.shape[0], ceilings[target.label], options["memory"])
+        for (target, runner), seconds in zip(pairs, times)
+    ]
+    add_ratios(rows)
+    return rows, ceilings
+
+
+def _merge(ceilings: dict, label: str, batch_size: int, measured: dict) -> None:
+    """Add one batch size's ceilings of a device: ``own`` and the GEMMs' repeats by batch size, and
+    ``peak`` the median of all the square GEMM's repeats so far (one figure per device)."""
+    entry = ceilings.setdefault(label, {"peak": 0.0, "own": {}, "repeats": {"peak": {}, "own": {}}})
+    entry["own"][batch_size] = measured["own"]
+    for kind in ("peak", "own"):
+        entry["repeats"][kind][batch_size] = measured["repeats"][kind]
+    entry["peak"] = statistics.median([g for rates in entry["repeats"]["peak"].values() for g in rates])
 
 
 def run_bench(
@@ -101,41 +132,25 @@ def run_bench(
     pause: float = PAUSE,
     log: Callable[[str], None] | None = print,
 ) -> BenchResult:
-    """Run the sweep; every implementation alternates with the others, repeat by repeat,
-    ``pause`` seconds of idle before each epoch."""
+    """Run the sweep; at each batch size every implementation and ceiling takes its turn,
+    repeat by repeat, after ``pause`` seconds of idle."""
+    loadavg_start = list(os.getloadavg())
     batch_sizes = [int(b) for b in batch_sizes]
     _check_options(batch_sizes, repeats, warmup, pause, impls)
     targets, skipped = available_targets(backends)
     X, y, source = load_data(max(samples, max(batch_sizes)), data)
-    ceilings = {t.label: {"peak": peak_gemm_gflops(t, repeats, gemm_size), "own": {}} for t in targets}
-    if log:
-        for label, ceiling in ceilings.items():
-            log(f"{label}: peak square GEMM {ceiling['peak']:.1f} GFLOP/s")
+    options = {"batch_sizes": batch_sizes, "backends": list(backends or []), "impls": list(impls)}
+    options.update(samples=int(X.shape[0]), repeats=repeats, warmup=warmup, pause=pause, data=source)
+    ceilings: dict = {}
     rows: list[Row] = []
     for batch_size in batch_sizes:
-        pairs = [(t, RUNNERS[impl](t, X, y, batch_size)) for t in targets for impl in impls if runs_on(impl, t)]
-        for target in targets:
-            ceilings[target.label]["own"][batch_size] = own_matmul_gflops(target, batch_size, repeats, X.shape[0])
-        times = time_alternating([runner for _, runner in pairs], repeats, warmup, pause)
-        batch_rows = [
-            _row(target, runner, seconds, X.shape[0], ceilings[target.label], memory)
-            for (target, runner), seconds in zip(pairs, times)
-        ]
-        add_ratios(batch_rows)
+        batch_rows, measured = _batch(targets, impls, X, y, batch_size, gemm_size, {**options, "memory": memory})
+        for label, ceiling in measured.items():
+            _merge(ceilings, label, batch_size, ceiling)
         rows += batch_rows
         if log:
             log(format_rows(batch_rows, header=False))
-    options = {
-        "batch_sizes": batch_sizes,
-        "backends": list(backends or []),
-        "impls": list(impls),
-        "samples": int(X.shape[0]),
-        "repeats": repeats,
-        "warmup": warmup,
-        "pause": pause,
-        "data": source,
-    }
-    return BenchResult(rows, ceilings, skipped, environment(), options)
+    return BenchResult(rows, ceilings, skipped, environment(loadavg_start), options)
 
 
 def add_ratios(rows: list[Row]) -> None:

@@ -1,0 +1,182 @@
+"""The benchmark history: one JSON line per run, per machine, in ``bench/history/<machine>.jsonl``.
+
+A line records which code ran (commit, and whether ``xpnet/`` had uncommitted edits),
+where (machine, CPU, GPU, library versions, the load average at the start and the end:
+the machine is shared), how (the sweep's options) and, per implementation, backend,
+device and batch size, each tracked figure as ``{"median": m, "spread": s}``:
+
+- ``samples_per_s``: absolute, so it drifts with the machine; kept for the plots,
+- ``vs_torch_eager`` / ``vs_direct``: the medians of *paired* ratios, repeat i of the
+  row against repeat i of the peer timed next to it (``noise.paired_ratios``),
+- ``pct_own`` / ``pct_peak``: % of the GEMM ceilings, paired the same way (the sweep
+  times the ceilings' GEMMs in turn with the runners).
+
+``spread`` is the relative half-range of the repeats (``noise.relative_spread``), so the
+noise of every figure is measured in the run that produced it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import statistics
+import subprocess
+from pathlib import Path
+
+import xpnet
+from xpnet.bench.noise import paired_ratios, relative_spread
+from xpnet.bench.results import BenchResult, Row
+from xpnet.errors import DataError
+from xpnet.fileio import atomic_write_bytes
+
+SCHEMA = 1
+#: The figures a history row may carry, the ratios (which compare across runs) first.
+FIGURES = ("vs_torch_eager", "vs_direct", "pct_own", "pct_peak", "samples_per_s")
+RATIO_FIGURES = FIGURES[:-1]
+ROW_KEY = ("impl", "backend", "device", "batch_size")
+CHECKOUT = Path(xpnet.__file__).resolve().parent.parent
+
+
+def machine_name(env: dict) -> str:
+    """A file-name-safe name for the machine: its CPU, core count and GPU, if any."""
+    words = [re.sub(r"\((r|tm)\)|\bcpu\b|@.*", "", str(env.get("cpu", "unknown")).lower()), f"{env.get('cores')}c"]
+    if env.get("gpu"):
+        words.append(str(env["gpu"]).lower())
+    return re.sub(r"[^a-z0-9]+", "-", " ".join(words)).strip("-")
+
+
+def project_root() -> Path:
+    """This checkout of xpnet (the folder holding ``bench/``), or the current folder when installed."""
+    return CHECKOUT if (CHECKOUT / "bench").is_dir() else Path.cwd()
+
+
+def default_path(machine: str) -> Path:
+    """``bench/history/<machine>.jsonl`` under ``project_root()``."""
+    return project_root() / "bench" / "history" / f"{machine}.jsonl"
+
+
+def code_version() -> tuple[str | None, bool | None]:
+    """The commit checked out and whether ``xpnet/`` differs from it; ``(None, None)`` outside git."""
+    try:
+        commit = subprocess.run(["git", "-C", str(CHECKOUT), "rev-parse", "HEAD"], capture_output=True, text=True)
+        status = subprocess.run(
+            ["git", "-C", str(CHECKOUT), "status", "--porcelain", "--untracked-files=no", "--", "xpnet"],
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return None, None
+    if commit.returncode or status.returncode:
+        return None, None
+    return commit.stdout.strip(), bool(status.stdout.strip())
+
+
+def figure(values: list[float]) -> dict:
+    """``{"median", "spread"}`` of one figure's per-repeat values."""
+    return {"median": statistics.median(values), "spread": relative_spread(values)}
+
+
+def _history_row(row: Row, peers: dict[str, Row], ceiling: dict) -> dict:
+    times = row.epoch_times
+    work = row.samples_per_s * statistics.median(times)  # samples per timed epoch
+    rates = [work / t for t in times]
+    out = {key: getattr(row, key) for key in ROW_KEY}
+    out.update(repeats=len(times), step_ms=row.step_ms, epoch_times=times, samples_per_s=figure(rates))
+    for name, peer in peers.items():
+        out[name] = figure(paired_ratios(peer.epoch_times, times))
+    gflops = [r * row.gflops / row.samples_per_s for r in rates]
+    for name, kind in (("pct_own", "own"), ("pct_peak", "peak")):
+        out[name] = figure([100 * r for r in paired_ratios(gflops, ceiling["repeats"][kind][row.batch_size])])
+    return out
+
+
+def _peers(row: Row, rows: list[Row]) -> dict[str, Row]:
+    """The rows ``row`` is measured against: torch eager on its device, direct NumPy for xpnet on NumPy."""
+    same = [r for r in rows if r.batch_size == row.batch_size]
+    peers = {"vs_torch_eager": next((r for r in same if r.impl == "torch-eager" and r.device == row.device), None)}
+    if row.impl == "xpnet" and row.backend == "numpy":
+        peers["vs_direct"] = next((r for r in same if r.impl == "direct"), None)
+    return {name: peer for name, peer in peers.items() if peer is not None and peer is not row}
+
+
+def entry_from_result(result: BenchResult, machine: str | None = None) -> dict:
+    """The history line of one sweep."""
+    env = result.environment
+    commit, dirty = code_version()
+    rows = [
+        _history_row(row, _peers(row, result.rows), result.ceilings[f"{row.backend}/{row.device}"])
+        for row in result.rows
+    ]
+    return {
+        "schema": SCHEMA,
+        "source": "xpnet bench",
+        "commit": commit,
+        "dirty": dirty,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine or machine_name(env),
+        "cpu": env.get("cpu"),
+        "cores": env.get("cores"),
+        "gpu": env.get("gpu"),
+        "loadavg": {"start": env.get("loadavg_start"), "end": env.get("loadavg")},
+        "versions": {k: env.get(k) for k in ("python", "numpy", "array_api_compat", "torch", "cupy", "blas")},
+        "options": result.options,
+        "ceilings": result.ceilings,
+        "rows": rows,
+    }
+
+
+def append(path: str | Path, entry: dict) -> None:
+    """Add ``entry`` as the last line of the history at ``path`` (the file rewritten atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_bytes() if path.exists() else b""
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    atomic_write_bytes(path, old + (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def _check_entry(entry, where: str) -> dict:
+    if not isinstance(entry, dict) or entry.get("schema") != SCHEMA or not isinstance(entry.get("rows"), list):
+        raise DataError(f"{where}: not a benchmark history line (schema {SCHEMA} with a list of rows)")
+    for row in entry["rows"]:
+        if not isinstance(row, dict) or any(key not in row for key in ROW_KEY):
+            raise DataError(f"{where}: a row lacks one of {', '.join(ROW_KEY)}")
+        for name in FIGURES:
+            value = row.get(name)
+            if value is not None and not (isinstance(value, dict) and {"median", "spread"} <= value.keys()):
+                raise DataError(f"{where}: {name} of a row must be {{'median': ..., 'spread': ...}}")
+    return entry
+
+
+def read(path: str | Path) -> list[dict]:
+    """Every run in the history at ``path``, oldest first; a clear error for a file that is not one."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no benchmark history here yet; record one with --history") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the benchmark history ({exc})") from None
+    entries = []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number}: not JSON ({exc.msg})") from None
+            entries.append(_check_entry(entry, f"{path}:{number}"))
+    return entries
+
+
+def find(entries: list[dict], ref: str | None = None) -> dict:
+    """The run ``ref`` names: ``None``/``"last"`` the newest, else the newest whose commit starts with ``ref``."""
+    if not entries:
+        raise DataError("the benchmark history is empty; record a run with --history first")
+    if ref in (None, "last"):
+        return entries[-1]
+    found = [e for e in entries if ref and (e.get("commit") or "").startswith(ref.lower())]
+    if not found:
+        commits = ", ".join(sorted({(e.get("commit") or "?")[:10] for e in entries}))
+        raise DataError(f"no run of commit {ref!r} in the benchmark history (it has: {commits})")
+    return found[-1]
