@@ -20,12 +20,12 @@ import json
 import math
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from xpnet.errors import ConfigError, ModelFileError
-from xpnet.fileio import atomic_writer
+from xpnet.fileio import atomic_writer, open_input
 
 __all__ = ["DTYPES", "MAX_HEADER_BYTES", "load_tensors", "read_metadata", "save_tensors"]
 
@@ -105,16 +105,22 @@ def save_tensors(
                 stream.write(array.reshape(-1).view(np.uint8).data)
 
 
-def load_tensors(path: str | os.PathLike, *, max_bytes: int = 2**31) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def load_tensors(
+    path: str | os.PathLike, *, max_bytes: int = 2**31, check_header: Callable[[dict, dict], None] | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read a safetensors file into native-endian, writable NumPy arrays and its metadata.
 
     ``max_bytes`` caps the tensor data this call will allocate; raise it only for
-    files you trust to be that large.
+    files you trust to be that large. ``check_header(metadata, shapes)`` runs after
+    the header is read and before any tensor is allocated (``shapes`` maps each
+    tensor's name to its shape), so a caller can refuse a file on its metadata alone.
     """
     name = str(path)
     try:
-        with open(path, "rb") as stream:
+        with open_input(path, "a model file", ModelFileError) as stream:
             entries, metadata, start = _read_header(stream, name, max_bytes)
+            if check_header is not None:
+                check_header(metadata, {key: shape for key, _, shape, *_ in entries})
             tensors = {}
             # The tensors tile the buffer in offset order, so one forward pass reads each byte once.
             for key, dtype, shape, begin, end in sorted(entries, key=lambda e: e[3]):
@@ -138,7 +144,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """Return the ``__metadata__`` of a safetensors file, reading and checking only its header."""
     name = str(path)
     try:
-        with open(path, "rb") as stream:
+        with open_input(path, "a model file", ModelFileError) as stream:
             return _read_header(stream, name, max_bytes=None)[1]
     except OSError as exc:
         raise _os_error(name, exc) from exc

@@ -23,7 +23,8 @@ from xpnet.data.dataset import Dataset, held_out_rows
 from xpnet.data.idx import read_idx
 from xpnet.data.regression import REGRESSION_DATASETS, load_regression
 from xpnet.data.tabular import check_task, check_xy, load_csv, read_npz_arrays
-from xpnet.errors import DataError
+from xpnet.errors import ConfigError, DataError
+from xpnet.fileio import expand_user, home_folder, open_input
 from xpnet.names import find
 
 FASHION_MNIST_CLASSES = [
@@ -119,9 +120,27 @@ class DownloadError(DataError):
 
 
 def cache_dir(name: str) -> Path:
-    """``$XDG_CACHE_HOME/xpnet/<name>``, defaulting to ``~/.cache/xpnet/<name>``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "xpnet" / name
+    """``$XDG_CACHE_HOME/xpnet/<name>``, defaulting to ``~/.cache/xpnet/<name>``.
+
+    Raises ``ConfigError`` where there is no such folder to name: ``XDG_CACHE_HOME``
+    holds an unknown ``~user``, or it is unset and the user has no home folder.
+    """
+    folder = _cache_root()
+    if folder is None:
+        raise ConfigError(
+            "there is no home folder to keep downloaded datasets in (HOME is unset and the user has no "
+            "password entry); set XDG_CACHE_HOME or XPNET_DATA to a folder, or pass --data-dir"
+        )
+    return folder / "xpnet" / name
+
+
+def _cache_root() -> Path | None:
+    """The cache folder's root, or None when the user has no home folder."""
+    configured = os.environ.get("XDG_CACHE_HOME")
+    if configured:
+        return expand_user(configured, "XDG_CACHE_HOME")
+    home = home_folder()
+    return home / ".cache" if home is not None else None
 
 
 def search_paths(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -132,11 +151,13 @@ def search_paths(name: str, data_dir: str | os.PathLike | None = None) -> list[P
     (where Debian's ``dataset-fashion-mnist`` package installs).
     """
     paths: list[Path] = []
-    for root in (data_dir, os.environ.get("XPNET_DATA") or None):
+    for root, where in ((data_dir, "--data-dir"), (os.environ.get("XPNET_DATA") or None, "XPNET_DATA")):
         if root is not None:
-            root = Path(root).expanduser()
+            root = expand_user(root, where)
             paths += [root, root / name]
-    paths += [cache_dir(name), SYSTEM_DATA_DIR / name]
+    if _cache_root() is not None:  # no home folder: no cache to search
+        paths.append(cache_dir(name))
+    paths.append(SYSTEM_DATA_DIR / name)
     unique: list[Path] = []
     for path in paths:
         if path not in unique:
@@ -149,11 +170,19 @@ def find_idx_files(folder: Path) -> list[Path] | None:
     found = []
     for stem in IDX_FILES:
         candidates = [folder / f"{stem}.gz", folder / stem]
-        match = next((path for path in candidates if path.is_file()), None)
+        match = next((path for path in candidates if _is_file(path)), None)
         if match is None:
             return None
         found.append(match)
     return found
+
+
+def _is_file(path: Path) -> bool:
+    """A regular file (a FIFO or device of that name is not data); an unreadable folder holds none."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def download_file(
@@ -261,7 +290,7 @@ def download_dataset(
 
 def _hash_file(path: Path, algorithm: str) -> str:
     hasher = hashlib.new(algorithm)
-    with open(path, "rb") as stream:
+    with open_input(path, "a dataset file") as stream:
         while chunk := stream.read(1 << 20):
             hasher.update(chunk)
     return hasher.hexdigest()

@@ -22,7 +22,7 @@ from typing import BinaryIO
 import numpy as np
 
 from xpnet.errors import ConfigError, DataError
-from xpnet.fileio import atomic_write_bytes, read_failure
+from xpnet.fileio import atomic_write_bytes, open_input, read_failure
 
 #: Largest data block (in bytes) a header may declare: 2 GiB, over 40x Fashion-MNIST.
 MAX_IDX_BYTES = 2**31
@@ -46,7 +46,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (raw or gzip, detected by its magic bytes) into a native-endian array."""
     path = Path(path)
     try:
-        with open(path, "rb") as raw:
+        with open_input(path, "an IDX file") as raw:
             is_gzip = raw.read(2) == _GZIP_MAGIC
             raw.seek(0)
             if is_gzip:

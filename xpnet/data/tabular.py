@@ -8,6 +8,7 @@ training loop never sees a NaN, a ragged table or a label it cannot one-hot enco
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import struct
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from xpnet.errors import ConfigError, DataError
-from xpnet.fileio import read_failure
+from xpnet.fileio import open_input, read_failure
 from xpnet.task import TASKS
 
 #: Largest array (in bytes) an ``.npz`` member may declare before xpnet refuses it.
@@ -60,14 +61,7 @@ def read_npz_arrays(path: str | os.PathLike, *key_sets: tuple[str, ...]) -> dict
     """
     path = Path(path)
     try:
-        with open(path, "rb") as raw:
-            magic = raw.read(4)
-        if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
-            raise DataError(
-                f"{path}: not an .npz archive (it does not start with the zip signature); "
-                "create it with numpy.savez or numpy.savez_compressed"
-            )
-        with zipfile.ZipFile(path) as archive:
+        with open_input(path, "an .npz file") as raw, _zip_archive(path, raw) as archive:
             members = {
                 name[: -len(".npy")] if name.endswith(".npy") else name: archive.getinfo(name)
                 for name in archive.namelist()
@@ -90,6 +84,17 @@ def read_npz_arrays(path: str | os.PathLike, *key_sets: tuple[str, ...]) -> dict
             f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc}); "
             "re-create it with numpy.savez or numpy.savez_compressed"
         ) from exc
+
+
+def _zip_archive(path: Path, raw) -> zipfile.ZipFile:
+    """The archive in the already opened ``raw`` stream (opening the path twice could meet another file)."""
+    if raw.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise DataError(
+            f"{path}: not an .npz archive (it does not start with the zip signature); "
+            "create it with numpy.savez or numpy.savez_compressed"
+        )
+    raw.seek(0)
+    return zipfile.ZipFile(raw)
 
 
 def _read_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) -> np.ndarray:
@@ -247,7 +252,7 @@ def load_csv(
 def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
     """The CSV's non-blank rows, each with its line number."""
     try:
-        with open(path, encoding="utf-8-sig", newline="") as stream:
+        with io.TextIOWrapper(open_input(path, "a CSV file"), encoding="utf-8-sig", newline="") as stream:
             rows = [(number, row) for number, row in enumerate(csv.reader(stream), start=1)]
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the CSV as UTF-8") from exc
