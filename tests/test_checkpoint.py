@@ -111,29 +111,29 @@ TAMPERED = {
     "wrong format tag": ({"format": "pytorch"}, "not an xpnet model"),
     "pickle format tag": ({"format": "pickle"}, "not an xpnet model"),
     "future version": ({"format_version": "99"}, "format version '99'"),
-    "invalid JSON": ({"architecture": '{"sizes": [4, 6, 3'}, "'architecture' is not valid JSON"),
-    "JSON of the wrong type": ({"architecture": "[4, 6, 3]"}, "'architecture' has the wrong type"),
-    "huge sizes": ({"architecture": _arch(sizes=[10**9, 10**9])}, "'layers.0.weight' has shape"),
+    "invalid JSON": ({"architecture": '{"sizes": [4, 6, 3'}, "metadata architecture: is not valid JSON"),
+    "JSON of the wrong type": ({"architecture": "[4, 6, 3]"}, "metadata architecture: expected an object"),
+    "huge sizes": ({"architecture": _arch(sizes=[4, 10**9, 3])}, "'layers.0.weight' has shape"),
     "wrong shapes": ({"architecture": _arch(sizes=[4, 7, 3])}, "'layers.0.weight' has shape"),
-    "too few layers": ({"architecture": _arch(sizes=[4])}, "not a list of positive layer widths"),
-    "non-numeric sizes": ({"architecture": _arch(sizes=["4", "6", "3"])}, "not a list of positive layer widths"),
-    "float sizes": ({"architecture": _arch(sizes=[4.0, 6, 3])}, "not a list of positive layer widths"),
-    "negative sizes": ({"architecture": _arch(sizes=[4, -6, 3])}, "not a list of positive layer widths"),
-    "boolean sizes": ({"architecture": _arch(sizes=[True, 6, 3])}, "not a list of positive layer widths"),
-    "unknown activation": ({"architecture": _arch(activations=["relu", "os.system"])}, "architecture is not valid"),
-    "activation count": ({"architecture": _arch(activations=["relu"])}, "one activation per layer"),
-    "activation not text": ({"architecture": _arch(activations=[1, 2])}, "activations must be names"),
-    "dropout not numbers": ({"architecture": _arch(dropout=[None, "0.1"])}, "dropout must list one rate"),
-    "loss not text": ({"architecture": _arch(loss=["mse"])}, "loss must be a name"),
-    "unknown loss": ({"architecture": _arch(loss="eval('1')")}, "architecture is not valid"),
-    "dropout out of range": ({"architecture": _arch(dropout=[7.0, 0.0])}, "architecture is not valid"),
-    "unknown dtype": ({"architecture": _arch(dtype="object")}, "architecture is not valid"),
+    "too few layers": ({"architecture": _arch(sizes=[4])}, r"architecture\.sizes: expected a list of 2 to"),
+    "non-numeric sizes": ({"architecture": _arch(sizes=["4", "6", "3"])}, r"sizes\[0\]: expected a whole"),
+    "float sizes": ({"architecture": _arch(sizes=[4.0, 6, 3])}, r"sizes\[0\]: expected a whole"),
+    "negative sizes": ({"architecture": _arch(sizes=[4, -6, 3])}, r"sizes\[1\]: expected a whole"),
+    "boolean sizes": ({"architecture": _arch(sizes=[True, 6, 3])}, r"sizes\[0\]: expected a whole"),
+    "unknown activation": ({"architecture": _arch(activations=["relu", "os.system"])}, r"activations\[1\]: unknown"),
+    "activation count": ({"architecture": _arch(activations=["relu"])}, "activations: lists 1 entries but"),
+    "activation not text": ({"architecture": _arch(activations=[1, 2])}, r"activations\[0\]: expected an"),
+    "dropout not numbers": ({"architecture": _arch(dropout=[None, "0.1"])}, r"dropout\[0\]: expected a finite"),
+    "loss not text": ({"architecture": _arch(loss=["mse"])}, "architecture.loss: expected a loss name"),
+    "unknown loss": ({"architecture": _arch(loss="eval('1')")}, "architecture.loss: unknown loss"),
+    "dropout out of range": ({"architecture": _arch(dropout=[7.0, 0.0])}, r"dropout\[0\]: .* got 7.0"),
+    "unknown dtype": ({"architecture": _arch(dtype="object")}, "dtype: expected one of 'float32'"),
     "scaling with wrong length": ({"scaling": _scaling([0.0] * 5, [1.0] * 5)}, "scaling"),
     "scaling lengths differ": ({"scaling": _scaling([0.0] * 4, [1.0] * 3)}, "scaling"),
     "non-numeric scaling": ({"scaling": _scaling(["0"] * 4, [1.0] * 4)}, "scaling"),
     "infinite scaling": ({"scaling": _scaling(0.0, 1e300)}, "scaling"),
     "unknown scaling kind": ({"scaling": _scaling(0.0, 1.0, kind="__import__")}, "scaling"),
-    "class names not text": ({"class_names": "[1, 2, 3]"}, "class_names must be a list of strings"),
+    "class names not text": ({"class_names": "[1, 2, 3]"}, r"class_names\[0\]: expected a class name"),
     "NaN literal in JSON": ({"scaling": '{"kind": "none", "shift": NaN, "scale": 1.0}'}, "scaling"),
 }
 
@@ -271,7 +271,7 @@ def test_tampered_loop_state_is_refused_before_resuming(tmp_path, key, value):
     checkpoint = json.loads(load_tensors(good)[1]["checkpoint"])
     checkpoint["state"][key] = value
     bad = _tamper(good, tmp_path / "bad.ckpt.safetensors", metadata={"checkpoint": json.dumps(checkpoint)})
-    with pytest.raises(ModelFileError, match=f"bad.ckpt.safetensors: checkpoint state '{key}'"):
+    with pytest.raises(ModelFileError, match=f"bad.ckpt.safetensors: metadata checkpoint.state.{key}"):
         ModelFile(bad).resume_state()
 
 
@@ -336,4 +336,4 @@ def test_resume_refuses_tampered_training_settings(tmp_path, key, value, capsys)
     good = tmp_path / "good.ckpt.safetensors"
     save_model(good, net, training={**BASE_SETTINGS, key: value}, history=history, optimizer=optimizer)
     assert main(["train", "--resume", str(good)]) == 2
-    assert f"its setting {key!r}" in capsys.readouterr().err
+    assert f"metadata training.{key}:" in capsys.readouterr().err

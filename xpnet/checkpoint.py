@@ -12,14 +12,13 @@ is checked against its own architecture before anything is built from it.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from xpnet.backend import RandomGenerator
 from xpnet.errors import BackendError, ModelFileError, XpnetError
+from xpnet.metadata import MAX_LAYERS, decode
 from xpnet.modelfile import FORMAT, FORMAT_VERSION, save_model
 from xpnet.network import MLP
 from xpnet.safetensors import load_tensors
@@ -27,93 +26,59 @@ from xpnet.scaling import Scaling
 
 #: Largest model file xpnet reads (1 GiB); far above any MLP it trains.
 MAX_MODEL_BYTES = 2**30
-MAX_LAYERS = 1000
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "ModelFile", "load_model", "save_model"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "MAX_LAYERS", "MAX_MODEL_BYTES", "ModelFile", "load_model", "save_model"]
 
 
 class ModelFile:
-    """A model file read and checked: its tensors and decoded metadata."""
+    """A model file read and checked: its tensors and decoded metadata.
+
+    Every metadata section is checked against ``xpnet.metadata``'s schema, and every
+    tensor's shape against the architecture, before a single tensor is allocated;
+    the tensors must then hold finite floats (best weights and optimizer state too).
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        tensors, metadata = load_tensors(self.path, max_bytes=MAX_MODEL_BYTES)
-        self.tensors = tensors
+        self.tensors, _ = load_tensors(self.path, max_bytes=MAX_MODEL_BYTES, check_header=self._check_header)
+        for name, tensor in self.tensors.items():
+            if tensor.dtype.kind != "f":
+                raise self.error(f"tensor {name!r} holds {tensor.dtype}, not floats")
+            if not np.all(np.isfinite(tensor)):
+                raise self.error(f"tensor {name!r} holds NaN or infinite values")
+
+    def _check_header(self, metadata: dict, shapes: dict) -> None:
+        """Everything that can be checked before the tensors are read: all of the metadata, every shape."""
         if metadata.get("format") != FORMAT:
-            raise self.error(f"not an xpnet model (format {metadata.get('format')!r}, expected {FORMAT!r})")
+            raise self.error(f"not an xpnet model (format {str(metadata.get('format'))[:40]!r}, expected {FORMAT!r})")
         if metadata.get("format_version") != FORMAT_VERSION:
-            raise self.error(f"format version {metadata.get('format_version')!r} is not supported by this xpnet")
-        self.architecture = self._json(metadata, "architecture", dict)
-        self.training = self._json(metadata, "training", dict)
-        self.class_names = self._json(metadata, "class_names", list)
-        self.scaling = self._json(metadata, "scaling", (dict, type(None)))
-        self.history = self._json(metadata, "history", list, default=[])
-        self.checkpoint = self._json(metadata, "checkpoint", (dict, type(None)), default=None)
-        self.xpnet_version = metadata.get("xpnet_version", "?")
-        self.sizes = self._check_sizes()
-        if not all(isinstance(name, str) for name in self.class_names):
-            raise self.error("class_names must be a list of strings")
+            version = str(metadata.get("format_version"))[:40]
+            raise self.error(f"format version {version!r} is not supported by this xpnet")
+        meta = decode(metadata, str(self.path))
+        self.architecture, self.training, self.class_names = meta.architecture, meta.training, meta.class_names
+        self.scaling, self.history, self.checkpoint = meta.scaling, meta.history, meta.checkpoint
+        self.xpnet_version = meta.xpnet_version
+        self.sizes = meta.sizes
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(self.sizes)):
+            for name, shape in ((f"layers.{i}.weight", (n_out, n_in)), (f"layers.{i}.bias", (n_out,))):
+                if name not in shapes:
+                    raise self.error(f"tensor {name!r} is missing")
+                if shapes[name] != shape:
+                    raise self.error(
+                        f"tensor {name!r} has shape {list(shapes[name])}, the architecture says {list(shape)}"
+                    )
 
     def error(self, problem: str) -> ModelFileError:
         return ModelFileError(f"{self.path}: {problem}; the file is damaged or was not written by xpnet")
 
-    def _json(self, metadata, key, kinds, default=...):
-        if key not in metadata:
-            if default is not ...:
-                return default
-            raise self.error(f"metadata lacks {key!r}")
-        try:
-            value = json.loads(metadata[key])
-        except (ValueError, RecursionError):
-            raise self.error(f"metadata {key!r} is not valid JSON") from None
-        if not isinstance(value, kinds):
-            raise self.error(f"metadata {key!r} has the wrong type ({type(value).__name__})")
-        return value
-
-    def _check_sizes(self) -> list[int]:
-        sizes = self.architecture.get("sizes")
-        if (
-            not isinstance(sizes, list)
-            or not 2 <= len(sizes) <= MAX_LAYERS + 1
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes)
-        ):
-            raise self.error(f"architecture sizes {str(sizes)[:80]} is not a list of positive layer widths")
-        for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-            for name, shape in ((f"layers.{i}.weight", (n_out, n_in)), (f"layers.{i}.bias", (n_out,))):
-                tensor = self.tensors.get(name)
-                if tensor is None:
-                    raise self.error(f"tensor {name!r} is missing")
-                if tensor.shape != shape:
-                    raise self.error(
-                        f"tensor {name!r} has shape {list(tensor.shape)}, the architecture says {list(shape)}"
-                    )
-                if tensor.dtype.kind != "f":
-                    raise self.error(f"tensor {name!r} holds {tensor.dtype}, not floats")
-                if not np.all(np.isfinite(tensor)):
-                    raise self.error(f"tensor {name!r} holds NaN or infinite values")
-        return sizes
-
     def build(self, backend=None, device=None, dtype=None) -> MLP:
         """The network this file describes, on the chosen backend and device."""
         arch = self.architecture
-        activations = arch.get("activations")
-        if not isinstance(activations, list) or len(activations) != len(self.sizes) - 1:
-            raise self.error("architecture activations must list one activation per layer")
         dropout = arch.get("dropout", 0.0)
-        # Checked here because MLP trusts its caller's types: float(None) is a TypeError, not a ConfigError.
-        if not all(isinstance(name, str) for name in activations):
-            raise self.error("architecture activations must be names such as 'relu'")
-        if isinstance(dropout, list) and not all(
-            isinstance(rate, (int, float)) and not isinstance(rate, bool) for rate in dropout
-        ):
-            raise self.error("architecture dropout must list one rate (a number) per layer")
-        for key in ("loss", "dtype"):
-            if key in arch and not isinstance(arch[key], str):
-                raise self.error(f"architecture {key} must be a name, not {str(arch[key])[:40]}")
         try:
             net = MLP(
                 self.sizes,
-                activation=activations,
+                activation=arch["activations"],
                 loss=arch.get("loss"),
                 dropout=dropout if isinstance(dropout, list) else 0.0,
                 backend=backend,
@@ -136,16 +101,9 @@ class ModelFile:
 
     def resume_state(self) -> dict:
         """The training loop's saved state, every field checked: it steers the resumed run."""
-        state = self.checkpoint.get("state") if self.checkpoint else None
-        if not isinstance(state, dict):
+        if not self.checkpoint:
             raise self.error("checkpoint holds no training-loop state")
-        for key, valid in _STATE_CHECKS.items():
-            if key in state and not valid(state[key]):
-                raise self.error(f"checkpoint state {key!r} is invalid ({str(state[key])[:40]})")
-        for key in ("rng_state", "dropout_state"):
-            if not RandomGenerator.valid_state(state.get(key)):
-                raise self.error(f"checkpoint state {key!r} is not a random generator state")
-        return state
+        return self.checkpoint["state"]
 
     def best_params(self, net: MLP) -> list | None:
         """Device copies of the checkpoint's best-so-far weights, if it has them."""
@@ -175,32 +133,8 @@ class ModelFile:
 
 
 def _saved_init(init):
-    """The saved initialiser names, if they are names; weights are loaded over them anyway."""
-    if isinstance(init, list) and all(isinstance(name, str) for name in init):
-        return init
-    return "auto"
-
-
-def _count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-_STATE_CHECKS = {
-    "epoch": _count,
-    "batch": _count,
-    "best_epoch": _count,
-    "bad_epochs": _count,
-    "best_val_loss": _number,
-    "records": lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
-    "partial": lambda v: isinstance(v, list) and len(v) in (0, 4) and all(_number(x) for x in v),
-    "stopped_early": lambda v: isinstance(v, bool),
-    "interrupted": lambda v: isinstance(v, bool),
-    "restored_best": lambda v: isinstance(v, bool),
-}
+    """The saved initialiser names (checked by the schema); weights are loaded over them anyway."""
+    return "auto" if init is None else init
 
 
 def load_model(path: str | os.PathLike, backend=None, device=None, dtype=None) -> MLP:

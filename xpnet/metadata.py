@@ -1,0 +1,274 @@
+"""The schema of a model file's metadata: every section, every key, checked before use.
+
+A model file's ``__metadata__`` maps section names to JSON strings. ``decode``
+parses each one and checks it against the schema below (types, ranges, finiteness,
+lengths, and the relations between sections: one activation per layer, a scaling
+per input feature, a class name per output), so that nothing is built or allocated
+from a file until all of it is known to be sound. A broken value is refused with a
+``ModelFileError`` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from xpnet.activations import get_activation
+from xpnet.errors import ConfigError, ModelFileError
+from xpnet.init import init_name
+from xpnet.losses import loss_name
+from xpnet.schema import (
+    INT64_MAX,
+    Bool,
+    Custom,
+    Either,
+    Int,
+    Invalid,
+    ListOf,
+    Node,
+    Null,
+    Number,
+    Record,
+    Text,
+    check,
+)
+from xpnet.settings import TABLE, Setting
+
+#: Most layers a model file may declare.
+MAX_LAYERS = 1000
+#: Widest layer a model file may declare (int32 indexing); the tensors must match anyway.
+MAX_WIDTH = 2**31 - 1
+#: Most class names a model file may hold (the data readers' own limit on labels).
+MAX_CLASSES = 100_000
+#: Most epochs of history a file may hold (a JSON header is at most 100 MB anyway).
+MAX_RECORDS = 1_000_000
+FLOAT32_MAX = 3.4028234663852886e38
+
+_COUNT = Int(0, INT64_MAX)
+_RATE = Number(0.0, 1.0, open_high=True)
+_ACTIVATION = Text(max_len=64, parse=get_activation, what="an activation name")
+_INIT = Text(max_len=64, parse=init_name, what="an initialiser name")
+_SCALE_VALUE = Number(-FLOAT32_MAX, FLOAT32_MAX)
+
+
+def _per_layer(*keys: str):
+    """A rule: each list under ``keys`` has one entry per layer."""
+
+    def rule(arch: dict):
+        depth = len(arch["sizes"]) - 1
+        for key in keys:
+            value = arch.get(key)
+            if isinstance(value, list) and len(value) != depth:
+                return key, f"lists {len(value)} entries but the architecture has {depth} layers"
+        return None
+
+    return rule
+
+
+def _output_not_dropped(arch: dict):
+    dropout = arch.get("dropout")
+    if isinstance(dropout, list) and dropout and dropout[-1]:
+        return "dropout", f"the output layer's rate is {dropout[-1]}; outputs are never dropped"
+    return None
+
+
+ARCHITECTURE = Record(
+    {
+        "sizes": ListOf(Int(1, MAX_WIDTH), 2, MAX_LAYERS + 1),
+        "activations": ListOf(_ACTIVATION, 1, MAX_LAYERS),
+        "loss": Text(max_len=64, parse=loss_name, what="a loss name"),
+        "init": Either((_INIT, ListOf(_INIT, 1, MAX_LAYERS))),
+        "dropout": Either((_RATE, ListOf(_RATE, 1, MAX_LAYERS))),
+        "dtype": Text(choices=("float32", "float64")),
+    },
+    optional=frozenset({"loss", "init", "dropout", "dtype"}),
+    rules=(_per_layer("activations", "init", "dropout"), _output_not_dropped),
+)
+
+#: One epoch of history: the metrics ``fit`` records (a later xpnet may add more numbers).
+RECORD = Record(
+    {
+        "epoch": Int(1, INT64_MAX),
+        "loss": Number(),
+        "accuracy": Number(0.0, 1.0),
+        "val_loss": Number(),
+        "val_accuracy": Number(0.0, 1.0),
+        "lr": Number(0.0),
+        "seconds": Number(0.0),
+        "samples_per_s": Number(0.0, finite=False),  # infinite when an epoch took no measurable time
+    },
+    optional=frozenset({"accuracy", "val_loss", "val_accuracy", "lr", "seconds", "samples_per_s"}),
+    extra=Number(finite=False),
+    what="an epoch record",
+)
+HISTORY = ListOf(RECORD, 0, MAX_RECORDS)
+
+#: NumPy's default generator (PCG64): the only shuffling state a checkpoint may carry.
+PCG64_STATE = Record(
+    {
+        "bit_generator": Text(choices=("PCG64",)),
+        "state": Record({"state": Int(0, 2**128 - 1), "inc": Int(0, 2**128 - 1)}),
+        "has_uint32": Int(0, 1),
+        "uinteger": Int(0, 2**32 - 1),
+    },
+    what="a NumPy PCG64 generator state",
+)
+#: A PyTorch generator's state: its bytes.
+TORCH_STATE = Record({"torch": ListOf(Int(0, 255), 1, 1 << 16)}, what="a PyTorch generator state")
+
+
+def _loop_rules(state: dict):
+    if state["best_epoch"] > state["epoch"]:
+        return "best_epoch", f"is {state['best_epoch']}, after the {state['epoch']} epochs completed"
+    if state["batch"] and len(state["partial"]) != 4:
+        return "partial", f"must hold the 4 sums of the interrupted epoch (batch {state['batch']})"
+    return None
+
+
+LOOP_STATE = Record(
+    {
+        "records": HISTORY,
+        "epoch": _COUNT,
+        "batch": _COUNT,
+        "rng_state": Either((Null(), PCG64_STATE)),
+        "dropout_state": Either((Null(), PCG64_STATE, TORCH_STATE)),
+        "partial": Either((ListOf(Number(), 0, 0), ListOf(Number(0.0), 4, 4))),
+        "best_val_loss": Number(0.0, finite=False),  # infinite until a first validation
+        "best_epoch": _COUNT,
+        "bad_epochs": _COUNT,
+        "stopped_early": Bool(),
+        "interrupted": Bool(),
+        "restored_best": Bool(),
+    },
+    optional=frozenset({"records", "rng_state", "dropout_state", "partial", "stopped_early", "interrupted"}),
+    rules=(_loop_rules,),
+    what="the training loop's state",
+)
+CHECKPOINT = Record(
+    {"state": LOOP_STATE, "optimizer_steps": Int(0, 2**53), "buffers": Int(0, 4 * MAX_LAYERS)},
+    what="a checkpoint's state",
+)
+SCALING = Record(
+    {
+        "kind": Text(choices=("unit", "symmetric", "standard", "none")),
+        "shift": Either((_SCALE_VALUE, ListOf(_SCALE_VALUE, 1, MAX_WIDTH))),
+        "scale": Either((_SCALE_VALUE, ListOf(_SCALE_VALUE, 1, MAX_WIDTH))),
+    },
+    what="an input scaling",
+)
+CLASS_NAMES = ListOf(Text(max_len=1000, empty=True, what="a class name"), 0, MAX_CLASSES)
+_VERSION_TEXT = Text(max_len=64)
+
+
+@dataclass(frozen=True)
+class SettingNode(Node):
+    """A training setting, checked by its row of the settings table (``xpnet.settings``).
+
+    JSON the table's checks were not written for (a 400-digit integer, a megabyte
+    string, a lone surrogate) is refused here first.
+    """
+
+    setting: Setting
+
+    def expects(self) -> str:
+        return f"a valid {self.setting.name} ({self.setting.help})"
+
+    def check(self, value, where):
+        if isinstance(value, str):
+            _SAFE_TEXT.check(value, where)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            _SAFE_INT.check(value, where)
+        try:
+            return self.setting.validate(value)
+        except ConfigError as exc:
+            raise Invalid(where, str(exc)) from None
+        except (TypeError, ValueError, OverflowError):
+            raise self.fail(value, where) from None
+
+
+_SAFE_TEXT = Text(empty=True)
+_SAFE_INT = Int(-INT64_MAX, INT64_MAX)
+
+
+#: The training settings a run saves: each key checked by its row of the settings table, all
+#: optional (a file written from Python may carry only some, and any others, which are ignored).
+TRAINING = Record(
+    {name: SettingNode(setting) for name, setting in TABLE.items()},
+    optional=frozenset(TABLE),
+    extra=Custom("any JSON value", lambda value: True),
+    what="the training settings",
+)
+
+#: Section name -> (schema, required?, default when absent).
+SECTIONS: dict[str, tuple[Node, bool, Any]] = {
+    "architecture": (ARCHITECTURE, True, None),
+    "training": (TRAINING, True, None),
+    "class_names": (CLASS_NAMES, True, None),
+    "scaling": (Either((Null(), SCALING)), True, None),
+    "history": (HISTORY, False, []),
+    "checkpoint": (Either((Null(), CHECKPOINT)), False, None),
+}
+
+
+@dataclass
+class Metadata:
+    """A model file's metadata, decoded and checked."""
+
+    architecture: dict
+    training: dict
+    class_names: list[str]
+    scaling: dict | None
+    history: list[dict]
+    checkpoint: dict | None
+    xpnet_version: str
+
+    @property
+    def sizes(self) -> list[int]:
+        return self.architecture["sizes"]
+
+
+def decode(metadata: dict[str, str], name: str) -> Metadata:
+    """Every section of ``metadata`` parsed and checked; ``name`` is the file, for messages."""
+    try:
+        for key in ("format_version", "xpnet_version"):
+            if key in metadata:
+                check(_VERSION_TEXT, metadata[key], key)
+        sections = {}
+        for key, (node, required, default) in SECTIONS.items():
+            if key not in metadata:
+                if required:
+                    raise Invalid(key, "is missing")
+                sections[key] = default
+                continue
+            sections[key] = check(node, _parse(metadata[key], key), key)
+        _check_across(sections)
+    except Invalid as exc:
+        raise ModelFileError(
+            f"{name}: metadata {exc.where}: {exc.problem}; the file is damaged or was not written by xpnet"
+        ) from None
+    return Metadata(**sections, xpnet_version=metadata.get("xpnet_version", "?"))
+
+
+def _parse(text: str, key: str) -> Any:
+    """One section's JSON; NaN and Infinity parse (and the schema says where they are wrong)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise Invalid(key, "is nested too deeply") from None
+    except ValueError as exc:  # including integers over Python's 4300-digit limit
+        raise Invalid(key, f"is not valid JSON ({str(exc)[:80]})") from None
+
+
+def _check_across(sections: dict) -> None:
+    """Relations between sections: scaling per input feature, class names per output."""
+    sizes = sections["architecture"]["sizes"]
+    scaling = sections["scaling"]
+    if scaling is not None:
+        for key in ("shift", "scale"):
+            value = scaling[key]
+            if isinstance(value, list) and len(value) != sizes[0]:
+                raise Invalid(f"scaling.{key}", f"has {len(value)} values but the model takes {sizes[0]} features")
+    names, outputs = sections["class_names"], sizes[-1]
+    if names and len(names) != outputs and not (outputs == 1 and len(names) == 2):
+        raise Invalid("class_names", f"lists {len(names)} names but the model has {outputs} outputs")
