@@ -121,8 +121,12 @@ class ModelFile:
     def optimizer_buffers(self, net: MLP, optimizer) -> list:
         """The checkpoint's optimizer buffers, checked against what ``optimizer`` keeps, uploaded."""
         expected = optimizer.buffer_shapes(net.params)
-        if not self.checkpoint or self.checkpoint.get("buffers") != len(expected):
-            raise self.error(f"checkpoint does not hold the {len(expected)} buffers of a {type(optimizer).__name__}")
+        held = self.checkpoint.get("buffers") if self.checkpoint else None
+        if held != len(expected):
+            raise self.error(
+                f"metadata checkpoint.buffers is {held}, but {type(optimizer).__name__} keeps {len(expected)} "
+                "buffers for this network"
+            )
         buffers = []
         for k, shape in enumerate(expected):
             tensor = self.tensors.get(f"optimizer.{k}")

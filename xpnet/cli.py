@@ -192,9 +192,14 @@ def _evaluate_command(args) -> int:
     net = saved.build(args.backend, args.device)
     dataset = args.dataset or saved.training.get("dataset")
     if not dataset:
-        raise ConfigError(f"{args.model} does not say which dataset it was trained on; pass --dataset")
+        raise ConfigError(f"{args.model}: metadata training.dataset is missing; pass --dataset")
     task = decide_task(net.loss_name, net.activations[-1])
-    data = load_dataset(dataset, data_dir=args.data_dir, progress=False, task=task)
+    try:
+        data = load_dataset(dataset, data_dir=args.data_dir, progress=False, task=task)
+    except XpnetError as exc:
+        if args.dataset:
+            raise
+        raise type(exc)(f"{args.model}: metadata training.dataset: {exc}") from None
     check_fits(net, data, f"dataset {dataset!r}")
     started = time.perf_counter()
     print(format_test(net.evaluate(data.X_test, data.y_test), time.perf_counter() - started))

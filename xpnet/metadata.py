@@ -32,6 +32,7 @@ from xpnet.schema import (
     Record,
     Text,
     check,
+    deepest_key,
 )
 from xpnet.settings import TABLE, Setting
 
@@ -69,7 +70,7 @@ def _per_layer(*keys: str):
 def _output_not_dropped(arch: dict):
     dropout = arch.get("dropout")
     if isinstance(dropout, list) and dropout and dropout[-1]:
-        return "dropout", f"the output layer's rate is {dropout[-1]}; outputs are never dropped"
+        return f"dropout[{len(dropout) - 1}]", f"is {dropout[-1]}, the output layer's rate; outputs are never dropped"
     return None
 
 
@@ -175,10 +176,7 @@ class SettingNode(Node):
         return f"a valid {self.setting.name} ({self.setting.help})"
 
     def check(self, value, where):
-        if isinstance(value, str):
-            _SAFE_TEXT.check(value, where)
-        elif isinstance(value, int) and not isinstance(value, bool):
-            _SAFE_INT.check(value, where)
+        _SAFE_JSON.check(value, where)
         try:
             return self.setting.validate(value)
         except ConfigError as exc:
@@ -187,16 +185,27 @@ class SettingNode(Node):
             raise self.fail(value, where) from None
 
 
-_SAFE_TEXT = Text(empty=True)
-_SAFE_INT = Int(-INT64_MAX, INT64_MAX)
+#: What any setting's value may be at all: plain numbers, bounded text, a short list of those.
+_SAFE_SCALAR = Either((Null(), Bool(), Int(-INT64_MAX, INT64_MAX), Number(finite=False), Text(empty=True)))
+_SAFE_JSON = Either((_SAFE_SCALAR, ListOf(_SAFE_SCALAR, 0, MAX_LAYERS)))
+
+
+def _settings_agree(settings: dict):
+    """Settings that only make sense together (as ``fit`` and the optimizers require)."""
+    if settings.get("patience") is not None and not settings.get("val_split", TABLE["val_split"].default):
+        return "patience", "needs validation data, but val_split is 0"
+    if settings.get("nesterov") and not settings.get("momentum"):
+        return "nesterov", "needs a momentum > 0"
+    return None
 
 
 #: The training settings a run saves: each key checked by its row of the settings table, all
 #: optional (a file written from Python may carry only some, and any others, which are ignored).
 TRAINING = Record(
-    {name: SettingNode(setting) for name, setting in TABLE.items()},
-    optional=frozenset(TABLE),
+    {name: SettingNode(setting) for name, setting in TABLE.items()} | {"recipe": Either((Null(), Text(max_len=64)))},
+    optional=frozenset([*TABLE, "recipe"]),  # recipe: the name a run started from, not a table setting
     extra=Custom("any JSON value", lambda value: True),
+    rules=(_settings_agree,),
     what="the training settings",
 )
 
@@ -255,7 +264,7 @@ def _parse(text: str, key: str) -> Any:
     try:
         return json.loads(text)
     except RecursionError:
-        raise Invalid(key, "is nested too deeply") from None
+        raise Invalid(deepest_key(text, key), "is nested too deeply") from None
     except ValueError as exc:  # including integers over Python's 4300-digit limit
         raise Invalid(key, f"is not valid JSON ({str(exc)[:80]})") from None
 

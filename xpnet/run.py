@@ -8,7 +8,6 @@ recipe's, then the user's). ``run_training`` is what ``python -m xpnet train`` a
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -17,8 +16,8 @@ from pathlib import Path
 from xpnet.backend import get_backend
 from xpnet.checkpoint import ModelFile, save_model
 from xpnet.data import load_dataset, train_val_split
-from xpnet.errors import ConfigError, DivergenceError
-from xpnet.fileio import atomic_write_text
+from xpnet.errors import BackendError, ConfigError, DataError, DivergenceError
+from xpnet.fileio import atomic_write_text, check_output_path
 from xpnet.network import MLP
 from xpnet.optim import get_optimizer
 from xpnet.plot import check_plot_path, plot_training
@@ -57,6 +56,8 @@ def resumed_settings(path: str, overrides: dict) -> dict:
     saved = ModelFile(path)
     if not saved.checkpoint:
         raise ConfigError(f"--resume {path}: this is a final model, not a checkpoint (it ends in .ckpt.safetensors)")
+    if "dataset" not in saved.training:
+        raise ConfigError(f"--resume {path}: metadata training.dataset is missing; it was not written by xpnet train")
     settings = checked({**BASE_SETTINGS, **saved.training}, f"--resume {path}: its setting")
     settings.update({key: overrides[key] for key in RUN_SETTINGS if overrides.get(key) is not None})
     return settings
@@ -99,10 +100,13 @@ def run_training(
     settings = checked({**BASE_SETTINGS, **settings})
     log = log or (lambda message: None if quiet else print(message, flush=True))
     started = time.perf_counter()
-    backend = get_backend(settings.get("backend"), settings.get("device"))  # fail fast, before the data
     files = _check_outputs(out, history_path, plot_path)
-    data, (X_train, y_train, X_val, y_val) = _load_data(settings, quiet)
-    net, optimizer, history = _model_and_optimizer(settings, backend, data, X_train, resume)
+    try:
+        data, (X_train, y_train, X_val, y_val), (net, optimizer, history) = _prepare(settings, resume, quiet)
+    except (ConfigError, DataError, BackendError) as exc:
+        if not resume:
+            raise
+        raise type(exc)(f"--resume {resume}: with the settings it was trained with: {exc}") from None
     if history is not None:
         log(f"resuming {resume} at epoch {history.epoch + 1}, batch {history.batch}")
     log(f"{net}\n{len(X_train)} training, {len(X_val)} validation, {len(data.X_test)} test samples")
@@ -153,13 +157,22 @@ def _fit_options(settings: dict, net, quiet: bool, log) -> dict:
 def _check_outputs(out, history_path, plot_path) -> _Files:
     """Refuse output paths that cannot be written, before any data is read or time spent."""
     if out:
-        _check_writable(out, "--out")
+        check_output_path(out, "--out")
     if history_path:
         _history_format(history_path)
+        check_output_path(history_path, "--history")
     if plot_path:
         check_plot_path(plot_path)
+        check_output_path(plot_path, "--plot")
     out = Path(out) if out else None
     return _Files(out, checkpoint_path(out) if out else None, history_path, plot_path)
+
+
+def _prepare(settings: dict, resume, quiet: bool):
+    """The run's data, its train/validation split, and ``(net, optimizer, history)``."""
+    backend = get_backend(settings.get("backend"), settings.get("device"))  # fail fast, before the data
+    data, split = _load_data(settings, quiet)
+    return data, split, _model_and_optimizer(settings, backend, data, split[0], resume)
 
 
 def _load_data(settings: dict, quiet: bool):
@@ -168,6 +181,11 @@ def _load_data(settings: dict, quiet: bool):
     data = load_dataset(settings["dataset"], data_dir=settings.get("data_dir"), progress=not quiet, task=task)
     decide_task(settings["loss"], settings["output"], given=data.task, source=f"dataset {settings['dataset']!r}")
     split = train_val_split(data.X_train, data.y_train, settings["val_split"], seed=settings["seed"])
+    if settings["patience"] is not None and not len(split[2]):
+        raise ConfigError(
+            f"patience needs validation samples, but val_split {settings['val_split']:g} holds out none of "
+            f"the {len(data.X_train)}; use a larger --val-split"
+        )
     return data, split
 
 
@@ -256,15 +274,6 @@ def task_of(settings: dict) -> str:
 def format_test(test: dict, seconds: float) -> str:
     metrics = "  ".join(f"{key} {value:.4f}" for key, value in test.items())
     return f"test  {metrics}  ({seconds:.1f} s)"
-
-
-def _check_writable(path, option: str) -> None:
-    """Refuse an output path in a folder xpnet cannot write, before training starts."""
-    folder = Path(path).absolute().parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise ConfigError(f"{option} {path}: cannot write in {folder}; choose another path")
 
 
 def _history_format(path) -> str:

@@ -241,8 +241,8 @@ class Record(Node):
         return self.what if self.what != "an object" else f"an object with the keys {', '.join(self.fields)}"
 
     def check(self, value, where):
-        if not isinstance(value, dict):
-            raise self.fail(value, where)
+        if not isinstance(value, dict) or (self.extra is None and value and not set(value) & set(self.fields)):
+            raise self.fail(value, where)  # not even the shape of this record (in an Either, another may fit)
         missing = [key for key in self.fields if key not in value and key not in self.optional]
         if missing:
             raise Invalid(_join(where, missing[0]), "is missing")
@@ -287,3 +287,36 @@ class Custom(Node):
 def check(node: Node, value: Any, where: str = "") -> Any:
     """``value`` checked against ``node``; raises ``Invalid`` naming the first bad key."""
     return node.check(value, where)
+
+
+def deepest_key(text: str, where: str = "", limit: int = 200) -> str:
+    """The key path at which JSON ``text`` first nests deeper than ``limit``.
+
+    For the message when ``json.loads`` gives up on deep nesting (a RecursionError
+    says nothing of where): the text is scanned, not parsed, so any depth is fine.
+    """
+    stack: list[list] = []  # per open container: [bracket, current key or index]
+    last_string, i = "", 0
+    while i < len(text) and len(stack) <= limit:
+        char = text[i]
+        if char == '"':
+            end = i + 1
+            while end < len(text) and text[end] != '"':
+                end += 2 if text[end] == "\\" else 1
+            last_string, i = text[i + 1 : end], end + 1
+            continue
+        if char in "[{":
+            stack.append([char, 0 if char == "[" else ""])
+        elif char in "]}" and stack:
+            stack.pop()
+        elif char == ":" and stack and stack[-1][0] == "{":
+            stack[-1][1] = last_string
+        elif char == "," and stack and stack[-1][0] == "[":
+            stack[-1][1] += 1
+        i += 1
+    keys = [key for _, key in stack[:-1]]
+    named = [i for i, key in enumerate(keys) if isinstance(key, str)]
+    path = where
+    for key in keys[: named[-1] + 2 if named else 1]:  # up to the last name and one index after it
+        path = f"{path}[{key}]" if isinstance(key, int) else _join(path, key)
+    return path
