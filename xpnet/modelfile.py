@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
+
 from xpnet._version import __version__
+from xpnet.errors import DivergenceError
 from xpnet.safetensors import save_tensors
 
 FORMAT = "xpnet-mlp"
@@ -47,6 +50,12 @@ def save_model(
         metadata["checkpoint"] = json.dumps(
             {"state": history.resume_state(), "optimizer_steps": optimizer.steps, "buffers": len(buffers)}
         )
+    for name, tensor in tensors.items():
+        if not np.all(np.isfinite(tensor)):
+            raise DivergenceError(
+                f"not saving {path}: tensor {name!r} holds NaN or infinite values (did training diverge?); "
+                "a model file holds finite weights only"
+            )
     save_tensors(path, tensors, metadata)
 
 

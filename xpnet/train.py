@@ -79,6 +79,7 @@ class EpochTotals:
     val_loss_sum: float | None = None
     val_correct: float | None = None
     val_seen: float | None = None
+    largest_weight: float = 0.0  #: max |w| after the epoch's last step (NaN once any weight is)
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,9 @@ def _train_step(loop: _Loop, idx, sums: RunningSums) -> None:
 def _interrupt(loop: _Loop, history: History, sums: RunningSums, batches: int, seconds: float) -> None:
     """Record in ``history`` where a stopped epoch got, so ``fit(..., history=history)`` goes on exactly."""
     net = loop.net
-    loss_sum, correct = net.backend.to_host(net.xp.stack([sums.loss, sums.correct])).tolist()
+    loss_sum, correct, largest = net.backend.to_host(net.xp.stack([sums.loss, sums.correct, largest_weight(net)]))
+    _check_diverged({"epoch": history.epoch + 1, "loss": float(loss_sum)}, float(largest), loop.optimizer)
+    loss_sum, correct = float(loss_sum), float(correct)
     history.batch = batches
     history.partial = PartialEpoch(loss_sum, correct, float(batches * loop.batch_size), seconds)
     history.dropout_state = net.dropout_rng.get_state() if net.dropout_rng else None
@@ -269,13 +272,15 @@ def _read_totals(loop: _Loop, sums: RunningSums, seen: int) -> EpochTotals:
     device_sums = [sums.loss, sums.correct, zero_sum(xp, net) + float(seen)]
     if loop.validation is not None:
         device_sums += evaluate_sums(net, *loop.validation)
-    return EpochTotals(*net.backend.to_host(xp.stack(device_sums)).tolist())
+    device_sums.append(largest_weight(net))  # a NaN from the epoch's last step shows here, not in its loss
+    *values, largest = net.backend.to_host(xp.stack(device_sums)).tolist()
+    return EpochTotals(*values, largest_weight=largest)
 
 
 def _end_epoch(loop: _Loop, history: History, rng, totals: EpochTotals, seconds: float, on_epoch_end) -> bool:
     """Book the finished epoch into ``history`` (state for a per-epoch checkpoint included), log it,
     keep the best weights, call ``on_epoch_end``; True if early stopping ends training here.
-    A NaN or infinite loss ends it with a ``DivergenceError``."""
+    A NaN or infinite loss, weight or validation loss ends it with a ``DivergenceError``."""
     net = loop.net
     record = _record(net, history.epoch + 1, totals, seconds, loop.optimizer)
     history.epoch += 1
@@ -283,11 +288,7 @@ def _end_epoch(loop: _Loop, history: History, rng, totals: EpochTotals, seconds:
     history.partial = None
     history.rng_state = rng.bit_generator.state  # the next epoch's, so a per-epoch checkpoint resumes exactly
     history.dropout_state = net.dropout_rng.get_state() if net.dropout_rng else None
-    if not math.isfinite(record["loss"]):
-        raise DivergenceError(
-            f"training diverged in epoch {record['epoch']}: the loss became {record['loss']}; "
-            f"try a smaller learning rate (now {loop.optimizer.base_lr:g})"
-        )
+    _check_diverged(record, totals.largest_weight, loop.optimizer)  # before the record and its checkpoint are kept
     history.records.append(record)
     if loop.log is not None and _worth_logging(record["epoch"], loop.epochs):
         loop.log(format_record(record))
@@ -301,6 +302,32 @@ def _end_epoch(loop: _Loop, history: History, rng, totals: EpochTotals, seconds:
     if loop.log is not None:
         loop.log(f"early stopping: no better validation loss for {patience} epochs")
     return True
+
+
+def largest_weight(net):
+    """max |w| over every parameter, as a 0-d device array: NaN or infinite once any weight is.
+
+    One reduction per parameter, read with the epoch's metrics: the loss is measured
+    before each step, so a step that ruins the weights shows here first.
+    """
+    xp = net.xp
+    return xp.max(xp.stack([xp.max(xp.abs(p)) for p in net.params]))
+
+
+def _check_diverged(record: dict, largest: float, optimizer) -> None:
+    """Raise ``DivergenceError`` if the epoch's loss, its weights or its validation loss are not finite."""
+    if not math.isfinite(record["loss"]):
+        problem = f"the loss became {record['loss']}"
+    elif not math.isfinite(largest):
+        problem = f"the weights became {largest} (after the loss was measured)"
+    elif not math.isfinite(record.get("val_loss", 0.0)):
+        problem = f"the validation loss became {record['val_loss']}"
+    else:
+        return
+    raise DivergenceError(
+        f"training diverged in epoch {record['epoch']}: {problem}; try a smaller learning rate "
+        f"(now {optimizer.base_lr:g})"
+    )
 
 
 def _restore_best(net, history: History, log) -> None:
