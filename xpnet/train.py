@@ -257,9 +257,9 @@ def _train_step(loop: _Loop, idx, sums: RunningSums) -> None:
 def _interrupt(loop: _Loop, history: History, sums: RunningSums, batches: int, seconds: float) -> None:
     """Record in ``history`` where a stopped epoch got, so ``fit(..., history=history)`` goes on exactly."""
     net = loop.net
-    loss_sum, correct, largest = net.backend.to_host(net.xp.stack([sums.loss, sums.correct, largest_weight(net)]))
-    _check_diverged({"epoch": history.epoch + 1, "loss": float(loss_sum)}, float(largest), loop.optimizer)
-    loss_sum, correct = float(loss_sum), float(correct)
+    read = [sums.loss, sums.correct, largest_weight(net, loop.optimizer)]
+    loss_sum, correct, largest = net.backend.to_host(net.xp.stack(read)).tolist()
+    _check_diverged({"epoch": history.epoch + 1, "loss": loss_sum}, largest, loop.optimizer)
     history.batch = batches
     history.partial = PartialEpoch(loss_sum, correct, float(batches * loop.batch_size), seconds)
     history.dropout_state = net.dropout_rng.get_state() if net.dropout_rng else None
@@ -272,7 +272,9 @@ def _read_totals(loop: _Loop, sums: RunningSums, seen: int) -> EpochTotals:
     device_sums = [sums.loss, sums.correct, zero_sum(xp, net) + float(seen)]
     if loop.validation is not None:
         device_sums += evaluate_sums(net, *loop.validation)
-    device_sums.append(largest_weight(net))  # a NaN from the epoch's last step shows here, not in its loss
+    device_sums.append(
+        largest_weight(net, loop.optimizer)
+    )  # a NaN from the epoch's last step shows here, not in its loss
     *values, largest = net.backend.to_host(xp.stack(device_sums)).tolist()
     return EpochTotals(*values, largest_weight=largest)
 
@@ -304,14 +306,15 @@ def _end_epoch(loop: _Loop, history: History, rng, totals: EpochTotals, seconds:
     return True
 
 
-def largest_weight(net):
-    """max |w| over every parameter, as a 0-d device array: NaN or infinite once any weight is.
+def largest_weight(net, optimizer):
+    """max |w| over every parameter and optimizer buffer, as a 0-d device array: NaN or
+    infinite once any of them is (Adam's squared gradients can overflow while the weights stay finite).
 
-    One reduction per parameter, read with the epoch's metrics: the loss is measured
+    One reduction per array, read with the epoch's metrics: the loss is measured
     before each step, so a step that ruins the weights shows here first.
     """
     xp = net.xp
-    return xp.max(xp.stack([xp.max(xp.abs(p)) for p in net.params]))
+    return xp.max(xp.stack([xp.max(xp.abs(a)) for a in [*net.params, *optimizer.state_arrays()]]))
 
 
 def _check_diverged(record: dict, largest: float, optimizer) -> None:
@@ -319,7 +322,7 @@ def _check_diverged(record: dict, largest: float, optimizer) -> None:
     if not math.isfinite(record["loss"]):
         problem = f"the loss became {record['loss']}"
     elif not math.isfinite(largest):
-        problem = f"the weights became {largest} (after the loss was measured)"
+        problem = f"the weights or the optimizer's state became {largest} (after the loss was measured)"
     elif not math.isfinite(record.get("val_loss", 0.0)):
         problem = f"the validation loss became {record['val_loss']}"
     else:
