@@ -7,12 +7,14 @@ the same initial weights everywhere, and a clear message where no GPU is.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import CPU_BACKENDS, HAVE_TORCH, build_mlp, host
 
-from xpnet.backend import get_backend
+import xpnet.backend
+from xpnet.backend import Backend, RandomGenerator, get_backend
 from xpnet.errors import BackendError, ConfigError
 from xpnet.optim import SGD, Adam, AdamW
 
@@ -213,3 +215,109 @@ def test_training_flushes_denormals_and_puts_the_mode_back():
     if _libm() is None:
         pytest.skip("no known way to flush denormals on this platform (x86-64 glibc only)")
     assert flushed == 0.0
+
+
+# -- issue 12: devices, synchronisation, dropout state, the CUDA libraries -------------------
+
+
+def test_owns_checks_the_device_and_copies_land_on_the_backends_own_device():
+    """An array on another device of the same library is not the backend's own; to_device and
+    copy bring it over (on CuPy the copy used to land on the current GPU, not the backend's)."""
+    backend = get_backend("array-api-strict", "device1")
+    other = get_backend("array-api-strict", "device2").upload(np.arange(3.0))
+    assert backend.same_library(other) and not backend.owns(other)
+    copy = backend.copy(other)
+    assert backend.owns(copy) and backend.device_of(copy) == backend.device
+    net = build_mlp(("array-api-strict", "device1"), [3, 2])
+    moved = net.to_device(other)
+    assert net.backend.owns(moved)
+    assert not get_backend("numpy").owns([1.0, 2.0])
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason='needs PyTorch (pip install "xpnet[torch]")')
+def test_torch_owns_only_tensors_on_its_device():
+    meta, cpu = get_backend("torch", "meta"), get_backend("torch", "cpu")
+    tensor = cpu.upload(np.zeros(2))
+    assert cpu.owns(tensor) and not meta.owns(tensor)
+    assert meta.owns(meta.copy(tensor))
+
+
+class _StubDevice:
+    def __init__(self):
+        self.synchronized = 0
+
+    def synchronize(self):
+        self.synchronized += 1
+
+
+def test_synchronize_waits_on_the_backends_own_gpu():
+    """CuPy's deviceSynchronize waits on the *current* GPU; a backend on cuda:1 must wait on cuda:1."""
+    device = _StubDevice()
+    Backend("cupy", None, device).synchronize()
+    assert device.synchronized == 1
+
+
+def test_the_cuda_extras_bring_the_libraries_cupy_needs():
+    tomllib = pytest.importorskip("tomllib")
+    with open(Path(__file__).parents[1] / "pyproject.toml", "rb") as stream:
+        extras = tomllib.load(stream)["project"]["optional-dependencies"]
+    assert any(dep.startswith("cupy-cuda12x[ctk]") for dep in extras["cuda12"])
+    assert any(dep.startswith("cupy-cuda13x[ctk]") for dep in extras["cuda13"])
+
+
+def test_a_gpu_without_cublas_is_refused_naming_what_is_missing(monkeypatch):
+    """With only the driver, CuPy sees the GPU but fails at the first matmul: refused up front."""
+    cupy = pytest.importorskip("cupy", reason="needs CuPy importable (no GPU needed)")
+    monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 1)
+    libraries = {"CuPy": "14.2.0", "NVRTC": "12.9", "cuBLAS": "missing (libcublas.so.12: not found)", "NCCL": "9"}
+    monkeypatch.setattr(xpnet.backend, "cuda_libraries", lambda: libraries)
+    with pytest.raises(BackendError, match=r"cuBLAS missing \(libcublas.so.12: not found\).*ctk.*xpnet\[cuda12\]"):
+        get_backend(device="cuda")
+    monkeypatch.setattr(xpnet.backend, "cuda_libraries", lambda: {**libraries, "cuBLAS": "found"})
+    assert get_backend(device="cuda").name == "cupy"  # NCCL is not needed on one GPU
+
+
+def test_cuda_libraries_are_probed_without_a_gpu():
+    pytest.importorskip("cupy", reason="needs CuPy importable (no GPU needed)")
+    found = xpnet.backend.cuda_libraries()
+    assert set(found) == {"CuPy", "NVRTC", "cuBLAS", "NCCL"}
+    assert found["NVRTC"][0].isdigit(), found  # the NVRTC wheel of the test extra is loadable
+    assert all(v[0].isdigit() or v == "found" or v.startswith("missing (") for v in found.values())
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason='needs PyTorch (pip install "xpnet[torch]")')
+def test_a_dropout_state_from_another_device_kind_reseeds_deterministically():
+    """A CUDA generator's 16-byte state cannot continue on the CPU (5056 bytes): the stream is
+    reseeded from the saved state, the same way every time, instead of failing the resume."""
+    backend = get_backend("torch", "cpu")
+    saved = backend.random_generator(3).get_state()
+    assert saved["device"] == "cpu"
+    cuda_state = {"torch": list(range(16)), "device": "cuda"}
+    assert RandomGenerator.valid_state(cuda_state)
+    draws = []
+    for _ in range(2):
+        generator = backend.random_generator(0)
+        generator.set_state(cuda_state)
+        draws.append(backend.to_host(generator.uniform((5,), backend.xp.float32)))
+    np.testing.assert_array_equal(draws[0], draws[1])
+    fresh = backend.to_host(backend.random_generator(0).uniform((5,), backend.xp.float32))
+    assert not np.array_equal(draws[0], fresh)
+    continued = backend.random_generator(0)
+    continued.set_state(saved)  # same device kind: the stream itself continues
+    np.testing.assert_array_equal(
+        backend.to_host(continued.uniform((5,), backend.xp.float32)),
+        backend.to_host(backend.random_generator(3).uniform((5,), backend.xp.float32)),
+    )
+
+
+def test_a_cupy_dropout_state_is_valid_and_resumes_deterministically_elsewhere():
+    state = {"cupy": {"seed": 0, "draws": 12}}
+    assert RandomGenerator.valid_state(state)
+    assert not RandomGenerator.valid_state({"cupy": {"seed": "x"}})
+    backend = get_backend("numpy")
+    runs = []
+    for _ in range(2):
+        generator = backend.random_generator(0)
+        generator.set_state(state)
+        runs.append(generator.uniform((4,), np.float32))
+    np.testing.assert_array_equal(runs[0], runs[1])

@@ -1,14 +1,13 @@
 """The fused CuPy kernels against the array-API code they replace, without a GPU.
 
-Each kernel's CUDA body is a few C statements; ``CKernel`` runs them with NumPy,
-called exactly as CuPy's ``ElementwiseKernel`` is (inputs, then outputs updated in
-place). That checks the argument order, the math and the in-place updates of every
-fused path here; compiling the C is left to the GPU tests (tests/test_gpu.py).
+Each kernel's CUDA body is a few C statements; ``CKernel`` (xpnet.selfcheck.interpret)
+runs them with NumPy, called exactly as CuPy's ``ElementwiseKernel`` is (inputs, then
+outputs updated in place). That checks the argument order, the math and the in-place
+updates of every fused path here; tests/test_kernel_compile.py compiles the C for real
+GPUs, and tests/test_gpu.py runs it on one.
 """
 
 from __future__ import annotations
-
-import re
 
 import array_api_compat.numpy as xp
 import numpy as np
@@ -17,37 +16,8 @@ import pytest
 import xpnet.activations
 import xpnet.network
 from xpnet.activations import ReLU
-from xpnet.backend import KERNELS
 from xpnet.optim import SGD, Adam, AdamW
-
-
-class CKernel:
-    """An ``ElementwiseKernel`` stand-in that interprets the kernel's C body with NumPy."""
-
-    def __init__(self, name: str):
-        spec = KERNELS[name]
-        inputs, outputs, self.body = spec.inputs, spec.outputs, spec.body
-        self.inputs = [p.split()[-1] for p in inputs.split(",")]
-        self.outputs = [p.split()[-1] for p in outputs.split(",")]
-
-    def __call__(self, *args):
-        assert len(args) == len(self.inputs) + len(self.outputs), "called with the wrong number of arguments"
-        env = dict(zip(self.inputs + self.outputs, args), sqrt=np.sqrt)
-        env.update({name: np.array(env[name]) for name in self.outputs})  # work on copies, write back at the end
-        for statement in filter(None, (s.strip() for s in self.body.split(";"))):
-            statement = statement.removeprefix("T ")
-            guarded = re.fullmatch(r"if \(!\((.+)\)\) (\w+) = 0", statement)
-            if guarded:
-                condition, target = guarded.groups()
-                env[target] = np.where(eval(condition, env), env[target], 0)
-                continue
-            target, op, expression = re.fullmatch(r"(\w+) ([-+*]?=) (.+)", statement).groups()
-            value = eval(expression, env)
-            env[target] = {"=": value, "-=": env.get(target, 0) - value, "*=": env.get(target, 0) * value}[op]
-        for name, array in zip(self.outputs, args[len(self.inputs) :]):
-            array[...] = env[name]
-        return args[len(self.inputs)] if len(self.outputs) == 1 else args[len(self.inputs) :]
-
+from xpnet.selfcheck.interpret import CKernel
 
 OPTIMIZERS = {
     "sgd": lambda: SGD(lr=0.1, weight_decay=0.01),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xpnet.backend import define_kernel, fused_kernel
+from xpnet.backend import define_kernel, device_constant, fused_kernel
 from xpnet.errors import ConfigError
 from xpnet.names import canonical
 
@@ -73,7 +73,8 @@ class ReLU(Activation):
     name = "relu"
 
     def forward(self, xp, z):
-        return xp.maximum(z, 0.0)
+        # A device-resident 0, not 0.0: array-api-compat would copy 0.0 to the GPU every call.
+        return xp.maximum(z, device_constant(xp, 0.0, z))
 
     #: The fused CuPy form of ``backward``: grad ⊙ step(z), in place.
     KERNEL = define_kernel("relu_backward", "T z", "T grad", "if (!(z > 0)) grad = 0;")

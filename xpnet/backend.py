@@ -11,8 +11,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import gc
+import hashlib
 import importlib
+import json
 import platform
+import weakref
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -43,6 +47,7 @@ class Backend:
     xp: ModuleType
     device: Any
     host_reads: int = field(default=0, compare=False)
+    _audit: Audit | None = field(default=None, init=False, repr=False, compare=False)
 
     def __str__(self) -> str:
         return f"{self.name} on {self.device_name}"
@@ -63,15 +68,28 @@ class Backend:
 
     def upload(self, host: Any, dtype: Any = None):
         """Copy a host array (or nested sequence) onto this backend's device."""
-        if self.name == "cupy":
-            with self.device:
-                return self.xp.asarray(host, dtype=dtype)
-        if self.name == "numpy":
-            return np.asarray(host, dtype=dtype)
-        return self.xp.asarray(host, dtype=dtype, device=self.device)
+        with self._crossing("upload"):
+            if self.name == "cupy":
+                with self.device:
+                    array = self.xp.asarray(host, dtype=dtype)
+            elif self.name == "numpy":
+                array = np.asarray(host, dtype=dtype)
+            else:
+                array = self.xp.asarray(host, dtype=dtype, device=self.device)
+        if self._audit is not None:
+            self._audit.remember(array)
+        return array
 
     def owns(self, array: Any) -> bool:
-        """True if ``array`` already lives in this namespace (no upload needed)."""
+        """True if ``array`` already lives in this namespace and on this device (no upload needed)."""
+        if self.name == "numpy":
+            return isinstance(array, np.ndarray)
+        if not self.same_library(array):
+            return False
+        return _same_device(self.device_of(array), self.device)
+
+    def same_library(self, array: Any) -> bool:
+        """True if ``array`` belongs to this backend's array library, on whatever device."""
         if self.name == "numpy":
             return isinstance(array, np.ndarray)
         try:
@@ -82,12 +100,14 @@ class Backend:
     def to_host(self, array: Any) -> np.ndarray:
         """Copy a device array to a host NumPy array; counted in ``host_reads``."""
         self.host_reads += 1
-        return self._copy_to_host(array)
+        with self._crossing("read"):
+            return self._copy_to_host(array)
 
     def to_host_many(self, arrays: list) -> list[np.ndarray]:
         """Host copies of several arrays; one counted read, as a model save is one event."""
         self.host_reads += 1
-        return [self._copy_to_host(array) for array in arrays]
+        with self._crossing("read"):
+            return [self._copy_to_host(array) for array in arrays]
 
     def _copy_to_host(self, array: Any) -> np.ndarray:
         if self.name == "numpy":
@@ -95,7 +115,9 @@ class Backend:
         if self.name == "cupy":
             return array.get()
         if self.name == "torch":
-            return array.detach().cpu().numpy()
+            if array.device.type == "meta":  # shapes without data (audits): ones stand in
+                return np.ones(tuple(array.shape), dtype=_torch_host_dtype(array.dtype))
+            return array.detach().cpu().float().numpy() if _is_bfloat16(array) else array.detach().cpu().numpy()
         cpu = self.xp.Device("CPU_DEVICE")
         return np.asarray(array.to_device(cpu))
 
@@ -108,8 +130,17 @@ class Backend:
         return RandomGenerator(self, seed)
 
     def copy(self, array: Any):
-        """An independent copy on the same device (for best-weights snapshots)."""
-        return self.xp.asarray(array, copy=True)
+        """An independent copy on this backend's device (for best-weights snapshots).
+
+        On CuPy the copy is made with this GPU current: ``cp.asarray(copy=True)`` puts its
+        result on the *current* GPU, which outside the device context is GPU 0.
+        """
+        if self.name == "cupy":
+            with self.device:
+                return self.xp.asarray(array, copy=True)
+        if self.name == "numpy":
+            return np.array(array, copy=True)
+        return self.xp.asarray(array, copy=True, device=self.device)
 
     def compute_threads(self, step_macs: int | None = None):
         """A context in which the CPU BLAS runs with the threads that suit a step's size.
@@ -168,13 +199,61 @@ class Backend:
         return contextlib.nullcontext() if libm is None else _mxcsr_flushing(libm)
 
     def synchronize(self) -> None:
-        """Wait for queued device work to finish (before reading a clock)."""
+        """Wait for this backend's device to finish its queued work (before reading a clock)."""
         if self.name == "cupy":
-            self.xp.cuda.runtime.deviceSynchronize()
+            self.device.synchronize()  # this GPU, not the current one
         elif self.name == "torch" and self.device.type == "cuda":
             import torch
 
             torch.cuda.synchronize(self.device)
+
+    # -- audits --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def audit(self):
+        """Run a block under watch; yields the ``Audit`` that records what it asked of the device.
+
+        Crossings through ``upload`` and ``to_host`` are counted, not flagged: they are the
+        budgeted ones. On PyTorch a dispatch monitor flags every operation that reads device
+        data on the host (``item``, ``nonzero``, boolean masks), touches a tensor on another
+        device, or uses a tensor made from host data outside ``upload`` (as
+        ``torch.asarray(0.0, device="cuda")`` is: a blocking copy). On a GPU the libraries'
+        own switches also stop the block at its first hidden synchronisation:
+        ``torch.cuda.set_sync_debug_mode("error")`` and ``cupyx.allow_synchronize(False)``.
+        Tensors that exist when the block starts count as the run's own.
+        """
+        audit = Audit(self.device_name)
+        self._audit = audit
+        try:
+            with self._sync_guard(True), _dispatch_monitor(self, audit):
+                yield audit
+        finally:
+            self._audit = None
+
+    @contextlib.contextmanager
+    def _crossing(self, kind: str):
+        """A budgeted host crossing (an upload or a read): counted, and not flagged, by an audit."""
+        audit = self._audit
+        if audit is None:
+            yield
+            return
+        audit.count(kind)
+        audit.paused += 1
+        try:
+            with self._sync_guard(False):
+                yield
+        finally:
+            audit.paused -= 1
+
+    def _sync_guard(self, strict: bool):
+        """The library's own switch that raises on a device synchronisation (GPUs only)."""
+        if self.name == "cupy":
+            import cupyx
+
+            return cupyx.allow_synchronize(not strict)
+        if self.name == "torch" and self.device.type == "cuda":
+            return _torch_sync_debug_mode("error" if strict else "default")
+        return contextlib.nullcontext()
 
 
 def get_backend(backend: str | Backend | None = None, device: str | None = None) -> Backend:
@@ -218,9 +297,17 @@ def _cupy(device: str | None) -> Backend:
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CuPy raises its own CUDARuntimeError without a driver
-        raise BackendError(f"no CUDA GPU is usable here ({exc}); train on the CPU with --device cpu") from exc
+        raise BackendError(f"no CUDA GPU is usable by CuPy here ({exc}); train on the CPU with --device cpu") from exc
     if index >= count:
-        raise BackendError(f"device cuda:{index} does not exist; this machine has {count} CUDA GPU(s)")
+        raise BackendError(f"device cuda:{index} does not exist; CuPy sees {count} CUDA GPU(s)")
+    missing = {name: problem for name, problem in cuda_libraries().items() if problem.startswith("missing")}
+    missing.pop("NCCL", None)  # only multi-GPU communication needs it
+    if missing:
+        found = "; ".join(f"{name} {problem}" for name, problem in missing.items())
+        raise BackendError(
+            f"CuPy sees {count} CUDA GPU(s) but cannot use them: {found}. These libraries come with "
+            f'CuPy\'s "ctk" extra: {_CUPY_HINT}'
+        )
     return Backend("cupy", _compat("cupy"), cupy.cuda.Device(index))
 
 
@@ -229,8 +316,8 @@ def _torch(device: str | None) -> Backend:
         torch = importlib.import_module("torch")
     except ImportError as exc:
         raise BackendError(f"backend 'torch' needs PyTorch, which is not installed; {_TORCH_HINT}") from exc
-    if device in (None, "cpu"):
-        return Backend("torch", _compat("torch"), torch.device("cpu"))
+    if device in (None, "cpu", "meta"):  # meta: shapes without data, for audits (see Backend.audit)
+        return Backend("torch", _compat("torch"), torch.device(device or "cpu"))
     index = _cuda_index(device, "torch")
     if not torch.cuda.is_available():
         raise BackendError(
@@ -255,6 +342,59 @@ def _strict(device: str | None) -> Backend:
     if name not in names:
         raise ConfigError(f"array-api-strict device must be one of {', '.join(names)}, not {device!r}")
     return Backend("array-api-strict", strict, strict.Device(name))
+
+
+def _same_device(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # devices of different kinds that refuse to compare
+        return False
+
+
+def _is_bfloat16(array: Any) -> bool:
+    return str(getattr(array, "dtype", "")).endswith("bfloat16")
+
+
+def _torch_host_dtype(dtype: Any) -> np.dtype:
+    """The NumPy dtype a torch tensor of ``dtype`` reads back as (bfloat16, which NumPy lacks: float32)."""
+    name = str(dtype).removeprefix("torch.")
+    return np.dtype("float32" if name == "bfloat16" else name)
+
+
+@contextlib.contextmanager
+def _torch_sync_debug_mode(mode: str):
+    import torch
+
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(mode)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+def device_constant(xp: ModuleType, value: float, like: Any):
+    """A 0-d array holding ``value`` with ``like``'s dtype on ``like``'s device, made once.
+
+    For the array-API functions that take arrays only (``maximum``, ``minimum``):
+    array-api-compat turns a Python number given to them into
+    ``torch.asarray(value, device=...)``, a blocking host-to-device copy on CUDA
+    (pytorch/pytorch#120996), on every call. ``xp.full`` fills on the device instead,
+    and the result is kept per device, dtype and value.
+    """
+    from array_api_compat import device
+
+    where = device(like)
+    key = (id(xp), str(where), str(like.dtype), float(value))
+    found = _CONSTANTS.get(key)
+    if found is None:
+        # CuPy allocates on the current GPU whatever device= says: make the array's own current.
+        with where if hasattr(where, "use") else contextlib.nullcontext():
+            found = _CONSTANTS[key] = xp.full((), value, dtype=like.dtype, device=where)
+    return found
+
+
+_CONSTANTS: dict = {}
 
 
 #: Steps with fewer forward multiply-adds than this run on one BLAS thread (``compute_threads``).
@@ -353,6 +493,17 @@ def define_kernel(name: str, inputs: str, outputs: str, body: str) -> str:
     return name
 
 
+def kernel_names() -> list[str]:
+    """The names of the fused kernels defined so far (``import xpnet`` defines them all)."""
+    return list(KERNELS)
+
+
+def kernel_spec(name: str) -> tuple[str, str, str]:
+    """``(inputs, outputs, body)`` of the fused kernel ``name``, as ``cupy.ElementwiseKernel`` takes them."""
+    spec = KERNELS[name]
+    return spec.inputs, spec.outputs, spec.body
+
+
 def fused_kernel(xp: ModuleType, name: str):
     """CuPy's compiled kernel ``name`` (see ``KERNELS``), or None where the namespace is
     not CuPy's: the caller's array-API code then runs."""
@@ -368,6 +519,93 @@ def _cupy_kernel(name: str):
 
     spec = KERNELS[name]
     return cupy.ElementwiseKernel(spec.inputs, spec.outputs, spec.body, f"xpnet_{name}")
+
+
+def kernel_cuda_source(kernel, args: list) -> str:
+    """The CUDA C++ that CuPy compiles for a fused kernel called with ``args``, headers included.
+
+    ``kernel`` is a name in ``KERNELS`` or an ``(inputs, outputs, body)`` triple;
+    ``args`` stand in for the call's arguments, inputs then outputs: NumPy arrays for
+    device arrays (their dtype, shape and layout are what CuPy specialises on), Python
+    numbers for scalars. The source is built by CuPy's own generator, so it is what a GPU
+    would compile; only an import of CuPy is needed, no GPU and no driver.
+    """
+    from cupy._core import _kernel, _scalar, core
+
+    inputs, outputs, body = kernel_spec(kernel) if isinstance(kernel, str) else kernel
+    name = f"xpnet_{kernel}" if isinstance(kernel, str) else "xpnet_kernel"
+    elementwise = _cupy_elementwise(inputs, outputs, body, name)
+    arrays = [a if isinstance(a, np.ndarray) else None for a in args]
+    n_in = elementwise.nin
+    _, _, type_map = elementwise._decide_params_type(
+        tuple(None if a is None else a.dtype.type for a in arrays[:n_in]),
+        tuple(a.dtype.type for a in arrays[n_in:]),
+    )
+    typed = dict(type_map._pairs)
+    shape = np.broadcast_shapes(*(a.shape for a in arrays if a is not None))
+    # CuPy runs all-contiguous, unbroadcast calls as one flat loop; others keep their dimensions.
+    flat = all(a is None or (a.shape == shape and a.flags.c_contiguous) for a in arrays)
+    ndim = 1 if flat else len(shape)
+    infos = []
+    for param, array in zip(elementwise.in_params + elementwise.out_params, arrays):
+        if array is None:
+            dtype = param.dtype or typed[param.ctype]
+            infos.append(_kernel._ArgInfo(3, _scalar.CScalar, dtype, 0, True, True))
+        else:
+            contiguous = flat or (array.shape == shape and array.flags.c_contiguous)
+            infos.append(_kernel._ArgInfo(1, _cupy_ndarray(), array.dtype.type, ndim, contiguous, True))
+    infos.append(_kernel._ArgInfo(2, _cupy_indexer(), None, ndim, True, True))
+    code = _kernel._get_elementwise_kernel_code(
+        tuple(infos), type_map, elementwise.params, elementwise.operation, elementwise.name, elementwise.preamble
+    )
+    return "".join(f"#include <{header}>\n" for header in core._cupy_header_list) + code
+
+
+def _cupy_elementwise(inputs: str, outputs: str, body: str, name: str):
+    import cupy
+
+    return cupy.ElementwiseKernel(inputs, outputs, body, name)
+
+
+def _cupy_ndarray():
+    import cupy
+
+    return cupy.ndarray
+
+
+def _cupy_indexer():
+    from cupy._core import _carray
+
+    return _carray.Indexer
+
+
+@functools.lru_cache(maxsize=256)
+def nvrtc_compile(source: str, arch: str) -> str:
+    """Compile CUDA source with NVRTC, as CuPy does, for ``arch`` ("80" for sm_80); return NVRTC's log.
+
+    CuPy's own compiler options are used (its include paths, C++17, ``-ftz=true``).
+    Raises ``BackendError`` with the log when compilation fails or NVRTC warns: warnings
+    are errors here. No GPU needed; NVRTC comes from CuPy's loader (a PyPI wheel will do).
+    """
+    from cupy._core import core
+    from cupy_backends.cuda.libs import nvrtc
+
+    cupy_options = core.assemble_cupy_compiler_options(())
+    options = (*cupy_options, "-ftz=true", f"-arch=sm_{arch}", "--device-as-default-execution-space")
+    program = nvrtc.createProgram(source, "xpnet_kernel.cu", (), ())
+    try:
+        try:
+            nvrtc.compileProgram(program, options)
+        except Exception as exc:
+            raise BackendError(
+                f"NVRTC cannot compile it for sm_{arch}: {exc}\n{nvrtc.getProgramLog(program)}"
+            ) from None
+        log = nvrtc.getProgramLog(program)
+        if "warning" in log.lower():
+            raise BackendError(f"NVRTC warns compiling it for sm_{arch} (warnings are errors here):\n{log}")
+        return log
+    finally:
+        nvrtc.destroyProgram(program)
 
 
 def cuda_devices() -> list[str]:
@@ -390,6 +628,29 @@ def cuda_devices() -> list[str]:
     return found
 
 
+def cuda_libraries() -> dict[str, str]:
+    """CuPy and the CUDA libraries it loads, each mapped to its version, "found", or
+    "missing (why)"; loads them as CuPy would, and needs no GPU (for ``info``, ``selfcheck``
+    and the check that a GPU is usable before training starts on it)."""
+    try:
+        cupy = importlib.import_module("cupy")
+    except ImportError:
+        return {"CuPy": "missing (not installed)"}
+    found = {"CuPy": cupy.__version__}
+    libs = importlib.import_module("cupy_backends.cuda.libs")
+    for name, module in (("NVRTC", "nvrtc"), ("cuBLAS", "cublas"), ("NCCL", "nccl")):
+        try:
+            lib = getattr(libs, module)  # CuPy's own loader: the library is opened here
+            found[name] = ".".join(map(str, _listed(lib.getVersion()))) if module != "cublas" else "found"
+        except Exception as exc:  # ImportError or CuPy's own errors when a library cannot be opened
+            found[name] = f"missing ({str(exc).splitlines()[0][:120]})"
+    return found
+
+
+def _listed(version) -> list:
+    return list(version) if isinstance(version, (tuple, list)) else [version]
+
+
 def available_backends() -> dict[str, str]:
     """Each backend name mapped to its status, for ``python -m xpnet info``."""
     report = {}
@@ -407,19 +668,35 @@ class RandomGenerator:
 
     The array API has no random module, so this is backend-specific by nature;
     streams differ between backends (dropout masks are not expected to agree).
+
+    A saved state continues its stream exactly where the library and the device kind
+    match: NumPy and array-api-strict (NumPy's PCG64 state), PyTorch on the same device
+    type (the generator's bytes; a CPU and a CUDA generator hold different states). CuPy's
+    generator state lives on the GPU and is not saved. Where a stream cannot continue
+    (CuPy, a checkpoint moved between CPU and CUDA or between libraries) the generator is
+    reseeded from a digest of the saved state: resuming one checkpoint twice gives the same
+    run, but not the masks the uninterrupted run would have drawn.
     """
 
     def __init__(self, backend: Backend, seed: int | None):
         self.backend = backend
+        self.seed = seed
+        self.draws = 0  #: arrays drawn so far (the state CuPy saves in place of its stream)
+        self._reseed(seed)
+
+    def _reseed(self, seed: int | None) -> None:
+        backend = self.backend
         if backend.name == "torch":
             import torch
 
             self._torch = torch
-            self._generator = torch.Generator(device=backend.device)
-            if seed is None:
-                self._generator.seed()
-            else:
-                self._generator.manual_seed(int(seed))
+            self._generator = None  # meta tensors hold no values, and meta has no generator
+            if backend.device.type != "meta":
+                self._generator = torch.Generator(device=backend.device)
+                if seed is None:
+                    self._generator.seed()
+                else:
+                    self._generator.manual_seed(int(seed))
         elif backend.name == "cupy":
             with backend.device:
                 self._generator = backend.xp.random.default_rng(seed)
@@ -427,27 +704,30 @@ class RandomGenerator:
             self._generator = np.random.default_rng(seed)
 
     def get_state(self) -> dict | None:
-        """The generator's state as JSON-able data (None where the backend cannot say)."""
-        if self.backend.name == "torch":
-            return {"torch": self._generator.get_state().tolist()}
-        if self.backend.name == "cupy":
-            return None
+        """The generator's state as JSON-able data (None where there is none: meta tensors)."""
+        name = self.backend.name
+        if name == "torch":
+            if self._generator is None:
+                return None
+            return {"torch": self._generator.get_state().tolist(), "device": self.backend.device.type}
+        if name == "cupy":
+            return {"cupy": {"seed": self.seed, "draws": self.draws}}
         return self._generator.bit_generator.state
 
     def set_state(self, state: dict) -> None:
-        """Continue a stream saved by ``get_state``.
-
-        A state saved on another kind of backend cannot continue here (the streams
-        differ anyway), so the generator keeps its own seeded stream instead.
-        """
-        saved_on_torch = "torch" in state
+        """Continue a stream saved by ``get_state``, or reseed from it (see the class docstring)."""
+        name = self.backend.name
         try:
-            if self.backend.name == "torch" and saved_on_torch:
-                self._generator.set_state(self._torch.tensor(state["torch"], dtype=self._torch.uint8))
-            elif self.backend.name not in ("torch", "cupy") and not saved_on_torch:
+            if name == "torch" and "torch" in state and self._generator is not None:
+                if state.get("device", "cpu") == self.backend.device.type:
+                    self._generator.set_state(self._torch.tensor(state["torch"], dtype=self._torch.uint8))
+                    return
+            elif name not in ("torch", "cupy") and "bit_generator" in state:
                 self._generator.bit_generator.state = state
+                return
         except (RuntimeError, TypeError, ValueError, KeyError) as exc:
             raise ConfigError(f"the saved dropout generator state does not fit this backend ({exc})") from None
+        self._reseed(_digest_seed(state))
 
     @staticmethod
     def valid_state(state: Any) -> bool:
@@ -458,7 +738,16 @@ class RandomGenerator:
             return False
         if "torch" in state:
             data = state["torch"]
-            return isinstance(data, list) and all(isinstance(b, int) and 0 <= b < 256 for b in data)
+            return (
+                isinstance(data, list)
+                and all(isinstance(b, int) and 0 <= b < 256 for b in data)
+                and state.get("device", "cpu") in ("cpu", "cuda")
+            )
+        if "cupy" in state:
+            saved = state["cupy"]
+            return isinstance(saved, dict) and all(
+                isinstance(saved.get(key), int) or saved.get(key) is None for key in ("seed", "draws")
+            )
         try:
             np.random.default_rng().bit_generator.state = state
         except (TypeError, ValueError, KeyError, OverflowError):
@@ -468,6 +757,7 @@ class RandomGenerator:
     def uniform(self, shape: tuple, dtype: Any):
         """An array of ``shape`` with U[0, 1) entries of ``dtype``, on the device."""
         name = self.backend.name
+        self.draws += 1
         if name == "torch":
             return self._torch.rand(shape, generator=self._generator, dtype=dtype, device=self.backend.device)
         if name == "cupy":
@@ -475,3 +765,118 @@ class RandomGenerator:
                 return self._generator.random(shape, dtype=dtype)
         host = self._generator.random(shape, dtype=np.float32)
         return host if name == "numpy" else self.backend.upload(host, dtype)
+
+
+def _digest_seed(state: dict) -> int:
+    """A seed drawn from a saved generator state: the same state always gives the same seed."""
+    text = json.dumps(state, sort_keys=True, separators=(",", ":"))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+# -- audits: what a run asks of its device ---------------------------------------------------
+
+#: aten operations that read device data on the host: each one is a synchronisation on a GPU.
+_HOST_READ_OPS = frozenset(
+    {"_local_scalar_dense", "item", "nonzero", "is_nonzero", "masked_select", "equal", "allclose"}
+    | {"_unique", "_unique2", "unique_dim", "unique_consecutive", "repeat_interleave"}
+)
+
+
+@dataclass
+class Audit:
+    """What a block run under ``Backend.audit`` asked of the device.
+
+    ``reads`` and ``uploads`` count the budgeted crossings (``to_host``, ``upload``);
+    ``violations`` lists, once each, what a GPU would pay for unseen: host reads,
+    tensors on another device, tensors made from host data behind ``upload``'s back.
+    ``operations`` counts the operations the monitor saw (0 where the backend has none).
+    """
+
+    device: str
+    reads: int = 0
+    uploads: int = 0
+    operations: int = 0
+    violations: list[str] = field(default_factory=list)
+    paused: int = field(default=0, repr=False)
+    _known: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def clean(self) -> bool:
+        return not self.violations
+
+    def count(self, kind: str) -> None:
+        if kind == "read":
+            self.reads += 1
+        else:
+            self.uploads += 1
+
+    def flag(self, problem: str) -> None:
+        if problem not in self.violations:
+            self.violations.append(problem)
+
+    def remember(self, array: Any) -> None:
+        """Count ``array`` as the run's own: made on the device or uploaded through ``upload``."""
+        key = id(array)
+        with contextlib.suppress(TypeError):  # objects without weak references are nothing to watch
+            self._known[key] = weakref.ref(array, lambda _, known=self._known, key=key: known.pop(key, None))
+
+    def knows(self, array: Any) -> bool:
+        ref = self._known.get(id(array))
+        return ref is not None and ref() is array
+
+
+def _dispatch_monitor(backend: Backend, audit: Audit):
+    """PyTorch's dispatch-mode monitor for ``audit`` (a no-op context on other backends)."""
+    if backend.name != "torch":
+        return contextlib.nullcontext()
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    for obj in gc.get_objects():  # tensors alive before the block are the run's own
+        if issubclass(type(obj), torch.Tensor):
+            audit.remember(obj)
+
+    class Monitor(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if not audit.paused:
+                fake = _check_operation(audit, backend.device, func, tree_leaves((args, kwargs)), torch.Tensor)
+                if fake is not None:
+                    return fake
+            out = func(*args, **kwargs)
+            for leaf in tree_leaves(out):
+                if isinstance(leaf, torch.Tensor):
+                    audit.remember(leaf)
+                    if not audit.paused and leaf.device != backend.device:
+                        audit.flag(f"{_op_name(func)} made a tensor on {leaf.device}, off the run's device")
+            return out
+
+    return Monitor()
+
+
+def _op_name(func) -> str:
+    return getattr(getattr(func, "_overloadpacket", func), "__name__", str(func))
+
+
+def _check_operation(audit: Audit, device, func, leaves: list, tensor_type) -> Any:
+    """Flag what ``func`` would cost a GPU; a stand-in result where running it on meta would fail."""
+    audit.operations += 1
+    name = _op_name(func)
+    tensors = [leaf for leaf in leaves if isinstance(leaf, tensor_type)]
+    for tensor in tensors:
+        if tensor.device != device:
+            audit.flag(f"{name} mixes devices: a tensor on {tensor.device} with the run's {device}")
+        elif not audit.knows(tensor):
+            audit.flag(
+                f"{name} uses a {tuple(tensor.shape)} tensor made from host data outside Backend.upload "
+                "(a blocking host-to-device copy on a GPU)"
+            )
+            audit.remember(tensor)
+    if name in _HOST_READ_OPS:
+        audit.flag(f"{name} reads device data on the host (a synchronisation on a GPU)")
+    elif name.startswith("index") and any(str(t.dtype) in ("torch.bool", "torch.uint8") for t in tensors[1:]):
+        audit.flag(f"{name} with a boolean mask (its size is read on the host: a synchronisation)")
+    if name == "_local_scalar_dense" and tensors and tensors[0].device.type == "meta":
+        return False if str(tensors[0].dtype) == "torch.bool" else 0  # meta has no value to read
+    return None

@@ -10,9 +10,19 @@ what keeps it finite for any logits.
 from __future__ import annotations
 
 from xpnet.activations import Activation, Sigmoid, Softmax
+from xpnet.backend import device_constant
 from xpnet.names import canonical
 
 _EPS = 1e-7  # keeps log() finite when the output activation is not the loss's partner
+
+
+def _clip(xp, a, low: float, high: float):
+    """``a`` clipped to [low, high] with device-resident bounds.
+
+    Not ``xp.clip``: array-api-compat's generic clip (CuPy's) indexes with boolean masks,
+    which reads each mask's count back to the host, a synchronisation per call.
+    """
+    return xp.minimum(xp.maximum(a, device_constant(xp, low, a)), device_constant(xp, high, a))
 
 
 class Loss:
@@ -60,10 +70,10 @@ class CrossEntropy(Loss):
     name = "cross_entropy"
 
     def value(self, xp, z, a, y):
-        return -xp.sum(y * xp.log(xp.clip(a, _EPS, 1.0))) / a.shape[0]
+        return -xp.sum(y * xp.log(_clip(xp, a, _EPS, 1.0))) / a.shape[0]
 
     def grad_a(self, xp, a, y):
-        return -y / (xp.clip(a, _EPS, 1.0) * a.shape[0])
+        return -y / (_clip(xp, a, _EPS, 1.0) * a.shape[0])
 
 
 class SoftmaxCrossEntropy(CrossEntropy):
@@ -90,11 +100,11 @@ class BinaryCrossEntropy(Loss):
     name = "binary_cross_entropy"
 
     def value(self, xp, z, a, y):
-        a = xp.clip(a, _EPS, 1.0 - _EPS)
+        a = _clip(xp, a, _EPS, 1.0 - _EPS)
         return -xp.sum(y * xp.log(a) + (1.0 - y) * xp.log(1.0 - a)) / a.shape[0]
 
     def grad_a(self, xp, a, y):
-        a = xp.clip(a, _EPS, 1.0 - _EPS)
+        a = _clip(xp, a, _EPS, 1.0 - _EPS)
         return (a - y) / (a * (1.0 - a) * a.shape[0])
 
 
@@ -103,7 +113,7 @@ class SigmoidBinaryCrossEntropy(BinaryCrossEntropy):
 
     def value(self, xp, z, a, y):
         softplus = xp.log1p(xp.exp(-xp.abs(z)))
-        return xp.sum(xp.maximum(z, 0.0) - z * y + softplus) / z.shape[0]
+        return xp.sum(xp.maximum(z, device_constant(xp, 0.0, z)) - z * y + softplus) / z.shape[0]
 
     def delta(self, xp, z, a, y, activation):
         return (a - y) / a.shape[0]

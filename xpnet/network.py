@@ -263,6 +263,8 @@ class MLP:
         namespace are used as they are; ``prepare`` casts and scales each batch."""
         if self.backend.owns(data):
             return data
+        if self.backend.same_library(data):  # on another device of this library: copied across
+            return self.backend.copy(data)
         data = np.asarray(data)
         if data.dtype == np.uint8 and not labels:
             return self.backend.upload(data)

@@ -1,0 +1,57 @@
+"""A fused kernel's CUDA body run with NumPy, to check it where no GPU is.
+
+Each fused kernel's body is a few C statements (``backend.kernel_spec``). ``CKernel``
+runs them with NumPy, called exactly as CuPy's ``ElementwiseKernel`` is (inputs, then
+outputs updated in place), so the argument order, the math and the in-place updates
+of every fused path can be held to the array-API code they replace on any machine.
+It knows only the statement forms the kernels use: ``[T ]x op= expr`` and
+``if (!(cond)) x = 0``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from xpnet.backend import kernel_spec
+
+_GUARD = re.compile(r"if \(!\((.+)\)\) (\w+) = 0")
+_ASSIGN = re.compile(r"(\w+) ([-+*]?=) (.+)")
+
+
+class CKernel:
+    """An ``ElementwiseKernel`` stand-in that interprets the kernel's C body with NumPy."""
+
+    def __init__(self, name: str):
+        inputs, outputs, self.body = kernel_spec(name)
+        self.name = name
+        self.inputs = [p.split()[-1] for p in inputs.split(",")]
+        self.outputs = [p.split()[-1] for p in outputs.split(",")]
+
+    def __call__(self, *args):
+        if len(args) != len(self.inputs) + len(self.outputs):
+            raise TypeError(f"kernel {self.name} takes {len(self.inputs) + len(self.outputs)} arguments")
+        env = dict(zip(self.inputs + self.outputs, args), sqrt=np.sqrt)
+        env.update({name: np.array(env[name]) for name in self.outputs})  # work on copies, write back at the end
+        for statement in filter(None, (s.strip() for s in self.body.split(";"))):
+            self._run(statement.removeprefix("T "), env)
+        results = args[len(self.inputs) :]
+        for name, array in zip(self.outputs, results):
+            array[...] = env[name]
+        return results[0] if len(results) == 1 else results
+
+    @staticmethod
+    def _run(statement: str, env: dict) -> None:
+        guarded = _GUARD.fullmatch(statement)
+        if guarded:
+            condition, target = guarded.groups()
+            env[target] = np.where(eval(condition, env), env[target], 0)
+            return
+        matched = _ASSIGN.fullmatch(statement)
+        if matched is None:
+            raise ValueError(f"the interpreter does not know the statement {statement!r}")
+        target, op, expression = matched.groups()
+        value = eval(expression, env)
+        old = env.get(target, 0)
+        env[target] = {"=": value, "-=": old - value, "+=": old + value, "*=": old * value}[op]
