@@ -178,8 +178,8 @@ def fit(
             if loop.stop_requested() and history.epoch < epochs:
                 history.interrupted = True
                 return history
-    if restore_best:
-        _restore_best(net, history, loop.log)
+        if restore_best:  # in the device context too: the copies belong on the network's GPU
+            _restore_best(net, history, loop.log)
     return history
 
 
