@@ -100,8 +100,8 @@ def audited_fit(case: str, epochs: int, batch_size: int = 8):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_fit_keeps_to_the_device_and_reads_once_per_epoch(case):
-    _, audit = audited_fit(case, epochs=2)
+def test_fit_evaluate_predict_and_gradients_keep_to_the_device(case):
+    net, audit = audited_fit(case, epochs=2)
     assert audit.operations > 100, "the monitor saw the run's operations"
     assert audit.violations == []
     assert audit.reads == 2  # the epoch's metrics, validation included: one read each
@@ -109,10 +109,6 @@ def test_fit_keeps_to_the_device_and_reads_once_per_epoch(case):
     _, shorter = audited_fit(case, epochs=1, batch_size=32)
     assert audit.uploads - shorter.uploads == 1
 
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_evaluate_predict_and_gradients_keep_to_the_device(case):
-    net, _ = build(case)
     X, y = case_data(CASES[case][2], CASES[case][5])
     Xd, yd = net.to_device(X), net.to_device(y, labels=True)
     with net.backend.audit() as audit:

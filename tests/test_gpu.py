@@ -1,20 +1,33 @@
 """The gradient check and the backend agreement on CUDA: CuPy and torch.cuda.
 
 The same checks as test_gradients and test_backends, parametrised over the GPU
-backends; each is marked ``gpu`` and skipped, with the reason, where CuPy, PyTorch
-with CUDA, or a GPU is missing.
+backends, and what only a GPU can show: the libraries' own synchronisation switches
+(``torch.cuda.set_sync_debug_mode("error")``, ``cupyx.allow_synchronize(False)``, both
+under ``Backend.audit``), real dropout masks, the compiled kernels against their
+reference and against the source the CI compiles, save and resume on the device, a
+second GPU, the selfcheck and its benchmark. Each is marked ``gpu`` and skipped, with
+the reason, where CuPy, PyTorch with CUDA, or a GPU is missing.
 """
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
-from conftest import GPU_BACKENDS, build_mlp, host
+from conftest import GPU_BACKENDS, blobs, build_mlp, host
 from test_backends import OPTIMIZERS, assert_agree, run_steps
 from test_gradients import GRADIENT_CASES, check_dropout_gradients, check_gradients
 
+from xpnet.activations import ReLU
+from xpnet.backend import fused_kernel, get_backend, kernel_cuda_source
+from xpnet.checkpoint import ModelFile
 from xpnet.data import Scaling
+from xpnet.modelfile import save_model
 from xpnet.optim import SGD
+from xpnet.selfcheck import main as selfcheck_main
+from xpnet.selfcheck.kernels import recorded_calls
+from xpnet.train import History
 
 pytestmark = pytest.mark.gpu
 
@@ -78,3 +91,114 @@ def test_fit_on_gpu_reads_once_per_epoch(spec):
     history = net.fit(X, y, epochs=5, batch_size=16, optimizer=SGD(lr=0.1, momentum=0.9), validation_data=(X, y))
     assert net.backend.host_reads - reads <= 5
     assert history.records[-1]["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("spec", GPU_BACKENDS)
+def test_training_on_gpu_never_synchronises_behind_the_budget(spec):
+    """fit, evaluate and predict under the libraries' own switches: any hidden synchronisation raises."""
+    X, y = blobs(n=256)
+    net = build_mlp(spec, [2, 32, 2], activation="relu", dropout=0.1, seed=0)
+    with net.backend.audit() as audit:
+        net.fit(X, y, epochs=2, batch_size=32, optimizer=SGD(lr=0.1, momentum=0.9), validation_data=(X, y))
+        net.evaluate(X, y)
+        net.predict(X)
+    assert audit.violations == []
+    assert audit.reads == 2 + 1 + 1  # per epoch, evaluate, predict (host in, host out)
+
+
+@pytest.mark.parametrize("spec", GPU_BACKENDS)
+def test_real_dropout_masks_on_gpu(spec):
+    net = build_mlp(spec, [4, 4, 2], dropout=0.25, seed=0)
+    masks = [host(net, net._dropout_mask((400, 500), 0.25)) for _ in range(2)]
+    assert abs(np.mean(masks[0] != 0) - 0.75) < 0.01
+    np.testing.assert_allclose(masks[0][masks[0] != 0], 1 / 0.75, rtol=1e-6)
+    assert not np.array_equal(masks[0], masks[1])
+
+
+@pytest.mark.parametrize("spec", GPU_BACKENDS)
+def test_float32_relu_backward_equals_the_reference_on_gpu(spec):
+    rng = np.random.default_rng(0)
+    z, grad = rng.standard_normal((64, 33)).astype(np.float32), rng.standard_normal((64, 33)).astype(np.float32)
+    z[0, :2] = 0.0, -0.0
+    backend = get_backend(*spec)
+    with backend.activated():
+        got = backend.to_host(ReLU().backward(backend.xp, backend.upload(z), None, backend.upload(grad)))
+    np.testing.assert_array_equal(got, grad * (z > 0))
+
+
+@pytest.mark.parametrize("spec", GPU_BACKENDS)
+def test_evaluate_and_predict_on_gpu_match_numpy(spec):
+    X, y = blobs(n=300, classes=3)
+    nets = [build_mlp(which, [2, 16, 3], seed=0) for which in (spec, ("numpy", None))]
+    results = [(net.evaluate(X, y), net.predict(X), net.predict_proba(X)) for net in nets]
+    assert results[0][0]["accuracy"] == pytest.approx(results[1][0]["accuracy"])
+    assert results[0][0]["loss"] == pytest.approx(results[1][0]["loss"], rel=1e-5)
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    np.testing.assert_allclose(results[0][2], results[1][2], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("spec", GPU_BACKENDS)
+def test_checkpoint_save_and_resume_on_gpu(spec, tmp_path):
+    X, y = blobs(n=96, classes=3)
+    reference = build_mlp(spec, [2, 16, 3], seed=0)
+    reference.fit(X, y, epochs=3, batch_size=16, optimizer=SGD(lr=0.1, momentum=0.9))
+    net, optimizer = build_mlp(spec, [2, 16, 3], seed=0), SGD(lr=0.1, momentum=0.9)
+    polls = iter(range(100))
+    history = net.fit(X, y, epochs=3, batch_size=16, optimizer=optimizer, should_stop=lambda: next(polls) >= 7)
+    assert history.interrupted
+    save_model(tmp_path / "m.ckpt.safetensors", net, history=history, optimizer=optimizer)
+    saved = ModelFile(tmp_path / "m.ckpt.safetensors")
+    resumed, optimizer = saved.build(*spec), SGD(lr=0.1, momentum=0.9)
+    optimizer.load_state_arrays(
+        saved.optimizer_buffers(resumed, optimizer), saved.checkpoint["optimizer_steps"], resumed.params
+    )
+    resumed.fit(
+        X, y, epochs=3, batch_size=16, optimizer=optimizer, history=History.from_resume_state(saved.resume_state())
+    )
+    for name, value in reference.state_dict().items():
+        np.testing.assert_allclose(resumed.state_dict()[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def _gpu_count(library: str) -> int:
+    if library == "cupy":
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount()
+    import torch
+
+    return torch.cuda.device_count()
+
+
+@pytest.mark.parametrize("spec", GPU_BACKENDS)
+def test_a_second_gpu_keeps_everything_on_it(spec):
+    """Bug 3: best weights restored after the loop, evaluate and predict all stay on cuda:1."""
+    if _gpu_count(spec[0]) < 2:
+        pytest.skip("needs a second GPU")
+    X, y = blobs(n=128)
+    net = build_mlp((spec[0], "cuda:1"), [2, 16, 2], seed=0)
+    history = net.fit(X, y, epochs=4, batch_size=16, validation_data=(X[:32], y[:32]), patience=1)
+    assert all(net.backend.owns(p) for p in net.params), history.restored_best
+    assert net.evaluate(X, y)["accuracy"] > 0.9
+    assert net.predict(X).shape == (128,)
+    net.backend.synchronize()
+
+
+@pytest.mark.parametrize("spec", [p for p in GPU_BACKENDS if p.values[0][0] == "cupy"])
+def test_the_source_ci_compiles_is_the_source_cupy_compiles(spec):
+    """tests/test_kernel_compile.py compiles kernel_cuda_source's text; here CuPy compiles its own
+    for the same calls on a real GPU, and the two must be the same text."""
+    backend = get_backend(*spec)
+    for name, calls in recorded_calls(("float32",)).items():
+        args = calls[0]
+        with backend.activated():
+            kernel = fused_kernel(backend.xp, name)
+            kernel(*[backend.upload(a) if isinstance(a, np.ndarray) else a for a in args])
+        assert kernel_cuda_source(name, args).split("\n", 4)[-1] in "".join(kernel.cached_codes.values()), name
+
+
+@pytest.mark.parametrize("spec", GPU_BACKENDS)
+def test_selfcheck_passes_on_the_gpu_with_its_benchmark(spec, capsys):
+    status = selfcheck_main(argparse.Namespace(backend=spec[0], device=spec[1], json=False))
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "PASS  benchmark" in out and "GEMM ceiling" in out

@@ -60,6 +60,48 @@ class Backend:
             return f"cuda:{self.device.id}"
         return str(self.device)
 
+    @property
+    def library_version(self) -> str:
+        """The version of the array library behind this backend."""
+        module = {"array-api-strict": "array_api_strict"}.get(self.name, self.name)
+        return getattr(importlib.import_module(module), "__version__", "?")
+
+    @property
+    def compute_capability(self) -> str | None:
+        """The GPU's compute capability as NVRTC's ``sm_`` suffix ("90" for an H100); None off CUDA."""
+        if self.name == "cupy":
+            return str(self.device.compute_capability)
+        if self.name == "torch" and self.device.type == "cuda":
+            import torch
+
+            major, minor = torch.cuda.get_device_capability(self.device)
+            return f"{major}{minor}"
+        return None
+
+    def tf32_state(self) -> str:
+        """Whether float32 matmuls on this device may use TF32 tensor cores: "on", "off" or "n/a"."""
+        if self.name == "cupy":
+            from cupy._core import _routines_linalg as linalg
+
+            return "on" if linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32 else "off"
+        if self.name == "torch" and self.device.type == "cuda":
+            import torch
+
+            return "off" if torch.get_float32_matmul_precision() == "highest" else "on"
+        return "n/a (no CUDA device)"
+
+    def use_tf32(self, enabled: bool) -> None:
+        """Let float32 matmuls on this GPU run on TF32 tensor cores (a 10-bit mantissa: several
+        times faster on Ampere and later, and less exact), or not. Process-wide; no-op off CUDA."""
+        if self.name == "cupy":
+            from cupy._core import _routines_linalg as linalg
+
+            linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT)
+        elif self.name == "torch" and self.device.type == "cuda":
+            import torch
+
+            torch.set_float32_matmul_precision("high" if enabled else "highest")
+
     def dtype(self, name: str):
         """The namespace's float dtype called ``name`` ("float32" or "float64")."""
         if name not in DTYPES:
@@ -506,10 +548,31 @@ def kernel_spec(name: str) -> tuple[str, str, str]:
 
 def fused_kernel(xp: ModuleType, name: str):
     """CuPy's compiled kernel ``name`` (see ``KERNELS``), or None where the namespace is
-    not CuPy's: the caller's array-API code then runs."""
+    not CuPy's: the caller's array-API code then runs. Inside ``substituted_kernels``,
+    the stand-in instead, whatever the namespace."""
     if name not in KERNELS:
         raise ValueError(f"no fused kernel called {name!r}")
+    if _SUBSTITUTE:
+        return _SUBSTITUTE[-1](name)
     return _cupy_kernel(name) if is_cupy_namespace(xp) else None
+
+
+_SUBSTITUTE: list = []
+
+
+@contextlib.contextmanager
+def substituted_kernels(make):
+    """Within the block, every fused-kernel call site gets ``make(name)`` instead of CuPy's kernel.
+
+    The seam for running the kernels' C bodies where no GPU is (``selfcheck`` interprets
+    them with NumPy; the tests also record each call's arguments to compile its source).
+    Objects that keep a kernel (an optimizer, after its first step) keep the one they got.
+    """
+    _SUBSTITUTE.append(make)
+    try:
+        yield
+    finally:
+        _SUBSTITUTE.pop()
 
 
 @functools.cache
@@ -643,7 +706,7 @@ def cuda_libraries() -> dict[str, str]:
             lib = getattr(libs, module)  # CuPy's own loader: the library is opened here
             found[name] = ".".join(map(str, _listed(lib.getVersion()))) if module != "cublas" else "found"
         except Exception as exc:  # ImportError or CuPy's own errors when a library cannot be opened
-            found[name] = f"missing ({str(exc).splitlines()[0][:120]})"
+            found[name] = f"missing ({str(exc).splitlines()[0][:72]})"
     return found
 
 

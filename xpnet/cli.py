@@ -1,4 +1,4 @@
-"""The command line: ``python -m xpnet [train|evaluate|predict|info|bench] ...``.
+"""The command line: ``python -m xpnet [train|evaluate|predict|info|bench|selfcheck] ...``.
 
 With no arguments it trains the default recipe on Fashion-MNIST on the CPU. Every
 failure a user can cause ends as ``xpnet: error: ...`` and exit status 2; only a
@@ -28,10 +28,12 @@ from xpnet.errors import ConfigError, DivergenceError, XpnetError
 from xpnet.fileio import atomic_write_text, atomic_writer
 from xpnet.recipes import RECIPES
 from xpnet.run import check_fits, format_test, resolve_settings, resumed_settings, run_training
+from xpnet.selfcheck import add_arguments as add_selfcheck_arguments
+from xpnet.selfcheck import main as selfcheck_main
 from xpnet.settings import TABLE, Setting
 from xpnet.task import decide_task
 
-COMMANDS = ("train", "evaluate", "predict", "info", "bench")
+COMMANDS = ("train", "evaluate", "predict", "info", "bench", "selfcheck")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("info", help="versions, backends, devices and BLAS")
     bench = commands.add_parser("bench", help="throughput sweep over batch sizes and devices")
     add_bench_arguments(bench)
+    selfcheck = commands.add_parser("selfcheck", help="check that xpnet works on this machine (run it first on a GPU)")
+    _add_device_arguments(selfcheck)
+    add_selfcheck_arguments(selfcheck)
     return parser
 
 
@@ -305,4 +310,5 @@ _COMMANDS = {
     "predict": _predict_command,
     "info": _info_command,
     "bench": _bench_command,
+    "selfcheck": selfcheck_main,
 }

@@ -1,0 +1,336 @@
+"""The checks ``python -m xpnet selfcheck`` runs, each a function of one ``Context``.
+
+Each returns an ``Outcome``: PASS, FAIL or SKIP, one line of detail a user can act on,
+and the figures behind it (for ``--json``). They run on whatever backend and device the
+user names, CPU included, and finish in seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import array_api_compat
+import numpy as np
+
+from xpnet._version import __version__
+from xpnet.backend import Backend, cuda_libraries, get_backend, nvrtc_compile, substituted_kernels
+from xpnet.checkpoint import ModelFile
+from xpnet.errors import XpnetError
+from xpnet.modelfile import save_model
+from xpnet.network import MLP
+from xpnet.optim import SGD
+from xpnet.selfcheck.interpret import CKernel
+from xpnet.selfcheck.kernels import OPTIMIZERS, kernel_sources, run_call_sites
+from xpnet.train import History
+
+DTYPES = ("float32", "float64")
+#: How closely a fused kernel must match its array-API reference, per dtype (relative).
+KERNEL_RTOL = {"float32": 1e-5, "float64": 1e-12}
+
+
+@dataclass
+class Context:
+    backend: Backend
+    workdir: Path
+
+
+@dataclass
+class Outcome:
+    status: str  #: "PASS", "FAIL" or "SKIP"
+    detail: str
+    data: dict = field(default_factory=dict)
+
+
+def _verdict(ok: bool, detail: str, **data) -> Outcome:
+    return Outcome("PASS" if ok else "FAIL", detail, data)
+
+
+def _has_cupy() -> bool:
+    return importlib.util.find_spec("cupy") is not None
+
+
+def environment(ctx: Context) -> Outcome:
+    """Versions, the device, and the CUDA libraries CuPy would load (NVRTC, cuBLAS, NCCL)."""
+    backend = ctx.backend
+    found = {
+        "xpnet": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "array-api-compat": array_api_compat.__version__,
+        backend.name: backend.library_version,
+        "device": backend.device_name,
+        "TF32 matmuls": backend.tf32_state(),
+    }
+    if _has_cupy():
+        found.update(cuda_libraries())
+    detail = ", ".join(f"{name} {value}" for name, value in found.items())
+    return Outcome("PASS", detail, found)
+
+
+def kernels(ctx: Context) -> Outcome:
+    """Each fused kernel against the array-API code it replaces, float32 and float64."""
+    backend, numpy = ctx.backend, get_backend("numpy")
+    if backend.name == "cupy":
+        how = f"compiled by CuPy on {backend.device_name}"
+        fused = {dtype: run_call_sites(backend, dtype) for dtype in DTYPES}
+    else:
+        how = "C bodies interpreted with NumPy: no CuPy device here"
+        with substituted_kernels(CKernel):
+            fused = {dtype: run_call_sites(numpy, dtype) for dtype in DTYPES}
+    worst = {}
+    for dtype in DTYPES:
+        reference = run_call_sites(numpy, dtype)
+        worst[dtype] = max(_relative_error(fused[dtype][site], reference[site]) for site in reference)
+    ok = all(worst[dtype] <= KERNEL_RTOL[dtype] for dtype in DTYPES)
+    sites = len(fused["float32"])
+    errors = ", ".join(f"{d} {e:.1e}" for d, e in worst.items())
+    return _verdict(
+        ok, f"{sites} call sites match the array-API reference ({how}); worst relative error {errors}", worst=worst
+    )
+
+
+def _relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.max(np.abs(got - want) / np.maximum(np.abs(want), 1e-30))) if want.size else 0.0
+
+
+def kernel_compile(ctx: Context) -> Outcome:
+    """Every fused kernel's CUDA source (CuPy's) compiled by NVRTC for this GPU (or sm_80, sm_90)."""
+    if not _has_cupy():
+        return Outcome("SKIP", 'CuPy is not installed (pip install "xpnet[cuda12]")')
+    nvrtc = cuda_libraries().get("NVRTC", "missing")
+    if nvrtc.startswith("missing"):
+        return Outcome("SKIP" if ctx.backend.name != "cupy" else "FAIL", f"NVRTC {nvrtc}")
+    archs = [ctx.backend.compute_capability] if ctx.backend.compute_capability else ["80", "90"]
+    sources = kernel_sources(DTYPES)
+    count = 0
+    try:
+        for arch in archs:
+            for name_sources in sources.values():
+                for source in name_sources:
+                    nvrtc_compile(source, arch)
+                    count += 1
+    except XpnetError as exc:
+        return Outcome("FAIL", str(exc).splitlines()[0])
+    targets = ", ".join(f"sm_{a}" for a in archs)
+    return Outcome("PASS", f"{len(sources)} kernels, {count} sources compiled by NVRTC {nvrtc} for {targets}")
+
+
+#: Networks whose gradients are checked: every activation, every loss, fused and not.
+GRADIENT_NETS = [
+    ("sigmoid", "softmax", "cross_entropy"),
+    ("tanh", "identity", "mse"),
+    ("relu", "sigmoid", "binary_cross_entropy"),
+    ("leaky_relu(0.1)", "sigmoid", "cross_entropy"),
+    ("identity", "softmax", "binary_cross_entropy"),
+]
+
+
+def gradients(ctx: Context) -> Outcome:
+    """BP1-BP4 against central finite differences, in float64 on the backend."""
+    worst = 0.0
+    for hidden, output, loss in GRADIENT_NETS:
+        worst = max(worst, _gradient_error(ctx.backend, hidden, output, loss))
+    return _verdict(worst < 1e-6, f"{len(GRADIENT_NETS)} networks, worst relative error {worst:.1e}", worst=worst)
+
+
+def _gradient_error(backend: Backend, hidden: str, output: str, loss: str, eps: float = 1e-6) -> float:
+    rng = np.random.default_rng(0)
+    net = MLP([4, 5, 3], activation=hidden, output=output, loss=loss, backend=backend, dtype="float64", seed=1)
+    x = rng.standard_normal((6, 4))
+    y = rng.standard_normal((6, 3)) if loss == "mse" else rng.integers(0, 3, 6)
+    _, layers = net.gradients(x, y)
+    analytic = [backend.to_host(g) for pair in layers for g in pair]
+    base = [backend.to_host(p) for p in net.params]
+    worst = 0.0
+    for i, param in enumerate(base):
+        numeric = np.zeros_like(param)
+        for index in np.ndindex(param.shape):
+            costs = []
+            for sign in (1, -1):
+                shifted = param.copy()
+                shifted[index] += sign * eps
+                net.params[i] = backend.upload(shifted, net.dtype)
+                costs.append(float(backend.to_host(net.gradients(x, y)[0])))
+            numeric[index] = (costs[0] - costs[1]) / (2 * eps)
+        net.params[i] = backend.upload(param, net.dtype)
+        scale = np.maximum(np.maximum(np.abs(analytic[i]), np.abs(numeric)), 1e-4)
+        worst = max(worst, float(np.max(np.abs(analytic[i] - numeric) / scale)))
+    return worst
+
+
+def optimizers(ctx: Context) -> Outcome:
+    """Every optimizer's updates on the backend against NumPy's, float64, ten steps."""
+    numpy, worst = get_backend("numpy"), {}
+    for dtype in DTYPES:
+        got, want = run_call_sites(ctx.backend, dtype, steps=10), run_call_sites(numpy, dtype, steps=10)
+        worst[dtype] = max(_relative_error(got[name], want[name]) for name in OPTIMIZERS)
+    ok = worst["float64"] <= 1e-10 and worst["float32"] <= 1e-4
+    errors = ", ".join(f"{d} {e:.1e}" for d, e in worst.items())
+    return _verdict(ok, f"{', '.join(OPTIMIZERS)} agree with NumPy; worst relative error {errors}", worst=worst)
+
+
+def sync_audit(ctx: Context) -> Outcome:
+    """fit, evaluate and predict under ``Backend.audit``: no hidden host reads or device mixes,
+    one read per epoch. On the CPU with PyTorch installed, also on its meta device (a GPU's stand-in)."""
+    backends = [ctx.backend]
+    if ctx.backend.device_name == "cpu" and importlib.util.find_spec("torch") is not None:
+        backends.append(get_backend("torch", "meta"))
+    lines, ok, data = [], True, {}
+    for backend in backends:
+        audit, epochs, budget = _audited_run(backend)
+        ok &= audit.clean and audit.reads == budget
+        watched = f"{audit.operations} operations watched" if audit.operations else "reads counted (no device)"
+        problems = "; ".join(audit.violations[:3]) or "no violations"
+        lines.append(
+            f"{backend}: {watched}, {audit.reads} host reads for {epochs} epochs + evaluate + predict, {problems}"
+        )
+        data[str(backend)] = {"operations": audit.operations, "reads": audit.reads, "violations": audit.violations}
+    return _verdict(ok, " | ".join(lines), **data)
+
+
+def _audited_run(backend: Backend):
+    X, y = _blobs()
+    net = MLP([2, 16, 3], activation="relu", dropout=0.1, backend=backend, seed=0)
+    epochs = 2
+    with backend.audit() as audit:
+        net.fit(X, y, epochs=epochs, batch_size=16, optimizer=SGD(lr=0.1, momentum=0.9), validation_data=(X, y))
+        net.evaluate(X, y)
+        net.predict(X)
+    # One read per epoch, evaluate's one, and predict's (host NumPy in, so host NumPy out) off the CPU.
+    budget = epochs + 1 + (0 if backend.owns(X) else 1)
+    return audit, epochs, budget
+
+
+def _blobs(n: int = 96, classes: int = 3, seed: int = 0):
+    """Well separated Gaussian blobs in the plane: any network here learns them fully."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    angles = 2 * np.pi * y / classes
+    X = np.stack([3 * np.cos(angles), 3 * np.sin(angles)], axis=1) + 0.3 * rng.standard_normal((n, 2))
+    return X.astype(np.float32), y
+
+
+def dropout(ctx: Context) -> Outcome:
+    """Masks from the backend's own generator: the right share kept, scaled by 1/(1-p), fresh per
+    draw, the same for the same seed."""
+    rate, shape = 0.3, (200, 500)
+    masks = []
+    for seed in (0, 0):
+        net = MLP([4, 4, 2], dropout=rate, backend=ctx.backend, seed=seed)
+        masks.append([ctx.backend.to_host(net._dropout_mask(shape, rate)) for _ in range(2)])
+    first, second = masks[0]
+    kept = float(np.mean(first != 0))
+    scale_ok = np.allclose(first[first != 0], 1 / (1 - rate), rtol=1e-6)
+    ok = abs(kept - (1 - rate)) < 0.01 and scale_ok and not np.array_equal(first, second)
+    ok &= np.array_equal(first, masks[1][0])
+    detail = f"kept {kept:.4f} of units at p={rate} (expected {1 - rate}), scale {'1/(1-p)' if scale_ok else 'WRONG'}"
+    return _verdict(ok, detail + ", draws differ, one seed reproduces its masks", kept=kept)
+
+
+def save_resume(ctx: Context) -> Outcome:
+    """A run interrupted mid-epoch, saved as a checkpoint, loaded and resumed, ends with the
+    weights of the uninterrupted run (bit for bit on the CPU)."""
+    X, y = _blobs()
+    reference = MLP([2, 16, 3], backend=ctx.backend, seed=0)
+    reference.fit(X, y, epochs=3, batch_size=16, optimizer=SGD(lr=0.1, momentum=0.9))
+    net, optimizer = MLP([2, 16, 3], backend=ctx.backend, seed=0), SGD(lr=0.1, momentum=0.9)
+    polls = iter(range(8))  # stop after 8 steps: in the middle of the second epoch (6 steps each)
+    history = net.fit(X, y, epochs=3, batch_size=16, optimizer=optimizer, should_stop=lambda: next(polls, 8) >= 7)
+    path = ctx.workdir / "selfcheck.ckpt.safetensors"
+    save_model(path, net, history=history, optimizer=optimizer)
+    saved = ModelFile(path)
+    resumed, optimizer = saved.build(ctx.backend), SGD(lr=0.1, momentum=0.9)
+    optimizer.load_state_arrays(
+        saved.optimizer_buffers(resumed, optimizer), saved.checkpoint["optimizer_steps"], resumed.params
+    )
+    state = History.from_resume_state(saved.resume_state(), best_params=saved.best_params(resumed))
+    resumed.fit(X, y, epochs=3, batch_size=16, optimizer=optimizer, history=state)
+    want, got = reference.state_dict(), resumed.state_dict()
+    exact = all(np.array_equal(want[k], got[k]) for k in want)
+    close = all(np.allclose(want[k], got[k], rtol=1e-5, atol=1e-7) for k in want)
+    on_gpu = ctx.backend.compute_capability is not None  # cuBLAS may pick other kernels after a reload
+    ok = history.interrupted and (exact or (close and on_gpu))
+    how = "bit for bit" if exact else "to 1e-5" if close else "NOT"
+    return _verdict(ok, f"interrupted at epoch {history.epoch + 1}, step {history.batch}; resumed weights match {how}")
+
+
+def training(ctx: Context) -> Outcome:
+    """A short training run: it learns, and reads the device once per epoch."""
+    X, y = _blobs(n=384)
+    net = MLP([2, 32, 3], backend=ctx.backend, seed=0)
+    reads, epochs = ctx.backend.host_reads, 3
+    history = net.fit(X, y, epochs=epochs, batch_size=32, optimizer=SGD(lr=0.1, momentum=0.9))
+    reads = ctx.backend.host_reads - reads
+    accuracy = history.records[-1]["accuracy"]
+    ok = accuracy >= 0.95 and reads == epochs
+    return _verdict(ok, f"{epochs} epochs, accuracy {accuracy:.3f}, {reads} host reads", accuracy=accuracy, reads=reads)
+
+
+def benchmark(ctx: Context) -> Outcome:
+    """The device's measured float32 GEMM rate, and a training epoch's rate as a share of it."""
+    backend = ctx.backend
+    gemm = _gemm_gflops(backend, 1024 if backend.compute_capability is None else 4096)
+    rng = np.random.default_rng(0)
+    X, y = rng.random((8192, 784), dtype=np.float32), rng.integers(0, 10, 8192)
+    net = MLP([784, 256, 10], backend=backend, seed=0)
+    X, y = net.to_device(X), net.to_device(y, labels=True)
+    net.fit(X, y, epochs=1, batch_size=256)  # warm-up: kernels compiled, memory pools grown
+    backend.synchronize()
+    start = time.perf_counter()
+    net.fit(X, y, epochs=1, batch_size=256)
+    backend.synchronize()
+    seconds = time.perf_counter() - start
+    train = 6 * net.macs_per_sample * X.shape[0] / seconds / 1e9  # forward 2, backward 4 FLOPs per MAC
+    ok = np.isfinite(gemm) and np.isfinite(train) and gemm > 0
+    detail = f"GEMM ceiling {gemm:,.1f} GFLOP/s; 784-256-10 at batch 256: {X.shape[0] / seconds:,.0f} samples/s"
+    return _verdict(
+        ok, f"{detail}, {train:,.1f} GFLOP/s ({100 * train / gemm:.0f}% of the ceiling)", gemm=gemm, train=train
+    )
+
+
+def _gemm_gflops(backend: Backend, n: int, repeats: int = 3) -> float:
+    rng = np.random.default_rng(0)
+    a, b = (backend.upload(rng.standard_normal((n, n), dtype=np.float32)) for _ in range(2))
+    with backend.activated():
+        a @ b  # warm-up
+        backend.synchronize()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            backend.synchronize()
+            times.append(time.perf_counter() - start)
+    return 2 * n**3 / min(times) / 1e9
+
+
+CHECKS = {
+    "environment": environment,
+    "kernels": kernels,
+    "kernel-compile": kernel_compile,
+    "gradients": gradients,
+    "optimizers": optimizers,
+    "sync-audit": sync_audit,
+    "dropout": dropout,
+    "save-resume": save_resume,
+    "training": training,
+    "benchmark": benchmark,
+}
+
+
+def run_checks(backend: Backend) -> dict[str, Outcome]:
+    """Every check on ``backend``; a check that raises is a FAIL naming the error."""
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="xpnet-selfcheck-") as workdir:
+        context = Context(backend, Path(workdir))
+        for name, check in CHECKS.items():
+            try:
+                results[name] = check(context)
+            except Exception as exc:  # a check must report, never crash the report
+                results[name] = Outcome("FAIL", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    return results

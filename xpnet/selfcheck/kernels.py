@@ -1,0 +1,90 @@
+"""Every place xpnet launches a fused kernel, run on demand, for checking the kernels.
+
+``run_call_sites`` runs ReLU's BP2, each optimizer's update and the input scaling on a
+backend, through xpnet's own code: on CuPy the fused kernels run, elsewhere the array-API
+code they replace (the reference), and under ``backend.substituted_kernels`` whatever
+stands in for them (the C bodies interpreted with NumPy, or a recorder of the calls).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xpnet.activations import ReLU
+from xpnet.backend import Backend, get_backend, kernel_cuda_source, substituted_kernels
+from xpnet.network import MLP
+from xpnet.optim import SGD, Adam, AdamW
+from xpnet.scaling import Scaling
+from xpnet.selfcheck.interpret import CKernel
+
+#: One optimizer per fused update (AdamW shares Adam's kernel with other arguments).
+OPTIMIZERS = {
+    "sgd": lambda: SGD(lr=0.1, weight_decay=0.01),
+    "sgd_momentum": lambda: SGD(lr=0.1, momentum=0.9, weight_decay=0.01),
+    "sgd_nesterov": lambda: SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+    "adam": lambda: Adam(lr=0.01, weight_decay=0.01),
+    "adamw": lambda: AdamW(lr=0.01, weight_decay=0.1),
+}
+SCALINGS = {
+    "unit": Scaling("unit", 0.0, 1 / 255),
+    "per-feature": Scaling("standard", np.arange(3.0), np.linspace(0.5, 2.0, 3)),
+}
+
+
+def run_call_sites(backend: Backend, dtype: str, steps: int = 3) -> dict[str, np.ndarray]:
+    """Each call site's results, read back to the host, keyed ``relu_backward``, the optimizer
+    names (parameters and buffers after ``steps`` updates) and ``scale_inputs/<scaling>/<input>``."""
+    rng = np.random.default_rng(0)
+    xp = backend.xp
+    results = {}
+    with backend.activated():
+        z = rng.standard_normal((5, 4)).astype(dtype)
+        z[0, :2] = 0.0, -0.0  # the step's edge: σ'(0) = 0
+        grad = backend.upload(rng.standard_normal((5, 4)), backend.dtype(dtype))
+        results["relu_backward"] = backend.to_host(ReLU().backward(xp, backend.upload(z), None, grad))
+        for name, make in OPTIMIZERS.items():
+            results[name] = _optimizer_run(backend, make(), dtype, steps)
+        for label, scaling in SCALINGS.items():
+            net = MLP([3, 2], backend=backend, dtype=dtype)
+            net.set_scaling(scaling)
+            for kind, raw in (("uint8", np.arange(12, dtype=np.uint8).reshape(4, 3)), ("float", z[:4, :3])):
+                results[f"scale_inputs/{label}/{kind}"] = backend.to_host(net.prepare(net.to_device(raw)))
+    return results
+
+
+def _optimizer_run(backend: Backend, optimizer, dtype: str, steps: int) -> np.ndarray:
+    """Parameters and buffers, flattened, after ``steps`` updates from fixed weights and gradients."""
+    rng = np.random.default_rng(1)
+    params = [backend.upload(rng.standard_normal(shape), backend.dtype(dtype)) for shape in ((4, 3), (4,))]
+    for _ in range(steps):
+        grads = [backend.upload(rng.standard_normal(tuple(p.shape)), backend.dtype(dtype)) for p in params]
+        optimizer.step(params, grads)
+    return np.concatenate([backend.to_host(a).ravel() for a in params + optimizer.state_arrays()])
+
+
+class _Recorder:
+    """Stands in for a fused kernel: keeps each call's arguments, then runs the body with NumPy."""
+
+    def __init__(self, name: str, calls: dict):
+        self.name, self.calls, self.kernel = name, calls, CKernel(name)
+
+    def __call__(self, *args):
+        self.calls.setdefault(self.name, []).append([np.array(a) if isinstance(a, np.ndarray) else a for a in args])
+        return self.kernel(*args)
+
+
+def recorded_calls(dtypes=("float32", "float64")) -> dict[str, list]:
+    """Each kernel's calls from xpnet's call sites in ``dtypes``, as host stand-ins for its arguments."""
+    calls: dict = {}
+    with substituted_kernels(lambda name: _Recorder(name, calls)):
+        for dtype in dtypes:
+            run_call_sites(get_backend("numpy"), dtype)
+    return calls
+
+
+def kernel_sources(dtypes=("float32", "float64")) -> dict[str, tuple[str, ...]]:
+    """Each kernel's distinct CUDA sources (CuPy's) over xpnet's calls in ``dtypes``."""
+    return {
+        name: tuple(dict.fromkeys(kernel_cuda_source(name, args) for args in calls))
+        for name, calls in recorded_calls(dtypes).items()
+    }
