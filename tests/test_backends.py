@@ -14,9 +14,11 @@ import pytest
 from conftest import CPU_BACKENDS, HAVE_TORCH, build_mlp, host
 
 import xpnet.backend
-from xpnet.backend import Backend, RandomGenerator, get_backend
+from xpnet.backend import Backend, get_backend
 from xpnet.errors import BackendError, ConfigError
+from xpnet.metadata import DROPOUT_STATE
 from xpnet.optim import SGD, Adam, AdamW
+from xpnet.schema import Invalid, check
 
 STEPS = 50
 BATCH = 16
@@ -293,7 +295,7 @@ def test_a_dropout_state_from_another_device_kind_reseeds_deterministically():
     saved = backend.random_generator(3).get_state()
     assert saved["device"] == "cpu"
     cuda_state = {"torch": list(range(16)), "device": "cuda"}
-    assert RandomGenerator.valid_state(cuda_state)
+    assert check(DROPOUT_STATE, cuda_state) == cuda_state and check(DROPOUT_STATE, saved) == saved
     draws = []
     for _ in range(2):
         generator = backend.random_generator(0)
@@ -312,8 +314,9 @@ def test_a_dropout_state_from_another_device_kind_reseeds_deterministically():
 
 def test_a_cupy_dropout_state_is_valid_and_resumes_deterministically_elsewhere():
     state = {"cupy": {"seed": 0, "draws": 12}}
-    assert RandomGenerator.valid_state(state)
-    assert not RandomGenerator.valid_state({"cupy": {"seed": "x"}})
+    assert check(DROPOUT_STATE, state) == state
+    with pytest.raises(Invalid):
+        check(DROPOUT_STATE, {"cupy": {"seed": "x", "draws": 0}})
     backend = get_backend("numpy")
     runs = []
     for _ in range(2):

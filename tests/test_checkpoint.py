@@ -337,3 +337,29 @@ def test_resume_refuses_tampered_training_settings(tmp_path, key, value, capsys)
     save_model(good, net, training={**BASE_SETTINGS, key: value}, history=history, optimizer=optimizer)
     assert main(["train", "--resume", str(good)]) == 2
     assert f"metadata training.{key}:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", CPU_BACKENDS)
+def test_a_run_with_dropout_resumes_from_its_checkpoint_on_every_backend(tmp_path, spec):
+    """Each backend's dropout state (NumPy's PCG64, PyTorch's bytes and device kind) passes the
+    checkpoint schema and continues its stream: the resumed run ends where the whole one does."""
+    from xpnet.optim import SGD
+    from xpnet.train import History, fit
+
+    X, y = blobs(n=60, features=4, classes=3)
+    whole = MLP([4, 6, 3], backend=spec[0], device=spec[1], dropout=0.3, seed=2)
+    fit(whole, X, y, epochs=2, batch_size=10, optimizer=SGD(lr=0.1, momentum=0.9))
+    net, optimizer = MLP([4, 6, 3], backend=spec[0], device=spec[1], dropout=0.3, seed=2), SGD(lr=0.1, momentum=0.9)
+    history = fit(net, X, y, epochs=1, batch_size=10, optimizer=optimizer)
+    path = tmp_path / "m.ckpt.safetensors"
+    save_model(path, net, training={"seed": 0}, history=history, optimizer=optimizer)
+    saved = ModelFile(path)
+    state = saved.resume_state()
+    assert state["dropout_state"] is not None
+    resumed, optimizer = saved.build(*spec), SGD(lr=0.1, momentum=0.9)
+    optimizer.load_state_arrays(
+        saved.optimizer_buffers(resumed, optimizer), saved.checkpoint["optimizer_steps"], resumed.params
+    )
+    fit(resumed, X, y, epochs=2, batch_size=10, optimizer=optimizer, history=History.from_resume_state(state))
+    for name, value in whole.state_dict().items():
+        np.testing.assert_allclose(resumed.state_dict()[name], value, rtol=1e-6, err_msg=name)

@@ -792,31 +792,6 @@ class RandomGenerator:
             raise ConfigError(f"the saved dropout generator state does not fit this backend ({exc})") from None
         self._reseed(_digest_seed(state))
 
-    @staticmethod
-    def valid_state(state: Any) -> bool:
-        """True if ``state`` could come from ``get_state`` (checks untrusted checkpoint data)."""
-        if state is None:
-            return True
-        if not isinstance(state, dict):
-            return False
-        if "torch" in state:
-            data = state["torch"]
-            return (
-                isinstance(data, list)
-                and all(isinstance(b, int) and 0 <= b < 256 for b in data)
-                and state.get("device", "cpu") in ("cpu", "cuda")
-            )
-        if "cupy" in state:
-            saved = state["cupy"]
-            return isinstance(saved, dict) and all(
-                isinstance(saved.get(key), int) or saved.get(key) is None for key in ("seed", "draws")
-            )
-        try:
-            np.random.default_rng().bit_generator.state = state
-        except (TypeError, ValueError, KeyError, OverflowError):
-            return False
-        return True
-
     def uniform(self, shape: tuple, dtype: Any):
         """An array of ``shape`` with U[0, 1) entries of ``dtype``, on the device."""
         name = self.backend.name

@@ -115,8 +115,17 @@ PCG64_STATE = Record(
     },
     what="a NumPy PCG64 generator state",
 )
-#: A PyTorch generator's state: its bytes.
-TORCH_STATE = Record({"torch": ListOf(Int(0, 255), 1, 1 << 16)}, what="a PyTorch generator state")
+#: A PyTorch generator's state: its bytes, and the kind of device it drew on (CPU and CUDA states differ).
+TORCH_STATE = Record(
+    {"torch": ListOf(Int(0, 255), 1, 1 << 16), "device": Text(choices=("cpu", "cuda"))},
+    optional=frozenset({"device"}),
+    what="a PyTorch generator state",
+)
+#: CuPy's dropout stream is not saved; its seed and draw count reseed a resumed run (backend.RandomGenerator).
+CUPY_STATE = Record(
+    {"cupy": Record({"seed": Either((Null(), _COUNT)), "draws": _COUNT})}, what="a CuPy generator record"
+)
+DROPOUT_STATE = Either((Null(), PCG64_STATE, TORCH_STATE, CUPY_STATE))
 
 
 def _loop_rules(state: dict):
@@ -133,7 +142,7 @@ LOOP_STATE = Record(
         "epoch": _COUNT,
         "batch": _COUNT,
         "rng_state": Either((Null(), PCG64_STATE)),
-        "dropout_state": Either((Null(), PCG64_STATE, TORCH_STATE)),
+        "dropout_state": DROPOUT_STATE,
         "partial": Either((ListOf(Number(), 0, 0), ListOf(Number(0.0), 4, 4))),
         "best_val_loss": Number(0.0, finite=False),  # infinite until a first validation
         "best_epoch": _COUNT,
