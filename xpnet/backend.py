@@ -210,12 +210,19 @@ class Backend:
             yield
 
     def activated(self):
-        """A context in which new arrays land on this backend's device.
+        """A context in which this backend's GPU is the current one.
 
-        Only CuPy needs it: array-api-compat's CuPy functions ignore ``device=`` and
-        allocate on the current GPU, so ``cuda:1`` must be made current around the work.
+        CuPy needs it: array-api-compat's CuPy functions ignore ``device=`` and allocate
+        on the current GPU, so ``cuda:1`` must be made current around the work. NCCL
+        binds a communicator to the current GPU, so PyTorch CUDA makes its device current too.
         """
-        return self.device if self.name == "cupy" else contextlib.nullcontext()
+        if self.name == "cupy":
+            return self.device
+        if self.name == "torch" and self.device.type == "cuda":
+            import torch
+
+            return torch.cuda.device(self.device)
+        return contextlib.nullcontext()
 
     def quiet_float_errors(self):
         """A context in which NumPy-based backends do not warn on overflow or NaN.
@@ -296,6 +303,50 @@ class Backend:
         if self.name == "torch" and self.device.type == "cuda":
             return _torch_sync_debug_mode("error" if strict else "default")
         return contextlib.nullcontext()
+
+    # -- memory as collective communication sees it (xpnet.distributed) --------------------
+
+    @property
+    def cuda_index(self) -> int | None:
+        """The CUDA device number arrays live on (CuPy, PyTorch CUDA); None for host memory."""
+        if self.name == "cupy":
+            return self.device.id
+        if self.name == "torch" and self.device.type == "cuda":
+            return self.device.index or 0
+        return None
+
+    def host_alias(self, array: Any) -> np.ndarray | None:
+        """A NumPy array sharing ``array``'s memory, where that memory is the host's; else None.
+
+        MPI then reads and writes the array itself, with no copy: NumPy arrays as they are,
+        PyTorch CPU tensors through DLPack. array-api-strict's other devices stand in for a
+        GPU in the tests, so only its CPU device counts as host memory here.
+        """
+        if self.name == "numpy":
+            return array
+        if self.name == "torch" and self.device.type == "cpu":
+            return np.from_dlpack(array.detach())
+        if self.name == "array-api-strict" and self.device == self.xp.Device("CPU_DEVICE"):
+            return np.from_dlpack(array)
+        return None
+
+    def pointer(self, array: Any) -> int:
+        """The address of ``array``'s first element (for NCCL and CUDA-aware MPI)."""
+        if self.name == "cupy":
+            return array.data.ptr
+        if self.name == "torch":
+            return array.data_ptr()
+        return self.host_alias(array).ctypes.data
+
+    def stream_pointer(self) -> int:
+        """The handle of the CUDA stream this thread queues work on (0, the default, off the GPU)."""
+        if self.name == "cupy":
+            return self.xp.cuda.get_current_stream().ptr
+        if self.name == "torch" and self.device.type == "cuda":
+            import torch
+
+            return torch.cuda.current_stream(self.device).cuda_stream
+        return 0
 
 
 def get_backend(backend: str | Backend | None = None, device: str | None = None) -> Backend:

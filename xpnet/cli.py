@@ -24,6 +24,7 @@ from xpnet.bench.options import add_bench_arguments
 from xpnet.checkpoint import ModelFile
 from xpnet.data import load_dataset, read_idx
 from xpnet.data.tabular import read_npz_arrays
+from xpnet.distributed import transports
 from xpnet.errors import ConfigError, DivergenceError, XpnetError
 from xpnet.fileio import atomic_write_text, atomic_writer
 from xpnet.recipes import RECIPES
@@ -278,6 +279,9 @@ def _info_command(args) -> int:
     for line in cuda_devices() or ["no CUDA GPU seen"]:
         print(f"  {line}")
     print(f"BLAS: {_blas_description()}")
+    print("distributed (--distributed under mpiexec):")
+    for name, status in transports().items():
+        print(f"  {name:17s} {status}")
     return 0
 
 
