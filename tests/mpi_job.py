@@ -1,0 +1,91 @@
+"""What each rank runs in test_mpi.py's jobs (``mpiexec -n R python -m mpi4py tests/mpi_job.py MODE ...``).
+
+Every mode writes what rank r saw to ``OUT/rank{r}.json`` (and arrays to ``.npz``) for
+the test to compare; nothing here asserts, so a failing rank's numbers still come back.
+
+- ``collectives OUT BACKEND:DEVICE ...``: the communicator's primitives on real ranks, per backend
+  (results in ``OUT/BACKEND/``).
+- ``nccl-standin OUT``: NCCLCommunicator, with the recording stand-in reducing by MPI.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+from nccl_standin import RecordingNCCL
+
+from xpnet.backend import Backend, get_backend
+from xpnet.distributed import FlatBuffer, MPICommunicator, NCCLCommunicator
+
+
+def _rank_arrays(backend, rank: int, dtype) -> list:
+    """Arrays shaped like a small network's parameters, filled from a per-rank seed."""
+    rng = np.random.default_rng(100 + rank)
+    return [backend.upload(rng.standard_normal(shape), dtype) for shape in [(4, 3), (4,), (2, 4), (2,)]]
+
+
+def _write(out: Path, rank: int, record: dict, **arrays) -> None:
+    (out / f"rank{rank}.json").write_text(json.dumps(record))
+    np.savez(out / f"rank{rank}.npz", **arrays)
+
+
+def collectives(out: Path, *specs: str) -> None:
+    comm = MPICommunicator()
+    for spec in specs:
+        backend_name, _, device = spec.partition(":")
+        folder = out / backend_name
+        folder.mkdir(exist_ok=True)
+        _collectives(comm, folder, get_backend(backend_name, device or None))
+
+
+def _collectives(comm, out: Path, backend: Backend) -> None:
+    dtype = backend.dtype("float64")
+    mine = _rank_arrays(backend, comm.rank, dtype)
+    flat = FlatBuffer(comm, backend, mine)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        means = [backend.to_host(m) for m in flat.mean(mine)]
+        means_again = [backend.to_host(m) for m in flat.mean(mine)]
+    broadcast = _rank_arrays(backend, comm.rank, dtype)
+    FlatBuffer(comm, backend, broadcast).broadcast_into(broadcast)
+    record = {
+        "rank": comm.rank,
+        "size": comm.size,
+        "local_rank": comm.local_rank,
+        "warnings": [str(w.message) for w in said],
+        "sum_host": comm.sum_host([0.1 * (comm.rank + 1), 1.0]),
+        "any_rank_1": comm.any(comm.rank == 1),
+        "any_none": comm.any(False),
+        "all_but_rank_1": comm.all(comm.rank != 1),
+        "gathered": comm.allgather_json({"rank": comm.rank, "text": "é" * comm.rank}),
+    }
+    arrays = {f"mean{i}": m for i, m in enumerate(means)}
+    arrays.update({f"again{i}": m for i, m in enumerate(means_again)})
+    arrays.update({f"bcast{i}": backend.to_host(b) for i, b in enumerate(broadcast)})
+    _write(out, comm.rank, record, **arrays)
+
+
+class _PretendGPU(Backend):
+    cuda_index = 0
+
+
+def nccl_standin(out: Path) -> None:
+    world = MPI.COMM_WORLD
+    nccl = RecordingNCCL(mpi_comm=world, unique_id=bytes(range(128)) if world.rank == 0 else b"not rank 0's")
+    comm = NCCLCommunicator(world, nccl=nccl)
+    backend = _PretendGPU("numpy", get_backend("numpy").xp, "cpu")
+    mine = _rank_arrays(backend, comm.rank, np.float32)
+    means = FlatBuffer(comm, backend, mine).mean(mine)
+    made = [call for call in nccl.calls if call[0] == "NcclCommunicator"]
+    record = {"rank": comm.rank, "made": [[c[1], list(c[2]), c[3]] for c in made], "calls": [c[0] for c in nccl.calls]}
+    _write(out, comm.rank, record, **{f"mean{i}": m for i, m in enumerate(means)})
+
+
+if __name__ == "__main__":
+    mode, folder, *rest = sys.argv[1:]
+    {"collectives": collectives, "nccl-standin": nccl_standin}[mode](Path(folder), *rest)

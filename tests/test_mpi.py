@@ -1,0 +1,142 @@
+"""Real jobs of several ranks: ``mpiexec -n R python -m mpi4py ...`` launched from pytest.
+
+Each rank runs with one BLAS thread, bound to its own core where there are enough of
+them (more ranks than cores run oversubscribed, unbound). Every launch has a timeout,
+so a hang fails the test instead of stalling CI. Skipped where mpi4py or mpiexec is
+missing (``pip install "xpnet[mpi]"`` brings both).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import HAVE_TORCH
+
+ROOT = Path(__file__).resolve().parent.parent
+JOB = Path(__file__).with_name("mpi_job.py")
+
+
+def _find_mpiexec() -> str | None:
+    """The mpiexec beside this Python (the MPICH wheel's), else the first on PATH."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
+
+
+MPIEXEC = _find_mpiexec()
+HAVE_MPI = importlib.util.find_spec("mpi4py") is not None and MPIEXEC is not None
+pytestmark = [
+    pytest.mark.mpi,
+    pytest.mark.skipif(not HAVE_MPI, reason='needs mpi4py and mpiexec (pip install "xpnet[mpi]")'),
+]
+
+
+def launch_command(ranks: int, *args) -> list[str]:
+    """``mpiexec`` for ``ranks`` ranks of ``python -m mpi4py ARGS``, pinned one rank per core when they fit."""
+    flags = ["-n", str(ranks)]
+    open_mpi = "Open MPI" in subprocess.run([MPIEXEC, "--version"], capture_output=True, text=True).stdout
+    if ranks <= (os.cpu_count() or 1):
+        flags += ["--bind-to", "core"]
+    elif open_mpi:
+        flags += ["--oversubscribe"]  # MPICH's Hydra oversubscribes unasked
+    return [MPIEXEC, *flags, sys.executable, "-m", "mpi4py", *map(str, args)]
+
+
+def job_environment(**extra) -> dict:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        **extra,
+    }
+
+
+def mpiexec(ranks: int, *args, cwd, timeout: float = 90, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a job to its end; a job still running after ``timeout`` seconds is killed and fails the test."""
+    proc = subprocess.Popen(
+        launch_command(ranks, *args),
+        cwd=cwd,
+        env=env or job_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: a timeout kills every rank with it
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"mpiexec -n {ranks} {' '.join(map(str, args))} hung for {timeout} s:\n{stderr[-4000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def _rank_results(folder: Path, ranks: int) -> list[tuple[dict, dict]]:
+    results = []
+    for rank in range(ranks):
+        with np.load(folder / f"rank{rank}.npz") as arrays:
+            results.append((json.loads((folder / f"rank{rank}.json").read_text()), dict(arrays)))
+    return results
+
+
+def _rank_arrays(rank: int, dtype) -> list[np.ndarray]:
+    """mpi_job.py's per-rank arrays, made here on the host."""
+    rng = np.random.default_rng(100 + rank)
+    return [rng.standard_normal(shape).astype(dtype) for shape in [(4, 3), (4,), (2, 4), (2,)]]
+
+
+# -- the communicator's collectives ---------------------------------------------------------------
+
+
+def test_collectives_across_two_ranks(tmp_path):
+    specs = ["numpy:", "array-api-strict:device1", *(["torch:cpu"] if HAVE_TORCH else [])]
+    done = mpiexec(2, JOB, "collectives", tmp_path, *specs, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for spec in specs:
+        _check_collectives(tmp_path / spec.partition(":")[0], spec.partition(":")[0])
+
+
+def _check_collectives(folder: Path, backend: str) -> None:
+    (first, first_arrays), (second, second_arrays) = _rank_results(folder, 2)
+    mine, theirs = _rank_arrays(0, np.float64), _rank_arrays(1, np.float64)
+    for i, (a, b) in enumerate(zip(mine, theirs)):
+        # One allreduce of the flat buffer gave both ranks the same mean, bit for bit, step after step.
+        assert np.array_equal(first_arrays[f"mean{i}"], (a + b) / 2), backend
+        assert np.array_equal(second_arrays[f"mean{i}"], first_arrays[f"mean{i}"])
+        assert np.array_equal(second_arrays[f"again{i}"], first_arrays[f"mean{i}"])
+        # A broadcast gives every rank rank 0's arrays.
+        assert np.array_equal(first_arrays[f"bcast{i}"], a) and np.array_equal(second_arrays[f"bcast{i}"], a)
+    assert [first["size"], second["size"]] == [2, 2]
+    assert [first["local_rank"], second["local_rank"]] == [0, 1]
+    assert first["sum_host"] == second["sum_host"] == [0.1 + 0.2, 2.0]
+    assert first["any_rank_1"] and second["any_rank_1"]
+    assert not first["any_none"] and not second["any_none"]
+    assert not first["all_but_rank_1"] and not second["all_but_rank_1"]
+    assert first["gathered"] == second["gathered"] == [{"rank": 0, "text": ""}, {"rank": 1, "text": "é"}]
+    staged = backend == "array-api-strict"  # device1 stands in for a GPU: host-staged, said once, by rank 0
+    assert len(first["warnings"]) == staged and not second["warnings"]
+    if staged:
+        assert "through host memory" in first["warnings"][0] and "nvidia-nccl-cu12" in first["warnings"][0]
+
+
+def test_nccl_communicator_across_two_ranks_with_the_recording_stand_in(tmp_path):
+    """The NCCL path on real ranks: rank 0's unique id reaches rank 1 by MPI; the stand-in reduces by MPI."""
+    done = mpiexec(2, JOB, "nccl-standin", tmp_path, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (first, first_arrays), (second, second_arrays) = _rank_results(tmp_path, 2)
+    assert first["made"] == [[2, list(range(128)), 0]] and second["made"] == [[2, list(range(128)), 1]]
+    assert first["calls"] == ["get_unique_id", "NcclCommunicator", "allReduce"]
+    assert second["calls"] == ["NcclCommunicator", "allReduce"]  # rank 1 never makes an id of its own
+    for i, (a, b) in enumerate(zip(_rank_arrays(0, np.float32), _rank_arrays(1, np.float32))):
+        assert np.array_equal(first_arrays[f"mean{i}"], (a + b) / np.float32(2))
+        assert np.array_equal(second_arrays[f"mean{i}"], first_arrays[f"mean{i}"])
