@@ -6,6 +6,11 @@ the test to compare; nothing here asserts, so a failing rank's numbers still com
 - ``collectives OUT BACKEND:DEVICE ...``: the communicator's primitives on real ranks, per backend
   (results in ``OUT/BACKEND/``).
 - ``nccl-standin OUT``: NCCLCommunicator, with the recording stand-in reducing by MPI.
+- ``fit OUT DATA.npz CASE ...``: ``fit`` data-parallel for each named case of ``CASES``
+  (results in ``OUT/CASE/``); test_mpi.py trains the same cases in one process.
+
+mpi4py is imported inside the modes, so that pytest can import ``train_case`` without
+starting MPI.
 """
 
 from __future__ import annotations
@@ -16,11 +21,54 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from mpi4py import MPI
 from nccl_standin import RecordingNCCL
 
 from xpnet.backend import Backend, get_backend
-from xpnet.distributed import FlatBuffer, MPICommunicator, NCCLCommunicator
+from xpnet.distributed import Communicator, FlatBuffer, MPICommunicator, NCCLCommunicator
+from xpnet.network import MLP
+from xpnet.optim import SGD, Adam, AdamW
+
+#: Training set-ups 1 process x B must match R ranks x B/R on: (network options, optimizer, fit options).
+CASES = {
+    "sgd-momentum-f64": (
+        {"dtype": "float64"},
+        lambda: SGD(lr=0.05, momentum=0.9, weight_decay=1e-4),
+        {"epochs": 3},
+    ),
+    "adam-f64": ({"dtype": "float64"}, lambda: Adam(lr=3e-3), {"epochs": 3}),
+    "adamw-schedule-dropout-f64": (
+        {"dtype": "float64", "dropout": 0.2},
+        lambda: AdamW(lr=3e-3, weight_decay=0.01, schedule="warmup-cosine"),
+        {"epochs": 3, "label_smoothing": 0.1},
+    ),
+    "sgd-momentum-f32": ({"dtype": "float32"}, lambda: SGD(lr=0.05, momentum=0.9), {"epochs": 3}),
+    "early-stopping-f64": ({"dtype": "float64"}, lambda: SGD(lr=0.5, momentum=0.9), {"epochs": 8, "patience": 1}),
+}
+BATCH = 24  # global: 2 ranks x 12, 3 ranks x 8
+
+
+def train_case(name: str, data: dict, communicator: Communicator | None = None):
+    """``(net, history)`` of case ``name`` on ``data`` (X, y, X_val, y_val), in one process or on this rank."""
+    network, optimizer, options = CASES[name]
+    net = MLP([data["X"].shape[1], 16, 8, int(data["y"].max()) + 1], seed=3, **network)
+    history = net.fit(
+        data["X"], data["y"], batch_size=BATCH, optimizer=optimizer(), validation_data=(data["X_val"], data["y_val"]),
+        seed=5, communicator=communicator, **options,
+    )  # fmt: skip
+    return net, history
+
+
+def fit_cases(out: Path, data_file: str, *names: str) -> None:
+    comm = MPICommunicator()
+    with np.load(data_file) as loaded:
+        data = dict(loaded)
+    for name in names:
+        net, history = train_case(name, data, comm)
+        folder = out / name
+        folder.mkdir(exist_ok=True)
+        record = {"records": history.records, "stopped_early": history.stopped_early, "rank": comm.rank}
+        record["restored_best"] = history.restored_best
+        _write(folder, comm.rank, record, **net.state_dict())
 
 
 def _rank_arrays(backend, rank: int, dtype) -> list:
@@ -75,6 +123,8 @@ class _PretendGPU(Backend):
 
 
 def nccl_standin(out: Path) -> None:
+    from mpi4py import MPI
+
     world = MPI.COMM_WORLD
     nccl = RecordingNCCL(mpi_comm=world, unique_id=bytes(range(128)) if world.rank == 0 else b"not rank 0's")
     comm = NCCLCommunicator(world, nccl=nccl)
@@ -88,4 +138,4 @@ def nccl_standin(out: Path) -> None:
 
 if __name__ == "__main__":
     mode, folder, *rest = sys.argv[1:]
-    {"collectives": collectives, "nccl-standin": nccl_standin}[mode](Path(folder), *rest)
+    {"collectives": collectives, "nccl-standin": nccl_standin, "fit": fit_cases}[mode](Path(folder), *rest)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import HAVE_TORCH
+from mpi_job import CASES, train_case
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB = Path(__file__).with_name("mpi_job.py")
@@ -140,3 +141,52 @@ def test_nccl_communicator_across_two_ranks_with_the_recording_stand_in(tmp_path
     for i, (a, b) in enumerate(zip(_rank_arrays(0, np.float32), _rank_arrays(1, np.float32))):
         assert np.array_equal(first_arrays[f"mean{i}"], (a + b) / np.float32(2))
         assert np.array_equal(second_arrays[f"mean{i}"], first_arrays[f"mean{i}"])
+
+
+# -- fit across ranks equals fit in one process --------------------------------------------------
+
+
+def _overlapping_classes(n=240, n_val=60, features=12, classes=4, seed=0, spread=1.5) -> dict:
+    """Four overlapping Gaussian classes: hard enough that the metrics move and early stopping acts."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((classes, features))
+    y = rng.integers(0, classes, n + n_val)
+    X = centres[y] + spread * rng.standard_normal((n + n_val, features))
+    return {"X": X[:n], "y": y[:n], "X_val": X[n:], "y_val": y[n:]}
+
+
+@pytest.fixture(scope="module")
+def fit_data(tmp_path_factory) -> tuple[Path, dict]:
+    path = tmp_path_factory.mktemp("mpi") / "classes.npz"
+    data = _overlapping_classes()
+    np.savez(path, **data)
+    return path, data
+
+
+@pytest.mark.parametrize("ranks", [2, 3], ids=["2-ranks", "3-ranks-oversubscribed"])
+def test_ranks_train_as_one_process_would(tmp_path, fit_data, ranks):
+    """R ranks x B/R against 1 process x B, 3 epochs: float64 weights within 1e-12 (SGD with momentum,
+    Adam, AdamW with a schedule, dropout and label smoothing), float32 within 1e-5, the same
+    per-epoch metrics, the same early stop; and every rank's weights bit-identical to rank 0's."""
+    path, data = fit_data
+    done = mpiexec(ranks, JOB, "fit", tmp_path, path, *CASES, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for name in CASES:
+        net, history = train_case(name, data)  # one process, no communicator: MLP.fit as ever
+        results = _rank_results(tmp_path / name, ranks)
+        tolerance = 1e-5 if name.endswith("f32") else 1e-12
+        for key, expected in net.state_dict().items():
+            for record, arrays in results:
+                assert np.array_equal(arrays[key], results[0][1][key]), (name, key, record["rank"])
+            assert np.max(np.abs(results[0][1][key] - expected)) <= tolerance, (name, key)
+        _assert_same_records(results[0][0]["records"], history.records, tolerance, name)
+        assert all(record["stopped_early"] == history.stopped_early for record, _ in results), name
+        assert all(record["restored_best"] == history.restored_best for record, _ in results), name
+    assert train_case("early-stopping-f64", data)[1].stopped_early  # so the collective stop was exercised
+
+
+def _assert_same_records(records: list[dict], expected: list[dict], tolerance: float, name: str) -> None:
+    assert [r["epoch"] for r in records] == [r["epoch"] for r in expected], name
+    for record, reference in zip(records, expected):
+        for key in ("loss", "val_loss", "lr", "accuracy", "val_accuracy"):
+            assert record[key] == pytest.approx(reference[key], rel=tolerance, abs=tolerance), (name, key)

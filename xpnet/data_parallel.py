@@ -118,11 +118,21 @@ class DataParallel:
     def active(self) -> bool:
         return self.communicator.size > 1
 
-    def start(self, net, optimizer, fingerprint: dict) -> None:
-        """Before the first step: refuse ranks that differ, then give all rank 0's weights and optimizer state."""
+    def start(self, net, optimizer, arrays: dict, options: dict) -> None:
+        """Before the first step: refuse ranks that differ, then give all rank 0's weights and optimizer state.
+
+        ``arrays`` names the whole training and validation data (``None`` where absent),
+        ``options`` the ``fit`` settings the ranks must share.
+        """
         if not self.active:
             return
-        check_same_job(self.communicator, fingerprint)
+        if options.get("seed") is None or (net.dropout_rng is not None and net.seed is None):
+            raise ConfigError(
+                "data-parallel training needs a seed (fit's seed and, with dropout, the network's): "
+                "every rank must draw the same permutation and the same dropout masks"
+            )
+        arrays = {name: array for name, array in _flat_items(arrays)}
+        check_same_job(self.communicator, fit_fingerprint(net, optimizer, arrays, options))
         FlatBuffer(self.communicator, net.backend, net.params).broadcast_into(net.params)
         state = optimizer.state_arrays()
         if state:
@@ -136,15 +146,25 @@ class DataParallel:
             self._gradients = FlatBuffer(self.communicator, net.backend, grads)
         return self._gradients.mean(grads)
 
-    def validation_part(self, X_val, y_val) -> tuple:
-        """This rank's contiguous part of the validation set (the sums are added up after)."""
-        if not self.active:
-            return X_val, y_val
-        rows = rank_part(X_val.shape[0], self.communicator)
-        return X_val[rows, ...], y_val[rows, ...]
+    def local_rows(self, idx):
+        """This rank's contiguous part of a global batch's row indices."""
+        return idx[self.rows] if self.active else idx
 
-    def sum_host(self, values: list[float]) -> list[float]:
-        return self.communicator.sum_host(values) if self.active else values
+    def validation_part(self, validation: tuple | None) -> tuple | None:
+        """This rank's contiguous part of ``(X_val, y_val)`` (the sums are added up after)."""
+        if not self.active or validation is None:
+            return validation
+        rows = rank_part(validation[0].shape[0], self.communicator)
+        return tuple(array[rows, ...] for array in validation)
+
+    def sum_host(self, values: list[float], root_only: Sequence[int] = ()) -> list[float]:
+        """``values`` summed over the ranks, identical on every rank; the positions in ``root_only``
+        carry rank 0's value instead (a figure every rank holds alike, such as max |w|)."""
+        if not self.active:
+            return values
+        if not self.communicator.is_root:
+            values = [0.0 if i in root_only or i - len(values) in root_only else v for i, v in enumerate(values)]
+        return self.communicator.sum_host(values)
 
     def stop_requested(self, flag: bool) -> bool:
         """A stop asked for on any rank is a stop for all, at the same step."""
@@ -162,6 +182,15 @@ class DataParallel:
             yield
         finally:
             net.dropout_rng = generator
+
+
+def _flat_items(arrays: dict):
+    """``(name, array)`` pairs, tuples of arrays numbered, ``None`` left out."""
+    for name, value in arrays.items():
+        if isinstance(value, (tuple, list)):
+            yield from ((f"{name} {i}", array) for i, array in enumerate(value))
+        elif value is not None:
+            yield name, value
 
 
 def fit_fingerprint(net, optimizer, arrays: dict, options: dict) -> dict:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import astuple, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from xpnet.data_parallel import DataParallel
+from xpnet.distributed import Communicator
 from xpnet.errors import ConfigError, DivergenceError
 from xpnet.evaluate import RunningSums, evaluate_sums, zero_sum
 from xpnet.optim import SGD, Optimizer
@@ -106,6 +108,7 @@ class _Loop:
     options: FitOptions
     should_stop: Callable[[], bool] | None
     log: Callable[[str], None] | None  #: where progress lines go (None: quiet)
+    parallel: DataParallel  #: this rank's part of each batch, and the collectives (one process: none)
 
     def __post_init__(self):
         if self.options.patience is not None and self.validation is None:
@@ -125,7 +128,8 @@ class _Loop:
         return self.X.shape[0] // self.batch_size
 
     def stop_requested(self) -> bool:
-        return self.should_stop is not None and self.should_stop()
+        """A stop asked for here, or on any rank: every rank stops at the same step."""
+        return self.parallel.stop_requested(self.should_stop is not None and self.should_stop())
 
 
 def fit(
@@ -148,6 +152,7 @@ def fit(
     on_epoch_end: Callable[[History], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     history: History | None = None,
+    communicator: Communicator | None = None,
 ) -> History:
     """Train ``net`` on ``(X, y)`` for ``epochs`` epochs; return the ``History``.
 
@@ -159,16 +164,22 @@ def fit(
     state needed to continue, which ``fit(..., history=that)`` does exactly. While ``fit``
     runs, the calling thread flushes float denormals to zero (``Backend.flush_denormals``),
     callbacks included.
+
+    ``communicator`` (``xpnet.distributed``): train data-parallel, every rank calling ``fit`` alike with the
+    global ``batch_size``; the job trains as one process would. Only rank 0 logs (``on_epoch_end``: all).
     """
     _check_fit_args(epochs, batch_size, patience, label_smoothing)
     X, y, validation = _data_on_device(net, X, y, validation_data, verbose, log)
     options = FitOptions(epochs, min(batch_size, X.shape[0]), label_smoothing, shuffle, patience, progress)
-    loop = _Loop(net, optimizer or SGD(lr=0.01), X, y, validation, options, should_stop, log if verbose else None)
+    parallel = DataParallel(communicator or Communicator(), options.batch_size)
+    log = log if verbose and parallel.communicator.is_root else None
+    part = parallel.validation_part(validation)  # this rank's share of the validation set
+    loop = _Loop(net, optimizer or SGD(), X, y, part, options, should_stop, log, parallel)
     history = history or History()
     rng = _continue_random_streams(net, history, seed)
-
     backend = net.backend  # a NaN/inf loss is caught below, by value; denormals only slow the steps down
-    with backend.activated(), backend.quiet_float_errors(), backend.flush_denormals():
+    with backend.activated(), backend.quiet_float_errors(), backend.flush_denormals(), parallel.rank_dropout(net):
+        parallel.start(net, loop.optimizer, {"X": X, "y": y, "validation": validation}, _agreed(options, seed, history))
         while history.epoch < epochs:
             totals, seconds = _run_epoch(loop, history, rng)
             if history.interrupted:
@@ -181,6 +192,12 @@ def fit(
         if restore_best:  # in the device context too: the copies belong on the network's GPU
             _restore_best(net, history, loop.log)
     return history
+
+
+def _agreed(options: FitOptions, seed, history: History) -> dict:
+    """The settings of this call every rank must share (the data and the network are compared too)."""
+    agreed = {key: value for key, value in asdict(options).items() if key != "progress"}  # only rank 0 shows one
+    return {**agreed, "seed": seed, "resumed at epoch": history.epoch, "resumed at batch": history.batch}
 
 
 def _continue_random_streams(net, history: History, seed):
@@ -224,10 +241,12 @@ def _run_epoch(loop: _Loop, history: History, rng) -> tuple[EpochTotals | None, 
     history.rng_state = rng.bit_generator.state  # this epoch's, for a checkpoint written mid-epoch
     order = backend.upload((rng.permutation(n) if loop.options.shuffle else np.arange(n)).astype(np.int32))
     first, partial = history.batch, history.partial
-    sums = RunningSums.resumed(net, partial.loss_sum, partial.correct) if partial else RunningSums.zero(net)
+    # An interrupted epoch's sums are the job's: rank 0 carries them on, the others start from zero.
+    carried = partial is not None and loop.parallel.communicator.is_root
+    sums = RunningSums.resumed(net, partial.loss_sum, partial.correct) if carried else RunningSums.zero(net)
     start = time.perf_counter() - (partial.seconds if partial else 0.0)
-    bar = _progress_bar(loop.options.progress, steps, history.epoch + 1, loop.epochs, initial=first)
-    with backend.step_policy(size * net.macs_per_sample):
+    bar = _progress_bar(loop.log is not None and loop.options.progress, steps, history.epoch + 1, loop.epochs, first)
+    with backend.step_policy(loop.parallel.local_batch * net.macs_per_sample):
         for b in range(first, steps):
             loop.optimizer.set_progress(history.epoch + b / steps, loop.epochs)
             _train_step(loop, order[b * size : (b + 1) * size], sums)
@@ -237,21 +256,22 @@ def _run_epoch(loop: _Loop, history: History, rng) -> tuple[EpochTotals | None, 
                 _close(bar)
                 _interrupt(loop, history, sums, b + 1, time.perf_counter() - start)
                 return None, time.perf_counter() - start
-    totals = _read_totals(loop, sums, steps * size)
+    totals = _read_totals(loop, sums, steps * loop.parallel.local_batch)
     _close(bar)
     return totals, time.perf_counter() - start
 
 
 def _train_step(loop: _Loop, idx, sums: RunningSums) -> None:
     """One minibatch step: forward, backprop (BP1-BP4), the optimizer's update, the running sums."""
-    net, xp = loop.net, loop.net.xp
+    net, xp, parallel = loop.net, loop.net.xp, loop.parallel
+    idx = parallel.local_rows(idx)  # this rank's contiguous part of the global batch
     xb, yb = net.prepare(xp.take(loop.X, idx, axis=0)), xp.take(loop.y, idx, axis=0)
     truth = net.targets(yb)
     smoothing = loop.options.label_smoothing
     targets = net.targets(yb, smoothing) if smoothing else truth
     cost, grads, out = net.backprop(xb, targets, train=True)
-    loop.optimizer.step(net.params, grads)
-    sums.add(net, cost, out, truth, loop.batch_size)
+    loop.optimizer.step(net.params, parallel.mean_gradients(net, grads))  # one allreduce across ranks
+    sums.add(net, cost, out, truth, parallel.local_batch)
 
 
 def _interrupt(loop: _Loop, history: History, sums: RunningSums, batches: int, seconds: float) -> None:
@@ -259,6 +279,7 @@ def _interrupt(loop: _Loop, history: History, sums: RunningSums, batches: int, s
     net = loop.net
     read = [sums.loss, sums.correct, largest_weight(net, loop.optimizer)]
     loss_sum, correct, largest = net.backend.to_host(net.xp.stack(read)).tolist()
+    loss_sum, correct, largest = loop.parallel.sum_host([loss_sum, correct, largest], root_only=[2])
     _check_diverged({"epoch": history.epoch + 1, "loss": loss_sum}, largest, loop.optimizer)
     history.batch = batches
     history.partial = PartialEpoch(loss_sum, correct, float(batches * loop.batch_size), seconds)
@@ -272,10 +293,9 @@ def _read_totals(loop: _Loop, sums: RunningSums, seen: int) -> EpochTotals:
     device_sums = [sums.loss, sums.correct, zero_sum(xp, net) + float(seen)]
     if loop.validation is not None:
         device_sums += evaluate_sums(net, *loop.validation)
-    device_sums.append(
-        largest_weight(net, loop.optimizer)
-    )  # a NaN from the epoch's last step shows here, not in its loss
-    *values, largest = net.backend.to_host(xp.stack(device_sums)).tolist()
+    device_sums.append(largest_weight(net, loop.optimizer))  # a NaN from the epoch's last step shows here
+    # The job's sums, the same on every rank; max |w| is rank 0's (every rank holds the same weights).
+    *values, largest = loop.parallel.sum_host(net.backend.to_host(xp.stack(device_sums)).tolist(), root_only=[-1])
     return EpochTotals(*values, largest_weight=largest)
 
 
