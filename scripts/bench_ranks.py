@@ -1,0 +1,172 @@
+#!/usr/bin/env python
+"""Data-parallel scaling: step time, allreduce time and its share, and efficiency, by rank count.
+
+For each rank count R it launches ``mpiexec -n R python -m mpi4py`` on this script; every
+rank trains ``fit`` itself (data-parallel for R > 1, through a communicator that times its
+collectives) on the global batch B, one warm-up epoch and one timed epoch per batch size.
+Rank 0 reports. Efficiency at B is T_1(B) / (R x T_R(B)), the strong-scaling figure: 1.0
+means R ranks take 1/R of one process's step. BLAS threads per rank: cores // R (at least 1),
+so one process may use every core the R ranks share.
+
+The tables in bench/RESULTS.md ("Data-parallel training") come from:
+
+    python scripts/bench_ranks.py --ranks 1,2 --batch-sizes 64,256,1024,4096 --json bench/ranks.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from xpnet.backend import get_backend
+from xpnet.distributed import Communicator, connect
+from xpnet.network import MLP
+from xpnet.optim import SGD
+
+SIZES = [784, 128, 64, 10]
+
+
+class TimedCommunicator(Communicator):
+    """Another communicator's collectives, timed: the gradient allreduce and the stop flag.
+
+    Before each allreduce a barrier is timed apart ("wait"): a blocking allreduce also
+    waits for the slowest rank, and on a shared machine that wait is most of it. The
+    barrier adds one small collective to the step it measures.
+    """
+
+    def __init__(self, inner: Communicator):
+        self.inner = inner
+        self.rank, self.size, self.local_rank = inner.rank, inner.size, inner.local_rank
+        self.seconds = {"wait": 0.0, "allreduce": 0.0, "stop flag": 0.0}
+        self.calls = dict.fromkeys(self.seconds, 0)
+
+    def _timed(self, what, call, *args):
+        start = time.perf_counter()
+        result = call(*args)
+        self.seconds[what] += time.perf_counter() - start
+        self.calls[what] += 1
+        return result
+
+    def allreduce_mean(self, backend, buffer):
+        self._timed("wait", self.inner.comm.Barrier)
+        return self._timed("allreduce", self.inner.allreduce_mean, backend, buffer)
+
+    def any(self, flag):
+        return self._timed("stop flag", self.inner.any, flag)
+
+    def broadcast(self, backend, buffer):
+        return self.inner.broadcast(backend, buffer)
+
+    def sum_host(self, values):
+        return self.inner.sum_host(values)
+
+    def allgather_json(self, value):
+        return self.inner.allgather_json(value)
+
+    def reset(self):
+        self.seconds = dict.fromkeys(self.seconds, 0.0)
+        self.calls = dict.fromkeys(self.calls, 0)
+
+
+def worker(batch_sizes: list[int], steps: int, dtype: str) -> None:
+    """One rank's part: for each global batch size, a warm-up epoch, then a timed one."""
+    inner = connect(get_backend("numpy"))
+    comm = TimedCommunicator(inner)
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in batch_sizes:
+        X = rng.integers(0, 256, (batch * steps, SIZES[0]), dtype=np.uint8)
+        y = rng.integers(0, SIZES[-1], batch * steps).astype(np.int32)
+        net = MLP(SIZES, dtype=dtype, seed=0)
+        optimizer = SGD(lr=0.01, momentum=0.9)
+        # Epoch 1 warms up (first-touch allocations, BLAS start-up); epoch 2 is timed, its collectives too.
+        history = net.fit(
+            X, y, epochs=2, batch_size=batch, optimizer=optimizer, communicator=comm,
+            should_stop=lambda: False, on_epoch_end=lambda h: h.epoch == 1 and comm.reset(),
+        )  # fmt: skip
+        seconds = history.records[-1]["seconds"]
+        rows.append(
+            {
+                "ranks": comm.size,
+                "batch": batch,
+                "step_ms": 1e3 * seconds / steps,
+                "wait_ms": 1e3 * comm.seconds["wait"] / steps,
+                "allreduce_ms": 1e3 * comm.seconds["allreduce"] / steps,
+                "stop_flag_ms": 1e3 * comm.seconds["stop flag"] / steps,
+                "allreduces": comm.calls["allreduce"],
+                "gradient_bytes": sum(int(np.prod(p.shape)) * p.dtype.itemsize for p in net.params),
+            }
+        )
+    if comm.is_root:
+        print(json.dumps({"rows": rows, "communicator": inner.describe()}), flush=True)
+
+
+def launch(ranks: int, args) -> dict:
+    cores = os.cpu_count() or 1
+    threads = str(max(1, cores // ranks))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    command = [str(mpiexec), "-n", str(ranks)]
+    command += ["--bind-to", "core"] if ranks <= cores else []
+    command += [sys.executable, "-m", "mpi4py", __file__, "--worker", "--batch-sizes", args.batch_sizes]
+    command += ["--steps", str(args.steps), "--dtype", args.dtype]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+    if done.returncode:
+        sys.exit(f"mpiexec -n {ranks} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def markdown(results: dict[int, dict]) -> str:
+    lines = [
+        "| ranks | global batch | per rank | step ms | wait ms | allreduce ms | stop flag ms | allreduce share |"
+        " efficiency |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    single = {row["batch"]: row["step_ms"] for row in results[1]["rows"]} if 1 in results else {}
+    for ranks, result in sorted(results.items()):
+        for row in result["rows"]:
+            share = row["allreduce_ms"] / row["step_ms"]
+            efficiency = single[row["batch"]] / (ranks * row["step_ms"]) if row["batch"] in single else float("nan")
+            lines.append(
+                f"| {ranks} | {row['batch']} | {row['batch'] // ranks} | {row['step_ms']:.3f} | "
+                f"{row['wait_ms']:.3f} | {row['allreduce_ms']:.3f} | {row['stop_flag_ms']:.3f} | {share:.0%} | "
+                f"{efficiency:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ranks", default="1,2", help="rank counts to compare (default: 1,2)")
+    parser.add_argument("--batch-sizes", default="64,256,1024,4096", help="global batch sizes")
+    parser.add_argument("--steps", type=int, default=40, help="steps in the timed epoch (default: 40)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    if args.worker:
+        worker(batch_sizes, args.steps, args.dtype)
+        return 0
+    results = {}
+    for ranks in (int(r) for r in args.ranks.split(",")):
+        time.sleep(1.0)  # let the previous job's spinning threads settle
+        results[ranks] = launch(ranks, args)
+    load = os.getloadavg()
+    text = markdown(results)
+    print(text)
+    print(f"\nload average when done: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} on {os.cpu_count()} cores")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "load": load}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
