@@ -294,3 +294,13 @@ def test_info_says_whether_mpi_and_nccl_are_usable(capsys):
     assert ("loaded: NCCL" in nccl_line) == (nccl is not None)
     if nccl is None:
         assert reason in nccl_line and "nvidia-nccl-cu12" in nccl_line
+
+
+def test_ranks_without_a_seed_are_refused_before_any_collective():
+    net = build_mlp(("numpy", None), [5, 4, 3], dropout=0.5, seed=None)
+    parallel = DataParallel(_Ranks(0, 2, gathered=None), batch_size=4)  # a collective would fail on None
+    with pytest.raises(ConfigError, match="data-parallel training needs a seed"):
+        parallel.start(net, None, {"X": np.zeros((4, 5))}, {"seed": 0})
+    net = build_mlp(("numpy", None), [5, 4, 3], seed=1)
+    with pytest.raises(ConfigError, match="needs a seed"):
+        parallel.start(net, None, {"X": np.zeros((4, 5))}, {"seed": None})

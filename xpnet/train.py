@@ -129,7 +129,9 @@ class _Loop:
 
     def stop_requested(self) -> bool:
         """A stop asked for here, or on any rank: every rank stops at the same step."""
-        return self.parallel.stop_requested(self.should_stop is not None and self.should_stop())
+        if self.should_stop is None:  # on no rank: the ranks agreed on that at the start
+            return False
+        return self.parallel.stop_requested(self.should_stop())
 
 
 def fit(
@@ -179,7 +181,7 @@ def fit(
     rng = _continue_random_streams(net, history, seed)
     backend = net.backend  # a NaN/inf loss is caught below, by value; denormals only slow the steps down
     with backend.activated(), backend.quiet_float_errors(), backend.flush_denormals(), parallel.rank_dropout(net):
-        parallel.start(net, loop.optimizer, {"X": X, "y": y, "validation": validation}, _agreed(options, seed, history))
+        parallel.start(net, loop.optimizer, {"X": X, "y": y, "validation": validation}, _agreed(loop, seed, history))
         while history.epoch < epochs:
             totals, seconds = _run_epoch(loop, history, rng)
             if history.interrupted:
@@ -194,10 +196,11 @@ def fit(
     return history
 
 
-def _agreed(options: FitOptions, seed, history: History) -> dict:
+def _agreed(loop: _Loop, seed, history: History) -> dict:
     """The settings of this call every rank must share (the data and the network are compared too)."""
-    agreed = {key: value for key, value in asdict(options).items() if key != "progress"}  # only rank 0 shows one
-    return {**agreed, "seed": seed, "resumed at epoch": history.epoch, "resumed at batch": history.batch}
+    agreed = {key: value for key, value in asdict(loop.options).items() if key != "progress"}  # rank 0's alone
+    agreed.update({"seed": seed, "stop requests": loop.should_stop is not None})
+    return {**agreed, "resumed at epoch": history.epoch, "resumed at batch": history.batch}
 
 
 def _continue_random_streams(net, history: History, seed):
