@@ -8,6 +8,8 @@ the test to compare; nothing here asserts, so a failing rank's numbers still com
 - ``nccl-standin OUT``: NCCLCommunicator, with the recording stand-in reducing by MPI.
 - ``fit OUT DATA.npz CASE ...``: ``fit`` data-parallel for each named case of ``CASES``
   (results in ``OUT/CASE/``); test_mpi.py trains the same cases in one process.
+- ``fail OUT RANK STEP ARGS ...``: ``python -m xpnet ARGS`` on every rank, the test hook making
+  rank RANK raise at its STEP-th optimizer step (a bug, as far as xpnet can tell).
 
 mpi4py is imported inside the modes, so that pytest can import ``train_case`` without
 starting MPI.
@@ -15,6 +17,7 @@ starting MPI.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import warnings
@@ -24,9 +27,10 @@ import numpy as np
 from nccl_standin import RecordingNCCL
 
 from xpnet.backend import Backend, get_backend
+from xpnet.cli import main
 from xpnet.distributed import Communicator, FlatBuffer, MPICommunicator, NCCLCommunicator
 from xpnet.network import MLP
-from xpnet.optim import SGD, Adam, AdamW
+from xpnet.optim import SGD, Adam, AdamW, Optimizer
 
 #: Training set-ups 1 process x B must match R ranks x B/R on: (network options, optimizer, fit options).
 CASES = {
@@ -136,6 +140,23 @@ def nccl_standin(out: Path) -> None:
     _write(out, comm.rank, record, **{f"mean{i}": m for i, m in enumerate(means)})
 
 
+def fail(out: Path, rank: str, step: str, *argv: str) -> None:
+    from mpi4py import MPI
+
+    if MPI.COMM_WORLD.Get_rank() == int(rank):
+        steps = itertools.count(1)
+        original = Optimizer.step
+
+        def failing_step(self, params, grads):
+            if next(steps) == int(step):
+                raise RuntimeError(f"injected failure at step {step}")
+            return original(self, params, grads)
+
+        Optimizer.step = failing_step
+    sys.exit(main(list(argv)))
+
+
 if __name__ == "__main__":
     mode, folder, *rest = sys.argv[1:]
-    {"collectives": collectives, "nccl-standin": nccl_standin, "fit": fit_cases}[mode](Path(folder), *rest)
+    modes = {"collectives": collectives, "nccl-standin": nccl_standin, "fit": fit_cases, "fail": fail}
+    modes[mode](Path(folder), *rest)

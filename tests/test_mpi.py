@@ -15,12 +15,16 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import HAVE_TORCH
 from mpi_job import CASES, train_case
+
+from xpnet.checkpoint import ModelFile
+from xpnet.safetensors import load_tensors
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB = Path(__file__).with_name("mpi_job.py")
@@ -190,3 +194,153 @@ def _assert_same_records(records: list[dict], expected: list[dict], tolerance: f
     for record, reference in zip(records, expected):
         for key in ("loss", "val_loss", "lr", "accuracy", "val_accuracy"):
             assert record[key] == pytest.approx(reference[key], rel=tolerance, abs=tolerance), (name, key)
+
+
+# -- the command line under mpiexec ---------------------------------------------------------------
+
+#: Flags pinning a small run: dropout and Adam, so a resume must carry both RNG and optimizer state.
+TRAIN = [
+    "train", "--distributed", "--layers", "16", "--dropout", "0.2", "--optimizer", "adam", "--lr", "0.003",
+    "--weight-decay", "0", "--schedule", "constant", "--label-smoothing", "0", "--batch-size", "4",
+    "--val-split", "0.1", "--scaling", "standard", "--seed", "3",
+]  # fmt: skip
+
+
+def _xpnet_on_ranks(ranks: int, *args) -> list[str]:
+    return launch_command(ranks, "-m", "xpnet", *args)
+
+
+def _blobs_npz(path: Path, n: int = 6000, features: int = 8, classes: int = 3, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    centres = 2 * rng.standard_normal((classes, features))
+    y = rng.integers(0, classes, n)
+    np.savez(path, X=(centres[y] + rng.standard_normal((n, features))).astype(np.float32), y=y)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cli_folder(tmp_path_factory) -> Path:
+    """A dataset, and the model an uninterrupted 2-rank job trains on it in 3 epochs."""
+    folder = tmp_path_factory.mktemp("cli")
+    _blobs_npz(folder / "blobs.npz")
+    done = mpiexec(2, "-m", "xpnet", *TRAIN, "--dataset", "blobs.npz", "--epochs", 3, "--out", "ref.safetensors",
+                   "--quiet", cwd=folder)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return folder
+
+
+def _same_weights(path: Path, reference: Path) -> None:
+    mine, theirs = load_tensors(path)[0], load_tensors(reference)[0]
+    assert set(mine) == set(theirs)
+    for key in theirs:
+        assert np.array_equal(mine[key], theirs[key]), key
+
+
+def test_sigint_to_the_job_checkpoints_once_and_resume_ends_as_an_uninterrupted_job(cli_folder, tmp_path):
+    out = tmp_path / "m.safetensors"
+    args = [*TRAIN, "--dataset", cli_folder / "blobs.npz", "--epochs", 3, "--out", out]
+    proc = subprocess.Popen(
+        _xpnet_on_ranks(2, *args), cwd=tmp_path, env=job_environment(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        for line in proc.stdout:  # rank 0 alone prints; epoch 1's checkpoint is written after its line
+            if line.startswith("epoch"):
+                break
+        _wait_for(out.with_name("m.ckpt.safetensors"), proc)
+        proc.send_signal(signal.SIGINT)  # to mpiexec, which passes it on to every rank
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Abort" not in stderr, stderr
+    checkpoint = tmp_path / "m.ckpt.safetensors"
+    assert f"resume with: mpiexec -n 2 python -m mpi4py -m xpnet train --distributed --resume {checkpoint}" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt.safetensors"]  # one file, from rank 0
+    state = ModelFile(checkpoint).checkpoint["state"]
+    assert state["epoch"] == 1 and state["batch"] > 0 and state["partial"], state  # stopped mid-epoch 2
+    done = mpiexec(2, "-m", "xpnet", *TRAIN, "--resume", checkpoint, "--out", out, "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    _same_weights(out, cli_folder / "ref.safetensors")
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert path.exists(), "no checkpoint appeared"
+
+
+def _mpmd(*programs: list) -> list[str]:
+    """One mpiexec running a different command line on each rank (MPMD): rank i runs programs[i]."""
+    command = [MPIEXEC]
+    for i, args in enumerate(programs):
+        command += [":"] if i else []
+        command += ["-n", "1", sys.executable, "-m", "mpi4py", *map(str, args)]
+    return command
+
+
+def _run(command: list[str], cwd: Path, timeout: float = 90) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    proc = subprocess.Popen(command, cwd=cwd, env=job_environment(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"the job hung for {timeout} s:\n{stderr[-4000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr), time.monotonic() - started
+
+
+def test_a_rank_whose_data_file_is_unreadable_ends_the_job_naming_itself(cli_folder, tmp_path):
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not really a zip file")
+    common = [*TRAIN, "--epochs", 3, "--out", tmp_path / "m.safetensors"]
+    good = ["-m", "xpnet", *common, "--dataset", cli_folder / "blobs.npz"]
+    broken = ["-m", "xpnet", *common, "--dataset", tmp_path / "broken.npz"]
+    done, seconds = _run(_mpmd(good, broken), tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert f"xpnet: error: rank 1: {tmp_path / 'broken.npz'}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert seconds < 30, seconds  # rank 0, waiting at its first collective, was ended with the job
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_an_exception_on_one_rank_mid_epoch_ends_the_job_naming_rank_and_cause(cli_folder, tmp_path):
+    args = [*TRAIN, "--dataset", cli_folder / "blobs.npz", "--epochs", 3, "--out", tmp_path / "m.safetensors"]
+    done, seconds = _run(launch_command(2, JOB, "fail", tmp_path, 1, 50, *args), tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "xpnet: error: rank 1: RuntimeError: injected failure at step 50" in done.stderr, done.stderr
+    assert seconds < 30, seconds  # rank 0 was waiting in the allreduce of step 51
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("rank_1", "message"),
+    [
+        (["--lr", "0.004"], "xpnet: error: rank 1 has optimizer base_lr = 0.004, rank 0 optimizer base_lr = 0.003"),
+        (["--dataset", "small.npz"], "xpnet: error: rank 1 has X shaped [1728, 8], rank 0 X shaped [4320, 8]"),
+    ],
+    ids=["settings", "data"],
+)
+def test_ranks_started_differently_are_refused_at_start_up(cli_folder, tmp_path, rank_1, message):
+    _blobs_npz(tmp_path / "small.npz", n=2400)
+    common = ["-m", "xpnet", *TRAIN, "--epochs", 1, "--out", tmp_path / "m.safetensors"]
+    first = [*common, "--dataset", cli_folder / "blobs.npz"]
+    done, _ = _run(_mpmd(first, [*first, *rank_1]), tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr, done.stderr
+    assert done.stderr.count("xpnet: error:") == 1 and "Abort" not in done.stderr  # agreed: one message, clean end
+
+
+def test_distributed_without_mpiexec_trains_as_without_it(cli_folder, tmp_path):
+    args = [*TRAIN, "--dataset", cli_folder / "blobs.npz", "--epochs", 1, "--quiet"]
+    for name, extra in (("plain", ["--no-distributed"]), ("one-rank", [])):
+        done = subprocess.run(
+            [sys.executable, "-m", "xpnet", *map(str, args), *extra, "--out", tmp_path / f"{name}.safetensors"],
+            cwd=tmp_path, env=job_environment(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    _same_weights(tmp_path / "one-rank.safetensors", tmp_path / "plain.safetensors")

@@ -13,6 +13,7 @@ import platform
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import array_api_compat
@@ -24,8 +25,8 @@ from xpnet.bench.options import add_bench_arguments
 from xpnet.checkpoint import ModelFile
 from xpnet.data import load_dataset, read_idx
 from xpnet.data.tabular import read_npz_arrays
-from xpnet.distributed import transports
-from xpnet.errors import ConfigError, DivergenceError, XpnetError
+from xpnet.distributed import Communicator, connect, transports
+from xpnet.errors import ConfigError, DivergenceError, RanksDifferError, XpnetError
 from xpnet.fileio import atomic_write_text, atomic_writer
 from xpnet.recipes import RECIPES
 from xpnet.run import check_fits, format_test, resolve_settings, resumed_settings, run_training
@@ -81,6 +82,7 @@ def _add_train_arguments(parser) -> None:
     _add_device_arguments(parser)
     groups = {"data": parser.add_argument_group("data"), "model": parser.add_argument_group("model")}
     groups["optimisation"] = parser.add_argument_group("optimisation")
+    groups["distributed"] = parser.add_argument_group("distributed")
     for setting in TABLE.values():
         if setting.group in groups:
             _add_setting(groups[setting.group], setting)
@@ -140,6 +142,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train_command(args) -> int:
+    if not args.distributed:
+        return _train(args, Communicator())
+    world = connect()  # first: from here on a failure on one rank can end the whole job
+    if world.size == 1:
+        return _train(args, world)  # no mpiexec: one process, as without --distributed
+    return _on_every_rank(world, lambda: _train(args, world))
+
+
+def _train(args, world: Communicator) -> int:
     overrides = {key: getattr(args, key) for key in TABLE}
     if args.resume:
         settings = resumed_settings(args.resume, overrides)
@@ -155,15 +166,46 @@ def _train_command(args) -> int:
             history_path=args.history,
             plot_path=args.plot,
             should_stop=stop,
+            communicator=world,
         )
-    if result["interrupted"]:
+    if not result["interrupted"]:
+        return 0
+    if world.is_root:
+        again = f"mpiexec -n {world.size} python -m mpi4py -m xpnet train --distributed" if world.size > 1 else ""
         print(
             f"xpnet: interrupted in epoch {result['epochs'] + 1}; checkpoint saved to {result['checkpoint']}\n"
-            f"resume with: python -m xpnet train --resume {result['checkpoint']} --out {args.out}",
+            f"resume with: {again or 'python -m xpnet train'} --resume {result['checkpoint']} --out {args.out}",
             file=sys.stderr,
         )
-        return 128 + (stop.signum or signal.SIGINT)
-    return 0
+    return 128 + (stop.signum or signal.SIGINT)
+
+
+def _on_every_rank(world: Communicator, train) -> int:
+    """``train()`` on this rank of a job. An outcome every rank shares (success, an interruption,
+    divergence, ranks refused at start-up) ends the job cleanly with its status; a failure on
+    this rank alone ends every rank at once (MPI_Abort), saying which rank and why."""
+    try:
+        status = train()
+    except XpnetError as exc:
+        if not isinstance(exc, (DivergenceError, RanksDifferError)):  # not decided from shared numbers
+            _fail_alone(world, str(exc), 2)
+        if world.is_root:
+            print(f"xpnet: error: {exc}", file=sys.stderr)
+        status = 1 if isinstance(exc, DivergenceError) else 2
+    except KeyboardInterrupt:
+        _fail_alone(world, "stopped at once (second interrupt); the last per-epoch checkpoint is kept", 130)
+    except Exception as exc:
+        traceback.print_exc()
+        _fail_alone(world, f"{type(exc).__name__}: {exc} (a bug in xpnet: please report it)", 1)
+    world.finish()
+    return status
+
+
+def _fail_alone(world: Communicator, message: str, status: int) -> None:
+    """Say which rank failed and why, then end every rank of the job with ``status``."""
+    print(f"xpnet: error: rank {world.rank}: {message}", file=sys.stderr, flush=True)
+    world.abort(status)
+    raise SystemExit(status)  # where abort cannot end the others (no MPI), this rank still ends
 
 
 class _StopFlag:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from xpnet.distributed import Communicator, FlatBuffer
-from xpnet.errors import ConfigError
+from xpnet.errors import ConfigError, RanksDifferError
 
 
 class RankRows:
@@ -67,12 +67,12 @@ def check_same_job(communicator: Communicator, fingerprint: dict) -> None:
             for key in sorted(set(reference[part]) | set(other[part])):
                 mine, theirs = other[part].get(key), reference[part].get(key)
                 if mine != theirs:
-                    raise ConfigError(
+                    raise RanksDifferError(
                         f"rank {rank} has {says.format(key=key, value=mine)}, rank 0 "
                         f"{says.format(key=key, value=theirs)}: every rank must run the same command on the same data"
                     )
         if other["data"] != reference["data"]:
-            raise ConfigError(
+            raise RanksDifferError(
                 f"rank {rank}'s training data differ from rank 0's (same sizes, other contents): "
                 "every rank must read the same files"
             )

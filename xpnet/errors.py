@@ -27,3 +27,10 @@ class ModelFileError(XpnetError):
 
 class DivergenceError(XpnetError):
     """Training produced a NaN or infinite loss."""
+
+
+class RanksDifferError(ConfigError):
+    """The ranks of a data-parallel job were started on different data or settings.
+
+    Every rank raises it together, after comparing notes, so the job can end cleanly.
+    """

@@ -16,6 +16,7 @@ from pathlib import Path
 from xpnet.backend import get_backend
 from xpnet.checkpoint import ModelFile, save_model
 from xpnet.data import load_dataset, train_val_split
+from xpnet.distributed import Communicator, rank_device
 from xpnet.errors import BackendError, ConfigError, DataError, DivergenceError
 from xpnet.fileio import atomic_write_text, check_output_path
 from xpnet.network import MLP
@@ -90,26 +91,25 @@ def run_training(
     plot_path: str | Path | None = None,
     should_stop=None,
     log=None,
+    communicator: Communicator | None = None,
 ) -> dict:
     """Load data, build, train and test the model ``settings`` describe; save it to ``out``.
 
     ``settings`` missing from the dict take ``BASE_SETTINGS``' values; every one is checked
     against the table in ``xpnet.settings`` first. Returns ``{"test": metrics, "epochs": n,
-    "seconds": s, "device": ..., ...}``.
+    "seconds": s, "device": ..., ...}``. With a ``communicator`` of several ranks every rank
+    calls this alike and trains its part (``xpnet.train.fit``); rank 0 alone prints, tests
+    and writes files, and only its result has ``"test"``.
     """
     settings = checked({**BASE_SETTINGS, **settings})
+    world = communicator or Communicator()
+    quiet = quiet or not world.is_root
     log = log or (lambda message: None if quiet else print(message, flush=True))
     started = time.perf_counter()
-    files = _check_outputs(out, history_path, plot_path)
-    try:
-        data, (X_train, y_train, X_val, y_val), (net, optimizer, history) = _prepare(settings, resume, quiet)
-    except (ConfigError, DataError, BackendError) as exc:
-        if not resume:
-            raise
-        raise type(exc)(f"--resume {resume}: with the settings it was trained with: {exc}") from None
-    if history is not None:
-        log(f"resuming {resume} at epoch {history.epoch + 1}, batch {history.batch}")
-    log(f"{net}\n{len(X_train)} training, {len(X_val)} validation, {len(data.X_test)} test samples")
+    files = _check_outputs(out, history_path, plot_path) if world.is_root else _Files(None, None, None, None)
+    data, split, (net, optimizer, history), communicator = _prepare(settings, resume, quiet, world)
+    X_train, y_train, X_val, y_val = split
+    log(_start_message(net, history, resume, (len(X_train), len(X_val), len(data.X_test)), communicator, settings))
     checkpoints = _Checkpoints(files.checkpoint, net, optimizer, settings, data.class_names)
     try:
         history = fit(
@@ -121,6 +121,7 @@ def run_training(
             on_epoch_end=checkpoints,
             should_stop=should_stop,
             history=history,
+            communicator=communicator,
             **_fit_options(settings, net, quiet, log),
         )
     except DivergenceError as exc:
@@ -135,9 +136,22 @@ def run_training(
     }
     if history.interrupted:
         checkpoints(history)
-        return result
-    _test_and_save(net, data, history, settings, files, result, started, quiet, log)
+    elif world.is_root:
+        _test_and_save(net, data, history, settings, files, result, started, quiet, log)
     return result
+
+
+def _start_message(net, history, resume, sizes: tuple, communicator: Communicator, settings: dict) -> str:
+    """What a run says before its first epoch: where it resumes, the network, the data, the ranks."""
+    lines = [f"resuming {resume} at epoch {history.epoch + 1}, batch {history.batch}"] if history else []
+    lines += [f"{net}", "{} training, {} validation, {} test samples".format(*sizes)]
+    if communicator.size > 1:
+        batch = settings["batch_size"]
+        lines.append(
+            f"data-parallel on {communicator.size} ranks through {communicator.describe()}: "
+            f"each takes {batch // communicator.size} of every batch of {batch}"
+        )
+    return "\n".join(lines)
 
 
 def _fit_options(settings: dict, net, quiet: bool, log) -> dict:
@@ -168,11 +182,18 @@ def _check_outputs(out, history_path, plot_path) -> _Files:
     return _Files(out, checkpoint_path(out) if out else None, history_path, plot_path)
 
 
-def _prepare(settings: dict, resume, quiet: bool):
-    """The run's data, its train/validation split, and ``(net, optimizer, history)``."""
-    backend = get_backend(settings.get("backend"), settings.get("device"))  # fail fast, before the data
-    data, split = _load_data(settings, quiet)
-    return data, split, _model_and_optimizer(settings, backend, data, split[0], resume)
+def _prepare(settings: dict, resume, quiet: bool, world: Communicator):
+    """The run's data, its train/validation split, ``(net, optimizer, history)``, and the transport
+    this rank's arrays take (``cuda`` is the GPU of the rank's local rank)."""
+    try:
+        backend = get_backend(settings.get("backend"), rank_device(settings.get("device"), world))  # fail fast
+        communicator = world.for_backend(backend)
+        data, split = _load_data(settings, quiet)
+        return data, split, _model_and_optimizer(settings, backend, data, split[0], resume), communicator
+    except (ConfigError, DataError, BackendError) as exc:
+        if not resume:
+            raise
+        raise type(exc)(f"--resume {resume}: with the settings it was trained with: {exc}") from None
 
 
 def _load_data(settings: dict, quiet: bool):

@@ -37,7 +37,7 @@ class Setting:
     default: object
     check: Callable[[object], object]
     help: str
-    group: str  #: the ``--help`` section: device, data, model or optimisation
+    group: str  #: the ``--help`` section: device, distributed, data, model or optimisation
     parse: Callable[[str], object] = str  #: command-line text -> value, before ``check``
     choices: tuple | None = None  #: listed in ``--help``
     optional: bool = False  #: None (not given) is allowed
@@ -153,6 +153,12 @@ _ROWS = [
     Setting(
         "backend", None, _name(BACKENDS, "backend"), "array library (default: numpy)", "device",
         choices=BACKENDS, optional=True, run=True, recipe=False, base=False,
+    ),
+    Setting(
+        "distributed", False, _boolean,
+        "train data-parallel on the ranks mpiexec started, --batch-size being the global batch "
+        "(run as: mpiexec -n R python -m mpi4py -m xpnet train --distributed ...; see README)", "distributed",
+        run=True, recipe=False, base=False,
     ),
     Setting(
         "dataset", "fashion-mnist", _text,
