@@ -8,9 +8,17 @@ Rank 0 reports. Efficiency at B is T_1(B) / (R x T_R(B)), the strong-scaling fig
 means R ranks take 1/R of one process's step. BLAS threads per rank: cores // R (at least 1),
 so one process may use every core the R ranks share.
 
+``--model`` adds the ring-allreduce model: R machines like this one joined by InfiniBand, each
+step being the measured one-process step at the per-rank batch plus 2(R-1)/R x gradient bytes /
+link bandwidth; and, for devices sustaining F FLOP/s (GPUs: not measured here) on the links in
+``LINKS``, the per-rank batch below which the allreduce takes more than a tenth of the step.
+Bandwidth only: per-message latency, which dominates small buffers, is left out, so these
+are best cases. ``--repeats`` alternates the rank counts and reports medians.
+
 The tables in bench/RESULTS.md ("Data-parallel training") come from:
 
-    python scripts/bench_ranks.py --ranks 1,2 --batch-sizes 64,256,1024,4096 --json bench/ranks.json
+    python scripts/bench_ranks.py --ranks 1,2 --batch-sizes 16,32,64,128,256,512,1024,2048,4096 \
+        --steps 40 --repeats 3 --model --json bench/ranks.json
 """
 
 from __future__ import annotations
@@ -31,6 +39,9 @@ from xpnet.network import MLP
 from xpnet.optim import SGD
 
 SIZES = [784, 128, 64, 10]
+#: One direction of a link, bytes/s: NVIDIA's figures, 900 GB/s per H100/H200 GPU over its 18
+#: fourth-generation NVLinks (both directions together), 400 Gb/s per InfiniBand NDR port (ConnectX-7).
+LINKS = {"NVLink 4 (H100/H200 SXM)": 450e9, "InfiniBand NDR (400 Gb/s)": 50e9}
 
 
 class TimedCommunicator(Communicator):
@@ -123,6 +134,16 @@ def launch(ranks: int, args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _median_run(launches: list[dict]) -> dict:
+    """One launch's shape, each timing the median over ``launches``."""
+    merged = json.loads(json.dumps(launches[0]))
+    for i, row in enumerate(merged["rows"]):
+        for key in ("step_ms", "wait_ms", "allreduce_ms", "stop_flag_ms"):
+            row[key] = float(np.median([launch["rows"][i][key] for launch in launches]))
+    merged["launches"] = len(launches)
+    return merged
+
+
 def markdown(results: dict[int, dict]) -> str:
     lines = [
         "| ranks | global batch | per rank | step ms | wait ms | allreduce ms | stop flag ms | allreduce share |"
@@ -142,12 +163,68 @@ def markdown(results: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
+def ring_seconds(ranks: int, nbytes: float, bandwidth: float) -> float:
+    """A ring allreduce's time by bandwidth alone: each rank sends and receives 2(R-1)/R of the buffer."""
+    return 2 * (ranks - 1) / ranks * nbytes / bandwidth
+
+
+def model_markdown(single: dict, ranks_list=(2, 4, 8, 16), share: float = 0.1) -> str:
+    """The ring model on the measured one-process steps ``single`` (a launch's result for R = 1)."""
+    step = {row["batch"]: row["step_ms"] / 1e3 for row in single["rows"]}
+    nbytes = single["rows"][0]["gradient_bytes"]
+    link = "InfiniBand NDR (400 Gb/s)"
+    bandwidth = LINKS[link]
+    lines = [
+        f"R machines like this one over {link}; gradient buffer {nbytes:,} bytes; predicted step = measured "
+        "one-process step at B/R + ring allreduce.",
+        "",
+        "| R | global batch | per rank | step at B/R, ms (measured) | allreduce, µs (model) |"
+        " predicted speed-up | efficiency |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for ranks in ranks_list:
+        for batch in sorted(step):
+            if batch // ranks not in step or batch % ranks:
+                continue
+            ring = ring_seconds(ranks, nbytes, bandwidth)
+            predicted = step[batch // ranks] + ring
+            lines.append(
+                f"| {ranks} | {batch} | {batch // ranks} | {1e3 * step[batch // ranks]:.3f} | "
+                f"{1e6 * ring:.1f} | {step[batch] / predicted:.2f}x | {step[batch] / (ranks * predicted):.2f} |"
+            )
+    lines += ["", _crossover_markdown(share)]
+    return "\n".join(lines)
+
+
+def _crossover_markdown(share: float) -> str:
+    """Per-rank batch b below which the allreduce exceeds ``share`` of the step, for a dense MLP.
+
+    A step computes about 6 P b FLOPs (forward 2 P b, backward 4 P b) for P parameters; the ring
+    moves 2 (R-1)/R x 4 P bytes (float32). P cancels: b* = 8 (R-1)/R x F / (6 x BW x share).
+    """
+    rates = (1e11, 1e13, 5e13)
+    lines = [
+        f"Per-rank batch below which the allreduce exceeds {share:.0%} of the step (float32, any dense MLP), "
+        "for a device sustaining F FLOP/s:",
+        "",
+        "| link | R | " + " | ".join(f"F = {rate:.0e}" for rate in rates) + " |",
+        "|---|---|" + "---|" * len(rates),
+    ]
+    for link, bandwidth in LINKS.items():
+        for ranks in (2, 8):
+            cells = [8 * (ranks - 1) / ranks * rate / (6 * bandwidth * share) for rate in rates]
+            lines.append(f"| {link} | {ranks} | " + " | ".join(f"{cell:,.0f}" for cell in cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ranks", default="1,2", help="rank counts to compare (default: 1,2)")
     parser.add_argument("--batch-sizes", default="64,256,1024,4096", help="global batch sizes")
     parser.add_argument("--steps", type=int, default=40, help="steps in the timed epoch (default: 40)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    parser.add_argument("--repeats", type=int, default=1, help="launches per rank count; medians reported")
+    parser.add_argument("--model", action="store_true", help="also print the ring-allreduce model (needs rank 1)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -155,16 +232,20 @@ def main() -> int:
     if args.worker:
         worker(batch_sizes, args.steps, args.dtype)
         return 0
-    results = {}
-    for ranks in (int(r) for r in args.ranks.split(",")):
-        time.sleep(1.0)  # let the previous job's spinning threads settle
-        results[ranks] = launch(ranks, args)
+    runs: dict[int, list[dict]] = {}
+    for _ in range(args.repeats):  # the rank counts alternate, so a slow spell on the machine hits all
+        for ranks in (int(r) for r in args.ranks.split(",")):
+            time.sleep(1.0)  # let the previous job's spinning threads settle
+            runs.setdefault(ranks, []).append(launch(ranks, args))
+    results = {ranks: _median_run(launches) for ranks, launches in runs.items()}
     load = os.getloadavg()
     text = markdown(results)
     print(text)
     print(f"\nload average when done: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} on {os.cpu_count()} cores")
+    if args.model and 1 in results:
+        print("\n" + model_markdown(results[1]))
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "load": load}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"results": results, "runs": runs, "load": load}, indent=2) + "\n")
     return 0
 
 

@@ -304,3 +304,28 @@ def test_ranks_without_a_seed_are_refused_before_any_collective():
     net = build_mlp(("numpy", None), [5, 4, 3], seed=1)
     with pytest.raises(ConfigError, match="needs a seed"):
         parallel.start(net, None, {"X": np.zeros((4, 5))}, {"seed": None})
+
+
+class _PretendCudaAware(Backend):
+    """NumPy arrays presented as GPU memory MPI cannot alias: the CUDA-aware path takes them whole."""
+
+    cuda_index = 0
+    synchronized = 0
+
+    def host_alias(self, array):
+        return None
+
+    def synchronize(self):
+        self.synchronized += 1
+
+
+@NEEDS_MPI4PY
+def test_cuda_aware_mpi_gets_the_device_buffer_itself_after_the_stream_is_done():
+    backend = _PretendCudaAware("numpy", get_backend("numpy").xp, "cpu")
+    grads = [np.full((2, 3), 1.5), np.arange(3.0)]
+    comm = distributed.MPICommunicator(cuda_aware=True)
+    with _no_warning():  # no host staging, so nothing to say
+        means = FlatBuffer(comm, backend, grads).mean(grads)
+    assert backend.synchronized == 1 and backend.host_reads == 0
+    assert all(np.array_equal(m, g) for m, g in zip(means, grads))
+    assert comm.for_backend(backend) is comm  # CUDA-aware MPI asked for: no NCCL
