@@ -10,6 +10,8 @@ the test to compare; nothing here asserts, so a failing rank's numbers still com
   (results in ``OUT/CASE/``); test_mpi.py trains the same cases in one process.
 - ``fail OUT RANK STEP ARGS ...``: ``python -m xpnet ARGS`` on every rank, the test hook making
   rank RANK raise at its STEP-th optimizer step (a bug, as far as xpnet can tell).
+- ``nan OUT RANK STEP ARGS ...``: the same, the hook making rank RANK's loss NaN at its STEP-th
+  step (its gradients and so everyone's weights stay finite).
 
 mpi4py is imported inside the modes, so that pytest can import ``train_case`` without
 starting MPI.
@@ -156,7 +158,22 @@ def fail(out: Path, rank: str, step: str, *argv: str) -> None:
     sys.exit(main(list(argv)))
 
 
+def nan(out: Path, rank: str, step: str, *argv: str) -> None:
+    from mpi4py import MPI
+
+    if MPI.COMM_WORLD.Get_rank() == int(rank):
+        steps = itertools.count(1)
+        original = MLP.backprop
+
+        def nan_loss(self, x, y, *, train=False):
+            cost, grads, out = original(self, x, y, train=train)
+            return (cost * float("nan") if next(steps) == int(step) else cost), grads, out
+
+        MLP.backprop = nan_loss
+    sys.exit(main(list(argv)))
+
+
 if __name__ == "__main__":
     mode, folder, *rest = sys.argv[1:]
-    modes = {"collectives": collectives, "nccl-standin": nccl_standin, "fit": fit_cases, "fail": fail}
+    modes = {"collectives": collectives, "nccl-standin": nccl_standin, "fit": fit_cases, "fail": fail, "nan": nan}
     modes[mode](Path(folder), *rest)

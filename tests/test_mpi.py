@@ -317,6 +317,18 @@ def test_an_exception_on_one_rank_mid_epoch_ends_the_job_naming_rank_and_cause(c
     assert not (tmp_path / "m.safetensors").exists()
 
 
+def test_a_nan_loss_on_one_rank_stops_every_rank_at_the_same_epoch(cli_folder, tmp_path):
+    out = tmp_path / "m.safetensors"
+    args = [*TRAIN, "--dataset", cli_folder / "blobs.npz", "--epochs", 3, "--out", out]
+    done, _ = _run(launch_command(2, JOB, "nan", tmp_path, 1, 1500, *args), tmp_path)  # 1080 steps an epoch
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("xpnet: error: training diverged in epoch 2: the loss became nan") == 1, done.stderr
+    assert "Abort" not in done.stderr and "Traceback" not in done.stderr  # decided together, ended cleanly
+    assert f"the last good checkpoint is {out.with_name('m.ckpt.safetensors')}" in done.stderr
+    assert ModelFile(out.with_name("m.ckpt.safetensors")).checkpoint["state"]["epoch"] == 1
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("rank_1", "message"),
     [
