@@ -11,7 +11,7 @@ so one process may use every core the R ranks share.
 ``--model`` adds the ring-allreduce model: R machines like this one joined by InfiniBand, each
 step being the measured one-process step at the per-rank batch plus 2(R-1)/R x gradient bytes /
 link bandwidth; and, for devices sustaining F FLOP/s (GPUs: not measured here) on the links in
-``LINKS``, the per-rank batch below which the allreduce takes more than a tenth of the step.
+``LINKS``, the per-rank batch below which the allreduce costs more than a tenth of the compute.
 Bandwidth only: per-message latency, which dominates small buffers, is left out, so these
 are best cases. ``--repeats`` alternates the rank counts and reports medians.
 
@@ -115,8 +115,23 @@ def worker(batch_sizes: list[int], steps: int, dtype: str) -> None:
                 "gradient_bytes": sum(int(np.prod(p.shape)) * p.dtype.itemsize for p in net.params),
             }
         )
+    report = {"rows": rows, "communicator": inner.describe(), "bare_allreduce_ms": _bare_allreduce_ms(inner)}
     if comm.is_root:
-        print(json.dumps({"rows": rows, "communicator": inner.describe()}), flush=True)
+        print(json.dumps(report), flush=True)
+
+
+def _bare_allreduce_ms(comm: Communicator, nbytes: int = 437_544, calls: int = 200) -> float:
+    """One MPI allreduce of a buffer the size of the gradients, alone, after a barrier: median ms."""
+    if comm.size == 1:
+        return 0.0
+    buffer = np.ones(nbytes // 4, dtype=np.float32)
+    times = []
+    for _ in range(calls):
+        comm.comm.Barrier()
+        start = time.perf_counter()
+        comm.comm.Allreduce(comm.MPI.IN_PLACE, buffer, op=comm.MPI.SUM)
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
 
 
 def launch(ranks: int, args) -> dict:
@@ -140,6 +155,7 @@ def _median_run(launches: list[dict]) -> dict:
     for i, row in enumerate(merged["rows"]):
         for key in ("step_ms", "wait_ms", "allreduce_ms", "stop_flag_ms"):
             row[key] = float(np.median([launch["rows"][i][key] for launch in launches]))
+    merged["bare_allreduce_ms"] = float(np.median([launch["bare_allreduce_ms"] for launch in launches]))
     merged["launches"] = len(launches)
     return merged
 
@@ -197,14 +213,15 @@ def model_markdown(single: dict, ranks_list=(2, 4, 8, 16), share: float = 0.1) -
 
 
 def _crossover_markdown(share: float) -> str:
-    """Per-rank batch b below which the allreduce exceeds ``share`` of the step, for a dense MLP.
+    """Per-rank batch b below which the allreduce costs more than ``share`` of the compute, for a dense MLP.
 
     A step computes about 6 P b FLOPs (forward 2 P b, backward 4 P b) for P parameters; the ring
     moves 2 (R-1)/R x 4 P bytes (float32). P cancels: b* = 8 (R-1)/R x F / (6 x BW x share).
     """
     rates = (1e11, 1e13, 5e13)
     lines = [
-        f"Per-rank batch below which the allreduce exceeds {share:.0%} of the step (float32, any dense MLP), "
+        f"Per-rank batch below which the allreduce costs more than {share:.0%} of the step's compute "
+        "(float32, any dense MLP), "
         "for a device sustaining F FLOP/s:",
         "",
         "| link | R | " + " | ".join(f"F = {rate:.0e}" for rate in rates) + " |",
@@ -241,6 +258,10 @@ def main() -> int:
     load = os.getloadavg()
     text = markdown(results)
     print(text)
+    for ranks, result in sorted(results.items()):
+        if ranks > 1:
+            bare = result["bare_allreduce_ms"]
+            print(f"\n{ranks} ranks: one bare allreduce of the gradient buffer, median of 200: {bare:.3f} ms")
     print(f"\nload average when done: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} on {os.cpu_count()} cores")
     if args.model and 1 in results:
         print("\n" + model_markdown(results[1]))

@@ -356,3 +356,17 @@ def test_distributed_without_mpiexec_trains_as_without_it(cli_folder, tmp_path):
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
     _same_weights(tmp_path / "one-rank.safetensors", tmp_path / "plain.safetensors")
+
+
+def test_the_scaling_benchmark_runs_and_counts_one_allreduce_per_step(tmp_path):
+    done = subprocess.run(
+        [sys.executable, ROOT / "scripts" / "bench_ranks.py", "--ranks", "1,2", "--batch-sizes", "8,32",
+         "--steps", "3", "--model", "--json", tmp_path / "ranks.json"],
+        cwd=tmp_path, env=job_environment(), capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "| 2 | 32 | 16 |" in done.stdout and "one bare allreduce of the gradient buffer" in done.stdout
+    results = json.loads((tmp_path / "ranks.json").read_text())["results"]
+    assert [row["allreduces"] for row in results["2"]["rows"]] == [3, 3]  # one per step of the timed epoch
+    assert [row["allreduces"] for row in results["1"]["rows"]] == [0, 0]  # one process: none at all
+    assert all(row["gradient_bytes"] == 437_544 for row in results["2"]["rows"])
