@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import io
 import platform
 import signal
 import sys
@@ -27,7 +29,7 @@ from xpnet.data import load_dataset, read_idx
 from xpnet.data.tabular import read_npz_arrays
 from xpnet.distributed import Communicator, connect, transports
 from xpnet.errors import ConfigError, DivergenceError, RanksDifferError, XpnetError
-from xpnet.fileio import atomic_write_text, atomic_writer
+from xpnet.fileio import STDOUT, atomic_writer, check_output_path
 from xpnet.recipes import RECIPES
 from xpnet.run import check_fits, format_test, resolve_settings, resumed_settings, run_training
 from xpnet.selfcheck import add_arguments as add_selfcheck_arguments
@@ -108,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="predict labels for inputs in an IDX or .npz file")
     predict.add_argument("model", help="model file (.safetensors)")
     predict.add_argument("input", help="IDX images (raw or .gz), or .npz holding X")
-    predict.add_argument("--out", help="write predictions to this .csv or .npz (default: print CSV)")
+    predict.add_argument("--out", help="write predictions to this .csv or .npz; - (the default) prints CSV")
     predict.add_argument("--proba", action="store_true", help="also write the output probabilities")
     _add_device_arguments(predict)
     commands.add_parser("info", help="versions, backends, devices and BLAS")
@@ -170,7 +172,12 @@ def _train(args, world: Communicator) -> int:
         )
     if not result["interrupted"]:
         return 0
-    if world.is_root:
+    if world.is_root and result["checkpoint"] is None:
+        print(
+            f"xpnet: interrupted in epoch {result['epochs'] + 1}; --out {args.out} is a stream, so no checkpoint",
+            file=sys.stderr,
+        )
+    elif world.is_root:
         again = f"mpiexec -n {world.size} python -m mpi4py -m xpnet train --distributed" if world.size > 1 else ""
         print(
             f"xpnet: interrupted in epoch {result['epochs'] + 1}; checkpoint saved to {result['checkpoint']}\n"
@@ -255,6 +262,8 @@ def _evaluate_command(args) -> int:
 
 
 def _predict_command(args) -> int:
+    out = args.out or STDOUT
+    check_output_path(out, "--out", stdout=True)  # before any work: a folder or a socket is refused now
     saved = ModelFile(args.model)
     net = saved.build(args.backend, args.device)
     X = _read_inputs(Path(args.input), net.sizes[0])
@@ -264,40 +273,43 @@ def _predict_command(args) -> int:
             arrays["proba"] = net.predict_proba(X)
     else:
         arrays = {"outputs": np.asarray(net.predict(X)).reshape(len(X), -1)}
-    if args.out and args.out.endswith(".npz"):
-        with atomic_writer(args.out) as stream:
+    with atomic_writer(out, stdout=True) as stream:
+        if out.endswith(".npz"):
             np.savez(stream, **arrays)
-        return 0
-    rows = _label_rows(arrays, saved.class_names) if net.is_classifier else _value_rows(arrays["outputs"])
-    text = "\n".join(rows) + "\n"
-    if args.out:
-        atomic_write_text(args.out, text)
-    else:
-        sys.stdout.write(text)
+        else:
+            rows = _label_rows(arrays, saved.class_names) if net.is_classifier else _value_rows(arrays["outputs"])
+            stream.write(_csv_bytes(rows))
     return 0
 
 
-def _label_rows(arrays: dict, names: list[str]) -> list[str]:
+def _label_rows(arrays: dict, names: list[str]) -> list[list]:
     """CSV rows of predicted classes, their names, and the probabilities if asked for."""
     proba = arrays.get("proba")
-    header = "index,label" + (",class" if names else "")
+    header = ["index", "label"] + (["class"] if names else [])
     if proba is not None:
-        header += "".join(f",p{j}" for j in range(proba.shape[1]))
+        header += [f"p{j}" for j in range(proba.shape[1])]
     rows = [header]
     for i, label in enumerate(np.asarray(arrays["labels"]).tolist()):
-        row = f"{i},{label}"
-        if names and 0 <= label < len(names):
-            row += f",{names[label]}"
+        row = [i, label]
+        if names:
+            row.append(names[label] if 0 <= label < len(names) else "")
         if proba is not None:
-            row += "".join(f",{p:.6g}" for p in proba[i])
+            row += [f"{p:.6g}" for p in proba[i]]
         rows.append(row)
     return rows
 
 
-def _value_rows(outputs: np.ndarray) -> list[str]:
+def _value_rows(outputs: np.ndarray) -> list[list]:
     """CSV rows of a regression model's outputs, one column per output."""
-    header = "index," + ",".join(f"y{j}" for j in range(outputs.shape[1]))
-    return [header] + [f"{i}," + ",".join(f"{v:.6g}" for v in row) for i, row in enumerate(outputs)]
+    header = ["index"] + [f"y{j}" for j in range(outputs.shape[1])]
+    return [header] + [[i] + [f"{v:.6g}" for v in row] for i, row in enumerate(outputs)]
+
+
+def _csv_bytes(rows: list[list]) -> bytes:
+    """``rows`` as CSV through the csv module: a class name holding a comma, quote or newline stays one field."""
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(rows)
+    return text.getvalue().encode("utf-8")
 
 
 def _read_inputs(path: Path, features: int) -> np.ndarray:

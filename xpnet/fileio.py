@@ -142,6 +142,7 @@ def atomic_writer(path: str | os.PathLike, *, stdout: bool = False) -> Iterator[
     devices and FIFOs are streamed to; ``-`` is standard output when ``stdout``.
     """
     if stdout and str(path) == STDOUT:
+        sys.stdout.flush()  # text printed before goes first
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return

@@ -18,7 +18,7 @@ from xpnet.checkpoint import ModelFile, save_model
 from xpnet.data import load_dataset, train_val_split
 from xpnet.distributed import Communicator, rank_device
 from xpnet.errors import BackendError, ConfigError, DataError, DivergenceError
-from xpnet.fileio import atomic_write_text, check_output_path
+from xpnet.fileio import STDOUT, atomic_write_text, check_output_path, is_stream
 from xpnet.network import MLP
 from xpnet.optim import get_optimizer
 from xpnet.plot import check_plot_path, plot_training
@@ -171,6 +171,8 @@ def _fit_options(settings: dict, net, quiet: bool, log) -> dict:
 def _check_outputs(out, history_path, plot_path) -> _Files:
     """Refuse output paths that cannot be written, before any data is read or time spent."""
     if out:
+        if str(out) == STDOUT:
+            raise ConfigError("--out -: a model cannot go to standard output; give a file name")
         check_output_path(out, "--out")
     if history_path:
         _history_format(history_path)
@@ -179,7 +181,9 @@ def _check_outputs(out, history_path, plot_path) -> _Files:
         check_plot_path(plot_path)
         check_output_path(plot_path, "--plot")
     out = Path(out) if out else None
-    return _Files(out, checkpoint_path(out) if out else None, history_path, plot_path)
+    # A stream (a FIFO, /dev/null) gets the model only: a checkpoint beside /dev/null would land in /dev.
+    checkpoint = checkpoint_path(out) if out and not is_stream(out) else None
+    return _Files(out, checkpoint, history_path, plot_path)
 
 
 def _prepare(settings: dict, resume, quiet: bool, world: Communicator):

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import http.client
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from xpnet.data.idx import read_idx
 from xpnet.data.regression import REGRESSION_DATASETS, load_regression
 from xpnet.data.tabular import check_task, check_xy, load_csv, read_npz_arrays
 from xpnet.errors import ConfigError, DataError
-from xpnet.fileio import expand_user, home_folder, open_input
+from xpnet.fileio import expand_user, file_kind, home_folder, open_input
 from xpnet.names import find
 
 FASHION_MNIST_CLASSES = [
@@ -178,11 +179,14 @@ def find_idx_files(folder: Path) -> list[Path] | None:
 
 
 def _is_file(path: Path) -> bool:
-    """A regular file (a FIFO or device of that name is not data); an unreadable folder holds none."""
+    """True for a regular file, False where there is none; a FIFO or device of that name is refused."""
     try:
-        return path.is_file()
-    except OSError:
+        mode = os.stat(path).st_mode
+    except OSError:  # missing, or in a folder xpnet may not read
         return False
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: is a {file_kind(mode)}, not an IDX file; put the dataset's files there")
+    return True
 
 
 def download_file(
