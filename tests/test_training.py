@@ -191,7 +191,7 @@ def test_fit_refuses_bad_options_by_name(options, argument):
 
 def test_fit_refuses_mismatched_lengths():
     X, y = blobs(n=8)
-    with pytest.raises(ConfigError, match="8 samples but y has 7"):
+    with pytest.raises(ConfigError, match=r"y has shape \(7,\) but X has 8 samples"):
         build_mlp(("numpy", None), [2, 2], seed=0).fit(X, y[:7])
 
 

@@ -306,14 +306,17 @@ def _value_rows(outputs: np.ndarray) -> list[list]:
 
 
 def _csv_bytes(rows: list[list]) -> bytes:
-    """``rows`` as CSV through the csv module: a class name holding a comma, quote or newline stays one field."""
+    """``rows`` as standard CSV (RFC 4180, CRLF line ends) through the csv module: a class name
+    holding a comma, a quote or a line break is quoted, and stays one field."""
     text = io.StringIO()
-    csv.writer(text, lineterminator="\n").writerows(rows)
+    csv.writer(text).writerows(rows)
     return text.getvalue().encode("utf-8")
 
 
 def _read_inputs(path: Path, features: int) -> np.ndarray:
     X = read_npz_arrays(path, ("X",))["X"] if path.suffix.lower() == ".npz" else read_idx(path)
+    if X.size == 0:
+        raise ConfigError(f"{path}: inputs of shape {X.shape} hold no samples; nothing to predict")
     X = X.reshape(X.shape[0], -1) if X.ndim > 1 else X.reshape(1, -1)
     if X.shape[1] != features:
         raise ConfigError(f"{path}: inputs have {X.shape[1]} features but the model takes {features}")

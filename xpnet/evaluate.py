@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from xpnet.errors import ConfigError
+from xpnet.inputs import check_inputs, check_targets
 
 
 @dataclass
@@ -81,11 +81,9 @@ def evaluate_sums(net, X, y, batch_size: int = 4096) -> list:
 
 def evaluate(net, X, y, batch_size: int = 4096) -> dict[str, float]:
     """Loss and accuracy (classifiers) or loss, MSE and R² (regression) over ``(X, y)``."""
+    X = check_inputs(net, X)
+    y = check_targets(net, y, X.shape[0])
     X, y = net.to_device(X), net.to_device(y, labels=True)
-    if X.shape[0] != y.shape[0]:
-        raise ConfigError(f"X has {X.shape[0]} samples but y has {y.shape[0]}")
-    if X.shape[0] == 0:
-        raise ConfigError("cannot evaluate on an empty set")
     xp, n = net.xp, X.shape[0]
     if net.is_classifier:
         loss_sum, correct, _ = net.backend.to_host(xp.stack(evaluate_sums(net, X, y, batch_size))).tolist()
@@ -107,7 +105,7 @@ def _outputs(net, X, batch_size):
 def predict_outputs(net, X, batch_size: int = 4096):
     """Network outputs for ``X``; host arrays in, host arrays out."""
     on_host = not net.backend.owns(X)
-    out = _outputs(net, net.to_device(X), batch_size)
+    out = _outputs(net, net.to_device(check_inputs(net, X)), batch_size)
     return net.backend.to_host(out) if on_host else out
 
 
@@ -115,7 +113,7 @@ def predict(net, X, batch_size: int = 4096):
     """Class labels (argmax, or output > 0.5 for one sigmoid) for classifiers, else outputs."""
     on_host = not net.backend.owns(X)
     xp = net.xp
-    out = _outputs(net, net.to_device(X), batch_size)
+    out = _outputs(net, net.to_device(check_inputs(net, X)), batch_size)
     if net.is_classifier:
         out = _argmax_int32(xp, net, out) if out.shape[1] > 1 else xp.astype(out[:, 0] > 0.5, xp.int32)
     return net.backend.to_host(out) if on_host else out

@@ -26,6 +26,7 @@ from xpnet.activations import Activation, get_activation
 from xpnet.backend import Backend, define_kernel, fused_kernel, get_backend
 from xpnet.errors import ConfigError
 from xpnet.init import init_name, initial_parameters
+from xpnet.inputs import check_inputs, check_targets
 from xpnet.losses import NATURAL_OUTPUT, Loss, get_loss, loss_name
 from xpnet.modelfile import named_layers, save_model
 from xpnet.task import CLASSIFICATION, decide_task
@@ -69,7 +70,7 @@ class MLP:
         self.sizes = _check_sizes(sizes)
         depth = len(self.sizes) - 1
         self.loss_name = loss_name(loss)
-        self.activations: list[Activation] = _layer_activations(activation, output, self.loss_name, depth)
+        self.activations = _layer_activations(activation, output, self.loss_name, depth, self.sizes[-1])
         self.loss: Loss = get_loss(self.loss_name, self.activations[-1])
         self.inits = [init_name(spec, act.name) for spec, act in zip(_per_layer(init, depth, "init"), self.activations)]
         self.dropout = _check_dropout(dropout, depth)
@@ -207,6 +208,8 @@ class MLP:
 
         ``x`` and ``y`` may be host arrays; ``y`` may be class labels or targets.
         """
+        x = check_inputs(self, x, "x")
+        y = check_targets(self, y, x.shape[0])
         with self.backend.activated():
             x = self.prepare(self.to_device(x))
             cost, grads, _ = self.backprop(x, self.targets(self.to_device(y, labels=True)))
@@ -344,14 +347,20 @@ def _per_layer(spec, depth: int, what: str) -> list:
     return spec
 
 
-def _layer_activations(activation, output, loss, depth) -> list[Activation]:
+def _layer_activations(activation, output, loss, depth, outputs: int) -> list[Activation]:
     if isinstance(activation, (str, Activation)):
         names = [activation] * (depth - 1) + [output or NATURAL_OUTPUT[loss]]
     else:
         if output is not None:
             raise ConfigError("give the output activation either in the activation list or as output=, not both")
         names = _per_layer(activation, depth, "activation")
-    return [get_activation(name) for name in names]
+    activations = [get_activation(name) for name in names]
+    if activations[-1].name == "softmax" and outputs == 1:
+        raise ConfigError(
+            "a softmax over 1 output is always 1, so it predicts one class whatever the input; give the "
+            "network 2 outputs, or 1 sigmoid output with loss='binary_cross_entropy'"
+        )
+    return activations
 
 
 def _check_dropout(dropout, depth) -> list[float]:

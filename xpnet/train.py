@@ -23,6 +23,7 @@ from xpnet.data_parallel import DataParallel
 from xpnet.distributed import Communicator
 from xpnet.errors import ConfigError, DivergenceError
 from xpnet.evaluate import RunningSums, evaluate_sums, zero_sum
+from xpnet.inputs import check_inputs, check_targets, check_validation
 from xpnet.optim import SGD, Optimizer
 from xpnet.scaling import Scaling
 
@@ -216,20 +217,17 @@ def _continue_random_streams(net, history: History, seed):
 
 def _data_on_device(net, X, y, validation_data, verbose, log) -> tuple:
     """``(X, y, (X_val, y_val) or None)`` on the device, checked, with the input scaling settled."""
+    X = check_inputs(net, X)
+    y = check_targets(net, y, X.shape[0])
+    validation_data = check_validation(net, validation_data)
     X, y = net.to_device(X), net.to_device(y, labels=True)
     if net.scaling is None and X.dtype == net.xp.uint8:
         net.set_scaling(Scaling("unit", 0.0, float(np.float32(1 / 255))))  # 0..255 pixels -> [0, 1]
         if verbose:
             log("uint8 inputs and no scaling set: scaling them to [0, 1] (x / 255)")
-    n = X.shape[0]
-    if y.shape[0] != n:
-        raise ConfigError(f"X has {n} samples but y has {y.shape[0]}")
-    if n == 0:
-        raise ConfigError("the training set is empty")
     validation = None
     if validation_data is not None:
-        X_val, y_val = net.to_device(validation_data[0]), net.to_device(validation_data[1], labels=True)
-        validation = (X_val, y_val) if X_val.shape[0] else None
+        validation = net.to_device(validation_data[0]), net.to_device(validation_data[1], labels=True)
     return X, y, validation
 
 

@@ -431,5 +431,10 @@ def _make(path: Path, X_train, y_train, X_test, y_test, task: str) -> Dataset:
             raise DataError(
                 f"{path}: labels go up to {top}, over {MAX_CLASSES} classes; number the classes 0, 1, 2, ..."
             )
-        class_names = [str(c) for c in range(int(max(y_train.max(), y_test.max())) + 1)]
+        if top == 0:
+            raise DataError(
+                f"{path}: every label is 0, a single class; a classifier needs at least two "
+                "(labels 0 and 1), or use --task regression for real-valued targets"
+            )
+        class_names = [str(c) for c in range(top + 1)]
     return Dataset(path.stem, X_train, y_train, X_test, y_test, class_names, task)

@@ -1,0 +1,105 @@
+"""The arrays a user hands ``fit``, ``predict``, ``evaluate`` and ``gradients``, checked first.
+
+A wrong call through the Python API (a list of strings, a ragged list, the wrong
+number of features, an empty set, a label the network has no output for, NaN) raises
+a ``ConfigError`` naming the argument and what was wrong, instead of whatever NumPy,
+PyTorch or the matmul would raise deep inside. Shapes and dtypes are checked where the
+array is; values (finiteness, label range) by one small reduction each, so device
+arrays are checked on their device and only a few numbers come back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from array_api_compat import array_namespace
+
+from xpnet.errors import ConfigError
+
+
+def as_array(net, data, name: str):
+    """``data`` as an array: the backend's own, or a host NumPy array of plain numbers."""
+    array = data
+    if not net.backend.owns(data):
+        try:
+            array = np.asarray(data)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{name} is not an array of numbers ({exc})") from None
+        if array.dtype.kind not in "biuf":
+            raise ConfigError(f"{name} must hold numbers, not {array.dtype} ({type(data).__name__})")
+    if _kind(array) == "?":  # complex, or a backend's own exotic dtype
+        raise ConfigError(f"{name} must hold real numbers, not {array.dtype}")
+    return array
+
+
+def check_inputs(net, X, name: str = "X"):
+    """``X`` as ``(samples, features)`` with the network's input width, at least one sample, finite."""
+    X = as_array(net, X, name)
+    features = net.sizes[0]
+    if X.ndim != 2 or X.shape[1] != features:
+        raise ConfigError(
+            f"{name} has shape {tuple(X.shape)}; the network takes (samples, {features}): one row of "
+            f"{features} features per sample"
+        )
+    if X.shape[0] == 0:
+        raise ConfigError(f"{name} holds no samples")
+    xp = array_namespace(X)
+    if _kind(X) == "f" and not _read(net, xp.all(xp.isfinite(X))):
+        raise ConfigError(f"{name} holds NaN or infinite values")
+    return X
+
+
+def check_targets(net, y, samples: int, name: str = "y"):
+    """``y`` for ``samples`` inputs: class labels each naming an output, or finite targets."""
+    y = as_array(net, y, name)
+    if y.ndim == 0 or y.shape[0] != samples:
+        raise ConfigError(f"{name} has shape {tuple(y.shape)} but X has {samples} samples; give one target per sample")
+    xp = array_namespace(y)
+    if net.is_classifier and _kind(y) in "biu":
+        classes = max(net.num_outputs, 2)  # one sigmoid output scores class 1 of classes 0 and 1
+        if y.ndim != 1:
+            raise ConfigError(f"{name}: class labels must be 1-D, one per sample, not shaped {tuple(y.shape)}")
+        low, high = (0, 1) if _kind(y) == "b" else (_read(net, xp.min(y)), _read(net, xp.max(y)))
+        if low < 0 or high >= classes:
+            raise ConfigError(
+                f"{name}: labels run from {low:g} to {high:g}, but the network has outputs for classes 0 to "
+                f"{classes - 1}; number the classes 0, 1, 2, ... and give the network one output per class"
+            )
+        return y
+    outputs = net.num_outputs
+    if not (y.ndim == 1 and outputs == 1) and not (y.ndim == 2 and y.shape[1] == outputs):
+        raise ConfigError(
+            f"{name} has shape {tuple(y.shape)}; the network has {outputs} output(s), so give "
+            f"({samples}, {outputs}) targets" + (" or integer class labels" if net.is_classifier else "")
+        )
+    if _kind(y) == "f" and not _read(net, xp.all(xp.isfinite(y))):
+        raise ConfigError(f"{name} holds NaN or infinite values")
+    return y
+
+
+def check_validation(net, validation_data):
+    """``validation_data`` as ``(X_val, y_val)``, each checked; None stays None."""
+    if validation_data is None:
+        return None
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        raise ConfigError("validation_data must be a pair (X_val, y_val)")
+    X_val = as_array(net, validation_data[0], "validation_data[0]")
+    if X_val.ndim == 2 and X_val.shape[0] == 0:
+        return None  # an empty hold-out (a tiny set and a small split): no validation
+    X_val = check_inputs(net, X_val, "validation_data[0]")
+    return X_val, check_targets(net, validation_data[1], X_val.shape[0], "validation_data[1]")
+
+
+def _kind(array) -> str:
+    """The NumPy dtype kind ('b', 'i', 'u', 'f') of a host or device array."""
+    xp = array_namespace(array)
+    for kind, test in (("b", "bool"), ("i", "signed integer"), ("u", "unsigned integer"), ("f", "real floating")):
+        if xp.isdtype(array.dtype, test):
+            return kind
+    return "?"
+
+
+def _read(net, value):
+    """A 0-d result as a Python number: read from the device (one counted read) unless on the host."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.item()
+    return net.backend.to_host(value).item()
