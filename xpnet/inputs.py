@@ -3,9 +3,10 @@
 A wrong call through the Python API (a list of strings, a ragged list, the wrong
 number of features, an empty set, a label the network has no output for, NaN) raises
 a ``ConfigError`` naming the argument and what was wrong, instead of whatever NumPy,
-PyTorch or the matmul would raise deep inside. Shapes and dtypes are checked where the
-array is; values (finiteness, label range) by one small reduction each, so device
-arrays are checked on their device and only a few numbers come back.
+PyTorch or the matmul would raise deep inside. Shapes and dtypes are checked wherever
+the array is. Values (finiteness, label range) are checked in host NumPy arrays, where
+that costs no synchronisation; arrays already on a GPU are taken as they are, since
+reading them back would stall the device (``Backend.audit`` holds fit to one read per epoch).
 """
 
 from __future__ import annotations
@@ -42,8 +43,7 @@ def check_inputs(net, X, name: str = "X"):
         )
     if X.shape[0] == 0:
         raise ConfigError(f"{name} holds no samples")
-    xp = array_namespace(X)
-    if _kind(X) == "f" and not _read(net, xp.all(xp.isfinite(X))):
+    if _kind(X) == "f" and isinstance(X, np.ndarray) and not np.all(np.isfinite(X)):
         raise ConfigError(f"{name} holds NaN or infinite values")
     return X
 
@@ -53,12 +53,11 @@ def check_targets(net, y, samples: int, name: str = "y"):
     y = as_array(net, y, name)
     if y.ndim == 0 or y.shape[0] != samples:
         raise ConfigError(f"{name} has shape {tuple(y.shape)} but X has {samples} samples; give one target per sample")
-    xp = array_namespace(y)
     if net.is_classifier and _kind(y) in "biu":
         classes = max(net.num_outputs, 2)  # one sigmoid output scores class 1 of classes 0 and 1
         if y.ndim != 1:
             raise ConfigError(f"{name}: class labels must be 1-D, one per sample, not shaped {tuple(y.shape)}")
-        low, high = (0, 1) if _kind(y) == "b" else (_read(net, xp.min(y)), _read(net, xp.max(y)))
+        low, high = (0, 1) if _kind(y) == "b" or not isinstance(y, np.ndarray) else (y.min(), y.max())
         if low < 0 or high >= classes:
             raise ConfigError(
                 f"{name}: labels run from {low:g} to {high:g}, but the network has outputs for classes 0 to "
@@ -71,7 +70,7 @@ def check_targets(net, y, samples: int, name: str = "y"):
             f"{name} has shape {tuple(y.shape)}; the network has {outputs} output(s), so give "
             f"({samples}, {outputs}) targets" + (" or integer class labels" if net.is_classifier else "")
         )
-    if _kind(y) == "f" and not _read(net, xp.all(xp.isfinite(y))):
+    if _kind(y) == "f" and isinstance(y, np.ndarray) and not np.all(np.isfinite(y)):
         raise ConfigError(f"{name} holds NaN or infinite values")
     return y
 
@@ -96,10 +95,3 @@ def _kind(array) -> str:
         if xp.isdtype(array.dtype, test):
             return kind
     return "?"
-
-
-def _read(net, value):
-    """A 0-d result as a Python number: read from the device (one counted read) unless on the host."""
-    if isinstance(value, (np.ndarray, np.generic)):
-        return value.item()
-    return net.backend.to_host(value).item()
