@@ -48,7 +48,8 @@ def plot_trend(entries: list[dict], path: str | os.PathLike, gpu: bool = False) 
 
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.6 * len(panels)), sharex=True, squeeze=False)
     labels = sorted({label for lines in panels.values() for label in lines})
-    colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}  # one colour per row in every panel
+    palette = plt.get_cmap("tab20")
+    colors = {label: palette(i % 20) for i, label in enumerate(labels)}  # one colour per row in every panel
     for ax, (name, lines) in zip(axes[:, 0], panels.items()):
         for label, points in sorted(lines.items()):
             x, y, spread = zip(*points)
