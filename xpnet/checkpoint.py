@@ -152,6 +152,6 @@ def _saved_init(init):
     return "auto" if init is None else init
 
 
-def load_model(path: str | os.PathLike, backend=None, device=None, dtype=None) -> MLP:
-    """Read a model file and build its network on ``backend``/``device``."""
-    return ModelFile(path).build(backend, device, dtype)
+def load_model(path: str | os.PathLike, backend=None, device=None, dtype=None, precision: str = "float32") -> MLP:
+    """Read a model file and build its network on ``backend``/``device``, computing in ``precision``."""
+    return ModelFile(path).build(backend, device, dtype, precision)
