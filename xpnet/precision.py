@@ -61,12 +61,13 @@ class LossScaler:
         like = net.params[0]
         xp = net.xp
         self.xp, self.growth_interval = xp, growth_interval
-        self.scale, self.good_steps, self.skipped = (
-            xp.full((), float(value), dtype=like.dtype, device=net.backend.device_of(like))
-            for value in (scale, good_steps, skipped)
-        )
-        self._one = device_constant(xp, 1.0, like)
-        self._ceiling = device_constant(xp, 2.0**24, like)
+        with net.backend.activated():  # CuPy allocates on the current GPU
+            self.scale, self.good_steps, self.skipped = (
+                xp.full((), float(value), dtype=like.dtype, device=net.backend.device_of(like))
+                for value in (scale, good_steps, skipped)
+            )
+            self._one = device_constant(xp, 1.0, like)
+            self._ceiling = device_constant(xp, 2.0**24, like)
 
     def state(self) -> list:
         """``[scale, good steps, skipped steps]`` as 0-d device arrays (read with the epoch's sums)."""
@@ -92,3 +93,8 @@ class LossScaler:
         self.scale = xp.minimum(xp.maximum(self.scale * factor, self._one), self._ceiling)
         self.good_steps = good * (1.0 - grow)
         self.skipped = self.skipped + (1.0 - ok)
+
+
+def loss_scaler(net, state: list | None = None) -> LossScaler | None:
+    """The network's loss scaler (float16 only; None otherwise), from a saved ``[scale, good, skipped]``."""
+    return LossScaler(net, *(state or ())) if net.precision.loss_scaling else None

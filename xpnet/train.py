@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, astuple, dataclass, field
+from dataclasses import InitVar, asdict, astuple, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ from xpnet.distributed import Communicator
 from xpnet.errors import ConfigError, DivergenceError
 from xpnet.evaluate import RunningSums, evaluate_sums, zero_sum
 from xpnet.optim import SGD, Optimizer
-from xpnet.precision import LossScaler
+from xpnet.precision import LossScaler, loss_scaler
 from xpnet.scaling import Scaling
 
 
@@ -113,9 +113,11 @@ class _Loop:
     should_stop: Callable[[], bool] | None
     log: Callable[[str], None] | None  #: where progress lines go (None: quiet)
     parallel: DataParallel  #: this rank's part of each batch, and the collectives (one process: none)
-    scaler: LossScaler | None = None  #: float16's dynamic loss scaling (mixed-float16 only)
+    scaler_state: InitVar[list | None] = None  #: a resumed run's loss scaling (History.loss_scaler)
+    scaler: LossScaler | None = field(init=False, default=None)  #: float16's dynamic loss scaling, or None
 
-    def __post_init__(self):
+    def __post_init__(self, scaler_state):
+        self.scaler = loss_scaler(self.net, scaler_state)
         if self.options.patience is not None and self.validation is None:
             raise ConfigError("patience (early stopping) needs validation data: pass validation_data or --val-split")
 
@@ -181,14 +183,12 @@ def fit(
     parallel = DataParallel(communicator or Communicator(), options.batch_size)
     log = log if verbose and parallel.communicator.is_root else None
     part = parallel.validation_part(validation)  # this rank's share of the validation set
-    loop = _Loop(net, optimizer or SGD(), X, y, part, options, should_stop, log, parallel)
     history = history or History()
+    loop = _Loop(net, optimizer or SGD(), X, y, part, options, should_stop, log, parallel, history.loss_scaler)
     rng = _continue_random_streams(net, history, seed)
     backend = net.backend  # a NaN/inf loss is caught below, by value; denormals only slow the steps down
     with backend.activated(), backend.quiet_float_errors(), backend.flush_denormals(), parallel.rank_dropout(net):
         parallel.start(net, loop.optimizer, {"X": X, "y": y, "validation": validation}, _agreed(loop, seed, history))
-        if net.precision.loss_scaling:
-            loop.scaler = LossScaler(net, *(history.loss_scaler or ()))
         while history.epoch < epochs:
             totals, seconds = _run_epoch(loop, history, rng)
             if history.interrupted:
