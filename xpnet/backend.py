@@ -741,9 +741,14 @@ def cuda_devices() -> list[str]:
     try:
         import cupy
 
-        for index in range(cupy.cuda.runtime.getDeviceCount()):
+        count = cupy.cuda.runtime.getDeviceCount()
+        missing = [
+            f"{lib} {why}" for lib, why in cuda_libraries().items() if lib != "NCCL" and why.startswith("missing")
+        ]
+        usable = f"CuPy; NOT usable: {'; '.join(missing)}" if missing else "CuPy"
+        for index in range(count):
             name = cupy.cuda.runtime.getDeviceProperties(index)["name"].decode()
-            found.append(f"cuda:{index} {name} (CuPy)")
+            found.append(f"cuda:{index} {name} ({usable})")
     except Exception:  # no CuPy, no driver, no GPU: nothing to list
         pass
     try:
