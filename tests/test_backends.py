@@ -324,3 +324,14 @@ def test_a_cupy_dropout_state_is_valid_and_resumes_deterministically_elsewhere()
         generator.set_state(state)
         runs.append(generator.uniform((4,), np.float32))
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_info_does_not_call_a_gpu_usable_when_cupy_lacks_its_libraries(monkeypatch):
+    """Bug 6: with only the driver, `xpnet info` listed the GPU as if training could use it."""
+    cupy = pytest.importorskip("cupy", reason="needs CuPy importable (no GPU needed)")
+    monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 1)
+    monkeypatch.setattr(cupy.cuda.runtime, "getDeviceProperties", lambda index: {"name": b"NVIDIA H100"})
+    libraries = {"CuPy": "14.2.0", "NVRTC": "missing (libnvrtc.so.12: not found)", "cuBLAS": "found", "NCCL": "2"}
+    monkeypatch.setattr(xpnet.backend, "cuda_libraries", lambda: libraries)
+    cupy_lines = [line for line in xpnet.backend.cuda_devices() if "CuPy" in line]
+    assert cupy_lines == ["cuda:0 NVIDIA H100 (CuPy; NOT usable: NVRTC missing (libnvrtc.so.12: not found))"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import HAVE_TORCH
 
 from xpnet.checkpoint import load_model
 from xpnet.cli import main
@@ -258,3 +259,41 @@ def test_resume_on_another_backend_with_dropout(tmp_path, idx_dir, capsys):
     resumed = ["train", "--resume", str(checkpoint), "--backend", "torch", "--epochs", "2", "--out", str(out)]
     assert main([*resumed, "--quiet"]) == 0
     assert "accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "precision",
+    ["mixed-float16", pytest.param("mixed-bfloat16", marks=pytest.mark.skipif(not HAVE_TORCH, reason="needs PyTorch"))],
+)
+def test_train_in_mixed_precision_saves_float32_weights_that_evaluate_uses(tmp_path, idx_dir, capsys, precision):
+    backend = ["--backend", "torch"] if precision == "mixed-bfloat16" else []
+    out = _train(tmp_path, idx_dir, "--precision", precision, "--history", str(tmp_path / "h.json"), *backend)
+    trained = capsys.readouterr().out
+    assert float(trained.split("accuracy")[1].split()[0]) > 0.9, trained
+    tensors, metadata = load_tensors(out)
+    assert {t.dtype for t in tensors.values()} == {np.dtype(np.float32)}
+    assert json.loads(metadata["architecture"])["precision"] == precision
+    assert json.loads(metadata["training"])["precision"] == precision
+    if precision == "mixed-float16":
+        assert "loss_scale" in json.loads((tmp_path / "h.json").read_text())[-1]
+    assert main(["evaluate", str(out), "--data-dir", str(idx_dir)]) == 0  # in float32, on NumPy
+
+
+def test_bfloat16_without_pytorch_says_so(tmp_path, idx_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(
+            main(
+                [
+                    "train",
+                    "--data-dir",
+                    str(idx_dir),
+                    "--out",
+                    str(tmp_path / "m.safetensors"),
+                    *SMALL,
+                    "--precision",
+                    "mixed-bfloat16",
+                ]
+            )
+        )
+    assert exit_info.value.code == 2
+    assert "mixed-bfloat16 needs PyTorch" in capsys.readouterr().err

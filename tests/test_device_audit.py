@@ -5,8 +5,9 @@ under ``Backend.audit``'s dispatch monitor, which flags every operation a GPU wo
 for unseen: a host read (``item``, ``nonzero``, a boolean mask), a tensor on another
 device, a tensor made from host data behind ``Backend.upload``'s back (as array-api-compat
 does for ``xp.maximum(z, 0.0)``: a blocking copy per call on CUDA). The matrix below is
-lean but touches every activation, loss (fused and not), optimizer, dropout and input
-scaling, through fit, evaluate, predict and gradients; crossings that are budgeted
+lean but touches every activation, loss (fused and not), optimizer, dropout, input
+scaling and mixed precision (float16 with its loss scaling, bfloat16), through fit,
+evaluate, predict and gradients; crossings that are budgeted
 (one read per epoch, one upload of the permutation per epoch) are counted and held to it.
 """
 
@@ -67,6 +68,11 @@ CASES = {
         {},
     ),
 }
+#: Mixed precision on top: the casts, the loss scaling and its undo of a bad step stay on the device too.
+PRECISION = {
+    "relu-softmax_ce-momentum-dropout-unit": "mixed-float16",
+    "sigmoid-sigmoid_bce-adam-standard": "mixed-bfloat16",
+}
 SIZES = [6, 8, 5, 3]
 
 
@@ -83,7 +89,9 @@ def case_data(loss: str, scaling: str | None, n: int = 32):
 
 def build(case: str, backend=None) -> tuple[MLP, dict]:
     hidden, output, loss, _, dropout, scaling, _ = CASES[case]
-    net = MLP(SIZES, activation=hidden, output=output, loss=loss, dropout=dropout, backend=backend or meta_backend())
+    precision = PRECISION.get(case, "float32")
+    backend = backend or meta_backend()
+    net = MLP(SIZES, activation=hidden, output=output, loss=loss, dropout=dropout, precision=precision, backend=backend)
     if scaling == "standard":
         net.set_scaling(Scaling("standard", np.arange(6.0), np.linspace(0.5, 2.0, 6)))
     return net, CASES[case][6]

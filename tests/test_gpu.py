@@ -202,3 +202,25 @@ def test_selfcheck_passes_on_the_gpu_with_its_benchmark(spec, capsys):
     out = capsys.readouterr().out
     assert status == 0, out
     assert "PASS  benchmark" in out and "GEMM ceiling" in out
+
+
+@pytest.mark.parametrize("spec", GPU_BACKENDS)
+def test_tf32_switches_on_and_off(spec):
+    backend = get_backend(*spec)
+    backend.use_tf32(True)
+    assert backend.tf32_state() == "on"
+    backend.use_tf32(False)
+    assert backend.tf32_state() == "off"
+
+
+@pytest.mark.parametrize("precision", ["mixed-float16", "mixed-bfloat16"])
+@pytest.mark.parametrize("spec", GPU_BACKENDS)
+def test_mixed_precision_trains_on_gpu_without_hidden_syncs(spec, precision):
+    if precision == "mixed-bfloat16" and spec[0] != "torch":
+        pytest.skip("bfloat16 is PyTorch's")
+    X, y = blobs(n=512)
+    net = build_mlp(spec, [2, 64, 2], precision=precision, seed=0)
+    with net.backend.audit() as audit:
+        history = net.fit(X, y, epochs=3, batch_size=64, optimizer=SGD(lr=0.1, momentum=0.9))
+    assert audit.violations == [] and audit.reads == 3
+    assert history.records[-1]["accuracy"] > 0.95

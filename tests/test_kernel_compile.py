@@ -21,25 +21,23 @@ import pytest
 
 from xpnet.backend import kernel_cuda_source, kernel_names, kernel_spec, nvrtc_compile
 from xpnet.errors import BackendError
-from xpnet.selfcheck.kernels import kernel_sources, recorded_calls
+from xpnet.selfcheck.kernels import DTYPES, kernel_sources, recorded_calls
 
 if platform.system() != "Linux" or platform.machine() != "x86_64":
     pytest.skip("the test extra installs CuPy and NVRTC on Linux x86-64 only", allow_module_level=True)
 
 ARCHS = ["80", "90"]
-#: The float dtypes networks compute in (optimizers update float32 or float64 masters).
-DTYPES = ["float32", "float64"]
 
 
 @functools.cache
 def calls() -> dict[str, list]:
     """Each kernel's calls from xpnet's call sites (recorded once per test session)."""
-    return recorded_calls(tuple(DTYPES))
+    return recorded_calls(DTYPES)
 
 
 @functools.cache
 def all_sources() -> dict[str, tuple[str, ...]]:
-    return kernel_sources(tuple(DTYPES))
+    return kernel_sources(DTYPES)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -52,9 +50,12 @@ def test_every_fused_kernel_compiles_for_the_gpus_without_warnings(name, arch):
 
 
 def test_each_kernel_is_compiled_for_every_dtype_it_is_called_with():
+    """float32 and float64 everywhere; float16 (mixed precision's math) for ReLU's BP2 and the
+    input scaling, never for the optimizers, which update float32 masters."""
     for name, sources in all_sources().items():
-        for ctype in ("float", "double"):
-            assert any(f"typedef {ctype} T;" in source for source in sources), (name, ctype)
+        ctypes = ("float", "double", "float16") if name in ("relu_backward", "scale_inputs") else ("float", "double")
+        for ctype in ("float", "double", "float16"):
+            assert any(f"typedef {ctype} T;" in source for source in sources) == (ctype in ctypes), (name, ctype)
     scale = all_sources()["scale_inputs"]
     assert any("typedef unsigned char X;" in s for s in scale) and any("CArray<float, 2, 0, 1>" in s for s in scale)
 

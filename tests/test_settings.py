@@ -63,9 +63,9 @@ def test_cli_refuses_what_the_table_refuses(argv, message, capsys):
 
 def test_defaults_pass_their_own_checks():
     assert checked(BASE_SETTINGS) == BASE_SETTINGS
-    assert set(RUN_SETTINGS) == {"backend", "device", "data_dir", "epochs", "distributed"}
+    assert set(RUN_SETTINGS) == {"backend", "device", "data_dir", "epochs", "distributed", "tf32"}
     assert set(BASE_SETTINGS) == set(TABLE) - {"backend", "device", "data_dir", "distributed"}
-    assert set(RECIPE_SETTINGS) == set(BASE_SETTINGS) - {"task", "dtype"}
+    assert set(RECIPE_SETTINGS) == set(BASE_SETTINGS) - {"task", "dtype", "precision", "tf32"}
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

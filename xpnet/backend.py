@@ -78,6 +78,19 @@ class Backend:
             return f"{major}{minor}"
         return None
 
+    def half_dtype(self, name: str):
+        """The half type ``name`` ("float16" or "bfloat16") for mixed precision, where this backend has it.
+
+        bfloat16 is PyTorch's alone here (NumPy and CuPy have no such dtype); array-api-strict
+        has no float16 either (the standard has none).
+        """
+        if name == "bfloat16" and self.name != "torch":
+            raise ConfigError(f"mixed-bfloat16 needs PyTorch (--backend torch); {self.name} has no bfloat16")
+        found = getattr(self.xp, name, None)
+        if found is None or name not in ("float16", "bfloat16"):
+            raise ConfigError(f"{self.name} has no {name} for mixed precision; train in float32 there")
+        return found
+
     def tf32_state(self) -> str:
         """Whether float32 matmuls on this device may use TF32 tensor cores: "on", "off" or "n/a"."""
         if self.name == "cupy":
@@ -728,9 +741,14 @@ def cuda_devices() -> list[str]:
     try:
         import cupy
 
-        for index in range(cupy.cuda.runtime.getDeviceCount()):
+        count = cupy.cuda.runtime.getDeviceCount()
+        missing = [
+            f"{lib} {why}" for lib, why in cuda_libraries().items() if lib != "NCCL" and why.startswith("missing")
+        ]
+        usable = f"CuPy; NOT usable: {'; '.join(missing)}" if missing else "CuPy"
+        for index in range(count):
             name = cupy.cuda.runtime.getDeviceProperties(index)["name"].decode()
-            found.append(f"cuda:{index} {name} (CuPy)")
+            found.append(f"cuda:{index} {name} ({usable})")
     except Exception:  # no CuPy, no driver, no GPU: nothing to list
         pass
     try:

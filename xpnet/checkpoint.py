@@ -71,8 +71,13 @@ class ModelFile:
     def error(self, problem: str) -> ModelFileError:
         return ModelFileError(f"{self.path}: {problem}; the file is damaged or was not written by xpnet")
 
-    def build(self, backend=None, device=None, dtype=None) -> MLP:
-        """The network this file describes, on the chosen backend and device."""
+    def build(self, backend=None, device=None, dtype=None, precision: str = "float32") -> MLP:
+        """The network this file describes, on the chosen backend and device.
+
+        It computes in ``precision``: float32 by default, whatever it was trained in (the file
+        holds float32 weights, and a mixed-bfloat16 model must load on NumPy too); a resumed
+        run asks for the precision it was trained in (``saved_precision``).
+        """
         arch = self.architecture
         dropout = arch.get("dropout", 0.0)
         try:
@@ -84,6 +89,7 @@ class ModelFile:
                 backend=backend,
                 device=device,
                 dtype=dtype or arch.get("dtype", "float32"),
+                precision=precision,
                 init=_saved_init(arch.get("init")),
                 seed=0,
             )
@@ -98,6 +104,11 @@ class ModelFile:
             except XpnetError as exc:
                 raise self.error(str(exc)) from None
         return net
+
+    @property
+    def saved_precision(self) -> str:
+        """The precision the model was trained in (float32 for files from before mixed precision)."""
+        return self.architecture.get("precision", "float32")
 
     def resume_state(self) -> dict:
         """The training loop's saved state, every field checked: it steers the resumed run."""
@@ -141,6 +152,6 @@ def _saved_init(init):
     return "auto" if init is None else init
 
 
-def load_model(path: str | os.PathLike, backend=None, device=None, dtype=None) -> MLP:
-    """Read a model file and build its network on ``backend``/``device``."""
-    return ModelFile(path).build(backend, device, dtype)
+def load_model(path: str | os.PathLike, backend=None, device=None, dtype=None, precision: str = "float32") -> MLP:
+    """Read a model file and build its network on ``backend``/``device``, computing in ``precision``."""
+    return ModelFile(path).build(backend, device, dtype, precision)

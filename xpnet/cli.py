@@ -22,7 +22,7 @@ import array_api_compat
 import numpy as np
 
 from xpnet._version import __version__
-from xpnet.backend import available_backends, cuda_devices
+from xpnet.backend import available_backends, cuda_devices, cuda_libraries
 from xpnet.bench.options import add_bench_arguments
 from xpnet.checkpoint import ModelFile
 from xpnet.data import load_dataset, read_idx
@@ -335,6 +335,9 @@ def _info_command(args) -> int:
     print("  cpu")
     for line in cuda_devices() or ["no CUDA GPU seen"]:
         print(f"  {line}")
+    libraries = cuda_libraries()
+    if "NVRTC" in libraries:  # CuPy is installed: what it would load (python -m xpnet selfcheck tests the rest)
+        print("CUDA libraries for CuPy: " + ", ".join(f"{name} {state}" for name, state in libraries.items()))
     print(f"BLAS: {_blas_description()}")
     print("distributed (--distributed under mpiexec):")
     for name, status in transports().items():

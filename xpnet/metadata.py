@@ -18,6 +18,7 @@ from xpnet.activations import get_activation
 from xpnet.errors import ConfigError, ModelFileError
 from xpnet.init import init_name
 from xpnet.losses import loss_name
+from xpnet.precision import PRECISIONS
 from xpnet.schema import (
     INT64_MAX,
     Bool,
@@ -82,8 +83,9 @@ ARCHITECTURE = Record(
         "init": Either((_INIT, ListOf(_INIT, 1, MAX_LAYERS))),
         "dropout": Either((_RATE, ListOf(_RATE, 1, MAX_LAYERS))),
         "dtype": Text(choices=("float32", "float64")),
+        "precision": Text(choices=tuple(PRECISIONS)),
     },
-    optional=frozenset({"loss", "init", "dropout", "dtype"}),
+    optional=frozenset({"loss", "init", "dropout", "dtype", "precision"}),
     rules=(_per_layer("activations", "init", "dropout"), _output_not_dropped),
 )
 
@@ -150,8 +152,11 @@ LOOP_STATE = Record(
         "stopped_early": Bool(),
         "interrupted": Bool(),
         "restored_best": Bool(),
+        "loss_scaler": Either((Null(), ListOf(Number(0.0), 3, 3))),  # float16's [scale, good steps, skipped]
     },
-    optional=frozenset({"records", "rng_state", "dropout_state", "partial", "stopped_early", "interrupted"}),
+    optional=frozenset(
+        {"records", "rng_state", "dropout_state", "partial", "stopped_early", "interrupted", "loss_scaler"}
+    ),
     rules=(_loop_rules,),
     what="the training loop's state",
 )

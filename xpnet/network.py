@@ -29,6 +29,7 @@ from xpnet.init import init_name, initial_parameters
 from xpnet.inputs import check_inputs, check_targets
 from xpnet.losses import NATURAL_OUTPUT, Loss, get_loss, loss_name
 from xpnet.modelfile import named_layers, save_model
+from xpnet.precision import get_precision
 from xpnet.task import CLASSIFICATION, decide_task
 
 
@@ -65,6 +66,7 @@ class MLP:
         backend: str | Backend | None = None,
         device: str | None = None,
         dtype: str = "float32",
+        precision: str = "float32",
         seed: int | None = 0,
     ):
         self.sizes = _check_sizes(sizes)
@@ -78,6 +80,9 @@ class MLP:
         self.xp = self.backend.xp
         self.dtype_name = dtype
         self.dtype = self.backend.dtype(dtype)
+        #: What the math runs in: the network's dtype, or a half type with float32 masters (xpnet.precision).
+        self.precision = get_precision(precision)
+        self.compute_dtype = self._compute_dtype()
         self.seed = seed
         self.scaling = None
         self._scaling_on_device = None
@@ -88,6 +93,16 @@ class MLP:
         self.params = []
         for W, b in initial_parameters(self.sizes, self.inits, seed):
             self.params += [self.backend.upload(W, self.dtype), self.backend.upload(b, self.dtype)]
+
+    def _compute_dtype(self):
+        if not self.precision.mixed:
+            return self.dtype
+        if self.dtype_name != "float32":
+            raise ConfigError(
+                f"precision {self.precision.name!r} keeps float32 master weights; dtype must be float32, "
+                f"not {self.dtype_name!r}"
+            )
+        return self.backend.half_dtype(self.precision.compute)
 
     # -- structure ---------------------------------------------------------------
 
@@ -123,6 +138,7 @@ class MLP:
             "init": list(self.inits),
             "dropout": list(self.dropout),
             "dtype": self.dtype_name,
+            "precision": self.precision.name,
         }
 
     def __repr__(self) -> str:
@@ -130,7 +146,8 @@ class MLP:
             f"{n_in}->{n_out} {act.spec()}"
             for n_in, n_out, act in zip(self.sizes[:-1], self.sizes[1:], self.activations)
         )
-        return f"MLP({layers}; loss={self.loss_name}; {self.dtype_name} on {self.backend})"
+        dtype = self.precision.name if self.precision.mixed else self.dtype_name
+        return f"MLP({layers}; loss={self.loss_name}; {dtype} on {self.backend})"
 
     # -- host state --------------------------------------------------------------
 
@@ -157,51 +174,83 @@ class MLP:
         """Network output a^L for a batch ``x`` (rows are samples), no dropout;
         ``(z^L, a^L)`` with ``logits=True``, for losses computed from the logits."""
         a = z = x
-        for (W, b), act in zip(self.layers, self.activations):
+        last = self.depth - 1
+        for l, ((W, b), act) in enumerate(zip(self._compute_layers(), self.activations)):
             z = a @ W.T + b
+            if l == last:
+                z = self._master(z)  # outputs and losses in the master dtype
             a = act.forward(self.xp, z)
         return (z, a) if logits else a
 
-    def backprop(self, x, y, *, train: bool = False):
+    def backprop(self, x, y, *, train: bool = False, loss_scale=None):
         """Loss, gradients and output for one batch: ``(C, [∂C/∂W^1, ∂C/∂b^1, ...], a^L)``.
 
         ``y`` holds float targets shaped like the output (see ``targets``). With
         ``train=True`` dropout is applied (inverted: kept units scaled by 1/(1-p)).
+        Under mixed precision the passes run in the half type and the loss, BP1 and the
+        gradients returned are float32; ``loss_scale`` (a 0-d device array, float16's loss
+        scaling) multiplies δ^L before the backward pass and divides the gradients after.
         """
         xp = self.xp
-        inputs, zs, outs, masks = [], [], [], []
-        a = x
-        output_layer = self.depth - 1
-        for l, ((W, b), act) in enumerate(zip(self.layers, self.activations)):
-            inputs.append(a)
-            z = a @ W.T
-            z += b  # in place: one pass and no second (batch, n_l) array per layer
-            if l < output_layer:
-                a = act.forward(xp, z)
-            else:  # a^L and the loss together: a fused loss (softmax + cross-entropy) shares their work
-                a, cost = self.loss.output_and_value(xp, z, y, act)
-            zs.append(z)
-            outs.append(a)
-            rate = self.dropout[l] if train else 0.0
-            if rate:
-                mask = self._dropout_mask(a.shape, rate)
-                masks.append(mask)
-                a = a * mask
-            else:
-                masks.append(None)
-
-        layers, grads = self.layers, [None] * self.depth
+        layers = self._compute_layers()
+        cost, inputs, zs, outs, masks = self._forward_pass(x, y, layers, train)
         delta = self.loss.delta(xp, zs[-1], outs[-1], y, self.activations[-1])  # BP1
+        if loss_scale is not None:
+            delta = delta * loss_scale
+        delta = self._half(delta)
+        grads = [None] * self.depth
         for l in reversed(range(self.depth)):
             dC_dW = delta.T @ inputs[l]  # BP4
-            dC_db = xp.sum(delta, axis=0)  # BP3
-            grads[l] = Layer(dC_dW, dC_db)
+            dC_db = xp.sum(delta, axis=0, dtype=self.dtype)  # BP3, summed in the master dtype
+            grads[l] = Layer(self._unscaled(dC_dW, loss_scale), self._unscaled(dC_db, loss_scale))
             if l:
                 back = delta @ layers[l].W
                 if masks[l - 1] is not None:
                     back = back * masks[l - 1]
                 delta = self.activations[l - 1].backward(xp, zs[l - 1], outs[l - 1], back)  # BP2
         return cost, flatten(grads), outs[-1]
+
+    def _forward_pass(self, x, y, layers, train: bool):
+        """The training forward pass: ``(C, inputs a^{l-1}, zs, outputs a^l, dropout masks)`` per layer."""
+        xp = self.xp
+        inputs, zs, outs, masks = [], [], [], []
+        a = x
+        output_layer = self.depth - 1
+        for l, ((W, b), act) in enumerate(zip(layers, self.activations)):
+            inputs.append(a)
+            z = a @ W.T
+            z += b  # in place: one pass and no second (batch, n_l) array per layer
+            if l < output_layer:
+                a = act.forward(xp, z)
+            else:  # a^L and the loss together (a fused loss shares their work), in the master dtype
+                z = self._master(z)
+                a, cost = self.loss.output_and_value(xp, z, y, act)
+            zs.append(z)
+            outs.append(a)
+            rate = self.dropout[l] if train else 0.0
+            masks.append(self._dropout_mask(a.shape, rate) if rate else None)
+            if rate:
+                a = a * masks[-1]
+        return cost, inputs, zs, outs, masks
+
+    def _compute_layers(self) -> list[Layer]:
+        """The weights the passes run with: the masters, cast to the half type under mixed precision."""
+        if not self.precision.mixed:
+            return self.layers
+        xp, half = self.xp, self.compute_dtype
+        return [Layer(xp.astype(W, half), xp.astype(b, half)) for W, b in self.layers]
+
+    def _master(self, array):
+        """``array`` in the master dtype (a cast only under mixed precision)."""
+        return self.xp.astype(array, self.dtype) if self.precision.mixed else array
+
+    def _half(self, array):
+        """``array`` in the compute dtype (a cast only under mixed precision)."""
+        return self.xp.astype(array, self.compute_dtype) if self.precision.mixed else array
+
+    def _unscaled(self, grad, loss_scale):
+        grad = self._master(grad)
+        return grad if loss_scale is None else grad / loss_scale
 
     def gradients(self, x, y):
         """``(loss, [(∂C/∂W, ∂C/∂b), ...])`` for a batch, one pair per layer; for teaching and checks.
@@ -216,8 +265,8 @@ class MLP:
         return cost, [Layer(*grads[i : i + 2]) for i in range(0, len(grads), 2)]
 
     def _dropout_mask(self, shape, rate):
-        keep = self.dropout_rng.uniform(shape, self.dtype) >= rate
-        return self.xp.astype(keep, self.dtype) / (1.0 - rate)
+        keep = self.dropout_rng.uniform(shape, self.dtype) >= rate  # drawn in float32: CuPy draws no halves
+        return self.xp.astype(keep, self.compute_dtype) / (1.0 - rate)
 
     # -- inputs and targets ------------------------------------------------------
 
@@ -235,20 +284,20 @@ class MLP:
         on_device = []
         for value in (scaling.shift, scaling.scale):
             value = np.asarray(value, dtype=np.float64)
-            on_device.append(float(value) if value.ndim == 0 else self.backend.upload(value, self.dtype))
+            on_device.append(float(value) if value.ndim == 0 else self.backend.upload(value, self.compute_dtype))
         self._scaling_on_device = tuple(on_device)
 
     #: The fused CuPy form of ``prepare``: a raw batch (uint8 pixels, say) cast and scaled in one pass.
     SCALE_KERNEL = define_kernel("scale_inputs", "X x, T shift, T scale", "T out", "out = (x - shift) * scale;")
 
     def prepare(self, x):
-        """A batch of raw inputs as the first layer wants them: network dtype, scaled."""
+        """A batch of raw inputs as the first layer wants them: compute dtype, scaled."""
         kernel = fused_kernel(self.xp, self.SCALE_KERNEL) if self._scaling_on_device is not None else None
         if kernel is not None:  # the cast and the scaling in one pass
-            return kernel(x, *self._scaling_on_device, self.xp.empty(x.shape, dtype=self.dtype))
-        fresh = x.dtype != self.dtype
+            return kernel(x, *self._scaling_on_device, self.xp.empty(x.shape, dtype=self.compute_dtype))
+        fresh = x.dtype != self.compute_dtype
         if fresh:
-            x = self.xp.astype(x, self.dtype)
+            x = self.xp.astype(x, self.compute_dtype)
         if self._scaling_on_device is None:
             return x
         shift, scale = self._scaling_on_device

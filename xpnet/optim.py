@@ -114,9 +114,13 @@ class Optimizer:
     #: The name of this update among the backend's fused kernels.
     kernel_name = ""
 
-    def step(self, params: list, grads: list) -> None:
+    def init_state(self, params: list) -> None:
+        """The per-parameter buffers, zeros, if there are none yet (``step`` makes them on first use)."""
         if not self.state:
             self.state = [tuple(p * 0.0 for _ in range(self.buffers_per_param)) for p in params]
+
+    def step(self, params: list, grads: list) -> None:
+        self.init_state(params)
         if self.xp is None:
             self.xp = array_namespace(params[0])
             self.kernel = fused_kernel(self.xp, self.kernel_name)

@@ -191,6 +191,7 @@ def _prepare(settings: dict, resume, quiet: bool, world: Communicator):
     this rank's arrays take (``cuda`` is the GPU of the rank's local rank)."""
     try:
         backend = get_backend(settings.get("backend"), rank_device(settings.get("device"), world))  # fail fast
+        backend.use_tf32(settings["tf32"])
         communicator = world.for_backend(backend)
         data, split = _load_data(settings, quiet)
         return data, split, _model_and_optimizer(settings, backend, data, split[0], resume), communicator
@@ -270,7 +271,7 @@ def _model_and_optimizer(settings: dict, backend, data, X_train, resume):
     optimizer = get_optimizer(settings["optimizer"], **options)
     if resume:
         saved = ModelFile(resume)
-        net = saved.build(backend)
+        net = saved.build(backend, precision=saved.saved_precision)
         check_fits(net, data, f"--resume {resume}: dataset {settings['dataset']!r}")
         steps = saved.checkpoint.get("optimizer_steps", 0)
         optimizer.load_state_arrays(saved.optimizer_buffers(net, optimizer), steps, net.params)
@@ -284,6 +285,7 @@ def _model_and_optimizer(settings: dict, backend, data, X_train, resume):
         dropout=settings["dropout"],
         backend=backend,
         dtype=settings["dtype"],
+        precision=settings["precision"],
         seed=settings["seed"],
     )
     net.set_scaling(Scaling.fit(settings["scaling"], X_train))

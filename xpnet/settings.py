@@ -21,6 +21,7 @@ from xpnet.init import init_spec
 from xpnet.losses import loss_name
 from xpnet.names import canonical
 from xpnet.optim import OPTIMIZERS, SCHEDULES
+from xpnet.precision import PRECISIONS
 from xpnet.scaling import SCALINGS
 from xpnet.task import TASKS
 
@@ -195,6 +196,17 @@ _ROWS = [
     Setting(
         "dtype", "float32", _name(DTYPES, "dtype"), "float type of weights and math", "model",
         choices=DTYPES, recipe=False,
+    ),
+    Setting(
+        "precision", "float32", _name(tuple(PRECISIONS), "precision"),
+        "float32 (default); mixed-float16: float16 math, float32 master weights, dynamic loss scaling; "
+        "mixed-bfloat16: the same in bfloat16, without scaling (PyTorch only)", "model",
+        choices=tuple(PRECISIONS), recipe=False,
+    ),
+    Setting(
+        "tf32", False, _boolean,
+        "let float32 matmuls on a GPU use TF32 tensor cores (several times faster on Ampere and later; "
+        "a 10-bit mantissa)", "model", run=True, recipe=False,
     ),
     Setting(
         "optimizer", "sgd", _name(OPTIMIZERS, "optimizer"), "update rule", "optimisation",

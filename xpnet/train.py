@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, astuple, dataclass, field
+from dataclasses import InitVar, asdict, astuple, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ from xpnet.errors import ConfigError, DivergenceError
 from xpnet.evaluate import RunningSums, evaluate_sums, zero_sum
 from xpnet.inputs import check_inputs, check_targets, check_validation
 from xpnet.optim import SGD, Optimizer
+from xpnet.precision import LossScaler, loss_scaler
 from xpnet.scaling import Scaling
 
 
@@ -54,6 +55,8 @@ class History:
     stopped_early: bool = False
     interrupted: bool = False
     restored_best: bool = False
+    #: float16 loss scaling's [scale, good steps in a row, skipped steps], as last read
+    loss_scaler: list[float] | None = None
     best_params: list | None = field(default=None, repr=False)  #: device copies of the best weights
 
     def resume_state(self) -> dict:
@@ -83,6 +86,7 @@ class EpochTotals:
     val_correct: float | None = None
     val_seen: float | None = None
     largest_weight: float = 0.0  #: max |w| after the epoch's last step (NaN once any weight is)
+    loss_scaler: list[float] | None = None  #: [scale, good steps, skipped steps] under float16
 
 
 @dataclass(frozen=True)
@@ -110,8 +114,11 @@ class _Loop:
     should_stop: Callable[[], bool] | None
     log: Callable[[str], None] | None  #: where progress lines go (None: quiet)
     parallel: DataParallel  #: this rank's part of each batch, and the collectives (one process: none)
+    scaler_state: InitVar[list | None] = None  #: a resumed run's loss scaling (History.loss_scaler)
+    scaler: LossScaler | None = field(init=False, default=None)  #: float16's dynamic loss scaling, or None
 
-    def __post_init__(self):
+    def __post_init__(self, scaler_state):
+        self.scaler = loss_scaler(self.net, scaler_state)
         if self.options.patience is not None and self.validation is None:
             raise ConfigError("patience (early stopping) needs validation data: pass validation_data or --val-split")
 
@@ -177,8 +184,8 @@ def fit(
     parallel = DataParallel(communicator or Communicator(), options.batch_size)
     log = log if verbose and parallel.communicator.is_root else None
     part = parallel.validation_part(validation)  # this rank's share of the validation set
-    loop = _Loop(net, optimizer or SGD(), X, y, part, options, should_stop, log, parallel)
     history = history or History()
+    loop = _Loop(net, optimizer or SGD(), X, y, part, options, should_stop, log, parallel, history.loss_scaler)
     rng = _continue_random_streams(net, history, seed)
     backend = net.backend  # a NaN/inf loss is caught below, by value; denormals only slow the steps down
     with backend.activated(), backend.quiet_float_errors(), backend.flush_denormals(), parallel.rank_dropout(net):
@@ -270,17 +277,23 @@ def _train_step(loop: _Loop, idx, sums: RunningSums) -> None:
     truth = net.targets(yb)
     smoothing = loop.options.label_smoothing
     targets = net.targets(yb, smoothing) if smoothing else truth
-    cost, grads, out = net.backprop(xb, targets, train=True)
-    loop.optimizer.step(net.params, parallel.mean_gradients(net, grads))  # one allreduce across ranks
+    if loop.scaler is None:
+        cost, grads, out = net.backprop(xb, targets, train=True)
+        loop.optimizer.step(net.params, parallel.mean_gradients(net, grads))  # one allreduce across ranks
+    else:  # float16: δ^L scaled up, gradients unscaled in float32, a step with an inf or NaN (on any rank) undone
+        cost, grads, out = net.backprop(xb, targets, train=True, loss_scale=loop.scaler.scale)
+        loop.scaler.step(loop.optimizer, net.params, parallel.mean_gradients(net, grads))
     sums.add(net, cost, out, truth, parallel.local_batch)
 
 
 def _interrupt(loop: _Loop, history: History, sums: RunningSums, batches: int, seconds: float) -> None:
     """Record in ``history`` where a stopped epoch got, so ``fit(..., history=history)`` goes on exactly."""
     net = loop.net
-    read = [sums.loss, sums.correct, largest_weight(net, loop.optimizer)]
-    loss_sum, correct, largest = net.backend.to_host(net.xp.stack(read)).tolist()
-    loss_sum, correct, largest = loop.parallel.sum_host([loss_sum, correct, largest], root_only=[2])
+    scaler = _scaler_state(loop)
+    read = [sums.loss, sums.correct, largest_weight(net, loop.optimizer), *scaler]
+    values = net.backend.to_host(net.xp.stack(read)).tolist()
+    loss_sum, correct, largest, *scaler = loop.parallel.sum_host(values, root_only=[2, 3, 4, 5])
+    history.loss_scaler = scaler or None
     _check_diverged({"epoch": history.epoch + 1, "loss": loss_sum}, largest, loop.optimizer)
     history.batch = batches
     history.partial = PartialEpoch(loss_sum, correct, float(batches * loop.batch_size), seconds)
@@ -295,9 +308,18 @@ def _read_totals(loop: _Loop, sums: RunningSums, seen: int) -> EpochTotals:
     if loop.validation is not None:
         device_sums += evaluate_sums(net, *loop.validation)
     device_sums.append(largest_weight(net, loop.optimizer))  # a NaN from the epoch's last step shows here
-    # The job's sums, the same on every rank; max |w| is rank 0's (every rank holds the same weights).
-    *values, largest = loop.parallel.sum_host(net.backend.to_host(xp.stack(device_sums)).tolist(), root_only=[-1])
-    return EpochTotals(*values, largest_weight=largest)
+    scaler = _scaler_state(loop)
+    values = net.backend.to_host(xp.stack(device_sums + scaler)).tolist()
+    # The job's sums, the same on every rank; max |w| and the loss scaling are rank 0's (every rank holds the same).
+    root_only = list(range(len(device_sums) - 1, len(values)))
+    values = loop.parallel.sum_host(values, root_only=root_only)
+    *sums, largest = values[: len(device_sums)]
+    return EpochTotals(*sums, largest_weight=largest, loss_scaler=values[len(device_sums) :] or None)
+
+
+def _scaler_state(loop: _Loop) -> list:
+    """float16 loss scaling's state, read with the epoch's sums (nothing without it)."""
+    return loop.scaler.state() if loop.scaler is not None else []
 
 
 def _end_epoch(loop: _Loop, history: History, rng, totals: EpochTotals, seconds: float, on_epoch_end) -> bool:
@@ -306,6 +328,9 @@ def _end_epoch(loop: _Loop, history: History, rng, totals: EpochTotals, seconds:
     A NaN or infinite loss, weight or validation loss ends it with a ``DivergenceError``."""
     net = loop.net
     record = _record(net, history.epoch + 1, totals, seconds, loop.optimizer)
+    if totals.loss_scaler is not None:
+        history.loss_scaler = totals.loss_scaler
+        record["loss_scale"], record["skipped_steps"] = totals.loss_scaler[0], int(totals.loss_scaler[2])
     history.epoch += 1
     history.batch = 0
     history.partial = None

@@ -53,5 +53,7 @@ class CKernel:
             raise ValueError(f"the interpreter does not know the statement {statement!r}")
         target, op, expression = matched.groups()
         value = eval(expression, env)
-        old = env.get(target, 0)
-        env[target] = {"=": value, "-=": old - value, "+=": old + value, "*=": old * value}[op]
+        if op != "=":
+            old = env[target]
+            value = old - value if op == "-=" else old + value if op == "+=" else old * value
+        env[target] = value

@@ -33,19 +33,25 @@ SCALINGS = {
 
 def run_call_sites(backend: Backend, dtype: str, steps: int = 3) -> dict[str, np.ndarray]:
     """Each call site's results, read back to the host, keyed ``relu_backward``, the optimizer
-    names (parameters and buffers after ``steps`` updates) and ``scale_inputs/<scaling>/<input>``."""
+    names (parameters and buffers after ``steps`` updates) and ``scale_inputs/<scaling>/<input>``.
+
+    ``dtype`` is the type the math runs in; for a half type ("float16") the networks are
+    mixed precision, and the optimizers, which only ever update float32 masters, are left out.
+    """
     rng = np.random.default_rng(0)
-    xp = backend.xp
+    half = dtype in ("float16", "bfloat16")
+    xp, array_dtype = backend.xp, backend.half_dtype(dtype) if half else backend.dtype(dtype)
     results = {}
     with backend.activated():
         z = rng.standard_normal((5, 4)).astype(dtype)
         z[0, :2] = 0.0, -0.0  # the step's edge: σ'(0) = 0
-        grad = backend.upload(rng.standard_normal((5, 4)), backend.dtype(dtype))
+        grad = backend.upload(rng.standard_normal((5, 4)), array_dtype)
         results["relu_backward"] = backend.to_host(ReLU().backward(xp, backend.upload(z), None, grad))
-        for name, make in OPTIMIZERS.items():
+        for name, make in {} if half else OPTIMIZERS.items():
             results[name] = _optimizer_run(backend, make(), dtype, steps)
+        network = {"precision": f"mixed-{dtype}"} if half else {"dtype": dtype}
         for label, scaling in SCALINGS.items():
-            net = MLP([3, 2], backend=backend, dtype=dtype)
+            net = MLP([3, 2], backend=backend, **network)
             net.set_scaling(scaling)
             for kind, raw in (("uint8", np.arange(12, dtype=np.uint8).reshape(4, 3)), ("float", z[:4, :3])):
                 results[f"scale_inputs/{label}/{kind}"] = backend.to_host(net.prepare(net.to_device(raw)))
@@ -73,7 +79,11 @@ class _Recorder:
         return self.kernel(*args)
 
 
-def recorded_calls(dtypes=("float32", "float64")) -> dict[str, list]:
+#: The types the math runs in: the network dtypes, and mixed-float16's half (bfloat16 never reaches CuPy).
+DTYPES = ("float32", "float64", "float16")
+
+
+def recorded_calls(dtypes=DTYPES) -> dict[str, list]:
     """Each kernel's calls from xpnet's call sites in ``dtypes``, as host stand-ins for its arguments."""
     calls: dict = {}
     with substituted_kernels(lambda name: _Recorder(name, calls)):
@@ -82,7 +92,7 @@ def recorded_calls(dtypes=("float32", "float64")) -> dict[str, list]:
     return calls
 
 
-def kernel_sources(dtypes=("float32", "float64")) -> dict[str, tuple[str, ...]]:
+def kernel_sources(dtypes=DTYPES) -> dict[str, tuple[str, ...]]:
     """Each kernel's distinct CUDA sources (CuPy's) over xpnet's calls in ``dtypes``."""
     return {
         name: tuple(dict.fromkeys(kernel_cuda_source(name, args) for args in calls))
