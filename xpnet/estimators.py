@@ -137,7 +137,17 @@ class _XpnetMLP(BaseEstimator):
         self._hidden_sizes()
 
     def _batch_size(self, n_samples: int) -> int:
-        return min(200 if self.batch_size == "auto" else int(self.batch_size), n_samples)
+        """``batch_size``, or for "auto" the steps of scikit-learn's min(200, n), evened out.
+
+        xpnet's batches have one size (the ``n % batch_size`` left over sit the epoch out);
+        scikit-learn ends each epoch on a short batch. "auto" takes as many steps as
+        scikit-learn, ceil(n / 200), with n // steps samples each, so under ``steps``
+        samples sit out where 200 would leave up to 199.
+        """
+        if self.batch_size != "auto":
+            return min(int(self.batch_size), n_samples)
+        steps = -(-n_samples // 200)
+        return n_samples // steps
 
     def _new_optimizer(self, batch_size: int):
         """The update rule ``solver`` names; ``alpha`` is scikit-learn's L2 penalty.
@@ -397,8 +407,10 @@ class XpnetClassifier(ClassifierMixin, _XpnetMLP):
     scikit-learn's meta-estimators know not to pass one.
 
     Differences from MLPClassifier: batches have one fixed size, so the
-    ``n % batch_size`` samples a shuffle leaves over sit that epoch out; ``loss_curve_``
-    is the data loss without the L2 term.
+    ``n % batch_size`` samples a shuffle leaves over sit that epoch out (``"auto"`` takes
+    scikit-learn's number of steps with even batches, so fewer than that many sit out);
+    ``init="auto"`` is He for ReLU layers (``"glorot_uniform"`` is scikit-learn's bound);
+    ``loss_curve_`` is the data loss without the L2 term.
 
     Fitted attributes: ``classes_``, ``n_features_in_``, ``feature_names_in_`` (from a
     DataFrame), ``n_iter_``, ``loss_``, ``loss_curve_``, ``best_loss_``,
