@@ -22,7 +22,7 @@ import onnx
 import onnxruntime as ort
 
 import xpnet
-from tests.conftest import NO_TORCH
+from tests.conftest import GPU_BACKENDS, NO_TORCH
 from xpnet.activations import Activation
 from xpnet.data import Scaling, load_dataset
 from xpnet.errors import ConfigError, XpnetError
@@ -153,6 +153,19 @@ def test_a_torch_network_exports_the_numpy_file_for_the_same_weights():
     torch_net.set_scaling(reference.scaling)
     assert to_onnx(torch_net).SerializeToString() == to_onnx(reference).SerializeToString()
     trained = _trained("torch", "cpu")  # trained on torch: its own file, and ONNX Runtime agrees with it
+    X = _inputs(n=50, seed=1)
+    assert_matches(trained, X, run_onnx(to_onnx(trained).SerializeToString(), X))
+
+
+@pytest.mark.parametrize("spec", GPU_BACKENDS)
+def test_a_gpu_network_exports_the_numpy_file_for_the_same_weights(spec):
+    backend, device = spec
+    reference = _trained("numpy", None)
+    gpu_net = xpnet.MLP([12, 8, 2], activation="tanh", backend=backend, device=device)
+    gpu_net.load_state_dict(reference.state_dict())
+    gpu_net.set_scaling(reference.scaling)
+    assert to_onnx(gpu_net).SerializeToString() == to_onnx(reference).SerializeToString()
+    trained = _trained(backend, device)
     X = _inputs(n=50, seed=1)
     assert_matches(trained, X, run_onnx(to_onnx(trained).SerializeToString(), X))
 

@@ -28,7 +28,7 @@ from sklearn.utils.estimator_checks import (
     parametrize_with_checks,
 )
 
-from tests.conftest import CPU_BACKENDS
+from tests.conftest import CPU_BACKENDS, GPU_BACKENDS
 from xpnet.errors import ConfigError
 from xpnet.estimators import XpnetClassifier, XpnetRegressor
 
@@ -243,6 +243,18 @@ def test_every_cpu_backend_gives_the_numpy_result(spec):
     copy = pickle.loads(pickle.dumps(other))
     assert copy.model_.backend.name == backend
     assert np.array_equal(copy.predict(X), other.predict(X))
+
+
+@pytest.mark.parametrize("spec", GPU_BACKENDS)
+def test_device_cuda_moves_the_same_pipeline_to_a_gpu(spec):
+    backend, device = spec
+    X, y = load_breast_cancer(return_X_y=True)
+    cpu = make_pipeline(StandardScaler(), XpnetClassifier(random_state=0, **SMALL)).fit(X, y)
+    gpu = make_pipeline(StandardScaler(), XpnetClassifier(random_state=0, backend=backend, device=device, **SMALL))
+    gpu.fit(X, y)
+    assert gpu[-1].model_.backend.name == backend
+    np.testing.assert_allclose(gpu.predict_proba(X), cpu.predict_proba(X), atol=1e-4)
+    assert np.array_equal(pickle.loads(pickle.dumps(gpu)).predict(X), gpu.predict(X))
 
 
 def test_save_writes_a_model_file_with_the_class_names(tmp_path):

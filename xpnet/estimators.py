@@ -183,6 +183,10 @@ class _XpnetMLP(BaseEstimator):
 
     # -- training ----------------------------------------------------------------------
 
+    def fit(self, X, y):
+        """Train from scratch (or on from the last fit with ``warm_start=True``); returns self."""
+        return self._fit(X, y, incremental=False)
+
     def _fit(self, X, y, *, incremental: bool, classes=None):
         self._check_settings()
         if incremental and self.early_stopping:
@@ -254,10 +258,6 @@ class _XpnetMLP(BaseEstimator):
                 stacklevel=3,
             )
 
-    def _validation_score(self, X_val, y_val) -> float:
-        """The score early stopping follows: accuracy (classifier) or R² (regressor)."""
-        raise NotImplementedError
-
     # -- prediction --------------------------------------------------------------------
 
     def _outputs(self, X) -> np.ndarray:
@@ -268,6 +268,7 @@ class _XpnetMLP(BaseEstimator):
         return self._raw_outputs(X).astype(np.float64)
 
     def _raw_outputs(self, X) -> np.ndarray:
+        """Outputs for ``X`` already validated (the held-out set of early stopping)."""
         return np.asarray(self.model_.predict_proba(X))
 
     # -- persistence -------------------------------------------------------------------
@@ -365,16 +366,8 @@ class _PortableNetwork:
     def network(self, backend, device) -> MLP:
         """The network rebuilt on ``backend``/``device`` (the estimator's, as in ``fit``)."""
         c = self.config
-        net = MLP(
-            c["sizes"],
-            c["activations"],
-            c["loss"],
-            init=c["init"],
-            dropout=c["dropout"],
-            dtype=c["dtype"],
-            backend=backend,
-            device=device,
-        )
+        layers = {key: c[key] for key in ("init", "dropout", "dtype")}
+        net = MLP(c["sizes"], c["activations"], c["loss"], **layers, backend=backend, device=device)
         net.load_state_dict(self.state)
         net.set_scaling(self.scaling)
         return net
@@ -422,10 +415,6 @@ class XpnetClassifier(ClassifierMixin, _XpnetMLP):
 
     _y_numeric = False
     _stratify = True
-
-    def fit(self, X, y):
-        """Train from scratch (or on from the last fit with ``warm_start=True``); returns self."""
-        return self._fit(X, y, incremental=False)
 
     def partial_fit(self, X, y, classes=None):
         """One epoch over ``(X, y)``; the first call needs ``classes``, all the labels there will be."""
@@ -514,10 +503,6 @@ class XpnetRegressor(RegressorMixin, _XpnetMLP):
 
     _y_numeric = True
     _stratify = False
-
-    def fit(self, X, y):
-        """Train from scratch (or on from the last fit with ``warm_start=True``); returns self."""
-        return self._fit(X, y, incremental=False)
 
     def partial_fit(self, X, y):
         """One epoch over ``(X, y)``, continuing from the current weights."""
