@@ -42,6 +42,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 import xpnet
+from xpnet.data import load_dataset
 from xpnet.estimators import XpnetClassifier, XpnetRegressor
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "SKLEARN.md"
@@ -62,7 +63,7 @@ def load(name: str):
     """``(X_train, X_test, y_train, y_test, input transform)`` for dataset ``name``."""
     source, task = DATASETS[name][:2]
     if source == "fashion":
-        data = xpnet.data.load_dataset("fashion-mnist", progress=False)
+        data = load_dataset("fashion-mnist", progress=False)
         X_train, X_test = data.X_train.astype(np.float64), data.X_test.astype(np.float64)
         return X_train, X_test, data.y_train, data.y_test, FunctionTransformer(lambda X: X / 255.0)
     X, y = source(return_X_y=True)
