@@ -198,3 +198,19 @@ def test_without_the_onnx_package_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
     with pytest.raises(XpnetError, match=r'pip install "xpnet\[onnx\]"'):
         to_onnx(xpnet.MLP([4, 3, 2]))
+
+
+def test_the_export_command_writes_the_file_and_refuses_bad_names(tmp_path, capsys):
+    from xpnet.cli import main
+
+    net = xpnet.MLP([12, 8, 3], seed=0)
+    net.save(tmp_path / "m.safetensors", class_names=["a", "b", "c"])
+    assert main(["export", str(tmp_path / "m.safetensors"), "--onnx", str(tmp_path / "m.onnx")]) == 0
+    said = capsys.readouterr().out
+    assert "ONNX opset 17, input 'input' [batch, 12], outputs 'output' [batch, 3], 'label' [batch]" in said
+    X = _inputs()
+    assert_matches(net, X, run_onnx((tmp_path / "m.onnx").read_bytes(), X))
+    assert main(["export", str(tmp_path / "m.safetensors"), "--onnx", str(tmp_path / "m.pb")]) == 2
+    assert "must end in .onnx" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "absent.safetensors"), "--onnx", str(tmp_path / "x.onnx")]) == 2
+    assert "absent.safetensors" in capsys.readouterr().err

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
+import pty
+import subprocess
+import sys
+
+import numpy as np
+import pytest
 
 from xpnet.progress import REFRESH_S, ProgressBar, wanted
 
@@ -62,3 +69,50 @@ def test_a_resumed_epoch_rates_only_the_batches_of_this_run():
     clock.now = 1.0
     bar.update(10)
     assert "60/100 batches  10 samples/s  ETA 4 s" in out.getvalue()
+
+
+def _tabular(tmp_path) -> str:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 6)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", X=X, y=(X[:, 0] > 0).astype(np.int64))
+    return str(tmp_path / "data.npz")
+
+
+def _train_on_a_terminal(tmp_path, *flags, ci: bool = False) -> str:
+    """``python -m xpnet train`` with stderr on a pseudo-terminal; what the terminal received."""
+    args = ["--dataset", _tabular(tmp_path), "--layers", "8", "--epochs", "2", "--batch-size", "8"]
+    args += ["--out", str(tmp_path / "m.safetensors"), *flags]
+    env = {k: v for k, v in os.environ.items() if k != "CI"} | ({"CI": "true"} if ci else {})
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    leader, follower = pty.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-m", "xpnet", "train", *args], stdout=subprocess.DEVNULL, stderr=follower, env=env
+    ) as process:
+        os.close(follower)
+        received = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            received += chunk
+        assert process.wait() == 0, received.decode(errors="replace")
+    os.close(leader)
+    return received.decode(errors="replace")
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal (POSIX)")
+def test_train_draws_the_bar_on_a_terminal_only(tmp_path):
+    assert "\repoch 1/2 [" in _train_on_a_terminal(tmp_path)
+    assert "\repoch" not in _train_on_a_terminal(tmp_path, "--no-progress")
+    assert "\repoch" not in _train_on_a_terminal(tmp_path, ci=True)
+    args = ["--dataset", _tabular(tmp_path), "--epochs", "1", "--layers", "8", "--out", str(tmp_path / "p.safetensors")]
+    piped = subprocess.run(
+        [sys.executable, "-m", "xpnet", "train", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert piped.returncode == 0 and "\r" not in piped.stderr

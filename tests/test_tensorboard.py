@@ -13,6 +13,7 @@ pytest.importorskip("tensorboardX", reason='needs tensorboardX (pip install "xpn
 from tensorboardX.proto.event_pb2 import Event
 
 import xpnet
+from xpnet.cli import main
 from xpnet.errors import XpnetError
 from xpnet.tensorboard import TensorBoardWriter
 
@@ -61,3 +62,18 @@ def test_without_tensorboardx_the_error_says_what_to_install(monkeypatch, tmp_pa
     monkeypatch.setitem(sys.modules, "tensorboardX", None)
     with pytest.raises(XpnetError, match=r'pip install "xpnet\[tensorboard\]"'):
         TensorBoardWriter(tmp_path)
+
+
+def test_train_tensorboard_writes_the_run_and_refuses_early_without_tensorboardx(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 5)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", X=X, y=(X[:, 0] > 0).astype(np.int64))
+    args = ["train", "--dataset", str(tmp_path / "data.npz"), "--layers", "8", "--epochs", "2", "--quiet"]
+    args += ["--out", str(tmp_path / "m.safetensors"), "--tensorboard", str(tmp_path / "runs" / "a")]
+    assert main(args) == 0
+    scalars = read_scalars(tmp_path / "runs" / "a")
+    assert [step for step, _ in scalars["accuracy/validation"]] == [1, 2]
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    (tmp_path / "m.safetensors").unlink()
+    assert main(args) == 2  # refused before training: no model written
+    assert not (tmp_path / "m.safetensors").exists()

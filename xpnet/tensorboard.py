@@ -23,16 +23,22 @@ TAGS = {
 }
 
 
+def summary_writer_class():
+    """tensorboardX's ``SummaryWriter``, or an error saying how to install it (an optional extra)."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        raise XpnetError(
+            'writing TensorBoard logs needs tensorboardX; install it with: pip install "xpnet[tensorboard]"'
+        ) from None
+    return SummaryWriter
+
+
 class TensorBoardWriter:
     """Call it with the ``History`` after each epoch (``fit``'s ``on_epoch_end``); ``close`` at the end."""
 
     def __init__(self, logdir: str | os.PathLike):
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError:
-            raise XpnetError(
-                'writing TensorBoard logs needs tensorboardX; install it with: pip install "xpnet[tensorboard]"'
-            ) from None
+        SummaryWriter = summary_writer_class()
         try:
             self.writer = SummaryWriter(logdir=str(logdir))
         except OSError as exc:
