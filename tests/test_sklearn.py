@@ -284,3 +284,17 @@ def test_diabetes_regression_learns():
     settings = {"hidden_layer_sizes": (32,), "max_iter": 300, "learning_rate_init": 0.01, "random_state": 0}
     reg = make_pipeline(StandardScaler(), XpnetRegressor(**settings)).fit(X, y)
     assert reg.score(X, y) > 0.45
+
+
+def test_scaling_inside_the_network_travels_to_the_model_file(tmp_path):
+    import xpnet
+
+    X, y = load_breast_cancer(return_X_y=True)
+    clf = XpnetClassifier(scaling="standard", random_state=0, **SMALL).fit(X, y)
+    assert clf.score(X, y) > 0.98  # raw features of many scales: 0.91 without the scaling
+    clf.save(tmp_path / "bc.safetensors")
+    net = xpnet.load_model(tmp_path / "bc.safetensors")
+    assert net.scaling.kind == "standard"
+    assert np.array_equal(clf.classes_[net.predict(X.astype(np.float32))], clf.predict(X))
+    with pytest.raises(ConfigError, match="scaling must be None or one of"):
+        XpnetClassifier(scaling="minmax").fit(X, y)

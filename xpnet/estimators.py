@@ -27,6 +27,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from xpnet.errors import ConfigError
 from xpnet.network import MLP
 from xpnet.optim import SGD, Adam, AdamW
+from xpnet.scaling import SCALINGS, Scaling
 from xpnet.train import History
 
 _SOLVERS = ("sgd", "adam", "adamw")
@@ -70,6 +71,7 @@ class _XpnetMLP(BaseEstimator):
         n_iter_no_change=10,
         dropout=0.0,
         init="auto",
+        scaling=None,
         dtype="float32",
         backend=None,
         device=None,
@@ -97,6 +99,7 @@ class _XpnetMLP(BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.dropout = dropout
         self.init = init
+        self.scaling = scaling
         self.dtype = dtype
         self.backend = backend
         self.device = device
@@ -121,6 +124,8 @@ class _XpnetMLP(BaseEstimator):
         """Refuse settings xpnet cannot use, naming the parameter (fit time, as scikit-learn does)."""
         if self.solver not in _SOLVERS:
             raise ConfigError(f"solver must be one of {', '.join(_SOLVERS)}, not {self.solver!r}")
+        if self.scaling is not None and self.scaling not in SCALINGS:
+            raise ConfigError(f"scaling must be None or one of {', '.join(SCALINGS)}, not {self.scaling!r}")
         if self.dtype not in _DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(_DTYPES)}, not {self.dtype!r}")
         whole = {"max_iter": self.max_iter, "n_iter_no_change": self.n_iter_no_change}
@@ -200,6 +205,8 @@ class _XpnetMLP(BaseEstimator):
             self._random_state = check_random_state(self.random_state)
             seed = int(self._random_state.randint(_SEED_BOUND))
             self.model_ = self._new_network(X.shape[1], n_outputs, loss, output, seed)
+            if self.scaling is not None:  # inside the network: saved with it, exported to ONNX with it
+                self.model_.set_scaling(Scaling.fit(self.scaling, X))
             self.n_outputs_ = n_outputs
             self.n_layers_ = len(self.model_.sizes)
             self.out_activation_ = self.model_.activations[-1].spec()
@@ -390,9 +397,11 @@ class XpnetClassifier(ClassifierMixin, _XpnetMLP):
     The parameters are ``sklearn.neural_network.MLPClassifier``'s, with its defaults
     (``solver`` is ``"sgd"``, ``"adam"`` or ``"adamw"``: xpnet has no L-BFGS), plus
     ``schedule`` (``constant``, ``step``, ``cosine``, ``warmup-cosine``: the learning
-    rate over ``max_iter`` epochs), ``dropout``, ``init``, ``dtype`` (float32, or float64
-    for exactness), and ``backend``/``device`` (``device="cuda"`` trains on a GPU with CuPy,
-    ``backend="torch"`` with PyTorch).
+    rate over ``max_iter`` epochs), ``dropout``, ``init``, ``scaling`` (``"standard"``,
+    ``"unit"``, ``"symmetric"``: an input scaling fitted on ``X`` and kept inside the network,
+    so the saved model and its ONNX export take raw features), ``dtype`` (float32, or
+    float64 for exactness), and ``backend``/``device`` (``device="cuda"`` trains on a GPU
+    with CuPy, ``backend="torch"`` with PyTorch).
 
     Two classes get one sigmoid output, more get a softmax; a 2-D 0/1 indicator ``y`` is
     multilabel (one sigmoid per label). Labels may be any sortable values (strings too).
