@@ -262,7 +262,7 @@ class _XpnetMLP(BaseEstimator):
                 f"{type(self).__name__}: max_iter={self.max_iter} epochs reached and the optimization "
                 "has not converged yet",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     # -- prediction --------------------------------------------------------------------
