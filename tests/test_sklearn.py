@@ -1,7 +1,7 @@
 """The scikit-learn estimators (xpnet.estimators) against scikit-learn's own checks and tools.
 
 ``parametrize_with_checks`` is the suite scikit-learn gives every estimator author. The
-estimators under it are small (16 hidden units, 30 epochs) so the whole suite takes
+estimators under it are small (16 hidden units, 20 epochs) so the whole suite takes
 seconds; the checks that train (``check_classifiers_train``, ``check_regressors_train``)
 still demand accuracy > 0.83 and R² > 0.5 of them.
 """
@@ -32,7 +32,7 @@ from tests.conftest import CPU_BACKENDS, GPU_BACKENDS
 from xpnet.errors import ConfigError
 from xpnet.estimators import XpnetClassifier, XpnetRegressor
 
-SMALL = {"hidden_layer_sizes": (16,), "learning_rate_init": 0.02, "max_iter": 30}
+SMALL = {"hidden_layer_sizes": (16,), "learning_rate_init": 0.03, "max_iter": 20}
 
 #: Checks that compare predictions to rtol=1e-7 between a batch and its subsets or a
 #: permutation of it. In float32 the matmul of a batch and of a subset of its rows may
@@ -47,7 +47,7 @@ FLOAT32_TOLERANCE = {
 
 @pytest.fixture(autouse=True)
 def _quiet_convergence():
-    """30-epoch fits do not converge by scikit-learn's rule; the warning says so, rightly."""
+    """20-epoch fits do not converge by scikit-learn's rule; the warning says so, rightly."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         yield
