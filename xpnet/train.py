@@ -166,9 +166,7 @@ def fit(
     handler sets it); ``fit`` then returns with ``history.interrupted`` set and the
     state needed to continue, which ``fit(..., history=that)`` does exactly. While ``fit``
     runs, the calling thread flushes float denormals to zero (``Backend.flush_denormals``),
-    callbacks included. ``progress`` draws each epoch's batches as a bar on stderr
-    (``xpnet.progress``; where ``fit`` logs, i.e. ``verbose`` on rank 0); ``on_epoch_end(history)``
-    runs after each epoch.
+    callbacks included. ``progress``: a bar of the batches on stderr where ``fit`` logs (``xpnet.progress``).
 
     ``communicator`` (``xpnet.distributed``): train data-parallel, every rank calling ``fit`` alike with the
     global ``batch_size``; the job trains as one process would. Only rank 0 logs (``on_epoch_end``: all).
