@@ -1,4 +1,4 @@
-"""The command line: ``python -m xpnet [train|evaluate|predict|info|bench|selfcheck] ...``.
+"""The command line: ``python -m xpnet [train|evaluate|predict|export|info|bench|selfcheck] ...``.
 
 With no arguments it trains the default recipe on Fashion-MNIST on the CPU. Every
 failure a user can cause ends as ``xpnet: error: ...`` and exit status 2; only a
@@ -29,6 +29,7 @@ from xpnet.data import load_dataset, read_idx
 from xpnet.data.tabular import read_npz_arrays
 from xpnet.distributed import Communicator, connect, transports
 from xpnet.errors import ConfigError, DivergenceError, RanksDifferError, XpnetError
+from xpnet.export import OPSET, export_onnx
 from xpnet.fileio import STDOUT, atomic_writer, check_output_path
 from xpnet.recipes import RECIPES
 from xpnet.run import check_fits, format_test, resolve_settings, resumed_settings, run_training
@@ -37,7 +38,7 @@ from xpnet.selfcheck import main as selfcheck_main
 from xpnet.settings import TABLE, Setting
 from xpnet.task import decide_task
 
-COMMANDS = ("train", "evaluate", "predict", "info", "bench", "selfcheck")
+COMMANDS = ("train", "evaluate", "predict", "export", "info", "bench", "selfcheck")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,7 +94,17 @@ def _add_train_arguments(parser) -> None:
     out.add_argument("--resume", metavar="CHECKPOINT", help="continue an interrupted run from its checkpoint")
     out.add_argument("--history", metavar="FILE", help="write per-epoch metrics to FILE.json or FILE.csv")
     out.add_argument("--plot", metavar="FILE", help="draw learning curves and a confusion matrix to FILE.png")
+    out.add_argument(
+        "--tensorboard", metavar="DIR", help='write TensorBoard event files to DIR (needs "xpnet[tensorboard]")'
+    )
     out.add_argument("--quiet", action="store_true", help="print only the final result")
+    out.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=None,
+        help="no progress bar (drawn by default when stderr is a terminal, outside CI)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", help="write predictions to this .csv or .npz; - (the default) prints CSV")
     predict.add_argument("--proba", action="store_true", help="also write the output probabilities")
     _add_device_arguments(predict)
+    export = commands.add_parser("export", help="write a saved model in another format (ONNX)")
+    export.add_argument("model", help="model file (.safetensors)")
+    export.add_argument("--onnx", metavar="FILE", required=True, help='the ONNX file to write (needs "xpnet[onnx]")')
     commands.add_parser("info", help="versions, backends, devices and BLAS")
     bench = commands.add_parser("bench", help="throughput sweep over batch sizes and devices")
     add_bench_arguments(bench)
@@ -167,6 +181,8 @@ def _train(args, world: Communicator) -> int:
             resume=args.resume,
             history_path=args.history,
             plot_path=args.plot,
+            tensorboard_dir=args.tensorboard,
+            progress=args.progress,
             should_stop=stop,
             communicator=world,
         )
@@ -325,6 +341,19 @@ def _read_inputs(path: Path, features: int) -> np.ndarray:
     return X
 
 
+def _export_command(args) -> int:
+    model = export_onnx(args.model, args.onnx)
+    inputs = ", ".join(f"{v.name!r} {_shape(v)}" for v in model.graph.input)
+    outputs = ", ".join(f"{v.name!r} {_shape(v)}" for v in model.graph.output)
+    print(f"wrote {args.onnx}: ONNX opset {OPSET}, input {inputs}, outputs {outputs}")
+    return 0
+
+
+def _shape(value) -> str:
+    dims = [d.dim_param or str(d.dim_value) for d in value.type.tensor_type.shape.dim]
+    return "[" + ", ".join(dims) + "]"
+
+
 def _info_command(args) -> int:
     print(f"xpnet {__version__} on Python {platform.python_version()} ({platform.machine()})")
     print(f"numpy {np.__version__}, array-api-compat {array_api_compat.__version__}")
@@ -372,6 +401,7 @@ _COMMANDS = {
     "train": _train_command,
     "evaluate": _evaluate_command,
     "predict": _predict_command,
+    "export": _export_command,
     "info": _info_command,
     "bench": _bench_command,
     "selfcheck": selfcheck_main,

@@ -7,8 +7,8 @@ recipe's, then the user's). ``run_training`` is what ``python -m xpnet train`` a
 
 from __future__ import annotations
 
+import contextlib
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +22,12 @@ from xpnet.fileio import STDOUT, atomic_write_text, check_output_path, is_stream
 from xpnet.network import MLP
 from xpnet.optim import get_optimizer
 from xpnet.plot import check_plot_path, plot_training
+from xpnet.progress import wanted as progress_wanted
 from xpnet.recipes import get_recipe
 from xpnet.scaling import Scaling
 from xpnet.settings import BASE_SETTINGS, RUN_SETTINGS, checked
 from xpnet.task import decide_task
+from xpnet.tensorboard import TensorBoardWriter, summary_writer_class
 from xpnet.train import History, fit
 
 __all__ = [
@@ -89,6 +91,8 @@ def run_training(
     resume: str | Path | None = None,
     history_path: str | Path | None = None,
     plot_path: str | Path | None = None,
+    tensorboard_dir: str | Path | None = None,
+    progress: bool | None = None,
     should_stop=None,
     log=None,
     communicator: Communicator | None = None,
@@ -96,44 +100,41 @@ def run_training(
     """Load data, build, train and test the model ``settings`` describe; save it to ``out``.
 
     ``settings`` missing from the dict take ``BASE_SETTINGS``' values; every one is checked
-    against the table in ``xpnet.settings`` first. Returns ``{"test": metrics, "epochs": n,
-    "seconds": s, "device": ..., ...}``. With a ``communicator`` of several ranks every rank
-    calls this alike and trains its part (``xpnet.train.fit``); rank 0 alone prints, tests
-    and writes files, and only its result has ``"test"``.
+    against the table in ``xpnet.settings`` first. ``tensorboard_dir`` gets TensorBoard event
+    files; ``progress`` (default: when not quiet and stderr is a terminal outside CI) draws
+    a bar of each epoch's batches. Returns ``{"test": metrics, "epochs": n, "seconds": s,
+    "device": ..., ...}``. With a ``communicator`` of several ranks every rank calls this
+    alike and trains its part (``xpnet.train.fit``); rank 0 alone prints, tests and writes
+    files (TensorBoard's too), and only its result has ``"test"``.
     """
     settings = checked({**BASE_SETTINGS, **settings})
     world = communicator or Communicator()
     quiet = quiet or not world.is_root
     log = log or (lambda message: None if quiet else print(message, flush=True))
     started = time.perf_counter()
-    files = _check_outputs(out, history_path, plot_path) if world.is_root else _Files(None, None, None, None)
+    board_dir = tensorboard_dir if world.is_root else None
+    files = _check_outputs(out, history_path, plot_path, board_dir) if world.is_root else _Files(None, None, None, None)
     data, split, (net, optimizer, history), communicator = _prepare(settings, resume, quiet, world)
     X_train, y_train, X_val, y_val = split
     log(_start_message(net, history, resume, (len(X_train), len(X_val), len(data.X_test)), communicator, settings))
     checkpoints = _Checkpoints(files.checkpoint, net, optimizer, settings, data.class_names)
-    try:
-        history = fit(
-            net,
-            X_train,
-            y_train,
-            optimizer=optimizer,
-            validation_data=(X_val, y_val) if len(X_val) else None,
-            on_epoch_end=checkpoints,
-            should_stop=should_stop,
-            history=history,
-            communicator=communicator,
-            **_fit_options(settings, net, quiet, log),
-        )
-    except DivergenceError as exc:
-        raise checkpoints.divergence(exc, resume) from None
-    result = {
-        "recipe": settings.get("recipe"),
-        "device": str(net.backend),
-        "epochs": history.epoch,
-        "interrupted": history.interrupted,
-        "checkpoint": str(files.checkpoint) if files.checkpoint else None,
-        "history": history.records,
-    }
+    with TensorBoardWriter(board_dir) if board_dir else contextlib.nullcontext() as board:
+        try:
+            history = fit(
+                net,
+                X_train,
+                y_train,
+                optimizer=optimizer,
+                validation_data=(X_val, y_val) if len(X_val) else None,
+                on_epoch_end=_each_epoch(checkpoints, board),
+                should_stop=should_stop,
+                history=history,
+                communicator=communicator,
+                **_fit_options(settings, net, quiet, log, progress),
+            )
+        except DivergenceError as exc:
+            raise checkpoints.divergence(exc, resume) from None
+    result = _result(settings, net, history, files)
     if history.interrupted:
         checkpoints(history)
     elif world.is_root:
@@ -154,7 +155,30 @@ def _start_message(net, history, resume, sizes: tuple, communicator: Communicato
     return "\n".join(lines)
 
 
-def _fit_options(settings: dict, net, quiet: bool, log) -> dict:
+def _result(settings: dict, net, history, files: _Files) -> dict:
+    """What ``run_training`` returns before testing: the run's facts and its history."""
+    return {
+        "recipe": settings.get("recipe"),
+        "device": str(net.backend),
+        "epochs": history.epoch,
+        "interrupted": history.interrupted,
+        "checkpoint": str(files.checkpoint) if files.checkpoint else None,
+        "history": history.records,
+    }
+
+
+def _each_epoch(*listeners):
+    """One ``on_epoch_end`` that calls each listener given (None ones skipped), in order."""
+    active = [listener for listener in listeners if listener is not None]
+
+    def ended(history) -> None:
+        for listener in active:
+            listener(history)
+
+    return ended
+
+
+def _fit_options(settings: dict, net, quiet: bool, log, progress: bool | None) -> dict:
     """``fit``'s keyword arguments that come straight from the settings and the verbosity."""
     return {
         "epochs": settings["epochs"],
@@ -163,13 +187,16 @@ def _fit_options(settings: dict, net, quiet: bool, log) -> dict:
         "label_smoothing": settings["label_smoothing"] if net.loss.classification else 0.0,
         "seed": settings["seed"],
         "verbose": not quiet,
-        "progress": not quiet and sys.stderr.isatty(),
+        "progress": not quiet and (progress_wanted() if progress is None else progress),
         "log": log,
     }
 
 
-def _check_outputs(out, history_path, plot_path) -> _Files:
+def _check_outputs(out, history_path, plot_path, tensorboard_dir) -> _Files:
     """Refuse output paths that cannot be written, before any data is read or time spent."""
+    if tensorboard_dir:
+        summary_writer_class()  # tensorboardX is installed
+        check_output_path(Path(tensorboard_dir) / "events", "--tensorboard")
     if out:
         if str(out) == STDOUT:
             raise ConfigError("--out -: a model cannot go to standard output; give a file name")

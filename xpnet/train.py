@@ -26,6 +26,7 @@ from xpnet.evaluate import RunningSums, evaluate_sums, zero_sum
 from xpnet.inputs import check_inputs, check_targets, check_validation
 from xpnet.optim import SGD, Optimizer
 from xpnet.precision import LossScaler, loss_scaler
+from xpnet.progress import ProgressBar
 from xpnet.scaling import Scaling
 
 
@@ -173,7 +174,7 @@ def fit(
     handler sets it); ``fit`` then returns with ``history.interrupted`` set and the
     state needed to continue, which ``fit(..., history=that)`` does exactly. While ``fit``
     runs, the calling thread flushes float denormals to zero (``Backend.flush_denormals``),
-    callbacks included.
+    callbacks included. ``progress``: a bar of the batches on stderr where ``fit`` logs (``xpnet.progress``).
 
     ``communicator`` (``xpnet.distributed``): train data-parallel, every rank calling ``fit`` alike with the
     global ``batch_size``; the job trains as one process would. Only rank 0 logs (``on_epoch_end``: all).
@@ -253,7 +254,7 @@ def _run_epoch(loop: _Loop, history: History, rng) -> tuple[EpochTotals | None, 
     carried = partial is not None and loop.parallel.communicator.is_root
     sums = RunningSums.resumed(net, partial.loss_sum, partial.correct) if carried else RunningSums.zero(net)
     start = time.perf_counter() - (partial.seconds if partial else 0.0)
-    bar = _progress_bar(loop.log is not None and loop.options.progress, steps, history.epoch + 1, loop.epochs, first)
+    bar = _progress_bar(loop, history.epoch + 1, initial=first)
     with backend.step_policy(loop.parallel.local_batch * net.macs_per_sample):
         for b in range(first, steps):
             loop.optimizer.set_progress(history.epoch + b / steps, loop.epochs)
@@ -446,16 +447,13 @@ def format_record(record: dict) -> str:
     return "  ".join(parts)
 
 
-def _progress_bar(enabled, total, epoch, epochs, initial=0):
-    if not enabled:
+def _progress_bar(loop: _Loop, epoch: int, initial: int) -> ProgressBar | None:
+    """The epoch's progress bar on stderr, if ``fit`` was asked for one and logs (rank 0)."""
+    if loop.log is None or not loop.options.progress:
         return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False)
+    return ProgressBar(loop.steps, f"epoch {epoch}/{loop.epochs}", unit_samples=loop.batch_size, initial=initial)
 
 
-def _close(bar, record=None):
+def _close(bar):
     if bar is not None:
         bar.close()

@@ -1,0 +1,387 @@
+"""What xpnet's scikit-learn estimators share: their settings, the fit loop, stopping, pickling.
+
+``XpnetEstimator`` takes ``MLPClassifier``'s hyperparameters (plus xpnet's own), turns
+them into an ``xpnet.MLP`` and an optimizer, and trains with ``MLP.fit``, ending by
+scikit-learn's rule (``_StoppingRule``). ``xpnet.estimators`` holds the classifier and
+the regressor built on it; see there.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from xpnet.errors import ConfigError
+from xpnet.network import MLP
+from xpnet.optim import SGD, Adam, AdamW
+from xpnet.scaling import SCALINGS, Scaling
+from xpnet.train import History
+
+_SOLVERS = ("sgd", "adam", "adamw")
+#: The float types an estimator trains in, by the name ``dtype`` takes.
+DTYPES = {"float32": np.float32, "float64": np.float64}
+#: scikit-learn's activation names that xpnet spells differently.
+_ACTIVATION_ALIASES = {"logistic": "sigmoid"}
+#: Seeds are drawn below this bound from the estimator's random state.
+_SEED_BOUND = 2**31 - 1
+
+
+class XpnetEstimator(BaseEstimator):
+    """The base of ``XpnetClassifier`` and ``XpnetRegressor``: settings, the fit loop, pickling.
+
+    Subclasses say how targets become network outputs (``_encode_targets``), what early
+    stopping scores (``_validation_score``) and how outputs become predictions.
+    """
+
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate_init=0.001,
+        schedule="constant",
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        dropout=0.0,
+        init="auto",
+        scaling=None,
+        dtype="float32",
+        backend=None,
+        device=None,
+    ):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.schedule = schedule
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.dropout = dropout
+        self.init = init
+        self.scaling = scaling
+        self.dtype = dtype
+        self.backend = backend
+        self.device = device
+
+    # -- settings ----------------------------------------------------------------------
+
+    def _hidden_sizes(self) -> list[int]:
+        sizes = self.hidden_layer_sizes
+        sizes = [sizes] if isinstance(sizes, numbers.Integral) else sizes
+        try:
+            sizes = list(sizes)
+        except TypeError:
+            sizes = None
+        if sizes is None or not all(isinstance(n, numbers.Integral) and n >= 1 for n in sizes):
+            raise ConfigError(
+                f"hidden_layer_sizes must be a whole number >= 1 or a sequence of them, "
+                f"such as (100,) or (128, 64); got {self.hidden_layer_sizes!r}"
+            )
+        return [int(n) for n in sizes]
+
+    def _check_settings(self) -> None:
+        """Refuse settings xpnet cannot use, naming the parameter (fit time, as scikit-learn does)."""
+        if self.solver not in _SOLVERS:
+            raise ConfigError(f"solver must be one of {', '.join(_SOLVERS)}, not {self.solver!r}")
+        if self.scaling is not None and self.scaling not in SCALINGS:
+            raise ConfigError(f"scaling must be None or one of {', '.join(SCALINGS)}, not {self.scaling!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        whole = {"max_iter": self.max_iter, "n_iter_no_change": self.n_iter_no_change}
+        if self.batch_size != "auto":
+            whole["batch_size"] = self.batch_size
+        for name, value in whole.items():
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a whole number >= 1, not {value!r}")
+        for name, value in {"alpha": self.alpha, "tol": self.tol}.items():
+            if not _real(value) or value < 0:
+                raise ConfigError(f"{name} must be a number >= 0, not {value!r}")
+        if not _real(self.validation_fraction) or not 0 < self.validation_fraction < 1:
+            raise ConfigError(f"validation_fraction must be in (0, 1), not {self.validation_fraction!r}")
+        self._hidden_sizes()
+
+    def _batch_size(self, n_samples: int) -> int:
+        """``batch_size``, or for "auto" the steps of scikit-learn's min(200, n), evened out.
+
+        xpnet's batches have one size (the ``n % batch_size`` left over sit the epoch out);
+        scikit-learn ends each epoch on a short batch. "auto" takes as many steps as
+        scikit-learn, ceil(n / 200), with n // steps samples each, so under ``steps``
+        samples sit out where 200 would leave up to 199.
+        """
+        if self.batch_size != "auto":
+            return min(int(self.batch_size), n_samples)
+        steps = -(-n_samples // 200)
+        return n_samples // steps
+
+    def _new_optimizer(self, batch_size: int):
+        """The update rule ``solver`` names; ``alpha`` is scikit-learn's L2 penalty.
+
+        scikit-learn adds ``alpha * W / batch_size`` to the mean gradient; xpnet's SGD and
+        Adam add ``weight_decay * W``, so weight_decay = alpha / batch_size gives the same
+        step. AdamW takes ``alpha`` as its decoupled rate (W <- W (1 - lr alpha)).
+        """
+        lr, schedule = float(self.learning_rate_init), self.schedule
+        if self.solver == "sgd":
+            nesterov = bool(self.nesterovs_momentum) and self.momentum > 0
+            l2 = float(self.alpha) / batch_size
+            return SGD(lr, momentum=self.momentum, nesterov=nesterov, weight_decay=l2, schedule=schedule)
+        betas = (self.beta_1, self.beta_2)
+        if self.solver == "adam":
+            return Adam(lr, betas, self.epsilon, weight_decay=float(self.alpha) / batch_size, schedule=schedule)
+        return AdamW(lr, betas, self.epsilon, weight_decay=float(self.alpha), schedule=schedule)
+
+    def _new_network(self, n_features: int, n_outputs: int, loss: str, output: str, seed: int) -> MLP:
+        activation = _ACTIVATION_ALIASES.get(self.activation, self.activation)
+        return MLP(
+            [n_features, *self._hidden_sizes(), n_outputs],
+            activation=activation,
+            loss=loss,
+            output=output,
+            init=self.init,
+            dropout=self.dropout,
+            backend=self.backend,
+            device=self.device,
+            dtype=self.dtype,
+            seed=seed,
+        )
+
+    # -- training ----------------------------------------------------------------------
+
+    def fit(self, X, y):
+        """Train from scratch (or on from the last fit with ``warm_start=True``); returns self."""
+        return self._fit(X, y, incremental=False)
+
+    def _fit(self, X, y, *, incremental: bool, classes=None):
+        self._check_settings()
+        if incremental and self.early_stopping:
+            raise ConfigError("partial_fit does not support early_stopping=True (there is no held-out set)")
+        fresh = not hasattr(self, "model_") or not (self.warm_start or incremental)
+        X, y = validate_data(
+            self, X, y, reset=fresh, dtype=DTYPES[self.dtype], multi_output=True, y_numeric=self._y_numeric
+        )
+        targets, n_outputs, loss, output = self._encode_targets(y, fresh=fresh, classes=classes)
+        if fresh:
+            self._random_state = check_random_state(self.random_state)
+            seed = int(self._random_state.randint(_SEED_BOUND))
+            self.model_ = self._new_network(X.shape[1], n_outputs, loss, output, seed)
+            if self.scaling is not None:  # inside the network: saved with it, exported to ONNX with it
+                self.model_.set_scaling(Scaling.fit(self.scaling, X))
+            self.n_outputs_ = n_outputs
+            self.n_layers_ = len(self.model_.sizes)
+            self.out_activation_ = self.model_.activations[-1].spec()
+            self.t_ = 0
+            self.loss_curve_ = []
+            self._no_improvement_count = 0
+            self.best_loss_ = None if self.early_stopping else np.inf
+            self.validation_scores_ = [] if self.early_stopping else None
+            self.best_validation_score_ = -np.inf if self.early_stopping else None
+        X_train, y_train, validation = self._split(X, targets, incremental)
+        batch_size = self._batch_size(X_train.shape[0])
+        if not incremental or getattr(self, "_optimizer", None) is None:
+            self._optimizer = self._new_optimizer(batch_size)
+            self._optimizer_batch_size = batch_size
+        self._train(X_train, y_train, batch_size, validation, epochs=1 if incremental else self.max_iter)
+        return self
+
+    def _split(self, X, targets, incremental: bool):
+        """``(X_train, y_train, validation)``: with early stopping, a stratified held-out set."""
+        if not self.early_stopping or incremental:
+            return X, targets, None
+        stratify = targets if self._stratify and targets.ndim == 1 else None
+        X_train, X_val, y_train, y_val = train_test_split(
+            X, targets, random_state=self._random_state, test_size=self.validation_fraction, stratify=stratify
+        )
+        if X_val.shape[0] < 2:
+            raise ConfigError(
+                f"the validation set holds {X_val.shape[0]} sample(s); early stopping needs at least 2: "
+                "raise validation_fraction or give more data"
+            )
+        return X_train, y_train, (X_val, y_val)
+
+    def _train(self, X, y, batch_size: int, validation, epochs: int) -> None:
+        used = X.shape[0] // batch_size * batch_size  # samples an epoch trains on (fixed-size batches)
+        rule = _StoppingRule(self, validation, used, stop_allowed=epochs > 1)
+        self.n_iter_ = 0
+        self.model_.fit(
+            X,
+            y,
+            epochs=epochs,
+            batch_size=batch_size,
+            optimizer=self._optimizer,
+            shuffle=bool(self.shuffle),
+            seed=int(self._random_state.randint(_SEED_BOUND)),
+            verbose=bool(self.verbose),
+            on_epoch_end=rule.epoch_ended,
+            should_stop=rule.should_stop,
+        )
+        if rule.best_state is not None:  # early stopping keeps the best epoch's weights, as scikit-learn does
+            self.model_.load_state_dict(rule.best_state)
+        if epochs > 1 and not rule.stopped:
+            warnings.warn(
+                f"{type(self).__name__}: max_iter={self.max_iter} epochs reached and the optimization "
+                "has not converged yet",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
+
+    # -- prediction --------------------------------------------------------------------
+
+    def _outputs(self, X) -> np.ndarray:
+        """The network's outputs for raw ``X``, checked against what ``fit`` saw, as float64
+        (scikit-learn's type for predictions; the network itself computes in ``dtype``)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=DTYPES[self.model_.dtype_name])
+        return self._raw_outputs(X).astype(np.float64)
+
+    def _raw_outputs(self, X) -> np.ndarray:
+        """Outputs for ``X`` already validated (the held-out set of early stopping)."""
+        return np.asarray(self.model_.predict_proba(X))
+
+    # -- persistence -------------------------------------------------------------------
+
+    def save(self, path) -> None:
+        """Write the trained network to a safetensors model file: the format for sharing models.
+
+        Pickles (which scikit-learn and joblib need) can run code when loaded; a model
+        file never does, and ``xpnet.load_model``, ``python -m xpnet predict`` and
+        ``python -m xpnet export --onnx`` read it.
+        """
+        check_is_fitted(self)
+        names = [str(c) for c in getattr(self, "classes_", [])]
+        self.model_.save(path, class_names=names)
+
+    def __getstate__(self):
+        """The network as host arrays (device arrays and modules do not pickle)."""
+        state = dict(super().__getstate__())
+        if isinstance(state.get("model_"), MLP):
+            state["model_"] = _PortableNetwork.of(state["model_"], state.get("_optimizer"))
+            state["_optimizer"] = None
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        portable = self.__dict__.get("model_")
+        if isinstance(portable, _PortableNetwork):
+            self.model_ = portable.network(self.backend, self.device)
+            if portable.optimizer_buffers is not None:
+                self._optimizer = portable.optimizer(self.model_, self._new_optimizer(self._optimizer_batch_size))
+
+
+class _StoppingRule:
+    """scikit-learn's rule for ending training, applied after each epoch of ``fit``.
+
+    Without early stopping: stop once the training loss has not improved by ``tol`` for
+    more than ``n_iter_no_change`` epochs. With it: the same on the validation score,
+    keeping the weights of the best-scoring epoch.
+    """
+
+    def __init__(self, estimator: XpnetEstimator, validation, samples_per_epoch: int, stop_allowed: bool):
+        self.estimator = estimator
+        self.validation = validation
+        self.samples_per_epoch = samples_per_epoch
+        self.stop_allowed = stop_allowed
+        self.stopped = False
+        self.best_state = None
+
+    def should_stop(self) -> bool:
+        return self.stopped
+
+    def epoch_ended(self, history: History) -> None:
+        est = self.estimator
+        record = history.records[-1]
+        est.n_iter_ += 1
+        est.t_ += self.samples_per_epoch
+        est.loss_ = record["loss"]
+        est.loss_curve_.append(record["loss"])
+        if self.validation is not None:
+            score = est._validation_score(*self.validation)
+            est.validation_scores_.append(score)
+            improved = score >= est.best_validation_score_ + est.tol
+            if score > est.best_validation_score_:
+                est.best_validation_score_ = score
+                self.best_state = est.model_.state_dict()
+            if est.verbose:
+                print(f"validation score {score:.6f}")
+        else:
+            improved = record["loss"] <= est.best_loss_ - est.tol
+            est.best_loss_ = min(est.best_loss_, record["loss"])
+        est._no_improvement_count = 0 if improved else est._no_improvement_count + 1
+        if self.stop_allowed and est._no_improvement_count > est.n_iter_no_change:
+            self.stopped = True
+            if est.verbose:
+                what = "validation score" if self.validation is not None else "training loss"
+                print(f"{what} did not improve by tol={est.tol} for {est.n_iter_no_change} epochs: stopping")
+
+
+@dataclass
+class _PortableNetwork:
+    """A trained network (and its optimizer's buffers) as host arrays, for pickling."""
+
+    config: dict
+    state: dict
+    scaling: object
+    optimizer_buffers: list | None
+    optimizer_steps: int
+
+    @classmethod
+    def of(cls, net: MLP, optimizer) -> _PortableNetwork:
+        buffers = net.backend.to_host_many(optimizer.state_arrays()) if optimizer is not None else None
+        steps = optimizer.steps if optimizer is not None else 0
+        return cls(net.config(), net.state_dict(), net.scaling, buffers, steps)
+
+    def network(self, backend, device) -> MLP:
+        """The network rebuilt on ``backend``/``device`` (the estimator's, as in ``fit``)."""
+        c = self.config
+        layers = {key: c[key] for key in ("init", "dropout", "dtype")}
+        net = MLP(c["sizes"], c["activations"], c["loss"], **layers, backend=backend, device=device)
+        net.load_state_dict(self.state)
+        net.set_scaling(self.scaling)
+        return net
+
+    def optimizer(self, net: MLP, optimizer):
+        """``optimizer`` (new, as the estimator's settings make it) given the saved buffers back."""
+        if self.optimizer_buffers:
+            buffers = [net.backend.upload(b, net.dtype) for b in self.optimizer_buffers]
+            optimizer.load_state_arrays(buffers, self.optimizer_steps, net.params)
+        return optimizer
+
+
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)

@@ -1,0 +1,150 @@
+"""ONNX export: a trained network as a standard ONNX graph, for ONNX Runtime and other runtimes.
+
+The graph (opset ``OPSET``, IR version ``IR_VERSION``), in the model's float type
+(float32 unless it was trained in float64)::
+
+    input   "input"  [batch, n_features]       batch is dynamic; raw features, as xpnet's predict takes
+    Sub, Mul         (x - shift) * scale       only when the model carries an input scaling
+    Gemm             a W^T + b                 per layer; W stays (out, in), as in the model file
+    Sigmoid | Tanh | Relu | LeakyRelu(alpha) | Softmax(axis=1)    the layer's activation (identity: none)
+    output  "output" [batch, n_outputs]        the network's outputs (probabilities for classifiers)
+    output  "label"  [batch] int64             classifiers only: argmax, or output > 0.5 for one sigmoid
+
+The file is built with the ``onnx`` package (``pip install "xpnet[onnx]"``) from the
+host copies of the weights, so a network gives the same bytes whichever backend trained
+it. Metadata: the xpnet version, the architecture and the class names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from xpnet import __version__
+from xpnet.checkpoint import ModelFile
+from xpnet.errors import ConfigError, XpnetError
+from xpnet.fileio import atomic_write_bytes
+from xpnet.network import MLP
+
+OPSET = 17
+#: IR version 8 goes with opset 17 (onnx 1.12); runtimes from 2022 on read it.
+IR_VERSION = 8
+INPUT, OUTPUT, LABEL = "input", "output", "label"
+
+#: xpnet activation -> (ONNX operator, its attributes); identity adds no node.
+_OPERATORS = {
+    "sigmoid": ("Sigmoid", {}),
+    "tanh": ("Tanh", {}),
+    "relu": ("Relu", {}),
+    "softmax": ("Softmax", {"axis": 1}),
+}
+
+
+def _onnx():
+    """The onnx package, or an error saying how to install it (it is an optional extra)."""
+    try:
+        import onnx
+    except ImportError:
+        raise XpnetError('ONNX export needs the onnx package; install it with: pip install "xpnet[onnx]"') from None
+    return onnx
+
+
+def to_onnx(net: MLP, *, class_names: list[str] | None = None):
+    """``net`` as an ``onnx.ModelProto`` (checked by ``onnx.checker``); see the module docstring."""
+    onnx = _onnx()
+    from onnx import helper, numpy_helper
+
+    float_type = {"float32": onnx.TensorProto.FLOAT, "float64": onnx.TensorProto.DOUBLE}[net.dtype_name]
+    host_dtype = np.dtype(net.dtype_name)
+    nodes, initializers = [], []
+    a = INPUT
+    if net.scaling is not None:
+        for name, op, value in (("input_shift", "Sub", net.scaling.shift), ("input_scale", "Mul", net.scaling.scale)):
+            initializers.append(numpy_helper.from_array(np.asarray(value, dtype=host_dtype), name))
+            nodes.append(helper.make_node(op, [a, name], [f"{name}ed"], name=f"scaling_{op.lower()}"))
+            a = f"{name}ed"
+    state = net.state_dict()
+    for l, act in enumerate(net.activations):
+        weight, bias = f"layers.{l}.weight", f"layers.{l}.bias"
+        initializers += [numpy_helper.from_array(state[key].astype(host_dtype), key) for key in (weight, bias)]
+        last = l == net.depth - 1
+        z = OUTPUT if last and act.name == "identity" else f"z{l}"
+        nodes.append(helper.make_node("Gemm", [a, weight, bias], [z], name=f"layer{l}_gemm", transB=1))
+        a = z
+        if act.name != "identity":
+            op, attributes = _operator(act)
+            a = OUTPUT if last else f"a{l}"
+            nodes.append(helper.make_node(op, [z], [a], name=f"layer{l}_{act.name}", **attributes))
+    outputs = [helper.make_tensor_value_info(OUTPUT, float_type, ["batch", net.num_outputs])]
+    if net.is_classifier:
+        label_nodes, label_constants = _label_nodes(helper, onnx, net.num_outputs, host_dtype)
+        nodes += label_nodes
+        initializers += [numpy_helper.from_array(value, name) for name, value in label_constants.items()]
+        outputs.append(helper.make_tensor_value_info(LABEL, onnx.TensorProto.INT64, ["batch"]))
+    graph = helper.make_graph(
+        nodes,
+        "xpnet_mlp",
+        [helper.make_tensor_value_info(INPUT, float_type, ["batch", net.sizes[0]])],
+        outputs,
+        initializers,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        ir_version=IR_VERSION,
+        producer_name="xpnet",
+        producer_version=__version__,
+        doc_string=_describe(net),
+    )
+    metadata = {"xpnet_version": __version__, "architecture": json.dumps(net.config())}
+    metadata["class_names"] = json.dumps(list(class_names or []))
+    helper.set_model_props(model, metadata)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _describe(net: MLP) -> str:
+    """What the graph computes, without the backend that trained it (the file must not depend on it)."""
+    layers = ", ".join(
+        f"{n_in}->{n_out} {act.spec()}" for n_in, n_out, act in zip(net.sizes, net.sizes[1:], net.activations)
+    )
+    return f"xpnet multilayer perceptron: {layers}; trained with loss {net.loss_name}"
+
+
+def _operator(act) -> tuple[str, dict]:
+    if act.name == "leaky_relu":
+        return "LeakyRelu", {"alpha": float(act.alpha)}
+    if act.name not in _OPERATORS:
+        raise ConfigError(f"activation {act.spec()!r} has no ONNX export; xpnet exports {', '.join(_OPERATORS)}")
+    return _OPERATORS[act.name]
+
+
+def _label_nodes(helper, onnx, num_outputs: int, dtype) -> tuple[list, dict]:
+    """Nodes (and their constants) computing "label" from "output" as xpnet's ``predict`` does."""
+    if num_outputs > 1:  # the first maximum, as NumPy's argmax
+        return [helper.make_node("ArgMax", [OUTPUT], [LABEL], name="label_argmax", axis=1, keepdims=0)], {}
+    nodes = [
+        helper.make_node("Greater", [OUTPUT, "label_threshold"], ["label_bool"], name="label_greater"),
+        helper.make_node("Cast", ["label_bool"], ["label_column"], name="label_cast", to=onnx.TensorProto.INT64),
+        helper.make_node("Squeeze", ["label_column", "label_axes"], [LABEL], name="label_squeeze"),
+    ]
+    return nodes, {"label_threshold": np.asarray(0.5, dtype=dtype), "label_axes": np.asarray([1], dtype=np.int64)}
+
+
+def export_onnx(model: MLP | str | os.PathLike, out: str | os.PathLike, *, class_names: list[str] | None = None):
+    """Write ``model`` (a network, or the path of an xpnet model file) to ``out`` as ONNX.
+
+    The file is written atomically; returns the ``onnx.ModelProto`` written.
+    """
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise ConfigError(f"{out}: an ONNX file name must end in .onnx")
+    if not isinstance(model, MLP):
+        saved = ModelFile(model)
+        model, class_names = saved.build("numpy"), class_names or saved.class_names
+    proto = to_onnx(model, class_names=class_names)
+    atomic_write_bytes(out, proto.SerializeToString())
+    return proto
