@@ -274,3 +274,26 @@ def test_every_update_names_a_fused_kernel_and_only_cupy_gets_one(optimizer):
     assert optimizer.kernel is None  # NumPy: the array-API update ran
     with pytest.raises(ValueError, match="no fused kernel"):
         xpnet.backend.fused_kernel(array_api_compat.numpy, "sgd_typo")
+
+
+@pytest.mark.parametrize("make", [lambda: Adam(lr=0.01, weight_decay=0.1), lambda: AdamW(lr=0.01, weight_decay=0.1)])
+def test_adam_on_numpy_rounds_exactly_as_its_formula(make):
+    # The update runs one operation at a time into temporaries; each must round as the
+    # formula written in one line does, so float32 results are equal bit for bit.
+    params, grads = parameters_and_gradients(seed=5)
+    ours = [p.astype(np.float32) for p in params]
+    optimizer = make()
+    p, m, v = ours[0].copy(), np.zeros_like(ours[0]), np.zeros_like(ours[0])
+    b1, b2, eps, lr, decay = optimizer.beta1, optimizer.beta2, optimizer.eps, optimizer.lr, optimizer.weight_decay
+    for t, round_ in enumerate(grads, start=1):
+        optimizer.step(ours, [g.astype(np.float32) for g in round_])
+        g = round_[0].astype(np.float32)
+        if optimizer.decoupled:
+            p *= 1.0 - lr * decay
+        else:
+            g = g + decay * p
+        m = b1 * m + (1.0 - b1) * g
+        v = b2 * v + (1.0 - b2) * (g * g)
+        p = p - (lr / (1.0 - b1**t)) * m / (np.sqrt(v * (1.0 / (1.0 - b2**t))) + eps)
+        assert p.dtype == np.float32
+        np.testing.assert_array_equal(ours[0], p)

@@ -236,12 +236,21 @@ class Adam(Optimizer):
             p *= 1.0 - self.lr * decay
         elif decay:
             g = g + decay * p
+        # m <- β1 m + (1 - β1) g;  v <- β2 v + (1 - β2) g²;  p <- p - step m / (sqrt(v v_scale) + eps),
+        # one operation at a time into a few temporaries (each result rounds as in the formula).
         m *= self.beta1
-        m += (1.0 - self.beta1) * g
+        t = g * (1.0 - self.beta1)
+        m += t
         v *= self.beta2
-        v += (1.0 - self.beta2) * (g * g)
+        t = g * g
+        t *= 1.0 - self.beta2
+        v += t
         self.state[i] = (m, v)
-        p -= m_hat_scale * m / (self.xp.sqrt(v * v_hat_scale) + self.eps)
+        denominator = self.xp.sqrt(v * v_hat_scale)
+        denominator += self.eps
+        t = m * m_hat_scale
+        t /= denominator
+        p -= t
         return p
 
 
