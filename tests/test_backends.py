@@ -14,6 +14,8 @@ import pytest
 from conftest import CPU_BACKENDS, HAVE_TORCH, build_mlp, host
 
 import xpnet.backend
+import xpnet.backend.cuda
+import xpnet.backend.resolve
 from xpnet.backend import Backend, get_backend
 from xpnet.errors import BackendError, ConfigError
 from xpnet.metadata import DROPOUT_STATE
@@ -206,7 +208,7 @@ def test_torch_cuda_without_gpu_says_so():
 def test_training_flushes_denormals_and_puts_the_mode_back():
     """Inside ``flush_denormals`` a float32 denormal times one is zero (where the switch is
     known); outside, before and after, it stays a denormal."""
-    from xpnet.backend import _libm
+    from xpnet.backend.cpu import _libm
 
     backend = get_backend("numpy")
     denormal = np.array([1e-39], dtype=np.float32)
@@ -272,10 +274,10 @@ def test_a_gpu_without_cublas_is_refused_naming_what_is_missing(monkeypatch):
     cupy = pytest.importorskip("cupy", reason="needs CuPy importable (no GPU needed)")
     monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 1)
     libraries = {"CuPy": "14.2.0", "NVRTC": "12.9", "cuBLAS": "missing (libcublas.so.12: not found)", "NCCL": "9"}
-    monkeypatch.setattr(xpnet.backend, "cuda_libraries", lambda: libraries)
+    monkeypatch.setattr(xpnet.backend.resolve, "cuda_libraries", lambda: libraries)
     with pytest.raises(BackendError, match=r"cuBLAS missing \(libcublas.so.12: not found\).*ctk.*xpnet\[cuda12\]"):
         get_backend(device="cuda")
-    monkeypatch.setattr(xpnet.backend, "cuda_libraries", lambda: {**libraries, "cuBLAS": "found"})
+    monkeypatch.setattr(xpnet.backend.resolve, "cuda_libraries", lambda: {**libraries, "cuBLAS": "found"})
     assert get_backend(device="cuda").name == "cupy"  # NCCL is not needed on one GPU
 
 
@@ -332,6 +334,6 @@ def test_info_does_not_call_a_gpu_usable_when_cupy_lacks_its_libraries(monkeypat
     monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 1)
     monkeypatch.setattr(cupy.cuda.runtime, "getDeviceProperties", lambda index: {"name": b"NVIDIA H100"})
     libraries = {"CuPy": "14.2.0", "NVRTC": "missing (libnvrtc.so.12: not found)", "cuBLAS": "found", "NCCL": "2"}
-    monkeypatch.setattr(xpnet.backend, "cuda_libraries", lambda: libraries)
+    monkeypatch.setattr(xpnet.backend.cuda, "cuda_libraries", lambda: libraries)
     cupy_lines = [line for line in xpnet.backend.cuda_devices() if "CuPy" in line]
     assert cupy_lines == ["cuda:0 NVIDIA H100 (CuPy; NOT usable: NVRTC missing (libnvrtc.so.12: not found))"]
