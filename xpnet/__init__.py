@@ -9,6 +9,7 @@ from xpnet.errors import (
     ConfigError,
     DataError,
     DivergenceError,
+    MemoryLimitError,
     ModelFileError,
     XpnetError,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "DataError",
     "DivergenceError",
     "History",
+    "MemoryLimitError",
     "ModelFileError",
     "XpnetError",
     "__version__",

@@ -11,6 +11,7 @@ is checked against its own architecture before anything is built from it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from xpnet.errors import BackendError, ModelFileError, XpnetError
+from xpnet.memory import require
 from xpnet.metadata import MAX_LAYERS, decode
 from xpnet.modelfile import FORMAT, FORMAT_VERSION, save_model
 from xpnet.network import MLP
@@ -40,6 +42,8 @@ class ModelFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        with contextlib.suppress(OSError):  # a missing file is load_tensors' to report
+            require(os.stat(self.path).st_size, f"reading {self.path}")
         self.tensors, _ = load_tensors(self.path, max_bytes=MAX_MODEL_BYTES, check_header=self._check_header)
         for name, tensor in self.tensors.items():
             if tensor.dtype.kind != "f":

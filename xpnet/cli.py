@@ -31,6 +31,7 @@ from xpnet.distributed import Communicator, connect, transports
 from xpnet.errors import ConfigError, DivergenceError, RanksDifferError, XpnetError
 from xpnet.export import OPSET, export_onnx
 from xpnet.fileio import STDOUT, atomic_writer, check_output_path
+from xpnet.memory import ENV, Estimate, limited, parse_size
 from xpnet.recipes import RECIPES
 from xpnet.run import check_fits, format_test, resolve_settings, resumed_settings, run_training
 from xpnet.selfcheck import add_arguments as add_selfcheck_arguments
@@ -38,6 +39,10 @@ from xpnet.selfcheck import main as selfcheck_main
 from xpnet.settings import TABLE, Setting
 from xpnet.task import decide_task
 
+_OUT_OF_MEMORY = (
+    "out of memory: the system refused an allocation below xpnet's memory limit; free some memory, "
+    "or make the run smaller (--batch-size, --layers, the data)"
+)
 COMMANDS = ("train", "evaluate", "predict", "export", "info", "bench", "selfcheck")
 
 
@@ -68,6 +73,22 @@ def _add_setting(parser, setting: Setting) -> None:
         parser.add_argument(setting.flag, action=argparse.BooleanOptionalAction, default=None, help=setting.help)
         return
     parser.add_argument(setting.flag, type=_option_type(setting), choices=setting.choices, help=setting.help)
+
+
+def _memory_limit(text: str) -> int:
+    try:
+        return parse_size(text, "--memory-limit")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_memory_argument(parser) -> None:
+    parser.add_argument(
+        "--memory-limit",
+        type=_memory_limit,
+        metavar="SIZE",
+        help=f"refuse work that would need more memory: 512M, 8G, 80%% (default: ${ENV}, else 80%% of what is free)",
+    )
 
 
 def _add_device_arguments(parser) -> None:
@@ -113,23 +134,27 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     train = commands.add_parser("train", help="train a model (the default command)")
     _add_train_arguments(train)
+    _add_memory_argument(train)
     evaluate = commands.add_parser("evaluate", help="test a saved model on its dataset's test split")
     evaluate.add_argument("model", help="model file (.safetensors)")
     evaluate.add_argument("--dataset", help="dataset to test on (default: the one it was trained on)")
     evaluate.add_argument("--data-dir", help="folder holding the dataset files")
     _add_device_arguments(evaluate)
+    _add_memory_argument(evaluate)
     predict = commands.add_parser("predict", help="predict labels for inputs in an IDX or .npz file")
     predict.add_argument("model", help="model file (.safetensors)")
     predict.add_argument("input", help="IDX images (raw or .gz), or .npz holding X")
     predict.add_argument("--out", help="write predictions to this .csv or .npz; - (the default) prints CSV")
     predict.add_argument("--proba", action="store_true", help="also write the output probabilities")
     _add_device_arguments(predict)
+    _add_memory_argument(predict)
     export = commands.add_parser("export", help="write a saved model in another format (ONNX)")
     export.add_argument("model", help="model file (.safetensors)")
     export.add_argument("--onnx", metavar="FILE", required=True, help='the ONNX file to write (needs "xpnet[onnx]")')
     commands.add_parser("info", help="versions, backends, devices and BLAS")
     bench = commands.add_parser("bench", help="throughput sweep over batch sizes and devices")
     add_bench_arguments(bench)
+    _add_memory_argument(bench)
     selfcheck = commands.add_parser("selfcheck", help="check that xpnet works on this machine (run it first on a GPU)")
     _add_device_arguments(selfcheck)
     add_selfcheck_arguments(selfcheck)
@@ -142,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["train", *argv]
     args = build_parser().parse_args(argv)
     try:
-        return _COMMANDS[args.command](args)
+        with limited(getattr(args, "memory_limit", None)):
+            return _COMMANDS[args.command](args)
+    except MemoryError:  # what the estimates in xpnet.memory did not foresee
+        print(f"xpnet: error: {_OUT_OF_MEMORY}", file=sys.stderr)
+        return 2
     except DivergenceError as exc:
         print(f"xpnet: error: {exc}", file=sys.stderr)
         return 1
@@ -217,6 +246,8 @@ def _on_every_rank(world: Communicator, train) -> int:
         status = 1 if isinstance(exc, DivergenceError) else 2
     except KeyboardInterrupt:
         _fail_alone(world, "stopped at once (second interrupt); the last per-epoch checkpoint is kept", 130)
+    except MemoryError:
+        _fail_alone(world, _OUT_OF_MEMORY, 2)
     except Exception as exc:
         traceback.print_exc()
         _fail_alone(world, f"{type(exc).__name__}: {exc} (a bug in xpnet: please report it)", 1)
@@ -283,6 +314,7 @@ def _predict_command(args) -> int:
     saved = ModelFile(args.model)
     net = saved.build(args.backend, args.device)
     X = _read_inputs(Path(args.input), net.sizes[0])
+    _prediction_estimate(net, X).check(f"predicting the {len(X)} samples of {args.input}")
     if net.is_classifier:
         arrays = {"labels": net.predict(X)}
         if args.proba:
@@ -296,6 +328,14 @@ def _predict_command(args) -> int:
             rows = _label_rows(arrays, saved.class_names) if net.is_classifier else _value_rows(arrays["outputs"])
             stream.write(_csv_bytes(rows))
     return 0
+
+
+def _prediction_estimate(net, X: np.ndarray) -> Estimate:
+    """What predicting ``X`` holds besides it: the inputs on the device, outputs, labels, the CSV text."""
+    itemsize, outputs = np.dtype(net.dtype_name).itemsize, net.num_outputs
+    estimate = Estimate().add("inputs on the device", X.size * itemsize)
+    estimate.add("outputs and probabilities", 2 * len(X) * outputs * itemsize)
+    return estimate.add("the CSV text", 24 * len(X) * (outputs + 3))
 
 
 def _label_rows(arrays: dict, names: list[str]) -> list[list]:

@@ -25,6 +25,10 @@ class ModelFileError(XpnetError):
     """A model or checkpoint file is missing, malformed or not an xpnet model."""
 
 
+class MemoryLimitError(XpnetError):
+    """A run, a file or a network would need more memory than the limit allows (``xpnet.memory``)."""
+
+
 class DivergenceError(XpnetError):
     """Training produced a NaN or infinite loss."""
 

@@ -112,7 +112,7 @@ def check_output_path(path: str | os.PathLike, option: str, *, stdout: bool = Fa
         if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
             return  # streamed to, never replaced
         if stat.S_ISDIR(mode):
-            raise ConfigError(f"{option} {path}: is a folder; give a file name, e.g. {target / 'model.safetensors'}")
+            raise ConfigError(f"{option} {path}: is a folder; give the name of a file to write (in it, say)")
         raise ConfigError(
             f"{option} {path}: is a {file_kind(mode)}; xpnet writes only regular files, FIFOs and devices"
         )

@@ -28,6 +28,7 @@ from xpnet.errors import ConfigError
 from xpnet.init import init_name, initial_parameters
 from xpnet.inputs import check_inputs, check_targets
 from xpnet.losses import NATURAL_OUTPUT, Loss, get_loss, loss_name
+from xpnet.memory import network_estimate
 from xpnet.modelfile import named_layers, save_model
 from xpnet.precision import get_precision
 from xpnet.task import CLASSIFICATION, decide_task
@@ -83,6 +84,8 @@ class MLP:
         #: What the math runs in: the network's dtype, or a half type with float32 masters (xpnet.precision).
         self.precision = get_precision(precision)
         self.compute_dtype = self._compute_dtype()
+        # Refused before a byte is drawn: [784, 100000, 100000, 10] would ask for over 100 GiB.
+        network_estimate(self.sizes, np.dtype(dtype).itemsize).check(f"the network {str(self.sizes)[:60]}")
         self.seed = seed
         self.scaling = None
         self._scaling_on_device = None

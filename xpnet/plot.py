@@ -9,6 +9,9 @@ import numpy as np
 from xpnet.errors import ConfigError
 from xpnet.fileio import atomic_writer
 
+#: Most classes whose confusion matrix is drawn: a larger one is unreadable, and its cells grow as classes squared.
+MAX_PLOT_CLASSES = 100
+
 
 def check_plot_path(path) -> None:
     """Refuse a plot file xpnet cannot write, before any training time is spent on it."""
@@ -28,6 +31,12 @@ def _pyplot():
     return plt
 
 
+def _class_count(truth, predicted, class_names) -> int:
+    if class_names:
+        return len(class_names)
+    return int(max(np.max(truth), np.max(predicted))) + 1
+
+
 def confusion_matrix(truth, predicted, num_classes: int) -> np.ndarray:
     """Counts of (true class, predicted class) pairs; rows are the truth."""
     pairs = np.asarray(truth, dtype=np.int64) * num_classes + np.asarray(predicted, dtype=np.int64)
@@ -35,9 +44,12 @@ def confusion_matrix(truth, predicted, num_classes: int) -> np.ndarray:
 
 
 def plot_training(path, records: list[dict], truth=None, predicted=None, class_names=None) -> None:
-    """Loss and accuracy per epoch (train and validation), and the test confusion matrix."""
+    """Loss and accuracy per epoch (train and validation), and the test confusion matrix
+    (up to ``MAX_PLOT_CLASSES`` classes: beyond that no one could read its cells)."""
     check_plot_path(path)
     plt = _pyplot()
+    if predicted is not None and _class_count(truth, predicted, class_names) > MAX_PLOT_CLASSES:
+        predicted = None
     panels = 3 if predicted is not None else 2
     figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), constrained_layout=True)
     epochs = [r["epoch"] for r in records]

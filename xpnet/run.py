@@ -13,15 +13,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from xpnet.backend import get_backend
 from xpnet.checkpoint import ModelFile, save_model
 from xpnet.data import load_dataset, train_val_split
 from xpnet.distributed import Communicator, rank_device
 from xpnet.errors import BackendError, ConfigError, DataError, DivergenceError
 from xpnet.fileio import STDOUT, atomic_write_text, check_output_path, is_stream
+from xpnet.memory import Estimate, plot_bytes, training_estimate
 from xpnet.network import MLP
 from xpnet.optim import get_optimizer
-from xpnet.plot import check_plot_path, plot_training
+from xpnet.plot import MAX_PLOT_CLASSES, check_plot_path, plot_training
 from xpnet.progress import wanted as progress_wanted
 from xpnet.recipes import get_recipe
 from xpnet.scaling import Scaling
@@ -114,7 +117,7 @@ def run_training(
     started = time.perf_counter()
     board_dir = tensorboard_dir if world.is_root else None
     files = _check_outputs(out, history_path, plot_path, board_dir) if world.is_root else _Files(None, None, None, None)
-    data, split, (net, optimizer, history), communicator = _prepare(settings, resume, quiet, world)
+    data, split, (net, optimizer, history), communicator = _prepare(settings, resume, quiet, world, files.plot)
     X_train, y_train, X_val, y_val = split
     log(_start_message(net, history, resume, (len(X_train), len(X_val), len(data.X_test)), communicator, settings))
     checkpoints = _Checkpoints(files.checkpoint, net, optimizer, settings, data.class_names)
@@ -213,14 +216,16 @@ def _check_outputs(out, history_path, plot_path, tensorboard_dir) -> _Files:
     return _Files(out, checkpoint, history_path, plot_path)
 
 
-def _prepare(settings: dict, resume, quiet: bool, world: Communicator):
+def _prepare(settings: dict, resume, quiet: bool, world: Communicator, plot):
     """The run's data, its train/validation split, ``(net, optimizer, history)``, and the transport
-    this rank's arrays take (``cuda`` is the GPU of the rank's local rank)."""
+    this rank's arrays take (``cuda`` is the GPU of the rank's local rank). The memory the run will
+    take is checked against the limit before the network is built."""
     try:
         backend = get_backend(settings.get("backend"), rank_device(settings.get("device"), world))  # fail fast
         backend.use_tf32(settings["tf32"])
         communicator = world.for_backend(backend)
         data, split = _load_data(settings, quiet)
+        memory_estimate(settings, data, plot is not None).check(f"training on {settings['dataset']!r}")
         return data, split, _model_and_optimizer(settings, backend, data, split[0], resume), communicator
     except (ConfigError, DataError, BackendError) as exc:
         if not resume:
@@ -294,8 +299,7 @@ def _model_and_optimizer(settings: dict, backend, data, X_train, resume):
 
     Returns ``(net, optimizer, history)``; ``history`` is None for a new run.
     """
-    options = {key: settings[key] for key in ("lr", "momentum", "nesterov", "weight_decay", "schedule")}
-    optimizer = get_optimizer(settings["optimizer"], **options)
+    optimizer = _optimizer(settings)
     if resume:
         saved = ModelFile(resume)
         net = saved.build(backend, precision=saved.saved_precision)
@@ -317,6 +321,26 @@ def _model_and_optimizer(settings: dict, backend, data, X_train, resume):
     )
     net.set_scaling(Scaling.fit(settings["scaling"], X_train))
     return net, optimizer, None
+
+
+def _optimizer(settings: dict):
+    options = {key: settings[key] for key in ("lr", "momentum", "nesterov", "weight_decay", "schedule")}
+    return get_optimizer(settings["optimizer"], **options)
+
+
+def memory_estimate(settings: dict, data, plotting: bool) -> Estimate:
+    """What training ``settings`` on ``data`` will hold at its peak (``xpnet.memory``), plot included."""
+    itemsize = np.dtype(settings["dtype"]).itemsize
+    sizes = [data.num_features, *settings["layers"], data.num_classes]
+    X = data.X_train
+    held = sum(array.nbytes for array in (X, data.y_train, data.X_test, data.y_test))
+    on_device = X.size * (X.itemsize if X.dtype == np.uint8 else itemsize)  # uint8 stays uint8
+    data_bytes = held + X.nbytes + data.y_train.nbytes + on_device  # loaded, split, uploaded
+    buffers = _optimizer(settings).buffers_per_param
+    estimate = training_estimate(sizes, itemsize, buffers, data_bytes, len(X), settings["batch_size"], X.itemsize)
+    if plotting and data.task == "classification":
+        estimate.add("the plot's confusion matrix", plot_bytes(min(data.num_classes, MAX_PLOT_CLASSES)))
+    return estimate
 
 
 def task_of(settings: dict) -> str:

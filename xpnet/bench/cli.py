@@ -10,6 +10,7 @@ from pathlib import Path
 from xpnet.bench import history
 from xpnet.bench.compare import compare, format_changes
 from xpnet.bench.options import add_bench_arguments
+from xpnet.bench.preflight import preflight
 from xpnet.bench.profile import profile_markdown
 from xpnet.bench.report import markdown_report, plot
 from xpnet.bench.results import BenchResult
@@ -34,8 +35,10 @@ def _names(text: str | None) -> list[str] | None:
 
 def bench_main(args: argparse.Namespace) -> int:
     """Run ``python -m xpnet bench`` with parsed ``args``; print the table, write the files."""
+    batch_sizes = _ints(args.batch_sizes, "--batch-sizes")
+    notes = preflight(args, batch_sizes)  # before minutes of measuring: options it would trip on late
     result = run_bench(
-        batch_sizes=_ints(args.batch_sizes, "--batch-sizes"),
+        batch_sizes=batch_sizes,
         backends=_names(args.backends),
         impls=_names(args.impls) or [],
         samples=args.samples,
@@ -53,19 +56,18 @@ def bench_main(args: argparse.Namespace) -> int:
     profile_text = profile_markdown(_ints(args.profile, "--profile")) if args.profile else None
     if profile_text:
         print(profile_text)
-    _write_files(args, result, profile_text)
+    _write_files(args, result, profile_text, notes)
     if args.history is not None or args.compare is not None:
         _history(args, result)
     return 0
 
 
-def _write_files(args: argparse.Namespace, result: BenchResult, profile_text: str | None) -> None:
+def _write_files(args: argparse.Namespace, result: BenchResult, profile_text: str | None, notes: str | None) -> None:
     if args.json:
         atomic_write_text(args.json, result.to_json())
     if args.png:
         plot(result, args.png)
     if args.markdown:
-        notes = Path(args.notes).read_text() if args.notes else None
         atomic_write_text(args.markdown, markdown_report(result, profile_text, notes))
 
 

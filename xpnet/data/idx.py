@@ -23,6 +23,7 @@ import numpy as np
 
 from xpnet.errors import ConfigError, DataError
 from xpnet.fileio import atomic_write_bytes, open_input, read_failure
+from xpnet.memory import require
 
 #: Largest data block (in bytes) a header may declare: 2 GiB, over 40x Fashion-MNIST.
 MAX_IDX_BYTES = 2**31
@@ -111,6 +112,8 @@ def _read_stream(path: Path, stream: BinaryIO, total_size: int | None) -> np.nda
         # Raw files: compare sizes before reading a byte of data.
         got = total_size - header_len
         raise DataError(f"{path}: header declares shape {shape}, {expected} data bytes, but got {got}; {_HINT}")
+    # Read in growing chunks (a reallocation holds two copies) and byte-swapped (a third for multi-byte types).
+    require(expected * (2 if dtype.itemsize == 1 else 3), f"{path} (shape {shape}, {dtype})")
     data = _read_exact(stream, expected + 1)
     if len(data) != expected:
         got = f"{len(data)}" if len(data) <= expected else f"more than {expected}"

@@ -21,6 +21,7 @@ import numpy as np
 
 from xpnet.errors import ConfigError, DataError
 from xpnet.fileio import open_input, read_failure
+from xpnet.memory import require
 from xpnet.task import TASKS
 
 #: Largest array (in bytes) an ``.npz`` member may declare before xpnet refuses it.
@@ -118,6 +119,7 @@ def _read_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, ke
                 f"{path}: array {key!r} declares shape {shape} ({declared} bytes) but the archive member "
                 f"holds {info.file_size} bytes; the file is corrupt, re-create it"
             )
+        require(2 * declared, f"{path}: array {key!r} of shape {shape}")  # decompressed, then the array itself
     with archive.open(info) as stream:
         return fmt.read_array(stream, allow_pickle=False)
 
@@ -252,8 +254,11 @@ def load_csv(
 def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
     """The CSV's non-blank rows, each with its line number."""
     try:
-        with io.TextIOWrapper(open_input(path, "a CSV file"), encoding="utf-8-sig", newline="") as stream:
-            rows = [(number, row) for number, row in enumerate(csv.reader(stream), start=1)]
+        with open_input(path, "a CSV file") as raw:
+            # Every field becomes a Python string in a list of rows: about ten bytes held per byte of text.
+            require(10 * os.fstat(raw.fileno()).st_size, f"{path} (a CSV file read as text fields)")
+            with io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as stream:
+                rows = [(number, row) for number, row in enumerate(csv.reader(stream), start=1)]
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the CSV as UTF-8") from exc
     except csv.Error as exc:
