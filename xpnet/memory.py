@@ -8,8 +8,8 @@ parts, a run that would pass the limit. Host and device memory count together.
 
 The limit is ``--memory-limit`` or ``XPNET_MEMORY_LIMIT`` (``512M``, ``8G``, ``1.5GiB``,
 a number of bytes, or ``80%`` of the memory available), by default 80% of the memory
-available when xpnet starts, so a run is refused rather than sent into swap or the
-kernel's out-of-memory killer.
+available at the time of the check, so a run is refused rather than sent into swap or
+the kernel's out-of-memory killer.
 """
 
 from __future__ import annotations
