@@ -31,7 +31,7 @@ from xpnet.distributed import Communicator, connect, transports
 from xpnet.errors import ConfigError, DivergenceError, RanksDifferError, XpnetError
 from xpnet.export import OPSET, export_onnx
 from xpnet.fileio import STDOUT, atomic_writer, check_output_path
-from xpnet.memory import ENV, Estimate, limited, parse_size
+from xpnet.memory import Estimate, limited
 from xpnet.recipes import RECIPES
 from xpnet.run import check_fits, format_test, resolve_settings, resumed_settings, run_training
 from xpnet.selfcheck import add_arguments as add_selfcheck_arguments
@@ -75,20 +75,9 @@ def _add_setting(parser, setting: Setting) -> None:
     parser.add_argument(setting.flag, type=_option_type(setting), choices=setting.choices, help=setting.help)
 
 
-def _memory_limit(text: str) -> int:
-    try:
-        return parse_size(text, "--memory-limit")
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _add_memory_argument(parser) -> None:
-    parser.add_argument(
-        "--memory-limit",
-        type=_memory_limit,
-        metavar="SIZE",
-        help=f"refuse work that would need more memory: 512M, 8G, 80%% (default: ${ENV}, else 80%% of what is free)",
-    )
+    """``--memory-limit`` for commands outside the settings table (bench), from its row."""
+    _add_setting(parser, TABLE["memory_limit"])
 
 
 def _add_device_arguments(parser) -> None:
@@ -134,20 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     train = commands.add_parser("train", help="train a model (the default command)")
     _add_train_arguments(train)
-    _add_memory_argument(train)
     evaluate = commands.add_parser("evaluate", help="test a saved model on its dataset's test split")
     evaluate.add_argument("model", help="model file (.safetensors)")
     evaluate.add_argument("--dataset", help="dataset to test on (default: the one it was trained on)")
     evaluate.add_argument("--data-dir", help="folder holding the dataset files")
     _add_device_arguments(evaluate)
-    _add_memory_argument(evaluate)
     predict = commands.add_parser("predict", help="predict labels for inputs in an IDX or .npz file")
     predict.add_argument("model", help="model file (.safetensors)")
     predict.add_argument("input", help="IDX images (raw or .gz), or .npz holding X")
     predict.add_argument("--out", help="write predictions to this .csv or .npz; - (the default) prints CSV")
     predict.add_argument("--proba", action="store_true", help="also write the output probabilities")
     _add_device_arguments(predict)
-    _add_memory_argument(predict)
     export = commands.add_parser("export", help="write a saved model in another format (ONNX)")
     export.add_argument("model", help="model file (.safetensors)")
     export.add_argument("--onnx", metavar="FILE", required=True, help='the ONNX file to write (needs "xpnet[onnx]")')

@@ -8,6 +8,7 @@ recipe's, then the user's). ``run_training`` is what ``python -m xpnet train`` a
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -19,16 +20,16 @@ from xpnet.backend import get_backend
 from xpnet.checkpoint import ModelFile, save_model
 from xpnet.data import load_dataset, train_val_split
 from xpnet.distributed import Communicator, rank_device
-from xpnet.errors import BackendError, ConfigError, DataError, DivergenceError
+from xpnet.errors import BackendError, ConfigError, DataError, DivergenceError, MemoryLimitError
 from xpnet.fileio import STDOUT, atomic_write_text, check_output_path, is_stream
-from xpnet.memory import Estimate, plot_bytes, training_estimate
+from xpnet.memory import Estimate, limited, plot_bytes, training_estimate
 from xpnet.network import MLP
 from xpnet.optim import get_optimizer
 from xpnet.plot import MAX_PLOT_CLASSES, check_plot_path, plot_training
 from xpnet.progress import wanted as progress_wanted
 from xpnet.recipes import get_recipe
 from xpnet.scaling import Scaling
-from xpnet.settings import BASE_SETTINGS, RUN_SETTINGS, checked
+from xpnet.settings import BASE_SETTINGS, RUN_SETTINGS, check_setting, checked
 from xpnet.task import decide_task
 from xpnet.tensorboard import TensorBoardWriter, summary_writer_class
 from xpnet.train import History, fit
@@ -86,6 +87,18 @@ class _Files:
     plot: str | Path | None
 
 
+def _within_memory_limit(run):
+    """Run under the ``memory_limit`` setting, when the settings give one (``xpnet.memory``)."""
+
+    @functools.wraps(run)
+    def limited_run(settings: dict, **options):
+        with limited(check_setting("memory_limit", settings.get("memory_limit"))):
+            return run(settings, **options)
+
+    return limited_run
+
+
+@_within_memory_limit
 def run_training(
     settings: dict,
     *,
@@ -227,7 +240,7 @@ def _prepare(settings: dict, resume, quiet: bool, world: Communicator, plot):
         data, split = _load_data(settings, quiet)
         memory_estimate(settings, data, plot is not None).check(f"training on {settings['dataset']!r}")
         return data, split, _model_and_optimizer(settings, backend, data, split[0], resume), communicator
-    except (ConfigError, DataError, BackendError) as exc:
+    except (ConfigError, DataError, BackendError, MemoryLimitError) as exc:
         if not resume:
             raise
         raise type(exc)(f"--resume {resume}: with the settings it was trained with: {exc}") from None

@@ -241,6 +241,8 @@ def _check_entry(name: str, key: str, entry) -> tuple[str, np.dtype, tuple[int, 
     dtype = DTYPES[code]
     # Exact: Python ints cannot overflow, and dims are few (<= 64) and short (JSON int limit).
     nbytes = math.prod(shape) * dtype.itemsize
+    if not nbytes and math.prod(d for d in shape if d) * dtype.itemsize >= 2**63:  # NumPy refuses these, 0 or not
+        raise ModelFileError(f"{where} has shape {str(shape)[:80]}, dimensions too large for any array")
     if nbytes != end - begin:
         raise ModelFileError(
             f"{where} declares shape {shape} ({nbytes} bytes) but its data_offsets span {end - begin} bytes"

@@ -19,12 +19,15 @@ from xpnet.backend import BACKENDS
 from xpnet.errors import ConfigError
 from xpnet.init import init_spec
 from xpnet.losses import loss_name
+from xpnet.memory import parse_size
 from xpnet.names import canonical
 from xpnet.optim import OPTIMIZERS, SCHEDULES
 from xpnet.precision import PRECISIONS
 from xpnet.scaling import SCALINGS
 from xpnet.task import TASKS
 
+#: Widest layer (arrays are indexed with int32 on some devices).
+MAX_WIDTH = 2**31 - 1
 DTYPES = ("float32", "float64")
 
 
@@ -106,9 +109,16 @@ def _text(value):
 def _widths(value):
     if not (isinstance(value, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in value)):
         raise ConfigError(f"expected a list of layer widths such as [128, 64], not {str(value)[:40]}")
-    if any(n < 1 for n in value):
-        raise ConfigError(f"layer widths must be >= 1, not {value!r}")
+    if any(n < 1 or n > MAX_WIDTH for n in value):
+        raise ConfigError(f"layer widths must be from 1 to {MAX_WIDTH}, not {str(value)[:60]}")
     return value
+
+
+def _memory_size(value):
+    """Bytes, from a whole number or a size such as ``8G`` or ``80%`` (``xpnet.memory.parse_size``)."""
+    if isinstance(value, str):
+        return parse_size(value, "memory_limit")
+    return _whole(1)(value)
 
 
 def _activation(value):
@@ -150,6 +160,11 @@ _ROWS = [
     Setting(
         "device", None, _text, "cpu (default), cuda or cuda:N; cuda alone means CuPy", "device",
         optional=True, run=True, recipe=False, base=False,
+    ),
+    Setting(
+        "memory_limit", None, _memory_size,
+        "refuse work that would need more memory: 512M, 8G, 80%% (default: $XPNET_MEMORY_LIMIT, else 80%% of "
+        "what is free)", "device", parse=str, optional=True, run=True, recipe=False, base=False,
     ),
     Setting(
         "backend", None, _name(BACKENDS, "backend"), "array library (default: numpy)", "device",
