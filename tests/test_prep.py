@@ -36,6 +36,19 @@ def test_standard_per_feature_and_constant_feature_left_alone():
     np.testing.assert_allclose(scaling.apply(np.array([[5.0, 8.0]]))[0, 1], 1.0)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+@pytest.mark.parametrize("rows", [1, 7, 1000, 2**17 // 3 + 5])  # one row, fewer than a block, several blocks
+def test_standard_equals_numpys_float64_mean_and_std(dtype, rows):
+    rng = np.random.default_rng(rows)
+    X = (rng.random((rows, 3)) * 255).astype(dtype)
+    scaling = Scaling.fit("standard", X)
+    flat = X.astype(np.float64)
+    np.testing.assert_array_equal(scaling.shift, flat.mean(axis=0).astype(np.float32))
+    std = flat.std(axis=0)
+    expected = np.where(std > 1e-8, 1.0 / np.maximum(std, 1e-8), 1.0).astype(np.float32)
+    np.testing.assert_allclose(scaling.scale, expected, rtol=2e-7)
+
+
 def test_constant_data_does_not_divide_by_zero():
     X = np.full((3, 2), 4.0)
     assert np.isfinite(Scaling.fit("unit", X).apply(X)).all()

@@ -59,9 +59,7 @@ class Scaling:
             if kind == "unit":
                 return cls("unit", low, float(np.float32(1.0 / width)))
             return cls("symmetric", (low + high) / 2, float(np.float32(2.0 / width)))
-        flat = X.reshape(X.shape[0], -1).astype(np.float64)
-        mean = flat.mean(axis=0)
-        std = flat.std(axis=0)
+        mean, std = _mean_std(X.reshape(X.shape[0], -1))
         scale = np.where(std > STD_FLOOR, 1.0 / np.maximum(std, STD_FLOOR), 1.0)
         return cls("standard", mean.astype(np.float32), scale.astype(np.float32))
 
@@ -104,6 +102,26 @@ class Scaling:
                 f"scaling: shift has {shift.shape[0]} values but scale has {scale.shape[0]}; the model file is corrupt"
             )
         return cls(kind, shift, scale)
+
+
+def _mean_std(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and standard deviation in float64, two passes over row blocks.
+
+    The same figures as ``flat.astype(np.float64).std(axis=0)`` without the float64 copy of the
+    whole training set, which made ``standard`` scaling cost ~1.5 s of a 20-second run.
+    """
+    count, width = flat.shape
+    rows = max(1, 2**17 // max(width, 1))  # about 1 MB of float64 per block
+    total = np.zeros(width)
+    for start in range(0, count, rows):
+        total += flat[start : start + rows].sum(axis=0, dtype=np.float64)
+    mean = total / count
+    squares = np.zeros(width)
+    for start in range(0, count, rows):
+        deviation = flat[start : start + rows].astype(np.float64)
+        deviation -= mean
+        squares += np.einsum("ij,ij->j", deviation, deviation)
+    return mean, np.sqrt(squares / count)
 
 
 def _to_json(value: Param) -> float | list[float]:
