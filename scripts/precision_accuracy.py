@@ -40,8 +40,7 @@ def markdown(recipe: str, backend: str, results: dict, argv: list[str], toleranc
 
     seeds = sorted(next(iter(results.values())))
     lines = [
-        f"Recipe `{recipe}` on {backend}, produced by `python scripts/precision_accuracy.py {' '.join(argv)}`".rstrip()
-        + ".",
+        f"Recipe `{recipe}` on {backend}, produced by `{' '.join(['python scripts/precision_accuracy.py', *argv])}`.",
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.machine()}; Python "
         f"{platform.python_version()}, NumPy {np.__version__}, xpnet {xpnet.__version__}{_torch_version()}.",
         "",

@@ -149,7 +149,7 @@ def markdown(recipe: str, runs: list[Run], runners: list[str], env: dict, argv: 
     """The section written into docs/RECIPES.md: how it was made, where, under what load, the tables."""
     loads = [run.load for run in runs]
     lines = [
-        f"Recipe `{recipe}`, produced by `python scripts/time_to_accuracy.py {' '.join(argv)}`".rstrip() + ".",
+        f"Recipe `{recipe}`, produced by `{' '.join(['python scripts/time_to_accuracy.py', *argv])}`.",
         f"{env['date']}; {env['cpu']} ({env['cores']} logical cores); BLAS {env['blas']};",
         f"Python {env['python']}, NumPy {env['numpy']}, array-api-compat {env['array_api_compat']}, "
         f"PyTorch {env['torch']}. Load average (1 min) before each run: {min(loads):.2f}-{max(loads):.2f};"
