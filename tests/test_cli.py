@@ -82,7 +82,7 @@ def test_model_file_layout_and_metadata(tmp_path, idx_dir):
     }
     assert json.loads(metadata["architecture"])["sizes"] == [784, 32, 16, 10]
     assert json.loads(metadata["class_names"])[0] == "T-shirt/top"
-    assert json.loads(metadata["scaling"])["kind"] == "unit"
+    assert json.loads(metadata["scaling"])["kind"] == "standard"  # the default recipe's
     assert json.loads(metadata["training"])["optimizer"] == "adam"
     assert metadata["xpnet_version"]
     assert len(json.loads(metadata["history"])) == 3
