@@ -241,6 +241,23 @@ def test_regression_data_with_a_classification_loss_is_refused(tmp_path, regress
     assert "--loss mse" in capsys.readouterr().err
 
 
+def test_monitor_is_a_setting_the_model_file_keeps(tmp_path, idx_dir, capsys):
+    out = _train(tmp_path, idx_dir, "--monitor", "Val-Accuracy", "--quiet")
+    assert json.loads(load_tensors(out)[1]["training"])["monitor"] == "val_accuracy"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data-dir", str(idx_dir), "--out", str(out), *SMALL, "--monitor", "accuracy"])
+    assert exit_info.value.code == 2
+    assert "unknown monitor 'accuracy'; choose from val_loss, val_accuracy" in capsys.readouterr().err
+
+
+def test_monitor_val_accuracy_is_refused_for_regression_before_training(tmp_path, regression_npz, capsys):
+    argv = ["train", "--dataset", str(regression_npz), "--loss", "mse", "--monitor", "val_accuracy"]
+    assert main([*argv, "--out", str(tmp_path / "m.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "--monitor val_accuracy needs a classification dataset" in err and "epoch" not in err
+    assert not (tmp_path / "m.safetensors").exists()
+
+
 def test_evaluate_refuses_a_dataset_with_other_classes(tmp_path, idx_dir, capsys):
     out = _train(tmp_path, idx_dir)
     rng = np.random.default_rng(0)

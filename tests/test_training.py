@@ -170,6 +170,43 @@ def test_early_stopping_restores_the_best_weights():
     assert net.evaluate(Xv, yv)["loss"] == pytest.approx(best, rel=1e-5)
 
 
+def _overlapping_three_classes():
+    return blobs(n=64, classes=3, seed=3, spread=2.5), blobs(n=64, classes=3, seed=4, spread=2.5)
+
+
+def test_monitor_val_accuracy_keeps_the_most_accurate_epoch():
+    (X, y), (Xv, yv) = _overlapping_three_classes()
+    net = build_mlp(("numpy", None), [2, 16, 3], seed=1)
+    history = net.fit(
+        X, y, epochs=20, batch_size=8, optimizer=SGD(lr=0.5), validation_data=(Xv, yv), monitor="val_accuracy"
+    )
+    accuracy, loss = history.column("val_accuracy"), history.column("val_loss")
+    assert np.argmin(loss) != np.argmax(accuracy)  # the two figures pick different epochs here
+    assert history.best_epoch == np.argmax(accuracy) + 1  # the first epoch at the highest accuracy
+    assert history.best_val_loss == loss[history.best_epoch - 1]  # the kept epoch's loss, not the lowest
+    assert history.restored_best
+    assert net.evaluate(Xv, yv)["accuracy"] == max(accuracy)
+
+
+def test_patience_counts_epochs_without_a_better_monitored_figure():
+    (X, y), (Xv, yv) = _overlapping_three_classes()
+    net = build_mlp(("numpy", None), [2, 16, 3], seed=1)
+    history = net.fit(
+        X, y, epochs=20, batch_size=8, optimizer=SGD(lr=0.5), validation_data=(Xv, yv),
+        monitor="val_accuracy", patience=3,
+    )  # fmt: skip
+    accuracy = history.column("val_accuracy")
+    assert history.stopped_early and len(accuracy) == history.best_epoch + 3
+    assert max(accuracy[history.best_epoch :]) <= accuracy[history.best_epoch - 1]
+
+
+def test_monitor_val_accuracy_needs_a_classifier():
+    X, y = blobs(n=16, features=2, classes=2)
+    net = MLP([2, 4, 1], output="identity", loss="mse", seed=0)
+    with pytest.raises(ConfigError, match="monitor val_accuracy needs a classifier"):
+        net.fit(X, y.astype(float), epochs=1, validation_data=(X, y.astype(float)), monitor="val_accuracy")
+
+
 @pytest.mark.parametrize(
     ("options", "argument"),
     [
@@ -178,6 +215,7 @@ def test_early_stopping_restores_the_best_weights():
         ({"batch_size": 0}, "batch_size"),
         ({"patience": 0, "validation_data": "given"}, "patience"),
         ({"patience": 2}, "validation"),
+        ({"monitor": "accuracy"}, "monitor"),
     ],
 )
 def test_fit_refuses_bad_options_by_name(options, argument):

@@ -200,6 +200,7 @@ def _fit_options(settings: dict, net, quiet: bool, log, progress: bool | None) -
         "epochs": settings["epochs"],
         "batch_size": settings["batch_size"],
         "patience": settings["patience"],
+        "monitor": settings["monitor"],
         "label_smoothing": settings["label_smoothing"] if net.loss.classification else 0.0,
         "seed": settings["seed"],
         "verbose": not quiet,
@@ -252,6 +253,11 @@ def _load_data(settings: dict, quiet: bool):
     data = load_dataset(settings["dataset"], data_dir=settings.get("data_dir"), progress=not quiet, task=task)
     decide_task(settings["loss"], settings["output"], given=data.task, source=f"dataset {settings['dataset']!r}")
     split = train_val_split(data.X_train, data.y_train, settings["val_split"], seed=settings["seed"])
+    if settings["monitor"] == "val_accuracy" and data.task != "classification":
+        raise ConfigError(
+            f"--monitor val_accuracy needs a classification dataset; {settings['dataset']!r} is "
+            "a regression set, judged by val_loss"
+        )
     if settings["patience"] is not None and not len(split[2]):
         raise ConfigError(
             f"patience needs validation samples, but val_split {settings['val_split']:g} holds out none of "

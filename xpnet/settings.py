@@ -25,6 +25,7 @@ from xpnet.optim import OPTIMIZERS, SCHEDULES
 from xpnet.precision import PRECISIONS
 from xpnet.scaling import SCALINGS
 from xpnet.task import TASKS
+from xpnet.train import MONITORS
 
 #: Widest layer (arrays are indexed with int32 on some devices).
 MAX_WIDTH = 2**31 - 1
@@ -247,8 +248,13 @@ _ROWS = [
         "epochs", 10, _whole(0), "passes over the training data", "optimisation", parse=_parse_int, run=True,
     ),
     Setting(
-        "patience", None, _whole(1), "stop after this many epochs without a better val loss", "optimisation",
+        "patience", None, _whole(1), "stop after this many epochs without a better --monitor figure", "optimisation",
         parse=_parse_int, optional=True,
+    ),
+    Setting(
+        "monitor", "val_loss", _name(tuple(MONITORS), "monitor"),
+        "the validation figure that picks the kept epoch and drives --patience: val_loss (lowest) or "
+        "val_accuracy (highest; classifiers)", "optimisation", choices=tuple(MONITORS),
     ),
     Setting(
         "seed", 0, _whole(0), "seed (>= 0) for initial weights, split and shuffling", "optimisation",

@@ -29,6 +29,10 @@ from xpnet.precision import LossScaler, loss_scaler
 from xpnet.progress import ProgressBar
 from xpnet.scaling import Scaling
 
+#: The validation figure that picks the kept epoch and drives early stopping, and which way is better.
+MONITORS = {"val_loss": "lowest", "val_accuracy": "highest"}
+_WORDS = {"val_loss": "validation loss", "val_accuracy": "validation accuracy"}
+
 
 @dataclass
 class PartialEpoch:
@@ -100,6 +104,7 @@ class FitOptions:
     shuffle: bool = True
     patience: int | None = None
     progress: bool = False
+    monitor: str = "val_loss"  #: a key of ``MONITORS``
 
 
 @dataclass
@@ -153,6 +158,7 @@ def fit(
     optimizer: Optimizer | None = None,
     validation_data: tuple | None = None,
     patience: int | None = None,
+    monitor: str = "val_loss",
     restore_best: bool = True,
     label_smoothing: float = 0.0,
     shuffle: bool = True,
@@ -167,21 +173,20 @@ def fit(
 ) -> History:
     """Train ``net`` on ``(X, y)`` for ``epochs`` epochs; return the ``History``.
 
-    ``patience``: stop after that many epochs without a better validation loss and
-    put back the best weights. uint8 inputs (images) are scaled to [0, 1] on the device
-    unless the network already has a scaling (``net.set_scaling``). ``label_smoothing`` softens one-hot training targets
-    (validation metrics use the true labels). ``should_stop`` is polled after every step (a signal
-    handler sets it); ``fit`` then returns with ``history.interrupted`` set and the
-    state needed to continue, which ``fit(..., history=that)`` does exactly. While ``fit``
-    runs, the calling thread flushes float denormals to zero (``Backend.flush_denormals``),
+    ``monitor``: ``val_loss`` (lowest) or ``val_accuracy`` (highest) picks the best epoch, whose
+    weights ``restore_best`` puts back; ``patience``: stop after that many epochs without a better one.
+    uint8 inputs are scaled to [0, 1] on the device unless the network has a scaling (``net.set_scaling``).
+    ``label_smoothing`` softens one-hot training targets (validation metrics use the true labels).
+    ``should_stop`` is polled after every step (a signal handler sets it); ``fit`` then returns with
+    ``history.interrupted`` set and the state to continue, which ``fit(..., history=that)`` does exactly.
+    While ``fit`` runs, the calling thread flushes float denormals to zero (``Backend.flush_denormals``),
     callbacks included. ``progress``: a bar of the batches on stderr where ``fit`` logs (``xpnet.progress``).
-
     ``communicator`` (``xpnet.distributed``): train data-parallel, every rank calling ``fit`` alike with the
     global ``batch_size``; the job trains as one process would. Only rank 0 logs (``on_epoch_end``: all).
     """
-    _check_fit_args(epochs, batch_size, patience, label_smoothing)
+    _check_fit_args(net, epochs, batch_size, (patience, monitor), label_smoothing)
     X, y, validation = _data_on_device(net, X, y, validation_data, verbose, log)
-    options = FitOptions(epochs, min(batch_size, X.shape[0]), label_smoothing, shuffle, patience, progress)
+    options = FitOptions(epochs, min(batch_size, X.shape[0]), label_smoothing, shuffle, patience, progress, monitor)
     parallel = DataParallel(communicator or Communicator(), options.batch_size)
     log = log if verbose and parallel.communicator.is_root else None
     part = parallel.validation_part(validation)  # this rank's share of the validation set
@@ -201,7 +206,7 @@ def fit(
                 history.interrupted = True
                 return history
         if restore_best:  # in the device context too: the copies belong on the network's GPU
-            _restore_best(net, history, loop.log)
+            _restore_best(net, history, loop.log, monitor)
     return history
 
 
@@ -341,7 +346,7 @@ def _end_epoch(loop: _Loop, history: History, rng, totals: EpochTotals, seconds:
     history.records.append(record)
     if loop.log is not None and _worth_logging(record["epoch"], loop.epochs):
         loop.log(format_record(record))
-    improved = _track_best(net, history, record, loop.validation is not None)
+    improved = _track_best(net, history, record, loop.options.monitor if loop.validation is not None else None)
     if on_epoch_end is not None:
         on_epoch_end(history)
     patience = loop.options.patience
@@ -349,7 +354,7 @@ def _end_epoch(loop: _Loop, history: History, rng, totals: EpochTotals, seconds:
         return False
     history.stopped_early = True
     if loop.log is not None:
-        loop.log(f"early stopping: no better validation loss for {patience} epochs")
+        loop.log(f"early stopping: no better {_WORDS[loop.options.monitor]} for {patience} epochs")
     return True
 
 
@@ -380,14 +385,15 @@ def _check_diverged(record: dict, largest: float, optimizer) -> None:
     )
 
 
-def _restore_best(net, history: History, log) -> None:
+def _restore_best(net, history: History, log, monitor: str) -> None:
     """Put back the weights of the best validation epoch, if training moved past it."""
     if history.best_params is None or history.best_epoch == history.epoch:
         return
     net.params = [net.backend.copy(p) for p in history.best_params]
     history.restored_best = True
     if log is not None:
-        log(f"restored the weights of epoch {history.best_epoch} (best validation loss {history.best_val_loss:.4f})")
+        best = _best_record(history)[monitor] if monitor != "val_loss" else history.best_val_loss
+        log(f"restored the weights of epoch {history.best_epoch} (best {_WORDS[monitor]} {best:.4f})")
 
 
 def _worth_logging(epoch: int, epochs: int) -> bool:
@@ -395,7 +401,9 @@ def _worth_logging(epoch: int, epochs: int) -> bool:
     return epochs <= 50 or epoch % (epochs // 20) == 0 or epoch == epochs
 
 
-def _check_fit_args(epochs, batch_size, patience, label_smoothing):
+def _check_fit_args(net, epochs, batch_size, selection, label_smoothing):
+    patience, monitor = selection
+    _check_monitor(net, monitor)
     if not isinstance(epochs, int) or epochs < 0:
         raise ConfigError(f"epochs must be a whole number >= 0, not {epochs!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -420,11 +428,32 @@ def _record(net, epoch: int, totals: EpochTotals, seconds: float, optimizer) -> 
     return record
 
 
-def _track_best(net, history, record, validated) -> bool:
-    """Remember the best weights so far (by validation loss); True if this epoch improved."""
-    if not validated:
+def _check_monitor(net, monitor) -> None:
+    if monitor not in MONITORS:
+        raise ConfigError(f"monitor must be one of {', '.join(MONITORS)}, not {monitor!r}")
+    if monitor == "val_accuracy" and not net.is_classifier:
+        raise ConfigError("monitor val_accuracy needs a classifier; a regression network is judged by val_loss")
+
+
+def _best_record(history: History) -> dict | None:
+    """The record of the best epoch so far (None before the first validated epoch)."""
+    return next((r for r in reversed(history.records) if r["epoch"] == history.best_epoch), None)
+
+
+def _better(record: dict, history: History, monitor: str) -> bool:
+    """Whether ``record`` beats the best epoch so far by ``monitor`` (strictly: ties keep the earlier)."""
+    if monitor == "val_loss":
+        return record["val_loss"] < history.best_val_loss
+    best = _best_record(history)
+    return best is None or record[monitor] > best[monitor]
+
+
+def _track_best(net, history, record, monitor: str | None) -> bool:
+    """Remember the best weights so far (by ``monitor``; None: no validation); True if this epoch improved.
+    ``history.best_val_loss`` is the best epoch's validation loss, whichever figure chose it."""
+    if monitor is None:
         return True
-    if record["val_loss"] < history.best_val_loss:
+    if _better(record, history, monitor):
         history.best_val_loss = record["val_loss"]
         history.best_epoch = record["epoch"]
         history.bad_epochs = 0
