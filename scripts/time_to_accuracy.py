@@ -12,7 +12,7 @@ for the selected epoch); PyTorch runs ``python -m xpnet.bench.torch_recipe``, th
 recipe in PyTorch eager. Runs alternate (xpnet then torch for one seed, the other
 order for the next) with an idle pause before each; one untimed one-epoch run of each
 comes first, so both start with the files in the page cache and bytecode compiled.
-Model selection is xpnet's: the epoch with the lowest validation loss; the test set is
+Model selection is xpnet's: the best epoch by the recipe's ``monitor``; the test set is
 read once, at the end of each run. The table (date, machine, versions, load) replaces
 the one between this recipe's markers in docs/RECIPES.md.
 """
@@ -75,25 +75,33 @@ def run_once(runner: str, recipe: str, seed: int, pause: float, epochs: int | No
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
         parse = _parse_xpnet if runner == "xpnet" else _parse_torch
-        return Run(runner, seed, wall=wall, load=load, **parse(done.stdout, folder))
+        return Run(runner, seed, wall=wall, load=load, **parse(done.stdout, folder, _monitor(recipe)))
 
 
-def _parse_xpnet(stdout: str, folder: Path) -> dict:
+def _monitor(recipe: str) -> str:
+    from xpnet.run import resolve_settings
+
+    return resolve_settings(recipe, {})["monitor"]
+
+
+def _parse_xpnet(stdout: str, folder: Path, monitor: str) -> dict:
     found = TEST_LINE.search(stdout)
     if found is None:
         raise SystemExit(f"no test line in xpnet's output:\n{stdout}")
     records = json.loads((folder / "history.json").read_text())
-    return _selected(records, float(found.group(2)))
+    return _selected(records, float(found.group(2)), monitor)
 
 
-def _parse_torch(stdout: str, folder: Path) -> dict:
+def _parse_torch(stdout: str, folder: Path, monitor: str) -> dict:
     result = json.loads(stdout.strip().splitlines()[-1])
-    return _selected(result["records"], result["test"]["accuracy"])
+    return _selected(result["records"], result["test"]["accuracy"], monitor)
 
 
-def _selected(records: list[dict], test_accuracy: float) -> dict:
-    """The epoch whose weights were kept: the first with the lowest validation loss (as fit keeps)."""
-    best = min(range(len(records)), key=lambda i: (records[i].get("val_loss", 0.0), i))
+def _selected(records: list[dict], test_accuracy: float, monitor: str = "val_loss") -> dict:
+    """The epoch whose weights were kept, as fit keeps it: the first with the lowest validation loss
+    (``monitor`` val_loss) or the highest validation accuracy (val_accuracy)."""
+    sign = 1.0 if monitor == "val_loss" else -1.0
+    best = min(range(len(records)), key=lambda i: (sign * records[i].get(monitor, 0.0), i))
     return {
         "test_accuracy": test_accuracy,
         "best_epoch": best + 1,

@@ -28,6 +28,8 @@ def test_the_kept_epoch_is_the_first_lowest_validation_loss(tta):
     ]
     chosen = tta._selected(records, 0.84)
     assert chosen == {"test_accuracy": 0.84, "best_epoch": 2, "epochs": 4, "val_accuracy": 0.85, "training": 4.5}
+    by_accuracy = tta._selected([*records, {**records[3], "seconds": 0.5}], 0.86, "val_accuracy")
+    assert by_accuracy["best_epoch"] == 4 and by_accuracy["val_accuracy"] == 0.90  # the first of the two 0.90s
 
 
 def _run(tta, runner, seed, accuracy, wall):

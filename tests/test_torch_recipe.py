@@ -29,6 +29,7 @@ def _data(seed=1):
     [
         {"optimizer": "adamw", "lr": 0.01, "weight_decay": 0.05, "schedule": "cosine", "label_smoothing": 0.1},
         {"optimizer": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": True, "schedule": "warmup-cosine"},
+        {"optimizer": "adamw", "lr": 0.01, "schedule": "warmup-cosine", "monitor": "val_accuracy"},
     ],
 )
 def test_the_twin_trains_and_keeps_the_weights_fit_does(overrides):
@@ -51,6 +52,7 @@ def test_the_twin_trains_and_keeps_the_weights_fit_does(overrides):
         optimizer=get_optimizer(settings["optimizer"], **options),
         validation_data=(X_val, y_val),
         label_smoothing=settings["label_smoothing"],
+        monitor=settings["monitor"],
         seed=3,
     )
 

@@ -10,7 +10,7 @@ same initial weights (xpnet's seeded initialiser, copied into the ``nn.Linear``
 layers); weight decay on the weights only; the learning rate set before every step
 from the same schedule function; the same per-epoch permutation and batch size (the
 ``n % batch_size`` left-over samples sit the epoch out, as in ``fit``); the weights
-of the epoch with the lowest validation loss kept; the model saved at the end.
+of the best epoch by the recipe's ``monitor`` kept; the model saved at the end.
 ``tests/test_bench.py`` holds the two to the same weights after a short run.
 Prints one JSON line: test accuracy, the selected epoch and the seconds spent.
 """
@@ -140,10 +140,12 @@ def train_epoch(model, optimizer, inputs: Inputs, y: torch.Tensor, settings: dic
 
 
 def fit(model, optimizer, settings: dict, train: tuple, validation: tuple | None) -> dict:
-    """Train for the recipe's epochs; keep the weights of the lowest validation loss (early stopping
-    after ``patience`` epochs without one, as xpnet). Returns what happened, epoch by epoch."""
+    """Train for the recipe's epochs; keep the weights of the best epoch by the recipe's ``monitor``
+    (lowest validation loss or highest validation accuracy; early stopping after ``patience`` epochs
+    without a better one, as xpnet). Returns what happened, epoch by epoch."""
     rng = np.random.default_rng(settings["seed"])  # the permutations xpnet's fit draws
-    best = {"val_loss": math.inf, "epoch": 0, "state": None}
+    monitor, sign = settings["monitor"], (1.0 if settings["monitor"] == "val_loss" else -1.0)
+    best = {"score": math.inf, "epoch": 0, "state": None}  # score: the monitored figure, lower is better
     records = []
     for epoch in range(settings["epochs"]):
         start = time.perf_counter()
@@ -154,8 +156,8 @@ def fit(model, optimizer, settings: dict, train: tuple, validation: tuple | None
         records.append(record)
         if validation is None:
             continue
-        if record["val_loss"] < best["val_loss"]:
-            best = {"val_loss": record["val_loss"], "epoch": epoch + 1, "state": _copy_state(model)}
+        if sign * record[monitor] < best["score"]:
+            best = {"score": sign * record[monitor], "epoch": epoch + 1, "state": _copy_state(model)}
         elif settings["patience"] and epoch + 1 - best["epoch"] >= settings["patience"]:
             break
     if best["state"] is not None and best["epoch"] != len(records):
