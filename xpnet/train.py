@@ -184,7 +184,7 @@ def fit(
     ``communicator`` (``xpnet.distributed``): train data-parallel, every rank calling ``fit`` alike with the
     global ``batch_size``; the job trains as one process would. Only rank 0 logs (``on_epoch_end``: all).
     """
-    _check_fit_args(net, epochs, batch_size, (patience, monitor), label_smoothing)
+    _check_fit_args(net, epochs, batch_size, patience, monitor, label_smoothing)
     X, y, validation = _data_on_device(net, X, y, validation_data, verbose, log)
     options = FitOptions(epochs, min(batch_size, X.shape[0]), label_smoothing, shuffle, patience, progress, monitor)
     parallel = DataParallel(communicator or Communicator(), options.batch_size)
@@ -401,8 +401,7 @@ def _worth_logging(epoch: int, epochs: int) -> bool:
     return epochs <= 50 or epoch % (epochs // 20) == 0 or epoch == epochs
 
 
-def _check_fit_args(net, epochs, batch_size, selection, label_smoothing):
-    patience, monitor = selection
+def _check_fit_args(net, epochs, batch_size, patience, monitor, label_smoothing):
     _check_monitor(net, monitor)
     if not isinstance(epochs, int) or epochs < 0:
         raise ConfigError(f"epochs must be a whole number >= 0, not {epochs!r}")
