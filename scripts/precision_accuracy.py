@@ -73,18 +73,9 @@ def _torch_version() -> str:
 
 def write_section(recipe: str, backend: str, text: str, doc: Path = DOC) -> None:
     """Put ``text`` between this recipe and backend's markers in ``doc`` (appended the first time)."""
-    from xpnet.fileio import atomic_write_text
+    from xpnet.fileio import write_marked_section
 
-    key = f"precision {recipe} {backend}"
-    begin = f"<!-- {key}:begin (written by scripts/precision_accuracy.py; do not edit by hand) -->"
-    end = f"<!-- {key}:end -->"
-    old = doc.read_text(encoding="utf-8")
-    if begin in old and end in old:
-        head, rest = old.split(begin, 1)
-        tail = rest.split(end, 1)[1]
-    else:
-        head, tail = old.rstrip("\n") + "\n\n", "\n"
-    atomic_write_text(doc, f"{head}{begin}\n{text}\n{end}{tail}")
+    write_marked_section(doc, f"precision {recipe} {backend}", "scripts/precision_accuracy.py", text)
 
 
 def main(argv: list[str] | None = None) -> int:

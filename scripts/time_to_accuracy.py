@@ -174,17 +174,9 @@ def markdown(recipe: str, runs: list[Run], runners: list[str], env: dict, argv: 
 
 def write_section(recipe: str, text: str, doc: Path = DOC) -> None:
     """Put ``text`` between this recipe's markers in ``doc`` (appended at the end the first time)."""
-    from xpnet.fileio import atomic_write_text
+    from xpnet.fileio import write_marked_section
 
-    begin = f"<!-- time-to-accuracy {recipe}:begin (written by scripts/time_to_accuracy.py; do not edit by hand) -->"
-    end = f"<!-- time-to-accuracy {recipe}:end -->"
-    old = doc.read_text(encoding="utf-8")
-    if begin in old and end in old:
-        head, rest = old.split(begin, 1)
-        tail = rest.split(end, 1)[1]
-    else:
-        head, tail = old.rstrip("\n") + "\n\n", "\n"
-    atomic_write_text(doc, f"{head}{begin}\n{text}\n{end}{tail}")
+    write_marked_section(doc, f"time-to-accuracy {recipe}", "scripts/time_to_accuracy.py", text)
 
 
 def main(argv: list[str] | None = None) -> int:

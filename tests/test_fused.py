@@ -16,16 +16,8 @@ import pytest
 import xpnet.activations
 import xpnet.network
 from xpnet.activations import ReLU
-from xpnet.optim import SGD, Adam, AdamW
 from xpnet.selfcheck.interpret import CKernel
-
-OPTIMIZERS = {
-    "sgd": lambda: SGD(lr=0.1, weight_decay=0.01),
-    "sgd_momentum": lambda: SGD(lr=0.1, momentum=0.9, weight_decay=0.01),
-    "sgd_nesterov": lambda: SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
-    "adam": lambda: Adam(lr=0.01, weight_decay=0.01),
-    "adamw": lambda: AdamW(lr=0.01, weight_decay=0.1),
-}
+from xpnet.selfcheck.kernels import OPTIMIZERS  # one optimizer per fused update, as selfcheck runs them
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))

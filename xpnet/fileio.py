@@ -245,6 +245,21 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, stdout: bool = Fals
 # -- paths from the user and the environment ----------------------------------------------
 
 
+def write_marked_section(doc: str | os.PathLike, key: str, writer: str, text: str) -> None:
+    """Put ``text`` between ``key``'s begin and end markers in the Markdown file ``doc``, keeping the
+    rest; the first time, the markers and ``text`` are appended. ``writer`` is named in the begin
+    marker (the command that rewrites the section), so a reader knows not to edit it by hand."""
+    begin = f"<!-- {key}:begin (written by {writer}; do not edit by hand) -->"
+    end = f"<!-- {key}:end -->"
+    old = Path(doc).read_text(encoding="utf-8")
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        tail = rest.split(end, 1)[1]
+    else:
+        head, tail = old.rstrip("\n") + "\n\n", "\n"
+    atomic_write_text(doc, f"{head}{begin}\n{text}\n{end}{tail}")
+
+
 def expand_user(path: str | os.PathLike, where: str) -> Path:
     """``path`` with a leading ``~`` or ``~user`` expanded; ``where`` names its source.
 
