@@ -12,6 +12,7 @@ infinite loss is caught.
 from __future__ import annotations
 
 import math
+import operator
 import time
 from collections.abc import Callable
 from dataclasses import InitVar, asdict, astuple, dataclass, field
@@ -29,9 +30,11 @@ from xpnet.precision import LossScaler, loss_scaler
 from xpnet.progress import ProgressBar
 from xpnet.scaling import Scaling
 
-#: The validation figure that picks the kept epoch and drives early stopping, and which way is better.
-MONITORS = {"val_loss": "lowest", "val_accuracy": "highest"}
-_WORDS = {"val_loss": "validation loss", "val_accuracy": "validation accuracy"}
+#: The validation figures that can pick the kept epoch and drive early stopping: name -> (words, better).
+MONITORS = {
+    "val_loss": ("validation loss", operator.lt),  # lowest
+    "val_accuracy": ("validation accuracy", operator.gt),  # highest
+}
 
 
 @dataclass
@@ -354,7 +357,7 @@ def _end_epoch(loop: _Loop, history: History, rng, totals: EpochTotals, seconds:
         return False
     history.stopped_early = True
     if loop.log is not None:
-        loop.log(f"early stopping: no better {_WORDS[loop.options.monitor]} for {patience} epochs")
+        loop.log(f"early stopping: no better {MONITORS[loop.options.monitor][0]} for {patience} epochs")
     return True
 
 
@@ -392,8 +395,8 @@ def _restore_best(net, history: History, log, monitor: str) -> None:
     net.params = [net.backend.copy(p) for p in history.best_params]
     history.restored_best = True
     if log is not None:
-        best = _best_record(history)[monitor] if monitor != "val_loss" else history.best_val_loss
-        log(f"restored the weights of epoch {history.best_epoch} (best {_WORDS[monitor]} {best:.4f})")
+        words, _ = MONITORS[monitor]
+        log(f"restored the weights of epoch {history.best_epoch} (best {words} {_best_record(history)[monitor]:.4f})")
 
 
 def _worth_logging(epoch: int, epochs: int) -> bool:
@@ -441,10 +444,9 @@ def _best_record(history: History) -> dict | None:
 
 def _better(record: dict, history: History, monitor: str) -> bool:
     """Whether ``record`` beats the best epoch so far by ``monitor`` (strictly: ties keep the earlier)."""
-    if monitor == "val_loss":
-        return record["val_loss"] < history.best_val_loss
+    _, better = MONITORS[monitor]
     best = _best_record(history)
-    return best is None or record[monitor] > best[monitor]
+    return best is None or better(record[monitor], best[monitor])
 
 
 def _track_best(net, history, record, monitor: str | None) -> bool:
