@@ -17,6 +17,7 @@ from typing import Any
 from xpnet.activations import get_activation
 from xpnet.errors import ConfigError, ModelFileError
 from xpnet.init import init_name
+from xpnet.layers import NORMS
 from xpnet.losses import loss_name
 from xpnet.precision import PRECISIONS
 from xpnet.schema import (
@@ -84,8 +85,9 @@ ARCHITECTURE = Record(
         "dropout": Either((_RATE, ListOf(_RATE, 1, MAX_LAYERS))),
         "dtype": Text(choices=("float32", "float64")),
         "precision": Text(choices=tuple(PRECISIONS)),
+        "norm": Text(choices=tuple(NORMS)),
     },
-    optional=frozenset({"loss", "init", "dropout", "dtype", "precision"}),
+    optional=frozenset({"loss", "init", "dropout", "dtype", "precision", "norm"}),
     rules=(_per_layer("activations", "init", "dropout"), _output_not_dropped),
 )
 
