@@ -66,6 +66,7 @@ class XpnetEstimator(BaseEstimator):
         epsilon=1e-8,
         n_iter_no_change=10,
         dropout=0.0,
+        norm="none",
         init="auto",
         scaling=None,
         dtype="float32",
@@ -94,6 +95,7 @@ class XpnetEstimator(BaseEstimator):
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
         self.dropout = dropout
+        self.norm = norm
         self.init = init
         self.scaling = scaling
         self.dtype = dtype
@@ -176,6 +178,7 @@ class XpnetEstimator(BaseEstimator):
             output=output,
             init=self.init,
             dropout=self.dropout,
+            norm=self.norm,
             backend=self.backend,
             device=self.device,
             dtype=self.dtype,
@@ -368,9 +371,7 @@ class _PortableNetwork:
 
     def network(self, backend, device) -> MLP:
         """The network rebuilt on ``backend``/``device`` (the estimator's, as in ``fit``)."""
-        c = self.config
-        layers = {key: c[key] for key in ("init", "dropout", "dtype")}
-        net = MLP(c["sizes"], c["activations"], c["loss"], **layers, backend=backend, device=device)
+        net = MLP.from_config(self.config, backend=backend, device=device)
         net.load_state_dict(self.state)
         net.set_scaling(self.scaling)
         return net

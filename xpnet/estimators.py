@@ -29,7 +29,8 @@ class XpnetClassifier(ClassifierMixin, XpnetEstimator):
     The parameters are ``sklearn.neural_network.MLPClassifier``'s, with its defaults
     (``solver`` is ``"sgd"``, ``"adam"`` or ``"adamw"``: xpnet has no L-BFGS), plus
     ``schedule`` (``constant``, ``step``, ``cosine``, ``warmup-cosine``: the learning
-    rate over ``max_iter`` epochs), ``dropout``, ``init``, ``scaling`` (``"standard"``,
+    rate over ``max_iter`` epochs), ``dropout``, ``norm`` (``"layer"``: LayerNorm after each
+    hidden layer), ``init``, ``scaling`` (``"standard"``,
     ``"unit"``, ``"symmetric"``: an input scaling fitted on ``X`` and kept inside the network,
     so the saved model and its ONNX export take raw features), ``dtype`` (float32, or
     float64 for exactness), and ``backend``/``device`` (``device="cuda"`` trains on a GPU

@@ -333,6 +333,7 @@ def _model_and_optimizer(settings: dict, backend, data, X_train, resume):
         output=settings["output"],
         init=settings["init"],
         dropout=settings["dropout"],
+        norm=settings["norm"],
         backend=backend,
         dtype=settings["dtype"],
         precision=settings["precision"],

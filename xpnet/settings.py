@@ -18,6 +18,7 @@ from xpnet.activations import get_activation
 from xpnet.backend import BACKENDS
 from xpnet.errors import ConfigError
 from xpnet.init import init_spec
+from xpnet.layers import NORMS
 from xpnet.losses import loss_name
 from xpnet.memory import parse_size
 from xpnet.names import canonical
@@ -209,6 +210,11 @@ _ROWS = [
     Setting("loss", "cross_entropy", loss_name, "cross_entropy, mse or binary_cross_entropy", "model"),
     Setting("init", "auto", init_spec, "auto, he_normal, glorot_uniform, standard_normal, ...", "model"),
     Setting("dropout", 0.0, _fraction, "dropout rate on hidden layers", "model", parse=_parse_float),
+    Setting(
+        "norm", "none", _name(tuple(NORMS), "norm"),
+        "normalisation after each hidden layer: none (default) or layer (LayerNorm, per sample)", "model",
+        choices=tuple(NORMS),
+    ),
     Setting(
         "dtype", "float32", _name(DTYPES, "dtype"), "float type of weights and math", "model",
         choices=DTYPES, recipe=False,
