@@ -19,7 +19,7 @@ from test_gradients import assert_gradients_close, finite_differences
 
 from xpnet.checkpoint import ModelFile, load_model
 from xpnet.cli import main
-from xpnet.errors import ConfigError
+from xpnet.errors import ConfigError, ModelFileError
 from xpnet.layers import Dense, Dropout, LayerNorm
 from xpnet.network import MLP
 
@@ -128,11 +128,11 @@ def test_a_file_missing_a_norm_tensor_is_refused(tmp_path):
     tensors, metadata = load_tensors(tmp_path / "m.safetensors")
     del tensors["layers.0.norm.bias"]
     save_tensors(tmp_path / "bad.safetensors", tensors, metadata)
-    with pytest.raises(Exception, match="layers.0.norm.bias"):
+    with pytest.raises(ModelFileError, match=r"layers\.0\.norm\.bias"):
         load_model(tmp_path / "bad.safetensors")
     metadata["architecture"] = json.dumps({**json.loads(metadata["architecture"]), "norm": "batch"})
     save_tensors(tmp_path / "bad2.safetensors", {**tensors}, metadata)
-    with pytest.raises(Exception, match="norm"):
+    with pytest.raises(ModelFileError, match="norm"):
         load_model(tmp_path / "bad2.safetensors")
 
 
