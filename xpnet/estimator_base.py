@@ -19,6 +19,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from xpnet.checks import DTYPES as FLOAT_TYPES
+from xpnet.checks import dtype_name, is_number, is_whole, whole
 from xpnet.errors import ConfigError
 from xpnet.network import MLP
 from xpnet.optim import SGD, Adam, AdamW
@@ -27,7 +29,7 @@ from xpnet.train import History
 
 _SOLVERS = ("sgd", "adam", "adamw")
 #: The float types an estimator trains in, by the name ``dtype`` takes.
-DTYPES = {"float32": np.float32, "float64": np.float64}
+DTYPES = {name: np.dtype(name).type for name in FLOAT_TYPES}
 #: scikit-learn's activation names that xpnet spells differently.
 _ACTIVATION_ALIASES = {"logistic": "sigmoid"}
 #: Seeds are drawn below this bound from the estimator's random state.
@@ -111,7 +113,7 @@ class XpnetEstimator(BaseEstimator):
             sizes = list(sizes)
         except TypeError:
             sizes = None
-        if sizes is None or not all(isinstance(n, numbers.Integral) and n >= 1 for n in sizes):
+        if sizes is None or not all(is_whole(n, minimum=1) for n in sizes):
             raise ConfigError(
                 f"hidden_layer_sizes must be a whole number >= 1 or a sequence of them, "
                 f"such as (100,) or (128, 64); got {self.hidden_layer_sizes!r}"
@@ -124,18 +126,16 @@ class XpnetEstimator(BaseEstimator):
             raise ConfigError(f"solver must be one of {', '.join(_SOLVERS)}, not {self.solver!r}")
         if self.scaling is not None and self.scaling not in SCALINGS:
             raise ConfigError(f"scaling must be None or one of {', '.join(SCALINGS)}, not {self.scaling!r}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
-        whole = {"max_iter": self.max_iter, "n_iter_no_change": self.n_iter_no_change}
+        dtype_name(self.dtype)
+        whole_numbers = {"max_iter": self.max_iter, "n_iter_no_change": self.n_iter_no_change}
         if self.batch_size != "auto":
-            whole["batch_size"] = self.batch_size
-        for name, value in whole.items():
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a whole number >= 1, not {value!r}")
+            whole_numbers["batch_size"] = self.batch_size
+        for name, value in whole_numbers.items():
+            whole(name, value, minimum=1)
         for name, value in {"alpha": self.alpha, "tol": self.tol}.items():
-            if not _real(value) or value < 0:
+            if not is_number(value) or value < 0:
                 raise ConfigError(f"{name} must be a number >= 0, not {value!r}")
-        if not _real(self.validation_fraction) or not 0 < self.validation_fraction < 1:
+        if not is_number(self.validation_fraction) or not 0 < self.validation_fraction < 1:
             raise ConfigError(f"validation_fraction must be in (0, 1), not {self.validation_fraction!r}")
         self._hidden_sizes()
 
@@ -382,7 +382,3 @@ class _PortableNetwork:
             buffers = [net.backend.upload(b, net.dtype) for b in self.optimizer_buffers]
             optimizer.load_state_arrays(buffers, self.optimizer_steps, net.params)
         return optimizer
-
-
-def _real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)

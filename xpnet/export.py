@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from xpnet import __version__
+from xpnet.activations import ACTIVATIONS
 from xpnet.checkpoint import ModelFile
 from xpnet.errors import ConfigError, XpnetError
 from xpnet.fileio import atomic_write_bytes
@@ -34,14 +35,6 @@ OPSET = 17
 #: IR version 8 goes with opset 17 (onnx 1.12); runtimes from 2022 on read it.
 IR_VERSION = 8
 INPUT, OUTPUT, LABEL = "input", "output", "label"
-
-#: xpnet activation -> (ONNX operator, its attributes); identity adds no node.
-_OPERATORS = {
-    "sigmoid": ("Sigmoid", {}),
-    "tanh": ("Tanh", {}),
-    "relu": ("Relu", {}),
-    "softmax": ("Softmax", {"axis": 1}),
-}
 
 
 def _onnx():
@@ -112,14 +105,11 @@ class _Graph:
 
     @staticmethod
     def activation_op(act) -> tuple[str, dict] | None:
-        """The ONNX operator and attributes of activation ``act``; None for the identity (no node)."""
-        if act.name == "identity":
-            return None
-        if act.name == "leaky_relu":
-            return "LeakyRelu", {"alpha": float(act.alpha)}
-        if act.name not in _OPERATORS:
-            raise ConfigError(f"activation {act.spec()!r} has no ONNX export; xpnet exports {', '.join(_OPERATORS)}")
-        return _OPERATORS[act.name]
+        """The ONNX operator and attributes of activation ``act`` (its ``onnx``); None: no node."""
+        if act.onnx is False:
+            exported = ", ".join(name for name, cls in ACTIVATIONS.items() if cls.onnx is not False)
+            raise ConfigError(f"activation {act.spec()!r} has no ONNX export; xpnet exports {exported}")
+        return act.onnx
 
 
 def _describe(net: MLP) -> str:

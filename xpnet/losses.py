@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from xpnet.activations import Activation, Sigmoid, Softmax
 from xpnet.backend import device_constant
-from xpnet.names import canonical
+from xpnet.names import Registry
 
 _EPS = 1e-7  # keeps log() finite when the output activation is not the loss's partner
 
@@ -29,6 +29,17 @@ class Loss:
     name = "loss"
     #: True when targets are class labels (accuracy is meaningful).
     classification = True
+    #: The output activation the loss pairs with by default (its gradient is simplest with it).
+    natural_output = "identity"
+    #: ``(activation class, fused loss class)``: with that output, the fused form is used.
+    fused = None
+
+    @classmethod
+    def for_output(cls, output: Activation) -> Loss:
+        """This loss for the output activation ``output``: fused with it where they are partners."""
+        if cls.fused is not None and isinstance(output, cls.fused[0]):
+            return cls.fused[1]()
+        return cls()
 
     def value(self, xp, z, a, y):
         raise NotImplementedError
@@ -55,6 +66,7 @@ class MSE(Loss):
 
     name = "mse"
     classification = False
+    natural_output = "identity"
 
     def value(self, xp, z, a, y):
         diff = a - y
@@ -68,6 +80,7 @@ class CrossEntropy(Loss):
     """Categorical cross-entropy C = -1/N Σ_x Σ_j y_j log a_j for one-hot (or soft) y."""
 
     name = "cross_entropy"
+    natural_output = "softmax"
 
     def value(self, xp, z, a, y):
         return -xp.sum(y * xp.log(_clip(xp, a, _EPS, 1.0))) / a.shape[0]
@@ -98,6 +111,7 @@ class BinaryCrossEntropy(Loss):
     """C = -1/N Σ_x Σ_j [y_j log a_j + (1 - y_j) log(1 - a_j)], one sigmoid per output."""
 
     name = "binary_cross_entropy"
+    natural_output = "sigmoid"
 
     def value(self, xp, z, a, y):
         a = _clip(xp, a, _EPS, 1.0 - _EPS)
@@ -119,22 +133,24 @@ class SigmoidBinaryCrossEntropy(BinaryCrossEntropy):
         return (a - y) / a.shape[0]
 
 
-LOSSES = ("mse", "cross_entropy", "binary_cross_entropy")
-_ALIASES = {"quadratic": "mse", "ce": "cross_entropy", "bce": "binary_cross_entropy"}
+CrossEntropy.fused = (Softmax, SoftmaxCrossEntropy)
+BinaryCrossEntropy.fused = (Sigmoid, SigmoidBinaryCrossEntropy)
+
+#: Every loss by name: a new one is its class above plus one line here.
+LOSSES = Registry(
+    "loss",
+    {"mse": MSE, "cross_entropy": CrossEntropy, "binary_cross_entropy": BinaryCrossEntropy},
+    aliases={"quadratic": "mse", "ce": "cross_entropy", "bce": "binary_cross_entropy"},
+)
 #: Each loss's partner output activation: the one that makes its gradient simplest.
-NATURAL_OUTPUT = {"mse": "identity", "cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}
+NATURAL_OUTPUT = {name: cls.natural_output for name, cls in LOSSES.items()}
 
 
 def loss_name(spec: str) -> str:
     """The canonical name of a loss given by name or alias."""
-    return canonical(spec, LOSSES, "loss", _ALIASES)
+    return LOSSES.canonical(spec)
 
 
 def get_loss(spec: str, output: Activation) -> Loss:
     """The loss called ``spec``, fused with ``output`` where they are partners."""
-    name = loss_name(spec)
-    if name == "mse":
-        return MSE()
-    if name == "cross_entropy":
-        return SoftmaxCrossEntropy() if isinstance(output, Softmax) else CrossEntropy()
-    return SigmoidBinaryCrossEntropy() if isinstance(output, Sigmoid) else BinaryCrossEntropy()
+    return LOSSES.lookup(spec).for_output(output)

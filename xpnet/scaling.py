@@ -9,13 +9,12 @@ validates what it reads: model files are untrusted input.
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from xpnet.checks import FLOAT32_MAX, is_number
 from xpnet.errors import ConfigError, DataError
 
 SCALINGS = ("unit", "symmetric", "standard", "none")
@@ -130,20 +129,10 @@ def _to_json(value: Param) -> float | list[float]:
     return float(value)
 
 
-def _is_number(value: Any) -> bool:
-    """A real, non-bool number that stays finite as float32."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return False
-    try:
-        return math.isfinite(value) and abs(float(value)) <= float(np.finfo(np.float32).max)
-    except OverflowError:
-        return False
-
-
 def _from_json(value: Any, name: str, num_features: int | None) -> Param:
-    if _is_number(value):
+    if is_number(value, FLOAT32_MAX):
         return float(value)
-    if isinstance(value, list) and value and all(_is_number(v) for v in value):
+    if isinstance(value, list) and value and all(is_number(v, FLOAT32_MAX) for v in value):
         if num_features is not None and len(value) != num_features:
             raise DataError(
                 f"scaling: {name} has {len(value)} values but the model takes {num_features} features; "

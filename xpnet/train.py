@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from xpnet.checks import whole
 from xpnet.data_parallel import DataParallel
 from xpnet.distributed import Communicator
 from xpnet.errors import ConfigError, DivergenceError
@@ -29,6 +30,7 @@ from xpnet.optim import SGD, Optimizer
 from xpnet.precision import LossScaler, loss_scaler
 from xpnet.progress import ProgressBar
 from xpnet.scaling import Scaling
+from xpnet.step import Step
 
 #: The validation figures that can pick the kept epoch and drive early stopping: name -> (words, better).
 MONITORS = {
@@ -125,9 +127,12 @@ class _Loop:
     parallel: DataParallel  #: this rank's part of each batch, and the collectives (one process: none)
     scaler_state: InitVar[list | None] = None  #: a resumed run's loss scaling (History.loss_scaler)
     scaler: LossScaler | None = field(init=False, default=None)  #: float16's dynamic loss scaling, or None
+    step: Step = field(init=False)  #: one minibatch step (``xpnet.step``)
 
     def __post_init__(self, scaler_state):
         self.scaler = loss_scaler(self.net, scaler_state)
+        smoothing = self.options.label_smoothing
+        self.step = Step(self.net, self.optimizer, self.X, self.y, smoothing, self.scaler, self.parallel)
         if self.options.patience is not None and self.validation is None:
             raise ConfigError("patience (early stopping) needs validation data: pass validation_data or --val-split")
 
@@ -266,7 +271,7 @@ def _run_epoch(loop: _Loop, history: History, rng) -> tuple[EpochTotals | None, 
     with backend.step_policy(loop.parallel.local_batch * net.macs_per_sample):
         for b in range(first, steps):
             loop.optimizer.set_progress(history.epoch + b / steps, loop.epochs)
-            _train_step(loop, order[b * size : (b + 1) * size], sums)
+            loop.step(order[b * size : (b + 1) * size], sums)
             if bar is not None:
                 bar.update(1)
             if loop.stop_requested() and b + 1 < steps:
@@ -276,23 +281,6 @@ def _run_epoch(loop: _Loop, history: History, rng) -> tuple[EpochTotals | None, 
     totals = _read_totals(loop, sums, steps * loop.parallel.local_batch)
     _close(bar)
     return totals, time.perf_counter() - start
-
-
-def _train_step(loop: _Loop, idx, sums: RunningSums) -> None:
-    """One minibatch step: forward, backprop (BP1-BP4), the optimizer's update, the running sums."""
-    net, xp, parallel = loop.net, loop.net.xp, loop.parallel
-    idx = parallel.local_rows(idx)  # this rank's contiguous part of the global batch
-    xb, yb = net.prepare(xp.take(loop.X, idx, axis=0)), xp.take(loop.y, idx, axis=0)
-    truth = net.targets(yb)
-    smoothing = loop.options.label_smoothing
-    targets = net.targets(yb, smoothing) if smoothing else truth
-    if loop.scaler is None:
-        cost, grads, out = net.backprop(xb, targets, train=True)
-        loop.optimizer.step(net.params, parallel.mean_gradients(net, grads))  # one allreduce across ranks
-    else:  # float16: δ^L scaled up, gradients unscaled in float32, a step with an inf or NaN (on any rank) undone
-        cost, grads, out = net.backprop(xb, targets, train=True, loss_scale=loop.scaler.scale)
-        loop.scaler.step(loop.optimizer, net.params, parallel.mean_gradients(net, grads))
-    sums.add(net, cost, out, truth, parallel.local_batch)
 
 
 def _interrupt(loop: _Loop, history: History, sums: RunningSums, batches: int, seconds: float) -> None:
@@ -406,12 +394,10 @@ def _worth_logging(epoch: int, epochs: int) -> bool:
 
 def _check_fit_args(net, epochs, batch_size, patience, monitor, label_smoothing):
     _check_monitor(net, monitor)
-    if not isinstance(epochs, int) or epochs < 0:
-        raise ConfigError(f"epochs must be a whole number >= 0, not {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
-    if patience is not None and (not isinstance(patience, int) or patience < 1):
-        raise ConfigError(f"patience must be a whole number >= 1, not {patience!r}")
+    whole("epochs", epochs, minimum=0)
+    whole("batch_size", batch_size, minimum=1)
+    if patience is not None:
+        whole("patience", patience, minimum=1)
     if not 0.0 <= label_smoothing < 1.0:
         raise ConfigError(f"label_smoothing must be in [0, 1), not {label_smoothing!r}")
 
