@@ -19,15 +19,15 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from xpnet.build import build_network, build_optimizer
 from xpnet.checks import DTYPES as FLOAT_TYPES
 from xpnet.checks import dtype_name, is_number, is_whole, whole
 from xpnet.errors import ConfigError
 from xpnet.network import MLP
-from xpnet.optim import SGD, Adam, AdamW
+from xpnet.optim import OPTIMIZERS
 from xpnet.scaling import SCALINGS, Scaling
 from xpnet.train import History
 
-_SOLVERS = ("sgd", "adam", "adamw")
 #: The float types an estimator trains in, by the name ``dtype`` takes.
 DTYPES = {name: np.dtype(name).type for name in FLOAT_TYPES}
 #: scikit-learn's activation names that xpnet spells differently.
@@ -122,8 +122,8 @@ class XpnetEstimator(BaseEstimator):
 
     def _check_settings(self) -> None:
         """Refuse settings xpnet cannot use, naming the parameter (fit time, as scikit-learn does)."""
-        if self.solver not in _SOLVERS:
-            raise ConfigError(f"solver must be one of {', '.join(_SOLVERS)}, not {self.solver!r}")
+        if self.solver not in OPTIMIZERS:
+            raise ConfigError(f"solver must be one of {OPTIMIZERS.listing()}, not {self.solver!r}")
         if self.scaling is not None and self.scaling not in SCALINGS:
             raise ConfigError(f"scaling must be None or one of {', '.join(SCALINGS)}, not {self.scaling!r}")
         dtype_name(self.dtype)
@@ -159,31 +159,20 @@ class XpnetEstimator(BaseEstimator):
         Adam add ``weight_decay * W``, so weight_decay = alpha / batch_size gives the same
         step. AdamW takes ``alpha`` as its decoupled rate (W <- W (1 - lr alpha)).
         """
-        lr, schedule = float(self.learning_rate_init), self.schedule
+        settings = {"optimizer": self.solver, "lr": float(self.learning_rate_init), "schedule": self.schedule}
         if self.solver == "sgd":
             nesterov = bool(self.nesterovs_momentum) and self.momentum > 0
-            l2 = float(self.alpha) / batch_size
-            return SGD(lr, momentum=self.momentum, nesterov=nesterov, weight_decay=l2, schedule=schedule)
-        betas = (self.beta_1, self.beta_2)
-        if self.solver == "adam":
-            return Adam(lr, betas, self.epsilon, weight_decay=float(self.alpha) / batch_size, schedule=schedule)
-        return AdamW(lr, betas, self.epsilon, weight_decay=float(self.alpha), schedule=schedule)
+            settings.update(momentum=self.momentum, nesterov=nesterov, weight_decay=float(self.alpha) / batch_size)
+        else:
+            settings.update(beta1=self.beta_1, beta2=self.beta_2, eps=self.epsilon)
+            settings["weight_decay"] = float(self.alpha) / batch_size if self.solver == "adam" else float(self.alpha)
+        return build_optimizer(settings)
 
     def _new_network(self, n_features: int, n_outputs: int, loss: str, output: str, seed: int) -> MLP:
         activation = _ACTIVATION_ALIASES.get(self.activation, self.activation)
-        return MLP(
-            [n_features, *self._hidden_sizes(), n_outputs],
-            activation=activation,
-            loss=loss,
-            output=output,
-            init=self.init,
-            dropout=self.dropout,
-            norm=self.norm,
-            backend=self.backend,
-            device=self.device,
-            dtype=self.dtype,
-            seed=seed,
-        )
+        settings = {"layers": self._hidden_sizes(), "activation": activation, "loss": loss, "output": output}
+        settings.update(init=self.init, dropout=self.dropout, norm=self.norm, dtype=self.dtype, seed=seed)
+        return build_network(settings, n_features, n_outputs, backend=self.backend, device=self.device)
 
     # -- training ----------------------------------------------------------------------
 

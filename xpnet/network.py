@@ -132,6 +132,10 @@ class MLP:
         """The file name of each entry of ``params`` (``layers.0.weight``, ...), from the layers."""
         return list(param_shapes(self.layers))
 
+    def layer_params(self) -> list[tuple]:
+        """``(layer, its slice of params)`` for each layer, input side first."""
+        return list(zip(self.layers, self._grouped(self.params)))
+
     def _grouped(self, params: list) -> list[list]:
         """``params`` cut into each layer's slice, in layer order."""
         groups, start = [], 0

@@ -14,13 +14,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from xpnet.activations import get_activation
+from xpnet.activations import ACTIVATIONS, get_activation
 from xpnet.backend import BACKENDS
 from xpnet.checks import DTYPES, is_number, is_whole
 from xpnet.errors import ConfigError
-from xpnet.init import init_spec
+from xpnet.init import INIT_CHOICES, init_spec
 from xpnet.layers import NORMS
-from xpnet.losses import loss_name
+from xpnet.losses import LOSSES, NATURAL_OUTPUT, loss_name
 from xpnet.memory import parse_size
 from xpnet.names import canonical
 from xpnet.optim import OPTIMIZERS, SCHEDULES
@@ -197,14 +197,15 @@ _ROWS = [
     ),
     Setting(
         "activation", "relu", _activation,
-        "hidden activation: relu, leaky_relu(0.01), sigmoid, tanh, identity", "model",
+        f"hidden activation: {ACTIVATIONS.listing()} (a slope for leaky: leaky_relu(0.01))", "model",
     ),
     Setting(
         "output", None, _activation,
-        "output activation (default: the loss's partner: softmax, sigmoid, identity)", "model", optional=True,
+        "output activation (default: the loss's partner: "
+        f"{', '.join(f'{output} for {loss}' for loss, output in NATURAL_OUTPUT.items())})", "model", optional=True,
     ),
-    Setting("loss", "cross_entropy", loss_name, "cross_entropy, mse or binary_cross_entropy", "model"),
-    Setting("init", "auto", init_spec, "auto, he_normal, glorot_uniform, standard_normal, ...", "model"),
+    Setting("loss", "cross_entropy", loss_name, LOSSES.listing(), "model"),
+    Setting("init", "auto", init_spec, ", ".join(INIT_CHOICES), "model"),
     Setting("dropout", 0.0, _fraction, "dropout rate on hidden layers", "model", parse=_parse_float),
     Setting(
         "norm", "none", _name(tuple(NORMS), "norm"),
@@ -233,13 +234,20 @@ _ROWS = [
     Setting("lr", 0.01, _positive, "learning rate", "optimisation", parse=_parse_float),
     Setting("momentum", 0.0, _fraction, "SGD momentum", "optimisation", parse=_parse_float),
     Setting("nesterov", False, _boolean, "Nesterov momentum", "optimisation"),
+    Setting("beta1", 0.9, _fraction, "Adam's β1: decay of the gradient average", "optimisation", parse=_parse_float),
+    Setting(
+        "beta2", 0.999, _fraction, "Adam's β2: decay of the squared-gradient average", "optimisation",
+        parse=_parse_float,
+    ),
+    Setting("eps", 1e-8, _positive, "Adam's ε, added to the root of the squared-gradient average", "optimisation",
+            parse=_parse_float),
     Setting(
         "weight_decay", 0.0, _non_negative, "L2 weight decay (decoupled for adamw)", "optimisation",
         parse=_parse_float,
     ),
     Setting(
-        "schedule", "constant", _name(SCHEDULES, "schedule"), "constant, step, cosine or warmup-cosine",
-        "optimisation",
+        "schedule", "constant", _name(SCHEDULES, "schedule"), "learning-rate schedule", "optimisation",
+        choices=tuple(SCHEDULES),
     ),
     Setting(
         "label_smoothing", 0.0, _fraction, "label smoothing for cross-entropy targets", "optimisation",

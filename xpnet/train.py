@@ -26,6 +26,7 @@ from xpnet.distributed import Communicator
 from xpnet.errors import ConfigError, DivergenceError
 from xpnet.evaluate import RunningSums, evaluate_sums, zero_sum
 from xpnet.inputs import check_inputs, check_targets, check_validation
+from xpnet.names import Registry
 from xpnet.optim import SGD, Optimizer
 from xpnet.precision import LossScaler, loss_scaler
 from xpnet.progress import ProgressBar
@@ -33,10 +34,13 @@ from xpnet.scaling import Scaling
 from xpnet.step import Step
 
 #: The validation figures that can pick the kept epoch and drive early stopping: name -> (words, better).
-MONITORS = {
-    "val_loss": ("validation loss", operator.lt),  # lowest
-    "val_accuracy": ("validation accuracy", operator.gt),  # highest
-}
+MONITORS = Registry(
+    "monitor",
+    {
+        "val_loss": ("validation loss", operator.lt),  # lowest
+        "val_accuracy": ("validation accuracy", operator.gt),  # highest
+    },
+)
 
 
 @dataclass

@@ -13,9 +13,10 @@ from xpnet.layers.base import Layer, Pass
 from xpnet.layers.dense import Dense
 from xpnet.layers.dropout import Dropout
 from xpnet.layers.norm import LayerNorm
+from xpnet.names import Registry
 
 #: Normalisation layers by the name ``norm=`` (``--norm``) takes; "none" adds none.
-NORMS = {"none": None, "layer": LayerNorm}
+NORMS = Registry("norm", {"none": None, "layer": LayerNorm})
 
 __all__ = ["NORMS", "Dense", "Dropout", "Layer", "LayerNorm", "Pass", "param_shapes", "stack"]
 
