@@ -14,20 +14,16 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from xpnet.activations import ACTIVATIONS, get_activation
-from xpnet.backend import BACKENDS
+from xpnet.activations import get_activation
 from xpnet.checks import DTYPES, is_number, is_whole
 from xpnet.errors import ConfigError
 from xpnet.init import INIT_CHOICES, init_spec
-from xpnet.layers import NORMS
-from xpnet.losses import LOSSES, NATURAL_OUTPUT, loss_name
+from xpnet.losses import NATURAL_OUTPUT, loss_name
 from xpnet.memory import parse_size
 from xpnet.names import canonical
-from xpnet.optim import OPTIMIZERS, SCHEDULES
-from xpnet.precision import PRECISIONS
+from xpnet.registry import ACTIVATIONS, BACKENDS, LOSSES, MONITORS, NORMS, OPTIMIZERS, PRECISIONS, SCHEDULES
 from xpnet.scaling import SCALINGS
 from xpnet.task import TASKS
-from xpnet.train import MONITORS
 
 #: Widest layer (arrays are indexed with int32 on some devices).
 MAX_WIDTH = 2**31 - 1
@@ -165,8 +161,8 @@ _ROWS = [
         "what is free)", "device", parse=str, optional=True, run=True, recipe=False, base=False,
     ),
     Setting(
-        "backend", None, _name(BACKENDS, "backend"), "array library (default: numpy)", "device",
-        choices=BACKENDS, optional=True, run=True, recipe=False, base=False,
+        "backend", None, BACKENDS.canonical, "array library (default: numpy)", "device",
+        choices=tuple(BACKENDS), optional=True, run=True, recipe=False, base=False,
     ),
     Setting(
         "distributed", False, _boolean,
@@ -208,7 +204,7 @@ _ROWS = [
     Setting("init", "auto", init_spec, ", ".join(INIT_CHOICES), "model"),
     Setting("dropout", 0.0, _fraction, "dropout rate on hidden layers", "model", parse=_parse_float),
     Setting(
-        "norm", "none", _name(tuple(NORMS), "norm"),
+        "norm", "none", NORMS.canonical,
         "normalisation after each hidden layer: none (default) or layer (LayerNorm, per sample)", "model",
         choices=tuple(NORMS),
     ),
@@ -217,7 +213,7 @@ _ROWS = [
         choices=DTYPES, recipe=False,
     ),
     Setting(
-        "precision", "float32", _name(tuple(PRECISIONS), "precision"),
+        "precision", "float32", PRECISIONS.canonical,
         "float32 (default); mixed-float16: float16 math, float32 master weights, dynamic loss scaling; "
         "mixed-bfloat16: the same in bfloat16, without scaling (PyTorch only)", "model",
         choices=tuple(PRECISIONS), recipe=False,
@@ -228,7 +224,7 @@ _ROWS = [
         "a 10-bit mantissa)", "model", run=True, recipe=False,
     ),
     Setting(
-        "optimizer", "sgd", _name(OPTIMIZERS, "optimizer"), "update rule", "optimisation",
+        "optimizer", "sgd", OPTIMIZERS.canonical, "update rule", "optimisation",
         choices=tuple(OPTIMIZERS),
     ),
     Setting("lr", 0.01, _positive, "learning rate", "optimisation", parse=_parse_float),
@@ -246,7 +242,7 @@ _ROWS = [
         parse=_parse_float,
     ),
     Setting(
-        "schedule", "constant", _name(SCHEDULES, "schedule"), "learning-rate schedule", "optimisation",
+        "schedule", "constant", SCHEDULES.canonical, "learning-rate schedule", "optimisation",
         choices=tuple(SCHEDULES),
     ),
     Setting(
@@ -262,7 +258,7 @@ _ROWS = [
         parse=_parse_int, optional=True,
     ),
     Setting(
-        "monitor", "val_loss", _name(tuple(MONITORS), "monitor"),
+        "monitor", "val_loss", MONITORS.canonical,
         "the validation figure that picks the kept epoch and drives --patience: val_loss (lowest) or "
         "val_accuracy (highest; classifiers)", "optimisation", choices=tuple(MONITORS),
     ),
