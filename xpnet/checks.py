@@ -45,3 +45,37 @@ def dtype_name(name: str, what: str = "dtype") -> str:
     if name not in DTYPES:
         raise ConfigError(f"{what} must be one of {', '.join(DTYPES)}, not {name!r}")
     return name
+
+
+# -- checks of a value alone (a setting's): each returns it in canonical form or raises
+# -- ConfigError with the reason only (the caller names the setting)
+
+
+def at_least(minimum: int):
+    """A check: a whole number >= ``minimum``."""
+
+    def check(value):
+        if not is_whole(value, minimum):
+            raise ConfigError(f"expected a whole number >= {minimum}, not {value!r}")
+        return value
+
+    return check
+
+
+def fraction(value) -> float:
+    """A number in [0, 1)."""
+    if not (is_number(value) and 0.0 <= value < 1.0):
+        raise ConfigError(f"expected a number in [0, 1), not {value!r}")
+    return float(value)
+
+
+def positive(value) -> float:
+    if not (is_number(value) and value > 0):
+        raise ConfigError(f"expected a positive number, not {value!r}")
+    return float(value)
+
+
+def non_negative(value) -> float:
+    if not (is_number(value) and value >= 0):
+        raise ConfigError(f"expected a number >= 0, not {value!r}")
+    return float(value)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xpnet.activations import get_activation
+from xpnet.checks import DTYPES
 from xpnet.errors import ConfigError, ModelFileError
 from xpnet.init import init_name
 from xpnet.layers import NORMS
@@ -83,7 +84,7 @@ ARCHITECTURE = Record(
         "loss": Text(max_len=64, parse=loss_name, what="a loss name"),
         "init": Either((_INIT, ListOf(_INIT, 1, MAX_LAYERS))),
         "dropout": Either((_RATE, ListOf(_RATE, 1, MAX_LAYERS))),
-        "dtype": Text(choices=("float32", "float64")),
+        "dtype": Text(choices=DTYPES),
         "precision": Text(choices=tuple(PRECISIONS)),
         "norm": Text(choices=tuple(NORMS)),
     },

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from xpnet.activations import get_activation
-from xpnet.checks import DTYPES, is_number, is_whole
+from xpnet.checks import DTYPES, at_least, fraction, is_whole, non_negative, positive
 from xpnet.errors import ConfigError
 from xpnet.init import INIT_CHOICES, init_spec
 from xpnet.losses import NATURAL_OUTPUT, loss_name
@@ -61,33 +61,6 @@ class Setting:
 # -- checks: each returns the canonical value or raises ConfigError(reason)
 
 
-def _whole(minimum: int):
-    def check(value):
-        if not is_whole(value, minimum):
-            raise ConfigError(f"expected a whole number >= {minimum}, not {value!r}")
-        return value
-
-    return check
-
-
-def _fraction(value):
-    if not (is_number(value) and 0.0 <= value < 1.0):
-        raise ConfigError(f"expected a number in [0, 1), not {value!r}")
-    return float(value)
-
-
-def _positive(value):
-    if not (is_number(value) and value > 0):
-        raise ConfigError(f"expected a positive number, not {value!r}")
-    return float(value)
-
-
-def _non_negative(value):
-    if not (is_number(value) and value >= 0):
-        raise ConfigError(f"expected a number >= 0, not {value!r}")
-    return float(value)
-
-
 def _boolean(value):
     if not isinstance(value, bool):
         raise ConfigError(f"expected true or false, not {value!r}")
@@ -112,7 +85,7 @@ def _memory_size(value):
     """Bytes, from a whole number or a size such as ``8G`` or ``80%`` (``xpnet.memory.parse_size``)."""
     if isinstance(value, str):
         return parse_size(value, "memory_limit")
-    return _whole(1)(value)
+    return at_least(1)(value)
 
 
 def _activation(value):
@@ -184,7 +157,7 @@ _ROWS = [
         choices=TASKS, optional=True, recipe=False,
     ),
     Setting(
-        "val_split", 0.1, _fraction, "fraction of training data held out for validation", "data",
+        "val_split", 0.1, fraction, "fraction of training data held out for validation", "data",
         parse=_parse_float,
     ),
     Setting("scaling", "unit", _name(SCALINGS, "scaling"), "input scaling", "data", choices=SCALINGS),
@@ -202,7 +175,7 @@ _ROWS = [
     ),
     Setting("loss", "cross_entropy", loss_name, LOSSES.listing(), "model"),
     Setting("init", "auto", init_spec, ", ".join(INIT_CHOICES), "model"),
-    Setting("dropout", 0.0, _fraction, "dropout rate on hidden layers", "model", parse=_parse_float),
+    Setting("dropout", 0.0, fraction, "dropout rate on hidden layers", "model", parse=_parse_float),
     Setting(
         "norm", "none", NORMS.canonical,
         "normalisation after each hidden layer: none (default) or layer (LayerNorm, per sample)", "model",
@@ -227,18 +200,18 @@ _ROWS = [
         "optimizer", "sgd", OPTIMIZERS.canonical, "update rule", "optimisation",
         choices=tuple(OPTIMIZERS),
     ),
-    Setting("lr", 0.01, _positive, "learning rate", "optimisation", parse=_parse_float),
-    Setting("momentum", 0.0, _fraction, "SGD momentum", "optimisation", parse=_parse_float),
+    Setting("lr", 0.01, positive, "learning rate", "optimisation", parse=_parse_float),
+    Setting("momentum", 0.0, fraction, "SGD momentum", "optimisation", parse=_parse_float),
     Setting("nesterov", False, _boolean, "Nesterov momentum", "optimisation"),
-    Setting("beta1", 0.9, _fraction, "Adam's β1: decay of the gradient average", "optimisation", parse=_parse_float),
+    Setting("beta1", 0.9, fraction, "Adam's β1: decay of the gradient average", "optimisation", parse=_parse_float),
     Setting(
-        "beta2", 0.999, _fraction, "Adam's β2: decay of the squared-gradient average", "optimisation",
+        "beta2", 0.999, fraction, "Adam's β2: decay of the squared-gradient average", "optimisation",
         parse=_parse_float,
     ),
-    Setting("eps", 1e-8, _positive, "Adam's ε, added to the root of the squared-gradient average", "optimisation",
+    Setting("eps", 1e-8, positive, "Adam's ε, added to the root of the squared-gradient average", "optimisation",
             parse=_parse_float),
     Setting(
-        "weight_decay", 0.0, _non_negative, "L2 weight decay (decoupled for adamw)", "optimisation",
+        "weight_decay", 0.0, non_negative, "L2 weight decay (decoupled for adamw)", "optimisation",
         parse=_parse_float,
     ),
     Setting(
@@ -246,15 +219,15 @@ _ROWS = [
         choices=tuple(SCHEDULES),
     ),
     Setting(
-        "label_smoothing", 0.0, _fraction, "label smoothing for cross-entropy targets", "optimisation",
+        "label_smoothing", 0.0, fraction, "label smoothing for cross-entropy targets", "optimisation",
         parse=_parse_float,
     ),
-    Setting("batch_size", 64, _whole(1), "samples per step", "optimisation", parse=_parse_int),
+    Setting("batch_size", 64, at_least(1), "samples per step", "optimisation", parse=_parse_int),
     Setting(
-        "epochs", 10, _whole(0), "passes over the training data", "optimisation", parse=_parse_int, run=True,
+        "epochs", 10, at_least(0), "passes over the training data", "optimisation", parse=_parse_int, run=True,
     ),
     Setting(
-        "patience", None, _whole(1), "stop after this many epochs without a better --monitor figure", "optimisation",
+        "patience", None, at_least(1), "stop after this many epochs without a better --monitor figure", "optimisation",
         parse=_parse_int, optional=True,
     ),
     Setting(
@@ -263,7 +236,7 @@ _ROWS = [
         "val_accuracy (highest; classifiers)", "optimisation", choices=tuple(MONITORS),
     ),
     Setting(
-        "seed", 0, _whole(0), "seed (>= 0) for initial weights, split and shuffling", "optimisation",
+        "seed", 0, at_least(0), "seed (>= 0) for initial weights, split and shuffling", "optimisation",
         parse=_parse_int,
     ),
 ]  # fmt: skip
