@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import CPU_BACKENDS
 
-from xpnet.backend import BACKENDS, LIBRARIES, Backend, backend_class, get_backend
+from xpnet.backend import BACKENDS, LIBRARIES, Backend, CupyBackend, backend_class, get_backend
 from xpnet.errors import ConfigError
 
 PACKAGE = Path(__file__).resolve().parent.parent / "xpnet"
@@ -106,7 +106,7 @@ def test_resolved_backends_are_instances_of_their_library_class(spec):
     assert get_backend(backend) is backend
 
 
-def test_the_base_class_is_the_array_api_way(monkeypatch):
+def test_the_base_class_is_the_array_api_way():
     """``Backend`` itself runs the standard's calls: array-api-strict's namespace through it
     uploads, copies and reads back as its own class does (DLPack on the CPU device)."""
     strict = get_backend("array-api-strict")
@@ -188,3 +188,47 @@ def test_the_name_count_can_fail():
         "<source>:5: self.backend.name != other",
         "<source>:6: CupyBackend",
     ]
+
+
+class _StubGPU:
+    """What ``CupyBackend`` asks of a ``cupy.cuda.Device``, recorded (no GPU here)."""
+
+    id, compute_capability = 1, "90"
+
+    def __init__(self):
+        self.entered = self.synchronized = 0
+
+    def __enter__(self):
+        self.entered += 1
+
+    def __exit__(self, *exc):
+        return False
+
+    def synchronize(self):
+        self.synchronized += 1
+
+
+class _StubCupy:
+    """CuPy's namespace as far as an upload and a copy go: NumPy, recording the calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def asarray(self, host, dtype=None, copy=None, **extra):
+        self.calls.append(("asarray", extra))
+        return np.array(host, dtype=dtype, copy=True)
+
+
+def test_the_cupy_class_makes_its_own_gpu_current_around_each_allocation():
+    """array-api-compat's CuPy ignores ``device=``: an upload, a copy and a dropout draw on
+    cuda:1 must run with cuda:1 current, and without ``device=`` passed."""
+    device, xp = _StubGPU(), _StubCupy()
+    backend = CupyBackend(xp, device)
+    assert backend.device_name == "cuda:1" and backend.cuda_index == 1 and backend.compute_capability == "90"
+    assert backend.compiles_kernels and backend.activated() is device
+    array = backend.upload([1.0, 2.0], np.float32)
+    backend.copy(array)
+    assert device.entered == 2 and xp.calls == [("asarray", {}), ("asarray", {})]
+    backend.synchronize()
+    assert device.synchronized == 1
+    assert isinstance(backend.flush_denormals(), contextlib.nullcontext)  # a GPU's arithmetic, not the CPU's

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from xpnet.backend import backend_class, get_backend
+from xpnet.backend import BACKENDS, backend_class, get_backend
 from xpnet.errors import ConfigError, XpnetError
 
-BENCH_BACKENDS = ("numpy", "torch", "cupy", "array-api-strict")
+BENCH_BACKENDS = BACKENDS
 
 
 @dataclass
