@@ -12,13 +12,15 @@ import ast
 import contextlib
 import inspect
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
-from conftest import CPU_BACKENDS
+from conftest import CPU_BACKENDS, blobs, build_mlp
 
-from xpnet.backend import BACKENDS, LIBRARIES, Backend, CupyBackend, backend_class, get_backend
+from xpnet.backend import BACKENDS, LIBRARIES, Backend, CupyBackend, StrictBackend, backend_class, get_backend
 from xpnet.errors import ConfigError
+from xpnet.train import fit
 
 PACKAGE = Path(__file__).resolve().parent.parent / "xpnet"
 #: The names a backend's name could be compared with: the registered ones and the one coming next.
@@ -98,6 +100,24 @@ def test_each_class_is_registered_under_its_own_name(name, cls):
 def test_an_unknown_backend_name_is_refused_with_the_choices():
     with pytest.raises(ConfigError, match="numpy, cupy, torch, array-api-strict"):
         backend_class("jax-but-not-yet")
+
+
+def test_a_new_library_is_one_class_and_one_registry_line(monkeypatch):
+    """The seam the JAX backend will use: a subclass registered in ``LIBRARIES`` is reachable by
+    name and trains, with nothing else told about it (here a copy of array-api-strict's class)."""
+
+    class Mirror(StrictBackend):
+        name: ClassVar[str] = "mirror"
+
+    monkeypatch.setitem(LIBRARIES, "mirror", Mirror)
+    X, y = blobs(n=32)
+    runs = {}
+    for name in ("array-api-strict", "Mirror"):
+        net = build_mlp((name, "device1"), [2, 4, 2], seed=3)
+        history = fit(net, X, y, epochs=2, batch_size=8, seed=0)
+        runs[type(net.backend)] = history.records[-1]["loss"]
+    assert runs.keys() == {StrictBackend, Mirror}
+    assert runs[Mirror] == runs[StrictBackend]
 
 
 def test_resolved_backends_are_instances_of_their_library_class(spec):

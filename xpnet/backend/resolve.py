@@ -28,7 +28,7 @@ BACKENDS = tuple(LIBRARIES)
 
 def backend_class(name: str) -> type[Backend]:
     """The ``Backend`` subclass of the backend called ``name`` (any spelling the names rule accepts)."""
-    return LIBRARIES[canonical(name, BACKENDS, "backend")]
+    return LIBRARIES[canonical(name, LIBRARIES, "backend")]
 
 
 def get_backend(backend: str | Backend | None = None, device: str | None = None) -> Backend:
