@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from nccl_standin import RecordingNCCL
 
-from xpnet.backend import Backend, get_backend
+from xpnet.backend import Backend, NumpyBackend, get_backend
 from xpnet.cli import main
 from xpnet.distributed import Communicator, FlatBuffer, MPICommunicator, NCCLCommunicator
 from xpnet.network import MLP
@@ -129,7 +129,7 @@ def _collectives(comm, out: Path, backend: Backend) -> None:
     _write(out, comm.rank, record, **arrays)
 
 
-class _PretendGPU(Backend):
+class _PretendGPU(NumpyBackend):
     cuda_index = 0
 
 
@@ -139,7 +139,7 @@ def nccl_standin(out: Path) -> None:
     world = MPI.COMM_WORLD
     nccl = RecordingNCCL(mpi_comm=world, unique_id=bytes(range(128)) if world.rank == 0 else b"not rank 0's")
     comm = NCCLCommunicator(world, nccl=nccl)
-    backend = _PretendGPU("numpy", get_backend("numpy").xp, "cpu")
+    backend = _PretendGPU(get_backend("numpy").xp, "cpu")
     mine = _rank_arrays(backend, comm.rank, np.float32)
     means = FlatBuffer(comm, backend, mine).mean(mine)
     made = [call for call in nccl.calls if call[0] == "NcclCommunicator"]

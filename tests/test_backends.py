@@ -15,8 +15,8 @@ from conftest import CPU_BACKENDS, HAVE_TORCH, build_mlp, host
 
 import xpnet.backend
 import xpnet.backend.cuda
-import xpnet.backend.resolve
-from xpnet.backend import Backend, get_backend
+import xpnet.backend.cupy
+from xpnet.backend import CupyBackend, get_backend
 from xpnet.errors import BackendError, ConfigError
 from xpnet.metadata import DROPOUT_STATE
 from xpnet.optim import SGD, Adam, AdamW
@@ -257,7 +257,7 @@ class _StubDevice:
 def test_synchronize_waits_on_the_backends_own_gpu():
     """CuPy's deviceSynchronize waits on the *current* GPU; a backend on cuda:1 must wait on cuda:1."""
     device = _StubDevice()
-    Backend("cupy", None, device).synchronize()
+    CupyBackend(None, device).synchronize()
     assert device.synchronized == 1
 
 
@@ -274,10 +274,10 @@ def test_a_gpu_without_cublas_is_refused_naming_what_is_missing(monkeypatch):
     cupy = pytest.importorskip("cupy", reason="needs CuPy importable (no GPU needed)")
     monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 1)
     libraries = {"CuPy": "14.2.0", "NVRTC": "12.9", "cuBLAS": "missing (libcublas.so.12: not found)", "NCCL": "9"}
-    monkeypatch.setattr(xpnet.backend.resolve, "cuda_libraries", lambda: libraries)
+    monkeypatch.setattr(xpnet.backend.cupy, "cuda_libraries", lambda: libraries)
     with pytest.raises(BackendError, match=r"cuBLAS missing \(libcublas.so.12: not found\).*ctk.*xpnet\[cuda12\]"):
         get_backend(device="cuda")
-    monkeypatch.setattr(xpnet.backend.resolve, "cuda_libraries", lambda: {**libraries, "cuBLAS": "found"})
+    monkeypatch.setattr(xpnet.backend.cupy, "cuda_libraries", lambda: {**libraries, "cuBLAS": "found"})
     assert get_backend(device="cuda").name == "cupy"  # NCCL is not needed on one GPU
 
 

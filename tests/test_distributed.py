@@ -14,7 +14,7 @@ from conftest import build_mlp, host
 from nccl_standin import NCCL_AVG, NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM, RecordingNCCL
 
 from xpnet import distributed
-from xpnet.backend import Backend, get_backend
+from xpnet.backend import NumpyBackend, get_backend
 from xpnet.cli import main
 from xpnet.data_parallel import DataParallel, RankRows, check_same_job, data_digest, rank_part
 from xpnet.distributed import Communicator, FlatBuffer, NCCLCommunicator
@@ -149,7 +149,7 @@ def test_each_rank_takes_the_gpu_of_its_local_rank():
 # -- NCCL, against the recording stand-in ------------------------------------------------------
 
 
-class _PretendGPU(Backend):
+class _PretendGPU(NumpyBackend):
     """NumPy arrays, presented to the communicators as if they lived on cuda:0."""
 
     cuda_index = 0
@@ -178,7 +178,7 @@ class _FakeMPI:
 
 
 def _nccl_setup(version, dtype="float32"):
-    backend = _PretendGPU("numpy", get_backend("numpy").xp, "cpu")
+    backend = _PretendGPU(get_backend("numpy").xp, "cpu")
     rng = np.random.default_rng(0)
     shapes = [(4, 3), (4,), (2, 4), (2,)]
     mine = [rng.standard_normal(s).astype(dtype) for s in shapes]
@@ -306,7 +306,7 @@ def test_ranks_without_a_seed_are_refused_before_any_collective():
         parallel.start(net, None, {"X": np.zeros((4, 5))}, {"seed": None})
 
 
-class _PretendCudaAware(Backend):
+class _PretendCudaAware(NumpyBackend):
     """NumPy arrays presented as GPU memory MPI cannot alias: the CUDA-aware path takes them whole."""
 
     cuda_index = 0
@@ -321,7 +321,7 @@ class _PretendCudaAware(Backend):
 
 @NEEDS_MPI4PY
 def test_cuda_aware_mpi_gets_the_device_buffer_itself_after_the_stream_is_done():
-    backend = _PretendCudaAware("numpy", get_backend("numpy").xp, "cpu")
+    backend = _PretendCudaAware(get_backend("numpy").xp, "cpu")
     grads = [np.full((2, 3), 1.5), np.arange(3.0)]
     comm = distributed.MPICommunicator(cuda_aware=True)
     with _no_warning():  # no host staging, so nothing to say

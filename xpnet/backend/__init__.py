@@ -5,14 +5,19 @@ device, and for the two crossings between host and device: ``upload`` (host NumP
 -> device, once per dataset) and ``to_host`` (device -> host NumPy, counted, because
 on a GPU every read is a synchronisation the training loop must budget for).
 
-One idea per module: ``base`` (the ``Backend``), ``resolve`` (names and devices to a
-backend), ``cpu`` (BLAS threads, denormals), ``kernels`` (fused CuPy kernels), ``rng``
+One class per array library, each in its own module and overriding only what its
+library does differently from ``base.Backend`` (the array API standard's way): ``numpy``,
+``cupy``, ``torch``, ``strict`` (array-api-strict). ``resolve`` is the one resolver (its
+``LIBRARIES`` table maps names to classes: a new library is a module plus a line there).
+Beside them: ``cpu`` (BLAS threads, denormals), ``kernels`` (fused CuPy kernels), ``rng``
 (device random numbers), ``audit`` (host reads and device mixing), ``cuda`` (what the
-machine offers). No module outside this package imports a backend library for its math.
+machine offers). No module outside this package imports a backend library for its math,
+and none compares a backend's name: it asks the backend's methods.
 """
 
-from xpnet.backend.base import BACKENDS, DTYPES, Backend, device_constant
-from xpnet.backend.cuda import available_backends, cuda_devices, cuda_libraries
+from xpnet.backend.base import DTYPES, Backend, device_constant
+from xpnet.backend.cuda import cuda_devices, cuda_libraries
+from xpnet.backend.cupy import CupyBackend
 from xpnet.backend.kernels import (
     KERNELS,
     KernelSpec,
@@ -24,17 +29,26 @@ from xpnet.backend.kernels import (
     nvrtc_compile,
     substituted_kernels,
 )
-from xpnet.backend.resolve import get_backend
+from xpnet.backend.numpy import NumpyBackend
+from xpnet.backend.resolve import BACKENDS, LIBRARIES, available_backends, backend_class, get_backend
 from xpnet.backend.rng import RandomGenerator
+from xpnet.backend.strict import StrictBackend
+from xpnet.backend.torch import TorchBackend
 
 __all__ = [
     "BACKENDS",
     "DTYPES",
     "KERNELS",
+    "LIBRARIES",
     "Backend",
+    "CupyBackend",
     "KernelSpec",
+    "NumpyBackend",
     "RandomGenerator",
+    "StrictBackend",
+    "TorchBackend",
     "available_backends",
+    "backend_class",
     "cuda_devices",
     "cuda_libraries",
     "define_kernel",

@@ -60,10 +60,8 @@ class Audit:
         return ref is not None and ref() is array
 
 
-def _dispatch_monitor(backend, audit: Audit):
-    """PyTorch's dispatch-mode monitor for ``audit`` (a no-op context on other backends)."""
-    if backend.name != "torch":
-        return contextlib.nullcontext()
+def torch_dispatch_monitor(backend, audit: Audit):
+    """PyTorch's dispatch-mode monitor for ``audit``, watching ``backend``'s device."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_leaves

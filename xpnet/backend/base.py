@@ -1,27 +1,30 @@
-"""``Backend``: one array library on one device, and every crossing between host and device."""
+"""``Backend``: one array library on one device, and every crossing between host and device.
+
+The base class is the array API standard's own way (``xp.asarray(..., device=)``, DLPack,
+no CUDA); each library's module (``numpy``, ``cupy``, ``torch``, ``strict``) subclasses it
+and overrides only what that library does differently. ``resolve`` picks the class.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import tracemalloc
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from array_api_compat import array_namespace
 from array_api_compat import device as array_device
 
-from xpnet.backend.audit import Audit, _dispatch_monitor
-from xpnet.backend.cpu import SMALL_STEP_MACS, _blas_controller, _libm, _mxcsr_flushing
+from xpnet.backend.audit import Audit
+from xpnet.backend.cpu import _libm, _mxcsr_flushing
 from xpnet.backend.rng import RandomGenerator
 from xpnet.errors import ConfigError
 
-BACKENDS = ("numpy", "cupy", "torch", "array-api-strict")
 DTYPES = ("float32", "float64")
-
-_CUPY_HINT = 'install CuPy with: pip install "xpnet[cuda12]" (or "xpnet[cuda13]" for CUDA 13)'
-_TORCH_HINT = 'install PyTorch with: pip install "xpnet[torch]"'
+HALF_DTYPES = ("float16", "bfloat16")
 
 
 @dataclass
@@ -32,40 +35,43 @@ class Backend:
     loop to its budget (one read per epoch for the metrics).
     """
 
-    name: str
+    #: The user-facing name (``--backend``), the importable module, and the device kinds the
+    #: benchmark tries; set by each library's class.
+    name: ClassVar[str] = "array-api"
+    module: ClassVar[str] = ""
+    device_kinds: ClassVar[tuple[str, ...]] = ("cpu",)
+
     xp: ModuleType
     device: Any
     host_reads: int = field(default=0, compare=False)
     _audit: Audit | None = field(default=None, init=False, repr=False, compare=False)
+
+    @classmethod
+    def for_device(cls, device: str | None) -> Backend:
+        """This library on ``device`` (None: its default), after checking both are usable here."""
+        raise NotImplementedError(f"{cls.__name__} does not say how to find its devices")
 
     def __str__(self) -> str:
         return f"{self.name} on {self.device_name}"
 
     @property
     def device_name(self) -> str:
-        if self.name == "numpy":
-            return "cpu"
-        if self.name == "cupy":
-            return f"cuda:{self.device.id}"
         return str(self.device)
 
     @property
     def library_version(self) -> str:
         """The version of the array library behind this backend."""
-        module = {"array-api-strict": "array_api_strict"}.get(self.name, self.name)
-        return getattr(importlib.import_module(module), "__version__", "?")
+        return getattr(importlib.import_module(self.module), "__version__", "?")
 
     @property
     def compute_capability(self) -> str | None:
         """The GPU's compute capability as NVRTC's ``sm_`` suffix ("90" for an H100); None off CUDA."""
-        if self.name == "cupy":
-            return str(self.device.compute_capability)
-        if self.name == "torch" and self.device.type == "cuda":
-            import torch
-
-            major, minor = torch.cuda.get_device_capability(self.device)
-            return f"{major}{minor}"
         return None
+
+    @property
+    def compiles_kernels(self) -> bool:
+        """Whether the fused kernels (``xpnet.backend.kernels``) are compiled and run here."""
+        return False
 
     def half_dtype(self, name: str):
         """The half type ``name`` ("float16" or "bfloat16") for mixed precision, where this backend has it.
@@ -73,36 +79,20 @@ class Backend:
         bfloat16 is PyTorch's alone here (NumPy and CuPy have no such dtype); array-api-strict
         has no float16 either (the standard has none).
         """
-        if name == "bfloat16" and self.name != "torch":
+        if name == "bfloat16":
             raise ConfigError(f"mixed-bfloat16 needs PyTorch (--backend torch); {self.name} has no bfloat16")
         found = getattr(self.xp, name, None)
-        if found is None or name not in ("float16", "bfloat16"):
+        if found is None or name not in HALF_DTYPES:
             raise ConfigError(f"{self.name} has no {name} for mixed precision; train in float32 there")
         return found
 
     def tf32_state(self) -> str:
         """Whether float32 matmuls on this device may use TF32 tensor cores: "on", "off" or "n/a"."""
-        if self.name == "cupy":
-            from cupy._core import _routines_linalg as linalg
-
-            return "on" if linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32 else "off"
-        if self.name == "torch" and self.device.type == "cuda":
-            import torch
-
-            return "off" if torch.get_float32_matmul_precision() == "highest" else "on"
         return "n/a (no CUDA device)"
 
     def use_tf32(self, enabled: bool) -> None:
         """Let float32 matmuls on this GPU run on TF32 tensor cores (a 10-bit mantissa: several
         times faster on Ampere and later, and less exact), or not. Process-wide; no-op off CUDA."""
-        if self.name == "cupy":
-            from cupy._core import _routines_linalg as linalg
-
-            linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT)
-        elif self.name == "torch" and self.device.type == "cuda":
-            import torch
-
-            torch.set_float32_matmul_precision("high" if enabled else "highest")
 
     def dtype(self, name: str):
         """The namespace's float dtype called ``name`` ("float32" or "float64")."""
@@ -110,32 +100,26 @@ class Backend:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, not {name!r}")
         return getattr(self.xp, name)
 
+    # -- crossings and copies ------------------------------------------------------------
+
     def upload(self, host: Any, dtype: Any = None):
         """Copy a host array (or nested sequence) onto this backend's device."""
         with self._crossing("upload"):
-            if self.name == "cupy":
-                with self.device:
-                    array = self.xp.asarray(host, dtype=dtype)
-            elif self.name == "numpy":
-                array = np.asarray(host, dtype=dtype)
-            else:
-                array = self.xp.asarray(host, dtype=dtype, device=self.device)
+            array = self._put(host, dtype)
         if self._audit is not None:
             self._audit.remember(array)
         return array
 
+    def _put(self, host: Any, dtype: Any):
+        """``host`` as an array of this library on this device (``upload`` without its counting)."""
+        return self.xp.asarray(host, dtype=dtype, device=self.device)
+
     def owns(self, array: Any) -> bool:
         """True if ``array`` already lives in this namespace and on this device (no upload needed)."""
-        if self.name == "numpy":
-            return isinstance(array, np.ndarray)
-        if not self.same_library(array):
-            return False
-        return _same_device(self.device_of(array), self.device)
+        return self.same_library(array) and _same_device(self.device_of(array), self.device)
 
     def same_library(self, array: Any) -> bool:
         """True if ``array`` belongs to this backend's array library, on whatever device."""
-        if self.name == "numpy":
-            return isinstance(array, np.ndarray)
         try:
             return array_namespace(array) is self.xp
         except TypeError:
@@ -154,52 +138,27 @@ class Backend:
             return [self._copy_to_host(array) for array in arrays]
 
     def _copy_to_host(self, array: Any) -> np.ndarray:
-        if self.name == "numpy":
-            return np.array(array, copy=True)  # a copy on every backend: later updates must not show
-        if self.name == "cupy":
-            return array.get()
-        if self.name == "torch":
-            if array.device.type == "meta":  # shapes without data (audits): ones stand in
-                return np.ones(tuple(array.shape), dtype=_torch_host_dtype(array.dtype))
-            return array.detach().cpu().float().numpy() if _is_bfloat16(array) else array.detach().cpu().numpy()
-        cpu = self.xp.Device("CPU_DEVICE")
-        return np.asarray(array.to_device(cpu))
+        """A NumPy copy of ``array`` (a copy on every backend: later updates must not show)."""
+        return np.array(np.from_dlpack(array), copy=True)
 
     def device_of(self, array: Any):
         """The device ``array`` lives on, in the form ``xp`` functions accept."""
         return array_device(array)
 
+    def copy(self, array: Any):
+        """An independent copy on this backend's device (for best-weights snapshots)."""
+        return self.xp.asarray(array, copy=True, device=self.device)
+
     def random_generator(self, seed: int | None) -> RandomGenerator:
         """A seeded source of uniform [0, 1) arrays made on this device (for dropout)."""
         return RandomGenerator(self, seed)
 
-    def copy(self, array: Any):
-        """An independent copy on this backend's device (for best-weights snapshots).
-
-        On CuPy the copy is made with this GPU current: ``cp.asarray(copy=True)`` puts its
-        result on the *current* GPU, which outside the device context is GPU 0.
-        """
-        if self.name == "cupy":
-            with self.device:
-                return self.xp.asarray(array, copy=True)
-        if self.name == "numpy":
-            return np.array(array, copy=True)
-        return self.xp.asarray(array, copy=True, device=self.device)
+    # -- the contexts a step runs in -------------------------------------------------------
 
     def compute_threads(self, step_macs: int | None = None):
-        """A context in which the CPU BLAS runs with the threads that suit a step's size.
-
-        ``step_macs`` is the multiply-adds of one forward pass over a batch. NumPy only,
-        and only with threadpoolctl installed (else it changes nothing). Below
-        ``SMALL_STEP_MACS`` the matmuls are too small to split: waking a second OpenBLAS
-        thread costs more than it saves, so they run on one.
-        """
-        if self.name != "numpy" or step_macs is None or step_macs >= SMALL_STEP_MACS:
-            return contextlib.nullcontext()
-        controller = _blas_controller()
-        if controller is None:
-            return contextlib.nullcontext()
-        return controller.limit(limits=1, user_api="blas")
+        """A context in which the CPU BLAS runs with the threads that suit a step's size
+        (``step_macs``: the multiply-adds of one forward pass over a batch). NumPy's alone."""
+        return contextlib.nullcontext()
 
     @contextlib.contextmanager
     def step_policy(self, step_macs: int | None = None):
@@ -212,18 +171,7 @@ class Backend:
             yield
 
     def activated(self):
-        """A context in which this backend's GPU is the current one.
-
-        CuPy needs it: array-api-compat's CuPy functions ignore ``device=`` and allocate
-        on the current GPU, so ``cuda:1`` must be made current around the work. NCCL
-        binds a communicator to the current GPU, so PyTorch CUDA makes its device current too.
-        """
-        if self.name == "cupy":
-            return self.device
-        if self.name == "torch" and self.device.type == "cuda":
-            import torch
-
-            return torch.cuda.device(self.device)
+        """A context in which this backend's GPU is the current one (a no-op off CUDA)."""
         return contextlib.nullcontext()
 
     def quiet_float_errors(self):
@@ -232,8 +180,6 @@ class Backend:
         The training loop checks the loss itself and stops with a clear message, so
         NumPy's RuntimeWarnings would only be noise before it.
         """
-        if self.name in ("numpy", "array-api-strict"):
-            return np.errstate(over="ignore", invalid="ignore", divide="ignore")
         return contextlib.nullcontext()
 
     def flush_denormals(self):
@@ -246,17 +192,21 @@ class Backend:
         CPU devices only, and only where the switch is known (x86-64 Linux with glibc);
         elsewhere nothing changes. The previous mode comes back on exit.
         """
-        libm = _libm() if self.name != "cupy" and getattr(self.device, "type", "cpu") == "cpu" else None
+        libm = _libm() if getattr(self.device, "type", "cpu") == "cpu" else None
         return contextlib.nullcontext() if libm is None else _mxcsr_flushing(libm)
 
     def synchronize(self) -> None:
         """Wait for this backend's device to finish its queued work (before reading a clock)."""
-        if self.name == "cupy":
-            self.device.synchronize()  # this GPU, not the current one
-        elif self.name == "torch" and self.device.type == "cuda":
-            import torch
 
-            torch.cuda.synchronize(self.device)
+    def peak_memory(self, run) -> int | None:
+        """Bytes allocated at the high-water mark of one ``run()``, beyond what was live before
+        (for the benchmark). Host arrays: tracemalloc, which NumPy reports its buffers to."""
+        tracemalloc.start()
+        try:
+            run()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
 
     # -- audits --------------------------------------------------------------------------
 
@@ -276,7 +226,7 @@ class Backend:
         audit = Audit(self.device_name)
         self._audit = audit
         try:
-            with self._sync_guard(True), _dispatch_monitor(self, audit):
+            with self._sync_guard(True), self._dispatch_monitor(audit):
                 yield audit
         finally:
             self._audit = None
@@ -298,12 +248,10 @@ class Backend:
 
     def _sync_guard(self, strict: bool):
         """The library's own switch that raises on a device synchronisation (GPUs only)."""
-        if self.name == "cupy":
-            import cupyx
+        return contextlib.nullcontext()
 
-            return cupyx.allow_synchronize(not strict)
-        if self.name == "torch" and self.device.type == "cuda":
-            return _torch_sync_debug_mode("error" if strict else "default")
+    def _dispatch_monitor(self, audit: Audit):
+        """A context that watches every operation of the block for ``audit`` (PyTorch's only)."""
         return contextlib.nullcontext()
 
     # -- memory as collective communication sees it (xpnet.distributed) --------------------
@@ -311,43 +259,21 @@ class Backend:
     @property
     def cuda_index(self) -> int | None:
         """The CUDA device number arrays live on (CuPy, PyTorch CUDA); None for host memory."""
-        if self.name == "cupy":
-            return self.device.id
-        if self.name == "torch" and self.device.type == "cuda":
-            return self.device.index or 0
         return None
 
     def host_alias(self, array: Any) -> np.ndarray | None:
         """A NumPy array sharing ``array``'s memory, where that memory is the host's; else None.
 
-        MPI then reads and writes the array itself, with no copy: NumPy arrays as they are,
-        PyTorch CPU tensors through DLPack. array-api-strict's other devices stand in for a
-        GPU in the tests, so only its CPU device counts as host memory here.
+        MPI then reads and writes the array itself, with no copy.
         """
-        if self.name == "numpy":
-            return array
-        if self.name == "torch" and self.device.type == "cpu":
-            return np.from_dlpack(array.detach())
-        if self.name == "array-api-strict" and self.device == self.xp.Device("CPU_DEVICE"):
-            return np.from_dlpack(array)
         return None
 
     def pointer(self, array: Any) -> int:
         """The address of ``array``'s first element (for NCCL and CUDA-aware MPI)."""
-        if self.name == "cupy":
-            return array.data.ptr
-        if self.name == "torch":
-            return array.data_ptr()
         return self.host_alias(array).ctypes.data
 
     def stream_pointer(self) -> int:
         """The handle of the CUDA stream this thread queues work on (0, the default, off the GPU)."""
-        if self.name == "cupy":
-            return self.xp.cuda.get_current_stream().ptr
-        if self.name == "torch" and self.device.type == "cuda":
-            import torch
-
-            return torch.cuda.current_stream(self.device).cuda_stream
         return 0
 
 
@@ -356,28 +282,6 @@ def _same_device(a: Any, b: Any) -> bool:
         return bool(a == b)
     except Exception:  # devices of different kinds that refuse to compare
         return False
-
-
-def _is_bfloat16(array: Any) -> bool:
-    return str(getattr(array, "dtype", "")).endswith("bfloat16")
-
-
-def _torch_host_dtype(dtype: Any) -> np.dtype:
-    """The NumPy dtype a torch tensor of ``dtype`` reads back as (bfloat16, which NumPy lacks: float32)."""
-    name = str(dtype).removeprefix("torch.")
-    return np.dtype("float32" if name == "bfloat16" else name)
-
-
-@contextlib.contextmanager
-def _torch_sync_debug_mode(mode: str):
-    import torch
-
-    previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode(mode)
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode(previous)
 
 
 def device_constant(xp: ModuleType, value: float, like: Any):
@@ -389,9 +293,7 @@ def device_constant(xp: ModuleType, value: float, like: Any):
     (pytorch/pytorch#120996), on every call. ``xp.full`` fills on the device instead,
     and the result is kept per device, dtype and value.
     """
-    from array_api_compat import device
-
-    where = device(like)
+    where = array_device(like)
     key = (id(xp), str(where), str(like.dtype), float(value))
     found = _CONSTANTS.get(key)
     if found is None:

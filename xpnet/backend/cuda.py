@@ -1,10 +1,22 @@
-"""What CUDA this machine offers: GPUs seen by CuPy and PyTorch, the CUDA libraries found, the installed backends."""
+"""What CUDA this machine offers: GPUs seen by CuPy and PyTorch, the CUDA libraries found, device strings."""
 
 from __future__ import annotations
 
 import importlib
 
-from xpnet.backend.base import BACKENDS
+from xpnet.errors import ConfigError
+
+CUPY_HINT = 'install CuPy with: pip install "xpnet[cuda12]" (or "xpnet[cuda13]" for CUDA 13)'
+
+
+def cuda_index(device: str | None, backend: str) -> int:
+    """The GPU number in a device string: "cuda" (or None, "gpu") is 0, "cuda:N" is N."""
+    if device in (None, "cuda", "gpu"):
+        return 0
+    prefix, _, index = device.partition(":")
+    if prefix == "cuda" and index.isdigit():
+        return int(index)
+    raise ConfigError(f"device for backend {backend!r} must be 'cuda' or 'cuda:N', not {device!r}")
 
 
 def cuda_devices() -> list[str]:
@@ -53,15 +65,3 @@ def cuda_libraries() -> dict[str, str]:
 
 def _listed(version) -> list:
     return list(version) if isinstance(version, (tuple, list)) else [version]
-
-
-def available_backends() -> dict[str, str]:
-    """Each backend name mapped to its status, for ``python -m xpnet info``."""
-    report = {}
-    for name in BACKENDS:
-        try:
-            module = importlib.import_module({"array-api-strict": "array_api_strict"}.get(name, name))
-            report[name] = f"installed ({getattr(module, '__version__', '?')})"
-        except ImportError:
-            report[name] = "not installed"
-    return report

@@ -1,14 +1,34 @@
-"""From a backend name and device string to a ready ``Backend``: the one place each library is imported and probed."""
+"""The one resolver: from a backend name and device string to a ready ``Backend`` of the library's class.
+
+``LIBRARIES`` is the registry: a new array library is one module with its ``Backend``
+subclass plus one line here (the JAX backend: ``"jax": JaxBackend``). Nothing outside this
+package compares a backend's name; it asks the backend's methods instead.
+"""
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
 
-from xpnet.backend.base import _CUPY_HINT, _TORCH_HINT, BACKENDS, Backend
-from xpnet.backend.cuda import cuda_libraries
-from xpnet.errors import BackendError, ConfigError
+from xpnet.backend.base import Backend
+from xpnet.backend.cupy import CupyBackend
+from xpnet.backend.numpy import NumpyBackend
+from xpnet.backend.strict import StrictBackend
+from xpnet.backend.torch import TorchBackend
 from xpnet.names import canonical
+
+#: Each backend name (``--backend``) and the class that runs it; the first is the default.
+LIBRARIES: dict[str, type[Backend]] = {
+    "numpy": NumpyBackend,
+    "cupy": CupyBackend,
+    "torch": TorchBackend,
+    "array-api-strict": StrictBackend,
+}
+BACKENDS = tuple(LIBRARIES)
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The ``Backend`` subclass of the backend called ``name`` (any spelling the names rule accepts)."""
+    return LIBRARIES[canonical(name, LIBRARIES, "backend")]
 
 
 def get_backend(backend: str | Backend | None = None, device: str | None = None) -> Backend:
@@ -21,86 +41,18 @@ def get_backend(backend: str | Backend | None = None, device: str | None = None)
         return backend
     device = None if device is None else str(device).strip()
     if backend is None:
-        backend = "cupy" if device and device.startswith("cuda") else "numpy"
-    return _RESOLVERS[canonical(backend, BACKENDS, "backend")](device)
+        cls = CupyBackend if device and device.startswith("cuda") else NumpyBackend
+        return cls.for_device(device)
+    return backend_class(backend).for_device(device)
 
 
-def _cuda_index(device: str | None, backend: str) -> int:
-    if device in (None, "cuda", "gpu"):
-        return 0
-    prefix, _, index = device.partition(":")
-    if prefix == "cuda" and index.isdigit():
-        return int(index)
-    raise ConfigError(f"device for backend {backend!r} must be 'cuda' or 'cuda:N', not {device!r}")
-
-
-def _numpy(device: str | None) -> Backend:
-    if device not in (None, "cpu"):
-        raise ConfigError(
-            f"backend 'numpy' runs on the CPU only, not on device {device!r}; "
-            "use --device cuda (CuPy) or --backend torch for a GPU"
-        )
-    return Backend("numpy", _compat("numpy"), "cpu")
-
-
-def _cupy(device: str | None) -> Backend:
-    index = _cuda_index(device, "cupy")
-    try:
-        cupy = importlib.import_module("cupy")
-    except ImportError as exc:
-        raise BackendError(f"device {device or 'cuda'!r} needs CuPy, which is not installed; {_CUPY_HINT}") from exc
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CuPy raises its own CUDARuntimeError without a driver
-        raise BackendError(f"no CUDA GPU is usable by CuPy here ({exc}); train on the CPU with --device cpu") from exc
-    if index >= count:
-        raise BackendError(f"device cuda:{index} does not exist; CuPy sees {count} CUDA GPU(s)")
-    missing = {name: problem for name, problem in cuda_libraries().items() if problem.startswith("missing")}
-    missing.pop("NCCL", None)  # only multi-GPU communication needs it
-    if missing:
-        found = "; ".join(f"{name} {problem}" for name, problem in missing.items())
-        raise BackendError(
-            f"CuPy sees {count} CUDA GPU(s) but cannot use them: {found}. These libraries come with "
-            f'CuPy\'s "ctk" extra: {_CUPY_HINT}'
-        )
-    return Backend("cupy", _compat("cupy"), cupy.cuda.Device(index))
-
-
-def _torch(device: str | None) -> Backend:
-    try:
-        torch = importlib.import_module("torch")
-    except ImportError as exc:
-        raise BackendError(f"backend 'torch' needs PyTorch, which is not installed; {_TORCH_HINT}") from exc
-    if device in (None, "cpu", "meta"):  # meta: shapes without data, for audits (see Backend.audit)
-        return Backend("torch", _compat("torch"), torch.device(device or "cpu"))
-    index = _cuda_index(device, "torch")
-    if not torch.cuda.is_available():
-        raise BackendError(
-            f"device {device!r} needs a CUDA GPU, but PyTorch sees none (is this a CPU build?); "
-            "train on the CPU with --device cpu"
-        )
-    if index >= torch.cuda.device_count():
-        raise BackendError(f"device cuda:{index} does not exist; PyTorch sees {torch.cuda.device_count()} GPU(s)")
-    return Backend("torch", _compat("torch"), torch.device("cuda", index))
-
-
-def _strict(device: str | None) -> Backend:
-    try:
-        strict = importlib.import_module("array_api_strict")
-    except ImportError as exc:
-        raise BackendError(
-            "backend 'array-api-strict' needs the array-api-strict package; "
-            'install it with: pip install "xpnet[test]"'
-        ) from exc
-    names = [d._device for d in strict.__array_namespace_info__().devices()]
-    name = "CPU_DEVICE" if device in (None, "cpu") else device
-    if name not in names:
-        raise ConfigError(f"array-api-strict device must be one of {', '.join(names)}, not {device!r}")
-    return Backend("array-api-strict", strict, strict.Device(name))
-
-
-def _compat(name: str) -> ModuleType:
-    return importlib.import_module(f"array_api_compat.{name}")
-
-
-_RESOLVERS = {"numpy": _numpy, "cupy": _cupy, "torch": _torch, "array-api-strict": _strict}
+def available_backends() -> dict[str, str]:
+    """Each backend name mapped to its status, for ``python -m xpnet info``."""
+    report = {}
+    for name, cls in LIBRARIES.items():
+        try:
+            module = importlib.import_module(cls.module)
+            report[name] = f"installed ({getattr(module, '__version__', '?')})"
+        except ImportError:
+            report[name] = "not installed"
+    return report

@@ -95,8 +95,8 @@ def _peers(row: Row, rows: list[Row]) -> dict[str, Row]:
     """The rows ``row`` is measured against: torch eager on its device, direct NumPy for xpnet on NumPy."""
     same = [r for r in rows if r.batch_size == row.batch_size]
     peers = {"vs_torch_eager": next((r for r in same if r.impl == "torch-eager" and r.device == row.device), None)}
-    if row.impl == "xpnet" and row.backend == "numpy":
-        peers["vs_direct"] = next((r for r in same if r.impl == "direct"), None)
+    if row.impl == "xpnet":  # against the direct loop on the same backend (NumPy: DirectRunner.library)
+        peers["vs_direct"] = next((r for r in same if r.impl == "direct" and r.backend == row.backend), None)
     return {name: peer for name, peer in peers.items() if peer is not None and peer is not row}
 
 

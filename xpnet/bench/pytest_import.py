@@ -39,8 +39,8 @@ def _add_peer_ratios(rows: list[dict]) -> None:
     for row in rows:
         same = [r for r in rows if r["batch_size"] == row["batch_size"] and r is not row]
         peers = {"vs_torch_eager": [r for r in same if r["impl"] == "torch-eager" and r["device"] == row["device"]]}
-        if row["impl"] == "xpnet" and row["backend"] == "numpy":
-            peers["vs_direct"] = [r for r in same if r["impl"] == "direct"]
+        if row["impl"] == "xpnet":  # against the direct loop on the same backend (NumPy: DirectRunner.library)
+            peers["vs_direct"] = [r for r in same if r["impl"] == "direct" and r["backend"] == row["backend"]]
         for name, found in peers.items():
             if found and row["impl"] != "torch-eager":
                 peer = found[0]

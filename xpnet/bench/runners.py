@@ -15,7 +15,6 @@ from typing import NamedTuple
 import numpy as np
 
 from xpnet.backend import get_backend
-from xpnet.bench.memory import peak_memory
 from xpnet.bench.targets import Target
 from xpnet.bench.workload import LR, MOMENTUM, SETTINGS, SIZES, step_macs
 from xpnet.build import build
@@ -35,6 +34,7 @@ class Runner:
     """Trains the benchmark network on resident data; ``epoch()`` ends synchronised."""
 
     impl = "?"
+    library: str | None = None  #: the one backend this runner is written for (None: any)
 
     def epoch(self) -> EpochMetrics:
         raise NotImplementedError
@@ -81,7 +81,7 @@ class XpnetRunner(Runner):
         self.backend.synchronize()
 
     def peak_memory(self) -> int | None:
-        return peak_memory(self.backend.name, self.backend.device, self.epoch)
+        return self.backend.peak_memory(self.epoch)
 
 
 class DirectRunner(Runner):
@@ -92,6 +92,7 @@ class DirectRunner(Runner):
     """
 
     impl = "direct"
+    library = "numpy"
 
     def __init__(self, target: Target, X, y, batch_size: int, seed: int = 0):
         self.backend = get_backend("numpy")
@@ -159,7 +160,7 @@ class DirectRunner(Runner):
             self._train_step(x, self.eye[self.y[: self.batch_size]])
 
     def peak_memory(self) -> int | None:
-        return peak_memory("numpy", "cpu", self.epoch)
+        return self.backend.peak_memory(self.epoch)
 
 
 class TorchEagerRunner(Runner):
@@ -171,6 +172,7 @@ class TorchEagerRunner(Runner):
     """
 
     impl = "torch-eager"
+    library = "torch"
 
     def __init__(self, target: Target, X, y, batch_size: int, seed: int = 0):
         import torch  # only here: the peer needs PyTorch, the harness does not
@@ -226,9 +228,7 @@ class TorchEagerRunner(Runner):
         self.backend.synchronize()
 
     def peak_memory(self) -> int | None:
-        if self.device.type != "cuda":
-            return None
-        return peak_memory("torch", self.device, self.epoch)
+        return self.backend.peak_memory(self.epoch)
 
 
 RUNNERS = {"xpnet": XpnetRunner, "direct": DirectRunner, "torch-eager": TorchEagerRunner}

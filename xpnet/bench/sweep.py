@@ -42,12 +42,8 @@ def _check_options(batch_sizes: list[int], repeats: int, warmup: int, pause: flo
 
 
 def runs_on(impl: str, target: Target) -> bool:
-    """Whether ``impl`` has a runner for ``target``: the direct loop is NumPy, eager is PyTorch."""
-    if impl == "direct":
-        return target.backend == "numpy"
-    if impl == "torch-eager":
-        return target.backend == "torch"
-    return True
+    """Whether ``impl`` has a runner for ``target``: each runner says its library (``Runner.library``)."""
+    return RUNNERS[impl].library in (None, target.backend)
 
 
 def time_alternating(runners: Sequence[Runner | Gemms], repeats: int, warmup: int, pause: float) -> list[list[float]]:
@@ -162,5 +158,5 @@ def add_ratios(rows: list[Row]) -> None:
         peer = eager.get(row.device)
         if peer is not None and row is not peer:
             row.vs_torch_eager = row.samples_per_s / peer.samples_per_s
-        if direct is not None and row.impl == "xpnet" and row.backend == "numpy":
+        if direct is not None and row.impl == "xpnet" and row.backend == direct.backend:
             row.vs_direct = row.samples_per_s / direct.samples_per_s

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from xpnet.backend import get_backend
+from xpnet.backend import BACKENDS, backend_class, get_backend
 from xpnet.errors import ConfigError, XpnetError
 
-BENCH_BACKENDS = ("numpy", "torch", "cupy", "array-api-strict")
+BENCH_BACKENDS = BACKENDS
 
 
 @dataclass
@@ -24,13 +24,10 @@ class Target:
 
 
 def _candidates(name: str) -> list[Target]:
-    if name in ("numpy", "array-api-strict"):
-        return [Target(name, "cpu")]
-    if name == "torch":
-        return [Target("torch", "cpu"), Target("torch", "cuda")]
-    if name == "cupy":
-        return [Target("cupy", "cuda")]
-    raise ConfigError(f"bench backends must be among {', '.join(BENCH_BACKENDS)}, not {name!r}")
+    """The backend ``name`` on each device kind its class runs on."""
+    if name not in BENCH_BACKENDS:
+        raise ConfigError(f"bench backends must be among {', '.join(BENCH_BACKENDS)}, not {name!r}")
+    return [Target(name, kind) for kind in backend_class(name).device_kinds]
 
 
 def available_targets(backends: Sequence[str] | None = None) -> tuple[list[Target], list[str]]:

@@ -1,0 +1,143 @@
+"""CuPy on one CUDA GPU: made current around every allocation, its fused kernels compiled."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from typing import Any, ClassVar
+
+import numpy as np
+
+from xpnet.backend.base import Backend
+from xpnet.backend.cuda import CUPY_HINT, cuda_index, cuda_libraries
+from xpnet.backend.rng import RandomGenerator
+from xpnet.errors import BackendError
+
+
+class CupyBackend(Backend):
+    """CuPy through array-api-compat on ``cupy.cuda.Device(index)``.
+
+    array-api-compat's CuPy functions ignore ``device=`` and allocate on the *current* GPU
+    (GPU 0 outside a device context), so every allocation here is made with this
+    backend's GPU current.
+    """
+
+    name: ClassVar[str] = "cupy"
+    module: ClassVar[str] = "cupy"
+    device_kinds: ClassVar[tuple[str, ...]] = ("cuda",)
+
+    @classmethod
+    def for_device(cls, device: str | None) -> Backend:
+        index = cuda_index(device, cls.name)
+        try:
+            cupy = importlib.import_module("cupy")
+        except ImportError as exc:
+            raise BackendError(f"device {device or 'cuda'!r} needs CuPy, which is not installed; {CUPY_HINT}") from exc
+        try:
+            count = cupy.cuda.runtime.getDeviceCount()
+        except Exception as exc:  # CuPy raises its own CUDARuntimeError without a driver
+            raise BackendError(
+                f"no CUDA GPU is usable by CuPy here ({exc}); train on the CPU with --device cpu"
+            ) from exc
+        if index >= count:
+            raise BackendError(f"device cuda:{index} does not exist; CuPy sees {count} CUDA GPU(s)")
+        missing = {name: problem for name, problem in cuda_libraries().items() if problem.startswith("missing")}
+        missing.pop("NCCL", None)  # only multi-GPU communication needs it
+        if missing:
+            found = "; ".join(f"{name} {problem}" for name, problem in missing.items())
+            raise BackendError(
+                f"CuPy sees {count} CUDA GPU(s) but cannot use them: {found}. These libraries come with "
+                f'CuPy\'s "ctk" extra: {CUPY_HINT}'
+            )
+        return cls(importlib.import_module("array_api_compat.cupy"), cupy.cuda.Device(index))
+
+    @property
+    def device_name(self) -> str:
+        return f"cuda:{self.device.id}"
+
+    @property
+    def compute_capability(self) -> str | None:
+        return str(self.device.compute_capability)
+
+    @property
+    def compiles_kernels(self) -> bool:
+        return True
+
+    def tf32_state(self) -> str:
+        from cupy._core import _routines_linalg as linalg
+
+        return "on" if linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32 else "off"
+
+    def use_tf32(self, enabled: bool) -> None:
+        from cupy._core import _routines_linalg as linalg
+
+        linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT)
+
+    def _put(self, host: Any, dtype: Any):
+        with self.device:
+            return self.xp.asarray(host, dtype=dtype)
+
+    def _copy_to_host(self, array: Any) -> np.ndarray:
+        return array.get()
+
+    def copy(self, array: Any):
+        """Made with this GPU current: ``cp.asarray(copy=True)`` puts its result on the current GPU."""
+        with self.device:
+            return self.xp.asarray(array, copy=True)
+
+    def random_generator(self, seed: int | None) -> RandomGenerator:
+        return CupyRandomGenerator(self, seed)
+
+    def activated(self):
+        return self.device
+
+    def flush_denormals(self):
+        """The GPU's arithmetic is not the CPU's: nothing to switch."""
+        return contextlib.nullcontext()
+
+    def synchronize(self) -> None:
+        self.device.synchronize()  # this GPU, not the current one
+
+    def peak_memory(self, run) -> int | None:
+        """CuPy's memory pool keeps what the run needed at once."""
+        import cupy
+
+        pool = cupy.get_default_memory_pool()
+        pool.free_all_blocks()
+        base = pool.used_bytes()
+        run()
+        return pool.total_bytes() - base
+
+    def _sync_guard(self, strict: bool):
+        import cupyx
+
+        return cupyx.allow_synchronize(not strict)
+
+    @property
+    def cuda_index(self) -> int | None:
+        return self.device.id
+
+    def pointer(self, array: Any) -> int:
+        return array.data.ptr
+
+    def stream_pointer(self) -> int:
+        return importlib.import_module("cupy").cuda.get_current_stream().ptr
+
+
+class CupyRandomGenerator(RandomGenerator):
+    """CuPy's generator on the GPU; its state stays there, so a checkpoint saves the seed and draws."""
+
+    def _reseed(self, seed: int | None) -> None:
+        with self.backend.device:
+            self._generator = importlib.import_module("cupy").random.default_rng(seed)
+
+    def get_state(self) -> dict | None:
+        return {"cupy": {"seed": self.seed, "draws": self.draws}}
+
+    def _restore(self, state: dict) -> bool:
+        return False
+
+    def uniform(self, shape: tuple, dtype: Any):
+        self.draws += 1
+        with self.backend.device:
+            return self._generator.random(shape, dtype=dtype)

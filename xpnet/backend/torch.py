@@ -1,0 +1,187 @@
+"""PyTorch on the CPU, a CUDA GPU, or ``meta`` (shapes without data, for audits)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from typing import Any, ClassVar
+
+import numpy as np
+
+from xpnet.backend.audit import Audit, torch_dispatch_monitor
+from xpnet.backend.base import HALF_DTYPES, Backend
+from xpnet.backend.cuda import cuda_index
+from xpnet.backend.rng import RandomGenerator
+from xpnet.errors import BackendError, ConfigError
+
+TORCH_HINT = 'install PyTorch with: pip install "xpnet[torch]"'
+
+
+class TorchBackend(Backend):
+    """PyTorch through array-api-compat; the one backend with bfloat16 and a dispatch monitor."""
+
+    name: ClassVar[str] = "torch"
+    module: ClassVar[str] = "torch"
+    device_kinds: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+
+    @classmethod
+    def for_device(cls, device: str | None) -> Backend:
+        try:
+            torch = importlib.import_module("torch")
+        except ImportError as exc:
+            raise BackendError(f"backend 'torch' needs PyTorch, which is not installed; {TORCH_HINT}") from exc
+        xp = importlib.import_module("array_api_compat.torch")
+        if device in (None, "cpu", "meta"):  # meta: shapes without data, for audits (see Backend.audit)
+            return cls(xp, torch.device(device or "cpu"))
+        index = cuda_index(device, cls.name)
+        if not torch.cuda.is_available():
+            raise BackendError(
+                f"device {device!r} needs a CUDA GPU, but PyTorch sees none (is this a CPU build?); "
+                "train on the CPU with --device cpu"
+            )
+        if index >= torch.cuda.device_count():
+            raise BackendError(f"device cuda:{index} does not exist; PyTorch sees {torch.cuda.device_count()} GPU(s)")
+        return cls(xp, torch.device("cuda", index))
+
+    @property
+    def _on_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def compute_capability(self) -> str | None:
+        if not self._on_cuda:
+            return None
+        import torch
+
+        major, minor = torch.cuda.get_device_capability(self.device)
+        return f"{major}{minor}"
+
+    def half_dtype(self, name: str):
+        found = getattr(self.xp, name, None)
+        if found is None or name not in HALF_DTYPES:
+            raise ConfigError(f"{self.name} has no {name} for mixed precision; train in float32 there")
+        return found
+
+    def tf32_state(self) -> str:
+        if not self._on_cuda:
+            return super().tf32_state()
+        import torch
+
+        return "off" if torch.get_float32_matmul_precision() == "highest" else "on"
+
+    def use_tf32(self, enabled: bool) -> None:
+        if self._on_cuda:
+            import torch
+
+            torch.set_float32_matmul_precision("high" if enabled else "highest")
+
+    def _copy_to_host(self, array: Any) -> np.ndarray:
+        if array.device.type == "meta":  # shapes without data (audits): ones stand in
+            return np.ones(tuple(array.shape), dtype=_host_dtype(array.dtype))
+        if str(array.dtype).endswith("bfloat16"):  # NumPy has no bfloat16: read as float32
+            return array.detach().cpu().float().numpy()
+        return array.detach().cpu().numpy()
+
+    def random_generator(self, seed: int | None) -> RandomGenerator:
+        return TorchRandomGenerator(self, seed)
+
+    def activated(self):
+        """NCCL binds a communicator to the current GPU, so PyTorch CUDA makes its device current."""
+        if not self._on_cuda:
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.cuda.device(self.device)
+
+    def synchronize(self) -> None:
+        if self._on_cuda:
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+    def peak_memory(self, run) -> int | None:
+        """CUDA: the caching allocator's own statistics; None on the CPU (tracemalloc cannot see it)."""
+        if not self._on_cuda:
+            return None
+        import torch
+
+        torch.cuda.synchronize(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        run()
+        return torch.cuda.max_memory_allocated(self.device) - base
+
+    def _sync_guard(self, strict: bool):
+        return _sync_debug_mode("error" if strict else "default") if self._on_cuda else contextlib.nullcontext()
+
+    def _dispatch_monitor(self, audit: Audit):
+        return torch_dispatch_monitor(self, audit)
+
+    @property
+    def cuda_index(self) -> int | None:
+        return (self.device.index or 0) if self._on_cuda else None
+
+    def host_alias(self, array: Any) -> np.ndarray | None:
+        """PyTorch CPU tensors through DLPack, with no copy."""
+        return np.from_dlpack(array.detach()) if self.device.type == "cpu" else None
+
+    def pointer(self, array: Any) -> int:
+        return array.data_ptr()
+
+    def stream_pointer(self) -> int:
+        if not self._on_cuda:
+            return 0
+        import torch
+
+        return torch.cuda.current_stream(self.device).cuda_stream
+
+
+class TorchRandomGenerator(RandomGenerator):
+    """A ``torch.Generator`` on the backend's device (none on meta: meta tensors hold no values)."""
+
+    def _reseed(self, seed: int | None) -> None:
+        import torch
+
+        self._torch = torch
+        self._generator = None
+        if self.backend.device.type != "meta":
+            self._generator = torch.Generator(device=self.backend.device)
+            if seed is None:
+                self._generator.seed()
+            else:
+                self._generator.manual_seed(int(seed))
+
+    def get_state(self) -> dict | None:
+        if self._generator is None:
+            return None
+        return {"torch": self._generator.get_state().tolist(), "device": self.backend.device.type}
+
+    def _restore(self, state: dict) -> bool:
+        if "torch" not in state or self._generator is None:
+            return False
+        if state.get("device", "cpu") != self.backend.device.type:
+            return False  # a CPU and a CUDA generator hold different states
+        self._generator.set_state(self._torch.tensor(state["torch"], dtype=self._torch.uint8))
+        return True
+
+    def uniform(self, shape: tuple, dtype: Any):
+        self.draws += 1
+        return self._torch.rand(shape, generator=self._generator, dtype=dtype, device=self.backend.device)
+
+
+def _host_dtype(dtype: Any) -> np.dtype:
+    """The NumPy dtype a torch tensor of ``dtype`` reads back as (bfloat16, which NumPy lacks: float32)."""
+    name = str(dtype).removeprefix("torch.")
+    return np.dtype("float32" if name == "bfloat16" else name)
+
+
+@contextlib.contextmanager
+def _sync_debug_mode(mode: str):
+    import torch
+
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(mode)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
