@@ -83,7 +83,8 @@ class MLP:
         self.precision = get_precision(precision)
         self.compute_dtype = self._compute_dtype()
         # Refused before a byte is drawn: [784, 100000, 100000, 10] would ask for over 100 GiB.
-        network_estimate(self.sizes, np.dtype(dtype).itemsize).check(f"the network {str(self.sizes)[:60]}")
+        count = sum(int(np.prod(shape)) for shape in param_shapes(self.layers).values())
+        network_estimate(self.sizes, np.dtype(dtype).itemsize, count).check(f"the network {str(self.sizes)[:60]}")
         self.seed = seed
         self.scaling = None
         self._scaling_on_device = None

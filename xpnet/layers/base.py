@@ -6,6 +6,8 @@ the layer's ``param_names``. A layer gives:
 
 - ``param_shapes()``: its parameters' file names and shapes, in that order (files,
   ONNX and memory estimates read them);
+- ``buffer_shapes()``: its non-trained state (running statistics, say), by file name:
+  none of today's layers keeps any;
 - ``initial(drawn)``: host arrays to start from (``drawn`` yields the dense layers'
   seeded ``(W, b)`` pairs, so one seed gives one network whatever else it holds);
 - ``forward(ctx, params, x)``: its output and a cache for the backward pass;
@@ -53,6 +55,9 @@ class Layer:
         self.prefix = prefix  #: its parameters' file names start with this (``layers.0``)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def buffer_shapes(self) -> dict[str, tuple[int, ...]]:
         return {}
 
     def initial(self, drawn: Iterator) -> list[np.ndarray]:
