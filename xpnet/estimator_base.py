@@ -113,7 +113,7 @@ class XpnetEstimator(BaseEstimator):
             sizes = list(sizes)
         except TypeError:
             sizes = None
-        if sizes is None or not all(is_whole(n, minimum=1) for n in sizes):
+        if sizes is None or not all(is_whole(n) and n >= 1 for n in sizes):
             raise ConfigError(
                 f"hidden_layer_sizes must be a whole number >= 1 or a sequence of them, "
                 f"such as (100,) or (128, 64); got {self.hidden_layer_sizes!r}"

@@ -10,7 +10,6 @@ raises a ConfigError saying what it expected.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -74,7 +73,7 @@ def _text(value):
 
 
 def _widths(value):
-    if not (isinstance(value, list) and all(is_whole(n, minimum=-math.inf) for n in value)):
+    if not (isinstance(value, list) and all(is_whole(n) for n in value)):
         raise ConfigError(f"expected a list of layer widths such as [128, 64], not {str(value)[:40]}")
     if any(n < 1 or n > MAX_WIDTH for n in value):
         raise ConfigError(f"layer widths must be from 1 to {MAX_WIDTH}, not {str(value)[:60]}")
