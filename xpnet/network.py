@@ -46,7 +46,8 @@ class MLP:
     ``activation`` is one name for all hidden layers (the output then follows the
     loss: softmax for cross-entropy, sigmoid for binary cross-entropy, identity for
     MSE, unless ``output`` says otherwise), or a list with one name per layer,
-    output included, as in ``["sigmoid", "sigmoid", "softmax"]``.
+    output included, as in ``["sigmoid", "sigmoid", "softmax"]``. ``norm="layer"`` puts a
+    LayerNorm after each hidden layer (``xpnet.layers.norm``); ``dropout`` a dropout layer.
     """
 
     def __init__(
