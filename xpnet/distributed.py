@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from xpnet.backend.cuda import nccl_version_text
 from xpnet.errors import BackendError, ConfigError
 
 MPI_HINT = 'install mpi4py and an MPI with: pip install "xpnet[mpi]"'
@@ -402,12 +403,6 @@ def mpi_library(MPI) -> str:
     name = " ".join(first.replace("Version:", "").split())
     path = _loaded_library("libmpi")
     return f"{name} ({path})" if path else name
-
-
-def nccl_version_text(code: int) -> str:
-    """NCCL's version code as text: 23203 -> 2.32.3 (codes before 2.9 had three digits after the major)."""
-    major, rest = divmod(code, 10000) if code >= 10000 else divmod(code, 1000)
-    return f"{major}.{rest // 100}.{rest % 100}"
 
 
 def _loaded_library(fragment: str) -> str:

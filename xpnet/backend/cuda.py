@@ -45,14 +45,26 @@ def cuda_libraries() -> dict[str, str]:
     for name, module in (("NVRTC", "nvrtc"), ("cuBLAS", "cublas"), ("NCCL", "nccl")):
         try:
             lib = getattr(libs, module)  # CuPy's own loader: the library is opened here
-            found[name] = ".".join(map(str, _listed(lib.getVersion()))) if module != "cublas" else "found"
+            found[name] = _VERSION_TEXT[module](lib)
         except Exception as exc:  # ImportError or CuPy's own errors when a library cannot be opened
             found[name] = f"missing ({str(exc).splitlines()[0][:72]})"
     return found
 
 
-def _listed(version) -> list:
-    return list(version) if isinstance(version, (tuple, list)) else [version]
+#: How each library says its version through CuPy's binding: NVRTC's ``getVersion()`` gives
+#: (major, minor); NCCL's binding (``cupy_backends.cuda.libs.nccl``) has only ``get_version()``
+#: and ``get_build_version()``, an integer code; cuBLAS is only opened.
+_VERSION_TEXT = {
+    "nvrtc": lambda lib: ".".join(map(str, lib.getVersion())),
+    "cublas": lambda lib: "found",
+    "nccl": lambda lib: nccl_version_text(lib.get_version()),
+}
+
+
+def nccl_version_text(code: int) -> str:
+    """NCCL's version code as text: 23203 -> 2.32.3 (codes before 2.9 had three digits after the major)."""
+    major, rest = divmod(code, 10000) if code >= 10000 else divmod(code, 1000)
+    return f"{major}.{rest // 100}.{rest % 100}"
 
 
 def available_backends() -> dict[str, str]:
