@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
 
 import xpnet.selfcheck.checks
+from xpnet.backend import Backend
 from xpnet.cli import main
+from xpnet.network import MLP
 from xpnet.selfcheck import CHECKS
 from xpnet.selfcheck.checks import Outcome
 
@@ -56,3 +59,26 @@ def test_the_checks_report_what_they_measured():
     backend = xpnet.backend.get_backend("numpy")
     outcome = xpnet.selfcheck.checks.kernels(xpnet.selfcheck.checks.Context(backend, None))
     assert outcome.status == "PASS" and outcome.data["worst"]["float64"] < 1e-12
+
+
+def test_the_dropout_check_draws_and_scales_its_masks_on_the_backends_device(monkeypatch):
+    """With ``--device cuda:1`` the mask's comparison, cast and division must run on cuda:1:
+    ``_dropout_mask`` is called only inside ``Backend.activated``."""
+    active, seen = [], []
+    activated = Backend.activated
+
+    @contextlib.contextmanager
+    def spy(self):
+        with activated(self):
+            active.append(True)
+            try:
+                yield
+            finally:
+                active.pop()
+
+    mask = MLP._dropout_mask
+    monkeypatch.setattr(Backend, "activated", spy)
+    monkeypatch.setattr(MLP, "_dropout_mask", lambda self, *a: seen.append(bool(active)) or mask(self, *a))
+    context = xpnet.selfcheck.checks.Context(xpnet.backend.get_backend("numpy"), None)
+    assert xpnet.selfcheck.checks.dropout(context).status == "PASS"
+    assert seen and all(seen), seen

@@ -222,7 +222,9 @@ def dropout(ctx: Context) -> Outcome:
     masks = []
     for seed in (0, 0):
         net = MLP([4, 4, 2], dropout=rate, backend=ctx.backend, seed=seed)
-        masks.append([ctx.backend.to_host(net._dropout_mask(shape, rate)) for _ in range(2)])
+        with ctx.backend.activated():  # the draw, comparison, cast and division on the backend's GPU
+            drawn = [net._dropout_mask(shape, rate) for _ in range(2)]
+        masks.append([ctx.backend.to_host(mask) for mask in drawn])
     first, second = masks[0]
     kept = float(np.mean(first != 0))
     scale_ok = np.allclose(first[first != 0], 1 / (1 - rate), rtol=1e-6)
