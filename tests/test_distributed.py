@@ -140,10 +140,21 @@ def test_local_rank_comes_from_the_launcher_or_the_override(monkeypatch):
 def test_each_rank_takes_the_gpu_of_its_local_rank():
     ranks = _Ranks(1, 4)
     ranks.local_rank = 1
-    assert distributed.rank_device("cuda", ranks) == "cuda:1"
+    assert distributed.rank_device("cuda", ranks, gpus=4) == "cuda:1"
     assert distributed.rank_device("cuda:3", ranks) == "cuda:3"  # an explicit device is the user's choice
     assert distributed.rank_device(None, ranks) is None
     assert distributed.rank_device("cuda", Communicator()) == "cuda"
+
+
+def test_a_rank_that_sees_one_gpu_takes_cuda_0(monkeypatch):
+    """SLURM --gpus-per-task=1 shows each task only its GPU: local rank 1 must not ask for cuda:1."""
+    ranks = _Ranks(1, 4)
+    ranks.local_rank = 1
+    monkeypatch.setattr(distributed, "visible_gpu_count", lambda: 1)
+    assert distributed.rank_device("cuda", ranks) == "cuda:0"
+    ranks.local_rank = 5
+    assert distributed.rank_device("cuda", ranks, gpus=2) == "cuda:1"
+    assert "local rank modulo the 1 GPU(s)" in distributed.transports()["GPU per rank"]
 
 
 # -- NCCL, against the recording stand-in ------------------------------------------------------

@@ -32,6 +32,23 @@ def cuda_devices() -> list[str]:
     return found
 
 
+def visible_gpu_count() -> int:
+    """How many CUDA GPUs this process sees, after ``CUDA_VISIBLE_DEVICES`` (a launcher may show
+    each task one): CuPy's count, else PyTorch's, else 0."""
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # no CuPy, no driver, no GPU
+        pass
+    try:
+        import torch
+
+        return int(torch.cuda.device_count())
+    except Exception:
+        return 0
+
+
 def cuda_libraries() -> dict[str, str]:
     """CuPy and the CUDA libraries it loads, each mapped to its version, "found", or
     "missing (why)"; loads them as CuPy would, and needs no GPU (for ``info``, ``selfcheck``
