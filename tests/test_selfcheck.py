@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 
 import pytest
 
@@ -82,3 +83,26 @@ def test_the_dropout_check_draws_and_scales_its_masks_on_the_backends_device(mon
     context = xpnet.selfcheck.checks.Context(xpnet.backend.get_backend("numpy"), None)
     assert xpnet.selfcheck.checks.dropout(context).status == "PASS"
     assert seen and all(seen), seen
+
+
+def test_library_warnings_stay_out_of_the_report_and_go_to_the_json(monkeypatch):
+    """On the H200, cupyx.allow_synchronize's deprecation warning was printed above the report."""
+
+    def noisy(ctx):
+        warnings.warn("cupyx.allow_synchronize will be removed in future releases", UserWarning, stacklevel=1)
+        return Outcome("PASS", "quiet")
+
+    monkeypatch.setattr(xpnet.selfcheck.checks, "CHECKS", {"sync-audit": noisy})
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        results = xpnet.selfcheck.checks.run_checks(xpnet.backend.get_backend("numpy"))
+    assert shown == []
+    assert results["sync-audit"].data["warnings"] == ["cupyx.allow_synchronize will be removed in future releases"]
+
+
+def test_the_benchmark_share_of_the_ceiling_keeps_two_significant_digits(monkeypatch):
+    """165.1 of 47,621.7 GFLOP/s printed as '0%' on the H200: it is 0.35%."""
+    monkeypatch.setattr(xpnet.selfcheck.checks, "_gemm_gflops", lambda backend, n: 1e6)
+    outcome = xpnet.selfcheck.checks.benchmark(xpnet.selfcheck.checks.Context(xpnet.backend.get_backend("numpy"), None))
+    share = outcome.detail.rsplit("(", 1)[1]
+    assert not share.startswith("0%") and float(share.split("%")[0]) > 0, outcome.detail
