@@ -11,11 +11,13 @@ import pytest
 
 import xpnet.selfcheck.checks
 from xpnet.activations import Tanh
-from xpnet.backend import Backend
+from xpnet.backend import Backend, kernel_spec
+from xpnet.backend.kernels import KERNELS, KernelSpec
 from xpnet.cli import main
 from xpnet.network import MLP
 from xpnet.selfcheck import CHECKS, gradcheck
 from xpnet.selfcheck.checks import Outcome
+from xpnet.selfcheck.interpret import CKernel
 
 
 def run(capsys, *args) -> tuple[int, str]:
@@ -62,6 +64,8 @@ def test_the_checks_report_what_they_measured():
     backend = xpnet.backend.get_backend("numpy")
     outcome = xpnet.selfcheck.checks.kernels(xpnet.selfcheck.checks.Context(backend, None))
     assert outcome.status == "PASS" and outcome.data["worst"]["float64"] < 1e-12
+    # The interpreter casts scalars as CuPy does: Adam's 1 - β2 from the host, not 1 - 0.999f (1.3e-5 off).
+    assert outcome.data["ulps"]["float32"] < 2, outcome.detail
 
 
 def test_the_dropout_check_draws_and_scales_its_masks_on_the_backends_device(monkeypatch):
@@ -137,3 +141,41 @@ def test_the_gradient_check_fails_a_wrong_backward(monkeypatch):
     monkeypatch.setattr(Tanh, "backward", lambda self, *args: backward(self, *args) * (1 + 1e-5))
     outcome = _gradient_check(xpnet.backend.get_backend("numpy"))
     assert outcome.status == "FAIL" and outcome.data["worst"] > gradcheck.TOLERANCE, outcome.detail
+
+
+class _FewUlpsOff(CKernel):
+    """A correct kernel in another evaluation order: each nonzero output 2 eps of its array's scale off."""
+
+    rng = np.random.default_rng(0)
+
+    def __call__(self, *args):
+        result = super().__call__(*args)
+        for out in args[len(self.inputs) :]:
+            if out.dtype.kind == "f":
+                scale = float(np.max(np.abs(out))) if out.size else 0.0
+                nudge = 2 * np.finfo(out.dtype).eps * scale * self.rng.choice([-1, 1], out.shape) * (out != 0)
+                out += nudge.astype(out.dtype)  # exact zeros (ReLU's) stay exact
+        return result
+
+
+def _kernel_check() -> Outcome:
+    return xpnet.selfcheck.checks.kernels(xpnet.selfcheck.checks.Context(xpnet.backend.get_backend("numpy"), None))
+
+
+def test_the_kernel_check_passes_a_kernel_a_few_ulps_off(monkeypatch):
+    """FMA contraction and another evaluation order move results by ulps of their operands: on the
+    H200 that read as 1.3e-5 element by element (an element near zero) and failed a correct kernel."""
+    monkeypatch.setattr(xpnet.selfcheck.checks, "CKernel", _FewUlpsOff)
+    outcome = _kernel_check()
+    assert outcome.status == "PASS", outcome.detail
+    assert 0 < outcome.data["ulps"]["float32"] <= xpnet.selfcheck.checks.KERNEL_ULPS  # 2 eps a step, 3 steps
+
+
+def test_the_kernel_check_fails_a_kernel_with_a_wrong_coefficient(monkeypatch):
+    """Adam's v update off by 1e-5 relative (84 float32 eps): the size of the 1 - 0.999f error."""
+    inputs, outputs, body = kernel_spec("adam")
+    wrong = body.replace("rest2 * d * d", "rest2 * 1.00001 * d * d")
+    assert wrong != body
+    monkeypatch.setitem(KERNELS, "adam", KernelSpec(inputs, outputs, wrong))
+    outcome = _kernel_check()
+    assert outcome.status == "FAIL" and outcome.data["ulps"]["float32"] > 50, outcome.detail

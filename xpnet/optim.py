@@ -205,13 +205,15 @@ class Adam(Optimizer):
     buffers_per_param = 2
     #: The fused CuPy update, the array-API code of ``_update`` below: l2 is λ for Adam's coupled
     #: decay (else 0), shrink is 1 - lr λ for AdamW's (else 1); step = lr / (1 - β1^t) and
-    #: v_scale = 1 / (1 - β2^t) are the bias corrections.
+    #: v_scale = 1 / (1 - β2^t) are the bias corrections. 1 - β1 and 1 - β2 come from the host, as
+    #: the array-API code computes them: in float32 on the GPU, 1 - 0.999f is 0.00099998713, 1.3e-5 off
+    #: 0.001 (every v was off by that much, and selfcheck said so on an H200).
     kernel_name = define_kernel(
         "adam",
-        "T g, T step, T beta1, T beta2, T v_scale, T eps, T l2, T shrink",
+        "T g, T step, T beta1, T beta2, T rest1, T rest2, T v_scale, T eps, T l2, T shrink",
         "T p, T m, T v",
         "T d = g + l2 * p; p *= shrink;"
-        " m = beta1 * m + (1 - beta1) * d; v = beta2 * v + (1 - beta2) * d * d;"
+        " m = beta1 * m + rest1 * d; v = beta2 * v + rest2 * d * d;"
         " p -= step * m / (sqrt(v * v_scale) + eps);",
     )
 
@@ -230,7 +232,10 @@ class Adam(Optimizer):
         v_hat_scale = 1.0 / (1.0 - self.beta2**self.steps)
         if self.kernel is not None:
             l2, shrink = (0.0, 1.0 - self.lr * decay) if self.decoupled else (decay, 1.0)
-            self.kernel(g, m_hat_scale, self.beta1, self.beta2, v_hat_scale, self.eps, l2, shrink, p, m, v)
+            rest1, rest2 = 1.0 - self.beta1, 1.0 - self.beta2
+            self.kernel(
+                g, m_hat_scale, self.beta1, self.beta2, rest1, rest2, v_hat_scale, self.eps, l2, shrink, p, m, v
+            )
             return p
         if decay and self.decoupled:
             p *= 1.0 - self.lr * decay

@@ -30,8 +30,17 @@ from xpnet.selfcheck.interpret import CKernel
 from xpnet.selfcheck.kernels import DTYPES, OPTIMIZERS, kernel_sources, run_call_sites
 from xpnet.train import History
 
-#: How closely a fused kernel must match its array-API reference, per dtype (relative).
-KERNEL_RTOL = {"float16": 1e-3, "float32": 1e-5, "float64": 1e-12}
+#: How far a fused kernel's results may be from its array-API reference, in units of the dtype's
+#: machine epsilon times the compared array's largest magnitude (its scale). A correct kernel may
+#: evaluate in another order than the reference: CUDA contracts a * b + c into one FMA, and each
+#: rounding it skips or adds is at most half an ulp of an operand no larger than the array's scale
+#: (weights, moments and scaled inputs here are O(1), Adam's v O(1e-3), each compared on its own).
+#: A body has at most 10 operations: a few eps of the scale at most; interpreted with each statement
+#: rounded once (what FMA approaches), the call sites stay within 1.2 eps over 10 steps. 16 eps
+#: leaves room for that, and not for a wrong coefficient: 1 - 0.999f in float32 put every Adam v
+#: 1.3e-5 off (109 float32 eps). Element by element the error is no measure: a weight that cancels
+#: to near zero keeps its operands' rounding, many times its own size (the H200 run failed on that).
+KERNEL_ULPS = 16
 
 
 @dataclass
@@ -74,7 +83,7 @@ def environment(ctx: Context) -> Outcome:
 
 
 def kernels(ctx: Context) -> Outcome:
-    """Each fused kernel against the array-API code it replaces, float32 and float64."""
+    """Each fused kernel against the array-API code it replaces, in float32, float64 and float16."""
     backend, numpy = ctx.backend, get_backend("numpy")
     if backend.name == "cupy":
         how = f"compiled by CuPy on {backend.device_name}"
@@ -86,18 +95,25 @@ def kernels(ctx: Context) -> Outcome:
     worst = {}
     for dtype in DTYPES:
         reference = run_call_sites(numpy, dtype)
-        worst[dtype] = max(_relative_error(fused[dtype][site], reference[site]) for site in reference)
-    ok = all(worst[dtype] <= KERNEL_RTOL[dtype] for dtype in DTYPES)
-    sites = len(fused["float32"])
-    errors = ", ".join(f"{d} {e:.1e}" for d, e in worst.items())
-    return _verdict(
-        ok, f"{sites} call sites match the array-API reference ({how}); worst relative error {errors}", worst=worst
-    )
+        worst[dtype] = max(scaled_error(fused[dtype][site], reference[site]) for site in reference)
+    sites = {key.split("/")[0] if key.split("/")[0] in OPTIMIZERS else key for key in fused["float32"]}
+    return _within_ulps(worst, f"{len(sites)} call sites match the array-API reference ({how})")
 
 
-def _relative_error(got: np.ndarray, want: np.ndarray) -> float:
+def scaled_error(got: np.ndarray, want: np.ndarray) -> float:
+    """max |got - want| / max |want|: the error relative to the array's scale (see ``KERNEL_ULPS``)."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.max(np.abs(got - want) / np.maximum(np.abs(want), 1e-30))) if want.size else 0.0
+    if not want.size:
+        return 0.0
+    return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), np.finfo(np.float64).tiny))
+
+
+def _within_ulps(worst: dict, what: str) -> Outcome:
+    """PASS if each dtype's worst scaled error is within ``KERNEL_ULPS`` of its epsilon."""
+    ulps = {dtype: error / float(np.finfo(dtype).eps) for dtype, error in worst.items()}
+    errors = ", ".join(f"{d} {e:.1e} ({ulps[d]:.1f} eps)" for d, e in worst.items())
+    detail = f"{what}; worst error of each array's scale {errors}, tolerance {KERNEL_ULPS} eps"
+    return _verdict(all(u <= KERNEL_ULPS for u in ulps.values()), detail, worst=worst, ulps=ulps)
 
 
 def kernel_compile(ctx: Context) -> Outcome:
@@ -157,14 +173,12 @@ def _gradient_error(backend: Backend, hidden: str, output: str, loss: str) -> fl
 
 
 def optimizers(ctx: Context) -> Outcome:
-    """Every optimizer's updates on the backend against NumPy's, float64, ten steps."""
+    """Every optimizer's updates on the backend against NumPy's, ten steps, held as the kernels are."""
     numpy, worst = get_backend("numpy"), {}
     for dtype in ("float32", "float64"):
         got, want = run_call_sites(ctx.backend, dtype, steps=10), run_call_sites(numpy, dtype, steps=10)
-        worst[dtype] = max(_relative_error(got[name], want[name]) for name in OPTIMIZERS)
-    ok = worst["float64"] <= 1e-10 and worst["float32"] <= 1e-4
-    errors = ", ".join(f"{d} {e:.1e}" for d, e in worst.items())
-    return _verdict(ok, f"{', '.join(OPTIMIZERS)} agree with NumPy; worst relative error {errors}", worst=worst)
+        worst[dtype] = max(scaled_error(got[key], want[key]) for key in want if key.split("/")[0] in OPTIMIZERS)
+    return _within_ulps(worst, f"{', '.join(OPTIMIZERS)} agree with NumPy over 10 steps")
 
 
 def sync_audit(ctx: Context) -> Outcome:
