@@ -3,18 +3,22 @@ dynamic loss scaling that recovers from an overflow, float32 masters in every fi
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from conftest import HAVE_TORCH, blobs
 
-from xpnet.backend import get_backend
+from xpnet.backend import get_backend, substituted_kernels
 from xpnet.checkpoint import ModelFile
+from xpnet.data import Scaling
 from xpnet.errors import ConfigError
 from xpnet.modelfile import save_model
 from xpnet.network import MLP
 from xpnet.optim import SGD, Adam
 from xpnet.precision import LossScaler, get_precision
 from xpnet.safetensors import load_tensors
+from xpnet.selfcheck.kernels import _Recorder
 from xpnet.train import History, fit
 
 NO_TORCH = pytest.mark.skipif(not HAVE_TORCH, reason='needs PyTorch (pip install "xpnet[torch]")')
@@ -158,3 +162,25 @@ def test_tf32_is_an_opt_in_for_cuda_matmuls_only():
     backend = get_backend("numpy")
     backend.use_tf32(True)  # nothing to switch off CUDA (tests/test_gpu.py switches it on a GPU)
     assert backend.tf32_state().startswith("n/a")
+
+
+def test_mixed_precision_scales_inputs_in_float32_before_the_half_cast():
+    """A feature with std 1e-6 has a scale of 1e6 (inf in float16), one with mean 1000 and std 0.56
+    loses 0.5 std when x - shift runs in half: scaled in float32, then cast, both stay within 1e-2
+    of Scaling.apply (float32, what ONNX export does), on the array-API path and the fused kernel's."""
+    rng = np.random.default_rng(0)
+    X = np.stack([0.5 + 1e-6 * rng.standard_normal(64), 1000 + 0.56 * rng.standard_normal(64)], axis=1)
+    X = X.astype(np.float32)  # as a GPU holds it (to_device uploads floats in the network dtype)
+    scaling = Scaling.fit("standard", X)
+    assert float(np.max(scaling.scale)) > 65504
+    expected = scaling.apply(X)
+    net = MLP([2, 3], precision="mixed-float16", seed=0)
+    net.set_scaling(scaling)
+    calls = {}
+    for stand_in in (None, lambda name: _Recorder(name, calls)):
+        with substituted_kernels(stand_in) if stand_in else contextlib.nullcontext():
+            got = net.prepare(net.to_device(X))
+        assert got.dtype == np.float16 and np.all(np.isfinite(got))
+        np.testing.assert_allclose(got.astype(np.float32), expected, atol=1e-2)
+    ((_, shift, scale, out),) = calls["scale_inputs"]
+    assert shift.dtype == scale.dtype == np.float32 and out.dtype == np.float16
