@@ -49,6 +49,25 @@ def visible_gpu_count() -> int:
         return 0
 
 
+def gpu_free_memory(backend) -> int | None:
+    """Bytes ``backend``'s GPU can still give this process, or None off a GPU: the driver's free
+    count (the CUDA context, made by now, already taken off) plus what the library's memory pool
+    holds cached and unused (CuPy's pool, PyTorch's reserved but unallocated blocks)."""
+    if backend.name == "cupy":
+        import cupy
+
+        with backend.device:
+            free, _ = cupy.cuda.runtime.memGetInfo()
+            return int(free) + int(cupy.get_default_memory_pool().free_bytes())
+    if backend.name == "torch" and backend.device.type == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(backend.device)
+        cached = torch.cuda.memory_reserved(backend.device) - torch.cuda.memory_allocated(backend.device)
+        return int(free) + int(cached)
+    return None
+
+
 def cuda_libraries() -> dict[str, str]:
     """CuPy and the CUDA libraries it loads, each mapped to its version, "found", or
     "missing (why)"; loads them as CuPy would, and needs no GPU (for ``info``, ``selfcheck``
