@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import types
 import warnings
 
 import numpy as np
@@ -179,3 +180,13 @@ def test_the_kernel_check_fails_a_kernel_with_a_wrong_coefficient(monkeypatch):
     monkeypatch.setitem(KERNELS, "adam", KernelSpec(inputs, outputs, wrong))
     outcome = _kernel_check()
     assert outcome.status == "FAIL" and outcome.data["ulps"]["float32"] > 50, outcome.detail
+
+
+def test_the_cupy_sync_switch_keeps_its_deprecation_warning_to_itself():
+    """cupyx.allow_synchronize warns on every use since CuPy 10; the warning is CuPy's, not the user's."""
+    pytest.importorskip("cupyx", reason="needs CuPy importable (no GPU needed)")
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with Backend._sync_guard(types.SimpleNamespace(name="cupy"), True):
+            warnings.warn("the block's own warning", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in shown] == ["the block's own warning"]
