@@ -15,9 +15,10 @@ from xpnet.data import Scaling
 from xpnet.errors import ConfigError
 from xpnet.modelfile import save_model
 from xpnet.network import MLP
-from xpnet.optim import SGD, Adam
+from xpnet.optim import SGD, Adam, AdamW
 from xpnet.precision import LossScaler, get_precision
 from xpnet.safetensors import load_tensors
+from xpnet.selfcheck.interpret import CKernel
 from xpnet.selfcheck.kernels import _Recorder
 from xpnet.train import History, fit
 
@@ -99,6 +100,34 @@ def test_an_overflowing_step_is_undone_and_the_scale_halves():
         scaler.step(optimizer, net.params, [np.ones_like(p) for p in net.params])
     assert not np.array_equal(net.params[0], params[0])
     assert [float(v) for v in scaler.state()] == [1024.0, 0.0, 1.0]  # two good steps in a row: doubled
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["array-api", "fused-kernel"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Adam(lr=0.1, weight_decay=0.01),
+        lambda: AdamW(lr=0.1, weight_decay=0.1),
+        lambda: SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+        lambda: SGD(lr=0.1),
+    ],
+    ids=["adam", "adamw", "nesterov", "sgd"],
+)
+def test_an_overflowing_step_leaves_weights_and_buffers_bit_for_bit(make, fused):
+    """The skip folded into the update (array-API path), or copies put back (a fused kernel):
+    after a good step has filled the buffers, an overflow changes nothing, not one bit."""
+    net = MLP([3, 4, 2], precision="mixed-float16", seed=0)
+    optimizer, scaler = make(), LossScaler(net)
+    with substituted_kernels(CKernel) if fused else contextlib.nullcontext():
+        scaler.step(optimizer, net.params, [np.ones_like(p) for p in net.params])
+        before = [np.array(a) for a in net.params + optimizer.state_arrays()]
+        grads = [np.ones_like(p) for p in net.params]
+        grads[0][0, 0], grads[-1][0] = np.inf, np.nan
+        with np.errstate(invalid="ignore"):
+            scaler.step(optimizer, net.params, grads)
+    assert (optimizer.kernel is not None) == fused
+    assert all(np.array_equal(a, b) for a, b in zip(net.params + optimizer.state_arrays(), before))
+    assert [float(v) for v in scaler.state()][2] == 1.0
 
 
 def test_loss_scaling_recovers_from_an_injected_overflow_in_training():
