@@ -7,6 +7,7 @@ the same initial weights everywhere, and a clear message where no GPU is.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import types
 from pathlib import Path
 
@@ -289,6 +290,24 @@ def test_cuda_libraries_are_probed_without_a_gpu():
     assert set(found) == {"CuPy", "NVRTC", "cuBLAS", "NCCL"}
     assert found["NVRTC"][0].isdigit(), found  # the NVRTC wheel of the test extra is loadable
     assert all(v[0].isdigit() or v == "found" or v.startswith("missing (") for v in found.values())
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(
+    not _installed("nvidia-nccl-cu12"), reason="needs the nvidia-nccl-cu12 wheel (the test extra has it)"
+)
+def test_an_installed_nccl_is_found_and_its_version_read_without_a_gpu():
+    """The probe against CuPy's real binding: with the wheel installed, NCCL loads on a CPU-only machine."""
+    pytest.importorskip("cupy", reason="needs CuPy importable (no GPU needed)")
+    found = xpnet.backend.cuda_libraries()["NCCL"]
+    assert found.startswith("2.") and found.count(".") == 2, found
 
 
 def test_nccl_is_reported_by_the_version_its_binding_gives(monkeypatch):
