@@ -7,6 +7,8 @@ the same initial weights everywhere, and a clear message where no GPU is.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import types
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from xpnet.errors import BackendError, ConfigError
 from xpnet.metadata import DROPOUT_STATE
 from xpnet.optim import SGD, Adam, AdamW
 from xpnet.schema import Invalid, check
+from xpnet.selfcheck.checks import CHECKS, Context
 
 STEPS = 50
 BATCH = 16
@@ -287,6 +290,37 @@ def test_cuda_libraries_are_probed_without_a_gpu():
     assert set(found) == {"CuPy", "NVRTC", "cuBLAS", "NCCL"}
     assert found["NVRTC"][0].isdigit(), found  # the NVRTC wheel of the test extra is loadable
     assert all(v[0].isdigit() or v == "found" or v.startswith("missing (") for v in found.values())
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(
+    not _installed("nvidia-nccl-cu12"), reason="needs the nvidia-nccl-cu12 wheel (the test extra has it)"
+)
+def test_an_installed_nccl_is_found_and_its_version_read_without_a_gpu():
+    """The probe against CuPy's real binding: with the wheel installed, NCCL loads on a CPU-only machine."""
+    pytest.importorskip("cupy", reason="needs CuPy importable (no GPU needed)")
+    found = xpnet.backend.cuda_libraries()["NCCL"]
+    assert found.startswith("2.") and found.count(".") == 2, found
+
+
+def test_nccl_is_reported_by_the_version_its_binding_gives(monkeypatch):
+    """CuPy's ``cupy_backends.cuda.libs.nccl`` has only ``get_version``/``get_build_version``
+    (CuPy 14.2 on an H200: ['get_build_version', 'get_version'], 22809): that is NCCL 2.28.9."""
+    pytest.importorskip("cupy", reason="needs CuPy importable (no GPU needed)")
+    import cupy_backends.cuda.libs as libs
+
+    binding = types.SimpleNamespace(get_version=lambda: 22809, get_build_version=lambda: 22809)
+    monkeypatch.setitem(vars(libs), "nccl", binding)  # before the lazy loader tries libnccl.so.2
+    assert xpnet.backend.cuda_libraries()["NCCL"] == "2.28.9"
+    environment = CHECKS["environment"](Context(get_backend("numpy"), Path(".")))
+    assert "NCCL 2.28.9" in environment.detail
 
 
 @pytest.mark.skipif(not HAVE_TORCH, reason='needs PyTorch (pip install "xpnet[torch]")')

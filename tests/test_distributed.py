@@ -10,9 +10,10 @@ import importlib.util
 
 import numpy as np
 import pytest
-from conftest import build_mlp, host
+from conftest import HAVE_TORCH, build_mlp, host
 from nccl_standin import NCCL_AVG, NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM, RecordingNCCL
 
+import xpnet.data_parallel
 from xpnet import distributed
 from xpnet.backend import NumpyBackend, get_backend
 from xpnet.cli import main
@@ -140,10 +141,21 @@ def test_local_rank_comes_from_the_launcher_or_the_override(monkeypatch):
 def test_each_rank_takes_the_gpu_of_its_local_rank():
     ranks = _Ranks(1, 4)
     ranks.local_rank = 1
-    assert distributed.rank_device("cuda", ranks) == "cuda:1"
+    assert distributed.rank_device("cuda", ranks, gpus=4) == "cuda:1"
     assert distributed.rank_device("cuda:3", ranks) == "cuda:3"  # an explicit device is the user's choice
     assert distributed.rank_device(None, ranks) is None
     assert distributed.rank_device("cuda", Communicator()) == "cuda"
+
+
+def test_a_rank_that_sees_one_gpu_takes_cuda_0(monkeypatch):
+    """SLURM --gpus-per-task=1 shows each task only its GPU: local rank 1 must not ask for cuda:1."""
+    ranks = _Ranks(1, 4)
+    ranks.local_rank = 1
+    monkeypatch.setattr(distributed, "visible_gpu_count", lambda: 1)
+    assert distributed.rank_device("cuda", ranks) == "cuda:0"
+    ranks.local_rank = 5
+    assert distributed.rank_device("cuda", ranks, gpus=2) == "cuda:1"
+    assert "local rank modulo the 1 GPU(s)" in distributed.transports()["GPU per rank"]
 
 
 # -- NCCL, against the recording stand-in ------------------------------------------------------
@@ -304,6 +316,33 @@ def test_ranks_without_a_seed_are_refused_before_any_collective():
     net = build_mlp(("numpy", None), [5, 4, 3], seed=1)
     with pytest.raises(ConfigError, match="needs a seed"):
         parallel.start(net, None, {"X": np.zeros((4, 5))}, {"seed": None})
+
+
+class _Fingerprinted(Exception):
+    pass
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason='needs PyTorch (pip install "xpnet[torch]")')
+def test_ranks_fingerprint_the_host_data_without_reading_the_device_back(monkeypatch):
+    """Each rank hashed backend.to_host(X) after the upload: a full device-to-host copy and a
+    second host copy of the training set at start. The host arrays are hashed instead."""
+    net = build_mlp(("torch", "cpu"), [5, 4, 3], seed=1)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((8, 5)).astype(np.float32), rng.integers(0, 3, 8)
+    seen = []
+
+    def fingerprinted(communicator, fingerprint):
+        seen.append((fingerprint, net.backend.host_reads))
+        raise _Fingerprinted
+
+    monkeypatch.setattr(xpnet.data_parallel, "check_same_job", fingerprinted)
+    reads = net.backend.host_reads
+    with pytest.raises(_Fingerprinted):
+        net.fit(X, y, epochs=1, batch_size=4, seed=0, communicator=_Ranks(0, 2))
+    ((fingerprint, reads_then),) = seen
+    assert reads_then == reads  # nothing read back from the device
+    assert fingerprint["data"] == data_digest(net.backend, [X, y])
+    assert fingerprint["sizes"] == {"X": [8, 5], "y": [8]}
 
 
 class _PretendCudaAware(NumpyBackend):

@@ -21,6 +21,7 @@ from test_gradients import GRADIENT_CASES, check_dropout_gradients, check_gradie
 
 from xpnet.activations import ReLU
 from xpnet.backend import fused_kernel, get_backend, kernel_cuda_source
+from xpnet.backend.cuda import gpu_free_memory
 from xpnet.checkpoint import ModelFile
 from xpnet.data import Scaling
 from xpnet.modelfile import save_model
@@ -202,6 +203,17 @@ def test_selfcheck_passes_on_the_gpu_with_its_benchmark(spec, capsys):
     out = capsys.readouterr().out
     assert status == 0, out
     assert "PASS  benchmark" in out and "GEMM ceiling" in out
+    assert "getVersion" not in out and "(0% of the ceiling)" not in out  # the H200 run's NCCL probe and 0%
+
+
+@pytest.mark.parametrize("spec", GPU_BACKENDS)
+def test_the_free_memory_a_run_is_held_to_is_the_gpus_own(spec):
+    backend = get_backend(*spec)
+    free = gpu_free_memory(backend)
+    assert isinstance(free, int) and free > 0
+    big = backend.upload(np.zeros(2**28, np.float32))  # 1 GiB taken
+    assert gpu_free_memory(backend) <= free - 2**30 + 2**26  # within the pool's rounding
+    del big
 
 
 @pytest.mark.parametrize("spec", GPU_BACKENDS)

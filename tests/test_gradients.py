@@ -1,12 +1,8 @@
 """BP1-BP4 against finite differences, for every activation x loss pair, in float64.
 
-The reference is the five-point central difference
-
-    ∂C/∂θ ≈ [-C(θ+2h) + 8 C(θ+h) - 8 C(θ-h) + C(θ-2h)] / 12h,
-
-whose truncation error is O(h⁴): with h = 1e-3 both it and the rounding error stay
-near 1e-12, so a relative error of 1e-6 is a real test of the analytic gradients
-(a plain central difference could not tell 1e-6 from its own noise on small entries).
+The check itself (the five-point difference, its step, tolerance and floor, inputs away
+from ReLU's kink) is ``xpnet.selfcheck.gradcheck``, the one ``python -m xpnet selfcheck``
+runs: the tests and the selfcheck hold the gradients to the same criterion.
 The loss is evaluated on the backend under test, by the network's own forward pass.
 """
 
@@ -19,11 +15,7 @@ import pytest
 from conftest import CPU_BACKENDS, build_mlp, host, host_float
 
 from xpnet.losses import BinaryCrossEntropy, CrossEntropy, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
-
-H = 1e-3
-TOLERANCE = 1e-6
-FLOOR = 1e-5  # entries smaller than this in both are held to an absolute error of 1e-11
-KINK_MARGIN = 0.1  # no ReLU pre-activation nearer its kink than this, so ±2h never crosses it
+from xpnet.selfcheck.gradcheck import TOLERANCE, finite_differences, relative_error, smooth_inputs
 
 HIDDEN = ["sigmoid", "tanh", "relu", "leaky_relu", "identity"]
 #: (output activation, loss, the loss class get_loss must pick: fused or not)
@@ -45,12 +37,6 @@ GRADIENT_CASES = [
 ]
 
 
-def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
-    """max |g - g_fd| / max(|g|, |g_fd|, FLOOR) over the entries."""
-    scale = np.maximum(np.maximum(np.abs(analytic), np.abs(numeric)), FLOOR)
-    return float(np.max(np.abs(analytic - numeric) / scale))
-
-
 def make_targets(output: str, loss: str, n: int, classes: int, rng) -> np.ndarray:
     if loss == "cross_entropy":
         return np.eye(classes)[rng.integers(0, classes, n)]
@@ -59,41 +45,6 @@ def make_targets(output: str, loss: str, n: int, classes: int, rng) -> np.ndarra
     if output == "identity":
         return rng.standard_normal((n, classes))
     return rng.uniform(0.05, 0.95, (n, classes))
-
-
-def smooth_inputs(net, n: int, rng, rate: float = 0.0):
-    """``n`` inputs whose hidden pre-activations all keep KINK_MARGIN from zero, and
-    (for dropout ``rate``) the fixed inverted-dropout masks, one per hidden layer, they were checked with."""
-    state = net.state_dict()
-    candidates = rng.standard_normal((40 * n, net.sizes[0]))
-    a, ok, masks = candidates, np.ones(len(candidates), dtype=bool), []
-    for l, act in enumerate(net.activations[:-1]):
-        z = a @ state[f"layers.{l}.weight"].T + state[f"layers.{l}.bias"]
-        if act.name in ("relu", "leaky_relu"):
-            ok &= np.all(np.abs(z) > KINK_MARGIN, axis=1)
-        masks.append((rng.uniform(size=z.shape) >= rate) / (1.0 - rate))
-        a = act.forward(np, z) * masks[-1]
-    assert ok.sum() >= n, "could not find inputs away from the ReLU kinks"
-    return candidates[ok][:n], [m[ok][:n] for m in masks]
-
-
-def finite_differences(net, cost) -> list[np.ndarray]:
-    """Five-point differences of ``cost()`` in every entry of every parameter."""
-    numeric = []
-    for i, param in enumerate(net.params):
-        base = host(net, param)
-        grad = np.zeros_like(base)
-        for k in range(base.size):
-            values = []
-            for step in (2 * H, H, -H, -2 * H):
-                shifted = base.copy()
-                shifted.flat[k] += step
-                net.params[i] = net.backend.upload(shifted, net.dtype)
-                values.append(host_float(net, cost()))
-            grad.flat[k] = (-values[0] + 8 * values[1] - 8 * values[2] + values[3]) / (12 * H)
-        net.params[i] = param
-        numeric.append(grad)
-    return numeric
 
 
 def assert_gradients_close(net, analytic, numeric):

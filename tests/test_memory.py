@@ -153,3 +153,31 @@ def test_limits_that_mean_nothing_are_refused(text, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--memory-limit", text or "''"])
     assert "--memory-limit" in capsys.readouterr().err
+
+
+def test_a_run_that_fits_the_host_but_not_the_gpu_is_refused_before_it_starts(tmp_path, capsys, monkeypatch):
+    """Device bytes were added to host bytes and held to the host's MemAvailable: a run that fits a
+    64 GiB host but not a 16 GiB GPU died mid-run with the library's out-of-memory error. The GPU's
+    own free memory (stubbed: 1 MiB free) now refuses it up front, naming the device."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", X=rng.standard_normal((400, 64)).astype(np.float32), y=np.arange(400) % 2)
+    asked = []
+    monkeypatch.setattr(run, "gpu_free_memory", lambda backend: asked.append(backend) or 1 * MiB)
+    args = ["train", "--dataset", str(tmp_path / "d.npz"), "--layers", "256", "--precision", "mixed-float16"]
+    assert main([*args, "--out", str(tmp_path / "m.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert asked and err.startswith("xpnet: error: ") and "Traceback" not in err
+    assert "on cpu" in err and "more than the 1.0 MiB free there" in err, err
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_the_device_estimate_counts_what_a_gpu_run_holds():
+    """Half copies and the loss scaler's under float16, the flat buffer under data parallel."""
+    from xpnet.memory import DeviceRun, device_training_estimate
+
+    plain = device_training_estimate([64, 256, 2], 4, 2, DeviceRun(10**6, 1000, 128, 4))
+    mixed = device_training_estimate([64, 256, 2], 4, 2, DeviceRun(10**6, 1000, 128, 4, 2, True, ranks=2))
+    assert {"half copies of the weights", "the loss scaler's copies", "the data-parallel flat buffer"} <= set(
+        mixed.parts
+    ) and not {"half copies of the weights", "the data-parallel flat buffer"} & set(plain.parts)
+    assert plain.parts["data on the device"] == 10**6

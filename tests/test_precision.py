@@ -3,18 +3,23 @@ dynamic loss scaling that recovers from an overflow, float32 masters in every fi
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from conftest import HAVE_TORCH, blobs
 
-from xpnet.backend import get_backend
+from xpnet.backend import get_backend, substituted_kernels
 from xpnet.checkpoint import ModelFile
+from xpnet.data import Scaling
 from xpnet.errors import ConfigError
 from xpnet.modelfile import save_model
 from xpnet.network import MLP
-from xpnet.optim import SGD, Adam
+from xpnet.optim import SGD, Adam, AdamW
 from xpnet.precision import LossScaler, get_precision
 from xpnet.safetensors import load_tensors
+from xpnet.selfcheck.interpret import CKernel
+from xpnet.selfcheck.kernels import _Recorder
 from xpnet.train import History, fit
 
 NO_TORCH = pytest.mark.skipif(not HAVE_TORCH, reason='needs PyTorch (pip install "xpnet[torch]")')
@@ -97,6 +102,34 @@ def test_an_overflowing_step_is_undone_and_the_scale_halves():
     assert [float(v) for v in scaler.state()] == [1024.0, 0.0, 1.0]  # two good steps in a row: doubled
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["array-api", "fused-kernel"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Adam(lr=0.1, weight_decay=0.01),
+        lambda: AdamW(lr=0.1, weight_decay=0.1),
+        lambda: SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+        lambda: SGD(lr=0.1),
+    ],
+    ids=["adam", "adamw", "nesterov", "sgd"],
+)
+def test_an_overflowing_step_leaves_weights_and_buffers_bit_for_bit(make, fused):
+    """The skip folded into the update (array-API path), or copies put back (a fused kernel):
+    after a good step has filled the buffers, an overflow changes nothing, not one bit."""
+    net = MLP([3, 4, 2], precision="mixed-float16", seed=0)
+    optimizer, scaler = make(), LossScaler(net)
+    with substituted_kernels(CKernel) if fused else contextlib.nullcontext():
+        scaler.step(optimizer, net.params, [np.ones_like(p) for p in net.params])
+        before = [np.array(a) for a in net.params + optimizer.state_arrays()]
+        grads = [np.ones_like(p) for p in net.params]
+        grads[0][0, 0], grads[-1][0] = np.inf, np.nan
+        with np.errstate(invalid="ignore"):
+            scaler.step(optimizer, net.params, grads)
+    assert (optimizer.kernel is not None) == fused
+    assert all(np.array_equal(a, b) for a, b in zip(net.params + optimizer.state_arrays(), before))
+    assert [float(v) for v in scaler.state()][2] == 1.0
+
+
 def test_loss_scaling_recovers_from_an_injected_overflow_in_training():
     """A loss scale of 2^40 overflows float16 at once: steps are skipped until it fits, then training learns."""
     X, y = blobs(n=512, features=4, classes=4)
@@ -158,3 +191,25 @@ def test_tf32_is_an_opt_in_for_cuda_matmuls_only():
     backend = get_backend("numpy")
     backend.use_tf32(True)  # nothing to switch off CUDA (tests/test_gpu.py switches it on a GPU)
     assert backend.tf32_state().startswith("n/a")
+
+
+def test_mixed_precision_scales_inputs_in_float32_before_the_half_cast():
+    """A feature with std 1e-6 has a scale of 1e6 (inf in float16), one with mean 1000 and std 0.56
+    loses 0.5 std when x - shift runs in half: scaled in float32, then cast, both stay within 1e-2
+    of Scaling.apply (float32, what ONNX export does), on the array-API path and the fused kernel's."""
+    rng = np.random.default_rng(0)
+    X = np.stack([0.5 + 1e-6 * rng.standard_normal(64), 1000 + 0.56 * rng.standard_normal(64)], axis=1)
+    X = X.astype(np.float32)  # as a GPU holds it (to_device uploads floats in the network dtype)
+    scaling = Scaling.fit("standard", X)
+    assert float(np.max(scaling.scale)) > 65504
+    expected = scaling.apply(X)
+    net = MLP([2, 3], precision="mixed-float16", seed=0)
+    net.set_scaling(scaling)
+    calls = {}
+    for stand_in in (None, lambda name: _Recorder(name, calls)):
+        with substituted_kernels(stand_in) if stand_in else contextlib.nullcontext():
+            got = net.prepare(net.to_device(X))
+        assert got.dtype == np.float16 and np.all(np.isfinite(got))
+        np.testing.assert_allclose(got.astype(np.float32), expected, atol=1e-2)
+    ((_, shift, scale, out),) = calls["scale_inputs"]
+    assert shift.dtype == scale.dtype == np.float32 and out.dtype == np.float16

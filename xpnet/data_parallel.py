@@ -79,10 +79,12 @@ def check_same_job(communicator: Communicator, fingerprint: dict) -> None:
 
 
 def data_digest(backend, arrays: Sequence) -> str:
-    """A short hash of arrays' contents (host copies), to tell two ranks' data apart."""
+    """A short hash of arrays' contents, to tell two ranks' data apart. ``fit`` passes the host
+    arrays as given, hashed where they are; only an array the caller put on the device is read back."""
     digest = hashlib.blake2b(digest_size=16)
     for array in arrays:
-        host = np.ascontiguousarray(array if isinstance(array, np.ndarray) else backend.to_host(array))
+        on_device = not isinstance(array, np.ndarray) and backend.same_library(array)
+        host = np.ascontiguousarray(backend.to_host(array) if on_device else np.asarray(array))
         digest.update(f"{host.dtype.str}{host.shape}".encode())
         digest.update(host.data)
     return digest.hexdigest()
@@ -198,7 +200,7 @@ def fit_fingerprint(net, optimizer, arrays: dict, options: dict) -> dict:
 
     ``arrays`` names the training (and validation) arrays; ``options`` are ``fit``'s own.
     """
-    sizes = {name: list(array.shape) for name, array in arrays.items()}
+    sizes = {name: list(np.shape(array)) for name, array in arrays.items()}
     settings = dict(net.config())
     settings["scaling"] = settings_digest(net.scaling.to_dict()) if net.scaling is not None else None
     settings["optimizer"] = type(optimizer).__name__

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from xpnet.backend.cuda import nccl_version_text, visible_gpu_count
 from xpnet.errors import BackendError, ConfigError
 
 MPI_HINT = 'install mpi4py and an MPI with: pip install "xpnet[mpi]"'
@@ -350,10 +351,13 @@ def _local_rank(comm, MPI) -> int:
     return launcher_local_rank(default=rank)
 
 
-def rank_device(device: str | None, communicator: Communicator) -> str | None:
-    """``cuda`` becomes ``cuda:<local rank>``, one GPU per rank on each node; other devices stay as given."""
+def rank_device(device: str | None, communicator: Communicator, gpus: int | None = None) -> str | None:
+    """``cuda`` becomes ``cuda:<local rank mod gpus>``, one GPU per rank on each node; other devices
+    stay as given. ``gpus`` is the count this process sees (asked for when None): a launcher that
+    shows each task only its own GPU (SLURM ``--gpus-per-task=1``) makes it 1, so every rank takes cuda:0."""
     if device is not None and device.strip() in ("cuda", "gpu") and communicator.size > 1:
-        return f"cuda:{communicator.local_rank}"
+        gpus = visible_gpu_count() if gpus is None else gpus
+        return f"cuda:{communicator.local_rank % gpus if gpus > 0 else communicator.local_rank}"
     return device
 
 
@@ -393,6 +397,7 @@ def transports() -> dict[str, str]:
     else:
         version = nccl_version_text(nccl.get_version())
         report["NCCL"] = f"loaded: NCCL {version} through CuPy ({_loaded_library('libnccl') or 'libnccl'})"
+    report["GPU per rank"] = f"--device cuda: cuda:<local rank modulo the {visible_gpu_count()} GPU(s) it sees>"
     return report
 
 
@@ -402,12 +407,6 @@ def mpi_library(MPI) -> str:
     name = " ".join(first.replace("Version:", "").split())
     path = _loaded_library("libmpi")
     return f"{name} ({path})" if path else name
-
-
-def nccl_version_text(code: int) -> str:
-    """NCCL's version code as text: 23203 -> 2.32.3 (codes before 2.9 had three digits after the major)."""
-    major, rest = divmod(code, 10000) if code >= 10000 else divmod(code, 1000)
-    return f"{major}.{rest // 100}.{rest % 100}"
 
 
 def _loaded_library(fragment: str) -> str:

@@ -4,7 +4,8 @@ A small file can ask for a huge run: an ``.npz`` of zeros with 10^7 features, la
 100,000 units, 100,000 classes in a confusion matrix. Before xpnet allocates the data,
 the network, the optimizer's buffers, the per-batch temporaries or a plot, it adds up
 their bytes (``Estimate``) and refuses, with ``MemoryLimitError`` naming the largest
-parts, a run that would pass the limit. Host and device memory count together.
+parts, a run that would pass the limit. On a GPU the device's part (``device_training_estimate``)
+is checked against the GPU's own free memory, not the host's.
 
 The limit is ``--memory-limit`` or ``XPNET_MEMORY_LIMIT`` (``512M``, ``8G``, ``1.5GiB``,
 a number of bytes, or ``80%`` of the memory available), by default 80% of the memory
@@ -111,12 +112,23 @@ class Estimate:
         limit = memory_limit() if limit is None else limit
         if self.total <= limit:
             return
-        largest = sorted(self.parts.items(), key=lambda item: -item[1])[:3]
-        parts = ", ".join(f"{name} {describe(size)}" for name, size in largest)
         raise MemoryLimitError(
-            f"{what} would need about {describe(self.total)} ({parts}), more than the memory limit of "
+            f"{what} would need about {describe(self.total)} ({self._largest()}), more than the memory limit of "
             f"{describe(limit)}; make it smaller, or raise the limit with --memory-limit or {ENV}"
         )
+
+    def check_device(self, what: str, free: int, device: str) -> None:
+        """Refuse ``what`` if its device part would pass the ``free`` bytes of the GPU ``device``."""
+        if self.total <= free:
+            return
+        raise MemoryLimitError(
+            f"{what} would need about {describe(self.total)} on {device} ({self._largest()}), more than the "
+            f"{describe(free)} free there; use a smaller batch size, model or data set, or a GPU with more memory"
+        )
+
+    def _largest(self) -> str:
+        largest = sorted(self.parts.items(), key=lambda item: -item[1])[:3]
+        return ", ".join(f"{name} {describe(size)}" for name, size in largest)
 
 
 def require(nbytes: float, what: str) -> None:
@@ -161,3 +173,42 @@ def training_estimate(
 def plot_bytes(classes: int) -> int:
     """A confusion matrix of ``classes`` squared cells: counts, then the colours matplotlib draws."""
     return classes * classes * 48
+
+
+#: What a GPU holds besides the arrays counted here: cuBLAS's workspace, the loaded kernels.
+DEVICE_OVERHEAD = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class DeviceRun:
+    """What sets a training run's GPU memory besides the network: its data and how it computes."""
+
+    data_bytes: int  #: the training and validation arrays as uploaded
+    samples: int
+    batch: int
+    input_itemsize: int
+    half_itemsize: int = 0  #: mixed precision's half type (its weight copies), 0 without
+    loss_scaling: bool = False  #: float16's scaler keeps copies of the weights and buffers
+    ranks: int = 1  #: data-parallel ranks (a flat gradient buffer when more than one)
+
+
+def device_training_estimate(sizes: list[int], itemsize: int, buffers: int, run: DeviceRun) -> Estimate:
+    """What a training run holds on its GPU at its peak (the host's part is ``training_estimate``)."""
+    count = parameter_count(sizes)
+    estimate = Estimate().add("cuBLAS workspace and kernels", DEVICE_OVERHEAD)
+    estimate.add("parameters and the best weights", 2 * count * itemsize)
+    estimate.add("optimizer buffers", buffers * count * itemsize)
+    estimate.add("data on the device", run.data_bytes)
+    estimate.add("shuffling order", run.samples * 4)
+    step_itemsize = run.half_itemsize or itemsize
+    estimate.add(
+        "one training step", batch_bytes(sizes, min(run.batch, run.samples), step_itemsize, run.input_itemsize)
+    )
+    if run.half_itemsize:
+        estimate.add("half copies of the weights", count * run.half_itemsize)
+    if run.loss_scaling:
+        estimate.add("the loss scaler's copies", (1 + buffers) * count * itemsize)
+    if run.ranks > 1:
+        estimate.add("the data-parallel flat buffer", count * itemsize)
+    evaluation = min(4096, run.samples) * sum(sizes) * 3 * itemsize + run.samples * sizes[-1] * itemsize
+    return estimate.add("evaluation", evaluation)

@@ -88,7 +88,7 @@ class MLP:
         network_estimate(self.sizes, np.dtype(dtype).itemsize, count).check(f"the network {str(self.sizes)[:60]}")
         self.seed = seed
         self.scaling = None
-        self._scaling_on_device = None
+        self._scaling_on_device = self._scaling_kernel_args = None
         self._class_ids = None  #: 0..k-1 on the device (1 for a single sigmoid output), for one-hot targets
         #: Draws the dropout masks on the device; None when no layer drops units.
         self.dropout_rng = self.backend.random_generator(seed) if any(self.dropout) else None
@@ -289,35 +289,41 @@ class MLP:
         """
         self.scaling = scaling
         if scaling is None:
-            self._scaling_on_device = None
+            self._scaling_on_device = self._scaling_kernel_args = None
             return
-        on_device = []
+        # In the master dtype (float32 under mixed precision), cast to the half type after: a scale
+        # above 65504 (a std under ~1.5e-5) is inf in float16, and x - shift in half loses a feature
+        # with mean 1000 and std 0.56 (off by 0.5 std); Scaling.apply and ONNX export scale in float32.
+        on_device, kernel_args = [], []
         for value in (scaling.shift, scaling.scale):
             value = np.asarray(value, dtype=np.float64)
-            on_device.append(float(value) if value.ndim == 0 else self.backend.upload(value, self.compute_dtype))
-        self._scaling_on_device = tuple(on_device)
+            per_feature = self.backend.upload(np.broadcast_to(value, (self.sizes[0],)), self.dtype)
+            on_device.append(float(value) if value.ndim == 0 else per_feature)
+            kernel_args.append(per_feature)  # arrays, so they fix the kernel's S to the master dtype
+        self._scaling_on_device, self._scaling_kernel_args = tuple(on_device), tuple(kernel_args)
 
-    #: The fused CuPy form of ``prepare``: a raw batch (uint8 pixels, say) cast and scaled in one pass.
-    SCALE_KERNEL = define_kernel("scale_inputs", "X x, T shift, T scale", "T out", "out = (x - shift) * scale;")
+    #: The fused CuPy form of ``prepare``: a raw batch (uint8 pixels, say) cast and scaled in one pass,
+    #: the arithmetic in S (the master dtype), the result rounded once to T (the compute dtype).
+    SCALE_KERNEL = define_kernel("scale_inputs", "X x, S shift, S scale", "T out", "out = (x - shift) * scale;")
 
     def prepare(self, x):
-        """A batch of raw inputs as the first layer wants them: compute dtype, scaled."""
+        """A batch of raw inputs as the first layer wants them: compute dtype, scaled (in the master dtype)."""
         kernel = fused_kernel(self.xp, self.SCALE_KERNEL) if self._scaling_on_device is not None else None
         if kernel is not None:  # the cast and the scaling in one pass
-            return kernel(x, *self._scaling_on_device, self.xp.empty(x.shape, dtype=self.compute_dtype))
-        fresh = x.dtype != self.compute_dtype
-        if fresh:
-            x = self.xp.astype(x, self.compute_dtype)
+            return kernel(x, *self._scaling_kernel_args, self.xp.empty(x.shape, dtype=self.compute_dtype))
         if self._scaling_on_device is None:
-            return x
+            return x if x.dtype == self.compute_dtype else self.xp.astype(x, self.compute_dtype)
+        fresh = x.dtype != self.dtype
+        if fresh:
+            x = self.xp.astype(x, self.dtype)
         shift, scale = self._scaling_on_device
         if not fresh:
-            return (x - shift) * scale
-        # x is our own copy (the cast made it): scale it in place, with no second batch-sized array.
-        if not (isinstance(shift, float) and shift == 0.0):
-            x -= shift
-        x *= scale
-        return x
+            x = (x - shift) * scale
+        else:  # x is our own copy (the cast made it): scale it in place, with no second batch-sized array.
+            if not (isinstance(shift, float) and shift == 0.0):
+                x -= shift
+            x *= scale
+        return x if self.dtype == self.compute_dtype else self.xp.astype(x, self.compute_dtype)
 
     def to_device(self, data, *, labels: bool = False):
         """``data`` on this network's device, uploaded once: uint8 stays uint8, integer labels

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from array_api_compat import array_namespace
 
-from xpnet.backend import define_kernel, fused_kernel
+from xpnet.backend import define_kernel, device_constant, fused_kernel
 from xpnet.checks import is_number
 from xpnet.errors import ConfigError
 from xpnet.names import Registry
@@ -123,16 +123,25 @@ class Optimizer:
         if not self.state:
             self.state = [tuple(p * 0.0 for _ in range(self.buffers_per_param)) for p in params]
 
-    def step(self, params: list, grads: list) -> None:
+    def bind(self, params: list) -> None:
+        """The buffers, the namespace and the fused kernel (where the backend has one) for ``params``."""
         self.init_state(params)
         if self.xp is None:
             self.xp = array_namespace(params[0])
             self.kernel = fused_kernel(self.xp, self.kernel_name) if self.kernel_name else None
-        self.steps += 1
-        for i, (p, g) in enumerate(zip(params, grads)):
-            params[i] = self._update(i, p, g, decay=self.weight_decay if p.ndim > 1 else 0.0)
 
-    def _update(self, i, p, g, decay):
+    def step(self, params: list, grads: list, finite=None) -> None:
+        """One update of ``params`` (in place) from ``grads``. ``finite`` (float16's loss scaling, on the
+        array-API path): a 0-d boolean device flag; where it is false the step leaves every parameter
+        and buffer as it was, decided inside the update (``_Skip``), with no copies to put back."""
+        self.bind(params)
+        self.steps += 1
+        skip = None if finite is None else _Skip(self.xp, finite, params[0])
+        for i, (p, g) in enumerate(zip(params, grads)):
+            decay = self.weight_decay if p.ndim > 1 else 0.0
+            params[i] = self._update(i, p, g if skip is None else skip.grad(g), decay, skip or _NO_SKIP)
+
+    def _update(self, i, p, g, decay, skip):
         raise NotImplementedError
 
     def state_arrays(self) -> list:
@@ -148,6 +157,47 @@ class Optimizer:
         k = self.buffers_per_param
         self.state = [tuple(arrays[i * k : (i + 1) * k]) for i in range(len(params))] if k else []
         self.steps = steps
+
+
+class _Skip:
+    """A step that must leave everything as it was where the 0-d ``finite`` flag is false (a float16
+    overflow), made so by the update's own arithmetic: the gradients zeroed (one ``where`` each),
+    the step sizes multiplied by the flag, the decay factors (μ, β1, β2, AdamW's shrink) set to 1.
+    The factors are 0-d, made once a step; where the flag is true each is the value itself, exactly."""
+
+    def __init__(self, xp, finite, like):
+        self.xp, self.finite, self._made = xp, finite, {}
+        self.flag = xp.astype(finite, like.dtype)
+        self._zero, self._one = device_constant(xp, 0.0, like), device_constant(xp, 1.0, like)
+
+    def grad(self, g):
+        return self.xp.where(self.finite, g, self._zero)
+
+    def times(self, value: float):
+        """``value`` where the step is kept, else 0 (a rate, a weight decay)."""
+        return self._make(("times", value), lambda: self.flag * value)
+
+    def keep(self, value: float):
+        """``value`` where the step is kept, else 1 (a decay factor: the buffer stays as it is)."""
+        return self._make(("keep", value), lambda: self.xp.where(self.finite, self.flag * value, self._one))
+
+    def _make(self, key, make):
+        if key not in self._made:
+            self._made[key] = make()
+        return self._made[key]
+
+
+class _NoSkip:
+    """Every step kept: the values themselves (host numbers, as the update always had them)."""
+
+    @staticmethod
+    def times(value: float) -> float:
+        return value
+
+    keep = times
+
+
+_NO_SKIP = _NoSkip()
 
 
 class SGD(Optimizer):
@@ -188,19 +238,19 @@ class SGD(Optimizer):
         "T d = g + decay * p; v = momentum * v + d; p -= lr * (d + momentum * v);",
     )
 
-    def _update(self, i, p, g, decay):
+    def _update(self, i, p, g, decay, skip):
         if self.kernel is not None:
             self.kernel(g, self.lr, self.momentum, decay, p, *self.state[i])
             return p
         if decay:
-            g = g + decay * p
+            g = g + skip.times(decay) * p
         if self.momentum:
             (v,) = self.state[i]
-            v *= self.momentum
+            v *= skip.keep(self.momentum)
             v += g
             self.state[i] = (v,)
             g = g + self.momentum * v if self.nesterov else v
-        p -= self.lr * g
+        p -= skip.times(self.lr) * g
         return p
 
 
@@ -211,13 +261,15 @@ class Adam(Optimizer):
     buffers_per_param = 2
     #: The fused CuPy update, the array-API code of ``_update`` below: l2 is λ for Adam's coupled
     #: decay (else 0), shrink is 1 - lr λ for AdamW's (else 1); step = lr / (1 - β1^t) and
-    #: v_scale = 1 / (1 - β2^t) are the bias corrections.
+    #: v_scale = 1 / (1 - β2^t) are the bias corrections. 1 - β1 and 1 - β2 come from the host, as
+    #: the array-API code computes them: in float32 on the GPU, 1 - 0.999f is 0.00099998713, 1.3e-5 off
+    #: 0.001 (every v was off by that much, and selfcheck said so on an H200).
     kernel_name = define_kernel(
         "adam",
-        "T g, T step, T beta1, T beta2, T v_scale, T eps, T l2, T shrink",
+        "T g, T step, T beta1, T beta2, T rest1, T rest2, T v_scale, T eps, T l2, T shrink",
         "T p, T m, T v",
         "T d = g + l2 * p; p *= shrink;"
-        " m = beta1 * m + (1 - beta1) * d; v = beta2 * v + (1 - beta2) * d * d;"
+        " m = beta1 * m + rest1 * d; v = beta2 * v + rest2 * d * d;"
         " p -= step * m / (sqrt(v * v_scale) + eps);",
     )
 
@@ -238,31 +290,34 @@ class Adam(Optimizer):
             raise ConfigError(f"eps must be a positive number, not {eps!r}")
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
-    def _update(self, i, p, g, decay):
+    def _update(self, i, p, g, decay, skip):
         m, v = self.state[i]
         m_hat_scale = self.lr / (1.0 - self.beta1**self.steps)
         v_hat_scale = 1.0 / (1.0 - self.beta2**self.steps)
         if self.kernel is not None:
             l2, shrink = (0.0, 1.0 - self.lr * decay) if self.decoupled else (decay, 1.0)
-            self.kernel(g, m_hat_scale, self.beta1, self.beta2, v_hat_scale, self.eps, l2, shrink, p, m, v)
+            rest1, rest2 = 1.0 - self.beta1, 1.0 - self.beta2
+            self.kernel(
+                g, m_hat_scale, self.beta1, self.beta2, rest1, rest2, v_hat_scale, self.eps, l2, shrink, p, m, v
+            )
             return p
         if decay and self.decoupled:
-            p *= 1.0 - self.lr * decay
+            p *= skip.keep(1.0 - self.lr * decay)
         elif decay:
-            g = g + decay * p
+            g = g + skip.times(decay) * p
         # m <- β1 m + (1 - β1) g;  v <- β2 v + (1 - β2) g²;  p <- p - step m / (sqrt(v v_scale) + eps),
         # one operation at a time into a few temporaries (each result rounds as in the formula).
-        m *= self.beta1
+        m *= skip.keep(self.beta1)
         t = g * (1.0 - self.beta1)
         m += t
-        v *= self.beta2
+        v *= skip.keep(self.beta2)
         t = g * g
         t *= 1.0 - self.beta2
         v += t
         self.state[i] = (m, v)
         denominator = self.xp.sqrt(v * v_hat_scale)
         denominator += self.eps
-        t = m * m_hat_scale
+        t = m * skip.times(m_hat_scale)
         t /= denominator
         p -= t
         return p

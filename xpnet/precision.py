@@ -81,11 +81,14 @@ class LossScaler:
         """``optimizer.step(params, grads)`` if every gradient is finite; else the step is undone."""
         xp = self.xp
         finite = xp.all(xp.stack([xp.all(xp.isfinite(g)) for g in grads]))
-        optimizer.init_state(params)
-        kept = [xp.asarray(p, copy=True) for p in params] + [xp.asarray(b, copy=True) for b in optimizer.state_arrays()]
-        optimizer.step(params, grads)
-        for now, before in zip(params + optimizer.state_arrays(), kept):
-            now[...] = xp.where(finite, now, before)
+        optimizer.bind(params)
+        if optimizer.kernel is None:  # the skip folded into the update: no copies (optim._Skip)
+            optimizer.step(params, grads, finite=finite)
+        else:  # a fused kernel takes no flag: keep copies and put them back where the step overflowed
+            kept = [xp.asarray(a, copy=True) for a in params + optimizer.state_arrays()]
+            optimizer.step(params, grads)
+            for now, before in zip(params + optimizer.state_arrays(), kept):
+                now[...] = xp.where(finite, now, before)
         self._update(xp.astype(finite, self.scale.dtype))
 
     def _update(self, ok: Any) -> None:

@@ -17,14 +17,16 @@ from pathlib import Path
 import numpy as np
 
 from xpnet.backend import get_backend
+from xpnet.backend.cuda import gpu_free_memory
 from xpnet.build import build_network, build_optimizer
 from xpnet.checkpoint import ModelFile, save_model
 from xpnet.data import load_dataset, train_val_split
 from xpnet.distributed import Communicator, rank_device
 from xpnet.errors import BackendError, ConfigError, DataError, DivergenceError, MemoryLimitError
 from xpnet.fileio import STDOUT, atomic_write_text, check_output_path, is_stream
-from xpnet.memory import Estimate, limited, plot_bytes, training_estimate
+from xpnet.memory import DeviceRun, Estimate, device_training_estimate, limited, plot_bytes, training_estimate
 from xpnet.plot import MAX_PLOT_CLASSES, check_plot_path, plot_training
+from xpnet.precision import get_precision
 from xpnet.progress import wanted as progress_wanted
 from xpnet.recipes import get_recipe
 from xpnet.settings import BASE_SETTINGS, RUN_SETTINGS, check_setting, checked
@@ -237,7 +239,12 @@ def _prepare(settings: dict, resume, quiet: bool, world: Communicator, plot):
         backend.use_tf32(settings["tf32"])
         communicator = world.for_backend(backend)
         data, split = _load_data(settings, quiet)
-        memory_estimate(settings, data, plot is not None).check(f"training on {settings['dataset']!r}")
+        on_gpu = gpu_free_memory(backend)
+        memory_estimate(settings, data, plot is not None, on_gpu is None).check(f"training on {settings['dataset']!r}")
+        if on_gpu is not None:  # the device's part against the device's own free memory
+            device_estimate(settings, data, world.size).check_device(
+                f"training on {settings['dataset']!r}", on_gpu, backend.device_name
+            )
         return data, split, _model_and_optimizer(settings, backend, data, split[0], resume), communicator
     except (ConfigError, DataError, BackendError, MemoryLimitError) as exc:
         if not resume:
@@ -328,19 +335,31 @@ def _model_and_optimizer(settings: dict, backend, data, X_train, resume):
     return net, optimizer, None
 
 
-def memory_estimate(settings: dict, data, plotting: bool) -> Estimate:
-    """What training ``settings`` on ``data`` will hold at its peak (``xpnet.memory``), plot included."""
+def memory_estimate(settings: dict, data, plotting: bool, on_host: bool = True) -> Estimate:
+    """What training ``settings`` on ``data`` will hold on the host at its peak (``xpnet.memory``), plot
+    included; ``on_host``: the backend's arrays are host memory too (not a GPU's: ``device_estimate``)."""
     itemsize = np.dtype(settings["dtype"]).itemsize
     sizes = [data.num_features, *settings["layers"], data.num_classes]
     X = data.X_train
     held = sum(array.nbytes for array in (X, data.y_train, data.X_test, data.y_test))
     on_device = X.size * (X.itemsize if X.dtype == np.uint8 else itemsize)  # uint8 stays uint8
-    data_bytes = held + X.nbytes + data.y_train.nbytes + on_device  # loaded, split, uploaded
+    data_bytes = held + X.nbytes + data.y_train.nbytes + (on_device if on_host else 0)  # loaded, split, uploaded
     buffers = build_optimizer(settings).buffers_per_param
     estimate = training_estimate(sizes, itemsize, buffers, data_bytes, len(X), settings["batch_size"], X.itemsize)
     if plotting and data.task == "classification":
         estimate.add("the plot's confusion matrix", plot_bytes(min(data.num_classes, MAX_PLOT_CLASSES)))
     return estimate
+
+
+def device_estimate(settings: dict, data, ranks: int) -> Estimate:
+    """What training ``settings`` on ``data`` will hold on the GPU at its peak (``xpnet.memory``)."""
+    itemsize = np.dtype(settings["dtype"]).itemsize
+    sizes = [data.num_features, *settings["layers"], data.num_classes]
+    X, precision = data.X_train, get_precision(settings["precision"])
+    uploaded = X.size * (X.itemsize if X.dtype == np.uint8 else itemsize) + data.y_train.size * 4  # labels int32
+    half = 2 if precision.mixed else 0
+    run = DeviceRun(uploaded, len(X), settings["batch_size"], X.itemsize, half, precision.loss_scaling, ranks)
+    return device_training_estimate(sizes, itemsize, build_optimizer(settings).buffers_per_param, run)
 
 
 def task_of(settings: dict) -> str:

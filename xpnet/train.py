@@ -197,7 +197,7 @@ def fit(
     global ``batch_size``; the job trains as one process would. Only rank 0 logs (``on_epoch_end``: all).
     """
     _check_fit_args(net, epochs, batch_size, patience, monitor, label_smoothing)
-    X, y, validation = _data_on_device(net, X, y, validation_data, verbose, log)
+    X, y, validation, given = _data_on_device(net, X, y, validation_data, verbose, log)
     options = FitOptions(epochs, min(batch_size, X.shape[0]), label_smoothing, shuffle, patience, progress, monitor)
     parallel = DataParallel(communicator or Communicator(), options.batch_size)
     log = log if verbose and parallel.communicator.is_root else None
@@ -207,7 +207,7 @@ def fit(
     rng = _continue_random_streams(net, history, seed)
     backend = net.backend  # a NaN/inf loss is caught below, by value; denormals only slow the steps down
     with backend.activated(), backend.quiet_float_errors(), backend.flush_denormals(), parallel.rank_dropout(net):
-        parallel.start(net, loop.optimizer, {"X": X, "y": y, "validation": validation}, _agreed(loop, seed, history))
+        parallel.start(net, loop.optimizer, given, _agreed(loop, seed, history))  # the ranks compare the host data
         while history.epoch < epochs:
             totals, seconds = _run_epoch(loop, history, rng)
             if history.interrupted:
@@ -241,10 +241,12 @@ def _continue_random_streams(net, history: History, seed):
 
 
 def _data_on_device(net, X, y, validation_data, verbose, log) -> tuple:
-    """``(X, y, (X_val, y_val) or None)`` on the device, checked, with the input scaling settled."""
+    """``(X, y, (X_val, y_val) or None)`` on the device, checked, with the input scaling settled, and
+    the checked arrays as given (host arrays: data-parallel ranks hash these, not copies read back)."""
     X = check_inputs(net, X)
     y = check_targets(net, y, X.shape[0])
     validation_data = check_validation(net, validation_data)
+    given = {"X": X, "y": y, "validation": validation_data}
     X, y = net.to_device(X), net.to_device(y, labels=True)
     if net.scaling is None and X.dtype == net.xp.uint8:
         net.set_scaling(Scaling("unit", 0.0, float(np.float32(1 / 255))))  # 0..255 pixels -> [0, 1]
@@ -253,7 +255,7 @@ def _data_on_device(net, X, y, validation_data, verbose, log) -> tuple:
     validation = None
     if validation_data is not None:
         validation = net.to_device(validation_data[0]), net.to_device(validation_data[1], labels=True)
-    return X, y, validation
+    return X, y, validation, given
 
 
 def _run_epoch(loop: _Loop, history: History, rng) -> tuple[EpochTotals | None, float]:

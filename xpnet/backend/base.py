@@ -198,6 +198,11 @@ class Backend:
     def synchronize(self) -> None:
         """Wait for this backend's device to finish its queued work (before reading a clock)."""
 
+    def gpu_free_memory(self) -> int | None:
+        """Bytes this GPU can still give this process (the driver's free count plus what the
+        library's pool holds cached and unused), or None off a GPU: the memory check's device limit."""
+        return None
+
     def peak_memory(self, run) -> int | None:
         """Bytes allocated at the high-water mark of one ``run()``, beyond what was live before
         (for the benchmark). Host arrays: tracemalloc, which NumPy reports its buffers to."""

@@ -44,6 +44,28 @@ def cuda_devices() -> list[str]:
     return found
 
 
+def visible_gpu_count() -> int:
+    """How many CUDA GPUs this process sees, after ``CUDA_VISIBLE_DEVICES`` (a launcher may show
+    each task one): CuPy's count, else PyTorch's, else 0."""
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # no CuPy, no driver, no GPU
+        pass
+    try:
+        import torch
+
+        return int(torch.cuda.device_count())
+    except Exception:
+        return 0
+
+
+def gpu_free_memory(backend) -> int | None:
+    """Bytes ``backend``'s GPU can still give this process, or None off a GPU (``Backend.gpu_free_memory``)."""
+    return backend.gpu_free_memory()
+
+
 def cuda_libraries() -> dict[str, str]:
     """CuPy and the CUDA libraries it loads, each mapped to its version, "found", or
     "missing (why)"; loads them as CuPy would, and needs no GPU (for ``info``, ``selfcheck``
@@ -57,11 +79,23 @@ def cuda_libraries() -> dict[str, str]:
     for name, module in (("NVRTC", "nvrtc"), ("cuBLAS", "cublas"), ("NCCL", "nccl")):
         try:
             lib = getattr(libs, module)  # CuPy's own loader: the library is opened here
-            found[name] = ".".join(map(str, _listed(lib.getVersion()))) if module != "cublas" else "found"
+            found[name] = _VERSION_TEXT[module](lib)
         except Exception as exc:  # ImportError or CuPy's own errors when a library cannot be opened
             found[name] = f"missing ({str(exc).splitlines()[0][:72]})"
     return found
 
 
-def _listed(version) -> list:
-    return list(version) if isinstance(version, (tuple, list)) else [version]
+#: How each library says its version through CuPy's binding: NVRTC's ``getVersion()`` gives
+#: (major, minor); NCCL's binding (``cupy_backends.cuda.libs.nccl``) has only ``get_version()``
+#: and ``get_build_version()``, an integer code; cuBLAS is only opened.
+_VERSION_TEXT = {
+    "nvrtc": lambda lib: ".".join(map(str, lib.getVersion())),
+    "cublas": lambda lib: "found",
+    "nccl": lambda lib: nccl_version_text(lib.get_version()),
+}
+
+
+def nccl_version_text(code: int) -> str:
+    """NCCL's version code as text: 23203 -> 2.32.3 (codes before 2.9 had three digits after the major)."""
+    major, rest = divmod(code, 10000) if code >= 10000 else divmod(code, 1000)
+    return f"{major}.{rest // 100}.{rest % 100}"

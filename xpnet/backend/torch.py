@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -111,6 +112,15 @@ class TorchBackend(Backend):
         run()
         return torch.cuda.max_memory_allocated(self.device) - base
 
+    def gpu_free_memory(self) -> int | None:
+        if not self._on_cuda:
+            return None
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(self.device)
+        cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        return int(free) + int(cached)
+
     def _sync_guard(self, strict: bool):
         return _sync_debug_mode("error" if strict else "default") if self._on_cuda else contextlib.nullcontext()
 
@@ -180,8 +190,12 @@ def _sync_debug_mode(mode: str):
     import torch
 
     previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode(mode)
+    with warnings.catch_warnings():  # "a prototype feature": said once in README, not on every audit
+        warnings.filterwarnings("ignore", message="Synchronization debug mode", category=UserWarning)
+        torch.cuda.set_sync_debug_mode(mode)
     try:
         yield
     finally:
-        torch.cuda.set_sync_debug_mode(previous)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Synchronization debug mode", category=UserWarning)
+            torch.cuda.set_sync_debug_mode(previous)

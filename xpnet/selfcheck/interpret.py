@@ -28,11 +28,12 @@ class CKernel:
         self.name = name
         self.inputs = [p.split()[-1] for p in inputs.split(",")]
         self.outputs = [p.split()[-1] for p in outputs.split(",")]
+        self.types = [p.split()[0] for p in f"{inputs},{outputs}".split(",")]
 
     def __call__(self, *args):
         if len(args) != len(self.inputs) + len(self.outputs):
             raise TypeError(f"kernel {self.name} takes {len(self.inputs) + len(self.outputs)} arguments")
-        env = dict(zip(self.inputs + self.outputs, args), sqrt=np.sqrt)
+        env = dict(zip(self.inputs + self.outputs, self._typed(args)), sqrt=np.sqrt)
         env.update({name: np.array(env[name]) for name in self.outputs})  # work on copies, write back at the end
         for statement in filter(None, (s.strip() for s in self.body.split(";"))):
             self._run(statement.removeprefix("T "), env)
@@ -40,6 +41,15 @@ class CKernel:
         for name, array in zip(self.outputs, results):
             array[...] = env[name]
         return results[0] if len(results) == 1 else results
+
+    def _typed(self, args) -> list:
+        """The arguments as the kernel sees them: CuPy casts a scalar to its parameter's type (``T``
+        as bound by the arrays, or a named type), so ``1 - beta2`` runs in float32 on float32 arrays."""
+        bound = {t: a.dtype for t, a in zip(self.types, args) if isinstance(a, np.ndarray)}
+        return [
+            a if isinstance(a, np.ndarray) or (t not in bound and not _named(t)) else np.dtype(bound.get(t, t)).type(a)
+            for t, a in zip(self.types, args)
+        ]
 
     @staticmethod
     def _run(statement: str, env: dict) -> None:
@@ -57,3 +67,12 @@ class CKernel:
             old = env[target]
             value = old - value if op == "-=" else old + value if op == "+=" else old * value
         env[target] = value
+
+
+def _named(ctype: str) -> bool:
+    """Whether ``ctype`` names a type NumPy knows (float32, ...) rather than a placeholder (T, X)."""
+    try:
+        np.dtype(ctype)
+    except TypeError:
+        return False
+    return len(ctype) > 1

@@ -32,8 +32,8 @@ SCALINGS = {
 
 
 def run_call_sites(backend: Backend, dtype: str, steps: int = 3) -> dict[str, np.ndarray]:
-    """Each call site's results, read back to the host, keyed ``relu_backward``, the optimizer
-    names (parameters and buffers after ``steps`` updates) and ``scale_inputs/<scaling>/<input>``.
+    """Each call site's results, read back to the host, keyed ``relu_backward``, ``<optimizer>/param<i>``
+    and ``<optimizer>/buffer<i>`` (after ``steps`` updates) and ``scale_inputs/<scaling>/<input>``.
 
     ``dtype`` is the type the math runs in; for a half type ("float16") the networks are
     mixed precision, and the optimizers, which only ever update float32 masters, are left out.
@@ -48,7 +48,7 @@ def run_call_sites(backend: Backend, dtype: str, steps: int = 3) -> dict[str, np
         grad = backend.upload(rng.standard_normal((5, 4)), array_dtype)
         results["relu_backward"] = backend.to_host(ReLU().backward(xp, backend.upload(z), None, grad))
         for name, make in {} if half else OPTIMIZERS.items():
-            results[name] = _optimizer_run(backend, make(), dtype, steps)
+            results.update(_optimizer_run(backend, make(), name, dtype, steps))
         network = {"precision": f"mixed-{dtype}"} if half else {"dtype": dtype}
         for label, scaling in SCALINGS.items():
             net = MLP([3, 2], backend=backend, **network)
@@ -58,14 +58,17 @@ def run_call_sites(backend: Backend, dtype: str, steps: int = 3) -> dict[str, np
     return results
 
 
-def _optimizer_run(backend: Backend, optimizer, dtype: str, steps: int) -> np.ndarray:
-    """Parameters and buffers, flattened, after ``steps`` updates from fixed weights and gradients."""
+def _optimizer_run(backend: Backend, optimizer, name: str, dtype: str, steps: int) -> dict[str, np.ndarray]:
+    """Parameters and buffers after ``steps`` updates from fixed weights and gradients, each its own
+    array (``adam/param0``, ``adam/buffer2``): each is compared at its own scale (Adam's v is ~1e-3 of p)."""
     rng = np.random.default_rng(1)
     params = [backend.upload(rng.standard_normal(shape), backend.dtype(dtype)) for shape in ((4, 3), (4,))]
     for _ in range(steps):
         grads = [backend.upload(rng.standard_normal(tuple(p.shape)), backend.dtype(dtype)) for p in params]
         optimizer.step(params, grads)
-    return np.concatenate([backend.to_host(a).ravel() for a in params + optimizer.state_arrays()])
+    arrays = {f"param{i}": p for i, p in enumerate(params)}
+    arrays.update({f"buffer{i}": b for i, b in enumerate(optimizer.state_arrays())})
+    return {f"{name}/{label}": backend.to_host(array) for label, array in arrays.items()}
 
 
 class _Recorder:
