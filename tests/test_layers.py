@@ -187,3 +187,16 @@ def test_estimators_take_norm():
     clf = XpnetClassifier((8,), norm="layer", max_iter=3, random_state=0).fit(X, y)
     assert clf.model_.norm == "layer" and clf.get_params()["norm"] == "layer"
     assert isinstance(clf.model_.layers[1], LayerNorm)
+
+
+def test_layernorm_under_mixed_precision_hands_float32_gradients():
+    rng = np.random.default_rng(9)
+    x, y = rng.standard_normal((16, 4)).astype(np.float32), rng.integers(0, 3, 16)
+    reference = MLP([4, 6, 5, 3], norm="layer", seed=1)
+    mixed = MLP([4, 6, 5, 3], norm="layer", precision="mixed-float16", seed=1)
+    _, want = reference.gradients(x, y)
+    _, got = mixed.gradients(x, y)
+    for got_group, want_group in zip(got, want):
+        for g, w in zip(got_group, want_group):
+            assert g.dtype == np.float32
+            assert np.linalg.norm(g - w) <= 2e-2 * np.linalg.norm(w) + 1e-6
