@@ -34,7 +34,7 @@ kitpy="python3 scripts/gpu_kit.py"
 $kitpy check "$kit" || exit 2
 tmp=$(mktemp -d /tmp/xpnet-gpu-kit.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
-commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+commit=${XPNET_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}  # XPNET_COMMIT: for a copy without .git
 plan=$($kitpy plan "$out" --budget "$budget" --tmp "$tmp") || exit 2
 rm -f "$out/report.json" "$out/report.md" "$out/log.txt"
 $kitpy record "$out" --commit "$commit" --skipped "$(printf '%s\n' "$plan" | awk -F'\t' '$1 == "#" {print $2}')" || exit 1
