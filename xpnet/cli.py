@@ -22,7 +22,7 @@ import array_api_compat
 import numpy as np
 
 from xpnet._version import __version__
-from xpnet.backend import available_backends, cuda_devices, cuda_libraries
+from xpnet.backend import available_backends, cuda_devices, cuda_libraries, threads
 from xpnet.bench.options import add_bench_arguments
 from xpnet.checkpoint import ModelFile
 from xpnet.data import load_dataset, read_idx
@@ -86,6 +86,28 @@ def _add_device_arguments(parser) -> None:
             _add_setting(parser, setting)
 
 
+def _thread_count(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads >= 1, not {text!r}")
+    return int(text)
+
+
+def _add_threads_argument(parser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=_thread_count,
+        metavar="N",
+        help=f"BLAS threads of this process (default: ${threads.THREADS_VARIABLE}, else the cores this process "
+        "may use divided among the ranks on this node; said in the run's first line and in `xpnet info`)",
+    )
+
+
+def _set_threads(args, world: Communicator | None = None) -> threads.ThreadChoice:
+    """Choose and set this process's BLAS threads (``xpnet.backend.threads``) before any work."""
+    local_size = world.local_size if world is not None and world.size > 1 else None
+    return threads.apply(threads.choose(getattr(args, "threads", None), local_size))
+
+
 def _add_train_arguments(parser) -> None:
     parser.add_argument(
         "--recipe",
@@ -93,6 +115,7 @@ def _add_train_arguments(parser) -> None:
         help=f"named configuration to start from: {', '.join(RECIPES)} (default: default; see docs/RECIPES.md)",
     )
     _add_device_arguments(parser)
+    _add_threads_argument(parser)
     groups = {"data": parser.add_argument_group("data"), "model": parser.add_argument_group("model")}
     groups["optimisation"] = parser.add_argument_group("optimisation")
     groups["distributed"] = parser.add_argument_group("distributed")
@@ -128,16 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", help="dataset to test on (default: the one it was trained on)")
     evaluate.add_argument("--data-dir", help="folder holding the dataset files")
     _add_device_arguments(evaluate)
+    _add_threads_argument(evaluate)
     predict = commands.add_parser("predict", help="predict labels for inputs in an IDX or .npz file")
     predict.add_argument("model", help="model file (.safetensors)")
     predict.add_argument("input", help="IDX images (raw or .gz), or .npz holding X")
     predict.add_argument("--out", help="write predictions to this .csv or .npz; - (the default) prints CSV")
     predict.add_argument("--proba", action="store_true", help="also write the output probabilities")
     _add_device_arguments(predict)
+    _add_threads_argument(predict)
     export = commands.add_parser("export", help="write a saved model in another format (ONNX)")
     export.add_argument("model", help="model file (.safetensors)")
     export.add_argument("--onnx", metavar="FILE", required=True, help='the ONNX file to write (needs "xpnet[onnx]")')
-    commands.add_parser("info", help="versions, backends, devices and BLAS")
+    info = commands.add_parser("info", help="versions, backends, devices and BLAS")
+    _add_threads_argument(info)
     bench = commands.add_parser("bench", help="throughput sweep over batch sizes and devices")
     add_bench_arguments(bench)
     _add_memory_argument(bench)
@@ -182,6 +208,9 @@ def _train_command(args) -> int:
 
 
 def _train(args, world: Communicator) -> int:
+    chosen = _set_threads(args, world)
+    if world.is_root and not args.quiet:
+        print(chosen.describe(), flush=True)
     overrides = {key: getattr(args, key) for key in TABLE}
     if args.resume:
         settings = resumed_settings(args.resume, overrides)
@@ -276,6 +305,7 @@ class _StopFlag:
 
 
 def _evaluate_command(args) -> int:
+    _set_threads(args)
     saved = ModelFile(args.model)
     net = saved.build(args.backend, args.device)
     dataset = args.dataset or saved.training.get("dataset")
@@ -297,6 +327,7 @@ def _evaluate_command(args) -> int:
 def _predict_command(args) -> int:
     out = args.out or STDOUT
     check_output_path(out, "--out", stdout=True)  # before any work: a folder or a socket is refused now
+    _set_threads(args)
     saved = ModelFile(args.model)
     net = saved.build(args.backend, args.device)
     X = _read_inputs(Path(args.input), net.sizes[0])
@@ -394,6 +425,7 @@ def _info_command(args) -> int:
     if "NVRTC" in libraries:  # CuPy is installed: what it would load (python -m xpnet selfcheck tests the rest)
         print("CUDA libraries for CuPy: " + ", ".join(f"{name} {state}" for name, state in libraries.items()))
     print(f"BLAS: {_blas_description()}")
+    print(f"  xpnet's {threads.choose(args.threads).describe()}, set by train, evaluate and predict")
     print("distributed (--distributed under mpiexec):")
     for name, status in transports().items():
         print(f"  {name:17s} {status}")

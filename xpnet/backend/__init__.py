@@ -6,7 +6,8 @@ device, and for the two crossings between host and device: ``upload`` (host NumP
 on a GPU every read is a synchronisation the training loop must budget for).
 
 One idea per module: ``base`` (the ``Backend``), ``resolve`` (names and devices to a
-backend), ``cpu`` (BLAS threads, denormals), ``kernels`` (fused CuPy kernels), ``rng``
+backend), ``cpu`` (BLAS threads by step size, denormals), ``threads``
+(the process's BLAS threads: its cores shared among the ranks on its node), ``kernels`` (fused CuPy kernels), ``rng``
 (device random numbers), ``audit`` (host reads and device mixing), ``cuda`` (what the
 machine offers). No module outside this package imports a backend library for its math.
 """
