@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from xpnet.backend import get_backend
+from xpnet.backend.cpu import slow_setting_warnings
 from xpnet.checkpoint import ModelFile, save_model
 from xpnet.data import load_dataset, train_val_split
 from xpnet.distributed import Communicator, rank_device
@@ -237,6 +239,8 @@ def _prepare(settings: dict, resume, quiet: bool, world: Communicator, plot):
     try:
         backend = get_backend(settings.get("backend"), rank_device(settings.get("device"), world))  # fail fast
         backend.use_tf32(settings["tf32"])
+        for warning in slow_setting_warnings(backend, settings["precision"], settings["tf32"]) if world.is_root else ():
+            print(f"xpnet: warning: {warning}", file=sys.stderr, flush=True)
         communicator = world.for_backend(backend)
         data, split = _load_data(settings, quiet)
         memory_estimate(settings, data, plot is not None).check(f"training on {settings['dataset']!r}")
