@@ -67,12 +67,18 @@ def _option_type(setting: Setting):
     return parse
 
 
-def _add_setting(parser, setting: Setting) -> None:
-    """The option ``--name`` for a row of the settings table; None (not given) by default."""
+def _add_setting(parser, setting: Setting, recipe_value=None) -> None:
+    """The option ``--name`` for a row of the settings table; None (not given) by default.
+
+    ``recipe_value``, where given, is said in the help as what the default recipe takes."""
+    text = setting.help
+    if recipe_value is not None and "default" not in text:
+        shown = ",".join(map(str, recipe_value)) if isinstance(recipe_value, list) else f"{recipe_value}"
+        text += f" (default: {shown}, in the default recipe)".replace("%", "%%")
     if isinstance(setting.default, bool):
-        parser.add_argument(setting.flag, action=argparse.BooleanOptionalAction, default=None, help=setting.help)
+        parser.add_argument(setting.flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         return
-    parser.add_argument(setting.flag, type=_option_type(setting), choices=setting.choices, help=setting.help)
+    parser.add_argument(setting.flag, type=_option_type(setting), choices=setting.choices, help=text)
 
 
 def _add_memory_argument(parser) -> None:
@@ -119,9 +125,10 @@ def _add_train_arguments(parser) -> None:
     groups = {"data": parser.add_argument_group("data"), "model": parser.add_argument_group("model")}
     groups["optimisation"] = parser.add_argument_group("optimisation")
     groups["distributed"] = parser.add_argument_group("distributed")
+    defaults = resolve_settings("default", {})
     for setting in TABLE.values():
         if setting.group in groups:
-            _add_setting(groups[setting.group], setting)
+            _add_setting(groups[setting.group], setting, defaults.get(setting.name) if setting.recipe else None)
     out = parser.add_argument_group("output")
     out.add_argument("--out", default="xpnet-model.safetensors", help="where to save the trained model")
     out.add_argument("--resume", metavar="CHECKPOINT", help="continue an interrupted run from its checkpoint")

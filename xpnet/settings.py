@@ -242,7 +242,9 @@ _ROWS = [
         "optimisation",
     ),
     Setting(
-        "label_smoothing", 0.0, _fraction, "label smoothing for cross-entropy targets", "optimisation",
+        "label_smoothing", 0.0, _fraction,
+        "label smoothing for cross-entropy targets (the training loss shown includes it, so it "
+        "stays above the validation loss)", "optimisation",
         parse=_parse_float,
     ),
     Setting("batch_size", 64, _whole(1), "samples per step", "optimisation", parse=_parse_int),
