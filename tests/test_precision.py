@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import HAVE_TORCH, blobs
+from conftest import HAVE_TORCH, NEEDS_TORCH, blobs
 
 from xpnet.backend import get_backend
 from xpnet.checkpoint import ModelFile
@@ -17,7 +17,7 @@ from xpnet.precision import LossScaler, get_precision
 from xpnet.safetensors import load_tensors
 from xpnet.train import History, fit
 
-NO_TORCH = pytest.mark.skipif(not HAVE_TORCH, reason='needs PyTorch (pip install "xpnet[torch]")')
+NO_TORCH = pytest.mark.skipif(not HAVE_TORCH, reason=NEEDS_TORCH)
 
 
 def gradients(precision: str, backend: str = "numpy", hidden: str = "tanh"):

@@ -28,7 +28,7 @@ from xpnet.checkpoint import ModelFile
 from xpnet.data import load_dataset, read_idx
 from xpnet.data.tabular import read_npz_arrays
 from xpnet.distributed import Communicator, connect, transports
-from xpnet.errors import ConfigError, DivergenceError, RanksDifferError, XpnetError
+from xpnet.errors import ConfigError, DivergenceError, RanksDifferError, XpnetError, for_command_line
 from xpnet.export import OPSET, export_onnx
 from xpnet.fileio import STDOUT, atomic_writer, check_output_path
 from xpnet.memory import Estimate, limited
@@ -192,10 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xpnet: error: {_OUT_OF_MEMORY}", file=sys.stderr)
         return 2
     except DivergenceError as exc:
-        print(f"xpnet: error: {exc}", file=sys.stderr)
+        print(f"xpnet: error: {for_command_line(str(exc))}", file=sys.stderr)
         return 1
     except XpnetError as exc:
-        print(f"xpnet: error: {exc}", file=sys.stderr)
+        print(f"xpnet: error: {for_command_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without a checkpoint
         print("xpnet: stopped at once (second interrupt); the last per-epoch checkpoint is kept", file=sys.stderr)
@@ -262,9 +262,9 @@ def _on_every_rank(world: Communicator, train) -> int:
         status = train()
     except XpnetError as exc:
         if not isinstance(exc, (DivergenceError, RanksDifferError)):  # not decided from shared numbers
-            _fail_alone(world, str(exc), 2)
+            _fail_alone(world, for_command_line(str(exc)), 2)
         if world.is_root:
-            print(f"xpnet: error: {exc}", file=sys.stderr)
+            print(f"xpnet: error: {for_command_line(str(exc))}", file=sys.stderr)
         status = 1 if isinstance(exc, DivergenceError) else 2
     except KeyboardInterrupt:
         _fail_alone(world, "stopped at once (second interrupt); the last per-epoch checkpoint is kept", 130)

@@ -21,7 +21,14 @@ BACKENDS = ("numpy", "cupy", "torch", "array-api-strict")
 DTYPES = ("float32", "float64")
 
 _CUPY_HINT = 'install CuPy with: pip install "xpnet[cuda12]" (or "xpnet[cuda13]" for CUDA 13)'
-_TORCH_HINT = 'install PyTorch with: pip install "xpnet[torch]"'
+#: PyTorch's CPU build; PyPI's own torch (what "xpnet[torch]" pulls) is the CUDA build on Linux, several GB.
+TORCH_CPU_INSTALL = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+#: How to get PyTorch, said in the same words by errors, test skips, bench and README.
+TORCH_HINT = (
+    f'install PyTorch with: {TORCH_CPU_INSTALL} (the CPU build), or pip install "xpnet[torch]" '
+    "(PyPI's build: on Linux the CUDA one, several GB)"
+)
+_TORCH_HINT = TORCH_HINT
 
 
 @dataclass

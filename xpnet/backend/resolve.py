@@ -6,7 +6,7 @@ import importlib
 from types import ModuleType
 
 from xpnet.backend.base import _CUPY_HINT, _TORCH_HINT, BACKENDS, Backend
-from xpnet.backend.cuda import cuda_libraries
+from xpnet.backend.cuda import NO_DRIVER, cuda_libraries, nvidia_driver_missing
 from xpnet.errors import BackendError, ConfigError
 from xpnet.names import canonical
 
@@ -38,13 +38,24 @@ def _numpy(device: str | None) -> Backend:
     if device not in (None, "cpu"):
         raise ConfigError(
             f"backend 'numpy' runs on the CPU only, not on device {device!r}; "
-            "use --device cuda (CuPy) or --backend torch for a GPU"
+            'use device="cuda" (CuPy) or backend="torch" for a GPU'
         )
     return Backend("numpy", _compat("numpy"), "cpu")
 
 
+#: The advice every refused GPU ends with, as the Python API spells it (the CLI says --device cpu).
+_ON_THE_CPU = 'train on the CPU with device="cpu"'
+
+
+def _no_driver(device: str | None) -> None:
+    """Refuse a CUDA device where the machine has no NVIDIA driver, before any library is asked."""
+    if nvidia_driver_missing():
+        raise BackendError(f"device {device or 'cuda'!r}: {NO_DRIVER}; {_ON_THE_CPU}")
+
+
 def _cupy(device: str | None) -> Backend:
     index = _cuda_index(device, "cupy")
+    _no_driver(device)
     try:
         cupy = importlib.import_module("cupy")
     except ImportError as exc:
@@ -52,7 +63,7 @@ def _cupy(device: str | None) -> Backend:
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CuPy raises its own CUDARuntimeError without a driver
-        raise BackendError(f"no CUDA GPU is usable by CuPy here ({exc}); train on the CPU with --device cpu") from exc
+        raise BackendError(f"no CUDA GPU is usable by CuPy here ({exc}); {_ON_THE_CPU}") from exc
     if index >= count:
         raise BackendError(f"device cuda:{index} does not exist; CuPy sees {count} CUDA GPU(s)")
     missing = {name: problem for name, problem in cuda_libraries().items() if problem.startswith("missing")}
@@ -74,10 +85,10 @@ def _torch(device: str | None) -> Backend:
     if device in (None, "cpu", "meta"):  # meta: shapes without data, for audits (see Backend.audit)
         return Backend("torch", _compat("torch"), torch.device(device or "cpu"))
     index = _cuda_index(device, "torch")
+    _no_driver(device)
     if not torch.cuda.is_available():
         raise BackendError(
-            f"device {device!r} needs a CUDA GPU, but PyTorch sees none (is this a CPU build?); "
-            "train on the CPU with --device cpu"
+            f"device {device!r} needs a CUDA GPU, but PyTorch sees none (is this a CPU build?); {_ON_THE_CPU}"
         )
     if index >= torch.cuda.device_count():
         raise BackendError(f"device cuda:{index} does not exist; PyTorch sees {torch.cuda.device_count()} GPU(s)")
