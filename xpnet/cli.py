@@ -394,7 +394,7 @@ def _csv_bytes(rows: list[list]) -> bytes:
 
 
 def _read_inputs(path: Path, features: int) -> np.ndarray:
-    X = read_npz_arrays(path, ("X",))["X"] if path.suffix.lower() == ".npz" else read_idx(path)
+    X = read_npz_arrays(path, ("X",))["X"] if path.suffix.lower() == ".npz" else read_idx(path, "the INPUT path")
     if X.size == 0:
         raise ConfigError(f"{path}: inputs of shape {X.shape} hold no samples; nothing to predict")
     X = X.reshape(X.shape[0], -1) if X.ndim > 1 else X.reshape(1, -1)
