@@ -63,7 +63,8 @@ def _cupy(device: str | None) -> Backend:
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CuPy raises its own CUDARuntimeError without a driver
-        raise BackendError(f"no CUDA GPU is usable by CuPy here ({exc}); {_ON_THE_CPU}") from exc
+        what = f"device {device or 'cuda'!r}: no CUDA GPU is usable by CuPy here ({exc})"
+        raise BackendError(f"{what}; {_ON_THE_CPU}") from exc
     if index >= count:
         raise BackendError(f"device cuda:{index} does not exist; CuPy sees {count} CUDA GPU(s)")
     missing = {name: problem for name, problem in cuda_libraries().items() if problem.startswith("missing")}
