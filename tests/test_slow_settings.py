@@ -51,5 +51,5 @@ def test_help_says_both(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "on a CPU fast only with AVX512-BF16 or AMX, else 10-17x slower than float32" in text
+    assert "on a CPU fast only with AVX512-BF16 or AMX, else many times slower than float32" in text
     assert "on a CPU it does nothing, with a warning" in text

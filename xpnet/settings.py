@@ -217,7 +217,7 @@ _ROWS = [
         "precision", "float32", _name(tuple(PRECISIONS), "precision"),
         "float32 (default); mixed-float16: float16 math, float32 master weights, dynamic loss scaling; "
         "mixed-bfloat16: the same in bfloat16, without scaling (PyTorch only; on a CPU fast only with "
-        "AVX512-BF16 or AMX, else 10-17x slower than float32, with a warning)", "model",
+        "AVX512-BF16 or AMX, else many times slower than float32, with a warning)", "model",
         choices=tuple(PRECISIONS), recipe=False,
     ),
     Setting(

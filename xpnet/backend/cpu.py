@@ -93,7 +93,7 @@ def cpu_flags() -> frozenset[str]:
 
 def slow_setting_warnings(backend, precision: str, tf32: bool) -> list[str]:
     """What a run's settings would cost on ``backend``'s device, said before training: bfloat16
-    without the CPU's bfloat16 instructions (10-17x slower than float32, measured on AVX2), and
+    without the CPU's bfloat16 instructions (many times slower than float32: issue 26 saw 10-17x on AVX2), and
     TF32, which only NVIDIA GPUs have."""
     said = []
     on_cpu = backend.cuda_index is None
@@ -101,7 +101,7 @@ def slow_setting_warnings(backend, precision: str, tf32: bool) -> list[str]:
     if precision == "mixed-bfloat16" and on_cpu and flags and not flags.intersection(BF16_FLAGS):
         said.append(
             "--precision mixed-bfloat16 on a CPU without AVX512-BF16 or AMX-BF16 (not in /proc/cpuinfo's flags): "
-            "bfloat16 matmuls are emulated there and ran 10-17x slower than float32; float32 (the default) "
+            "bfloat16 matmuls are emulated there, many times slower than float32; float32 (the default) "
             "is faster on this CPU"
         )
     if tf32 and on_cpu:
