@@ -21,14 +21,14 @@ def clean_env(monkeypatch):
 
 @pytest.fixture
 def blas_restored():
-    """The BLAS's thread count put back after the test (``apply`` sets it process-wide)."""
-    controller = threadpoolctl.ThreadpoolController()
-    with controller.limit(limits=controller.select(user_api="blas").info()[0]["num_threads"], user_api="blas"):
+    """Each BLAS's thread count put back after the test (``apply`` sets them process-wide)."""
+    with threadpoolctl.ThreadpoolController().limit(limits=1, user_api="blas"):  # restores on exit
         yield
 
 
-def _blas_threads() -> int:
-    return threadpoolctl.threadpool_info()[0]["num_threads"]
+def _blas_threads() -> set[int]:
+    """The thread counts of every BLAS loaded (NumPy's, and SciPy's where something loaded it)."""
+    return {pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"}
 
 
 def test_the_cores_are_divided_among_the_ranks_on_this_node(clean_env):
@@ -56,11 +56,11 @@ def test_threads_and_xpnet_threads_override_and_the_users_blas_variable_is_left_
 
 def test_apply_sets_the_blas_through_threadpoolctl_or_openblas_itself(clean_env, blas_restored):
     chosen = threads.apply(threads.ThreadChoice(1, "test"))
-    assert _blas_threads() == 1
+    assert _blas_threads() == {1}
     assert "set through threadpoolctl" in chosen.describe()
     clean_env.setattr(threads, "_threadpoolctl_limit", lambda n: None)  # as without threadpoolctl
     chosen = threads.apply(threads.ThreadChoice(2, "test"))
-    assert _blas_threads() == 2, chosen
+    assert _blas_threads() == {2}, chosen
     assert "set in OpenBLAS" in chosen.describe()
 
 
@@ -86,4 +86,14 @@ def test_info_and_the_runs_first_line_say_the_threads(clean_env, blas_restored, 
     assert main([*args, "--threads", "1", "--no-progress"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("BLAS threads: 1 (--threads 1); set "), first
-    assert _blas_threads() == 1
+    assert _blas_threads() == {1}
+
+
+def test_pytorchs_threads_follow_when_it_runs(clean_env, blas_restored):
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    try:
+        threads.apply(threads.ThreadChoice(1, "test"), torch=True)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -111,7 +111,8 @@ def _add_threads_argument(parser) -> None:
 def _set_threads(args, world: Communicator | None = None) -> threads.ThreadChoice:
     """Choose and set this process's BLAS threads (``xpnet.backend.threads``) before any work."""
     local_size = world.local_size if world is not None and world.size > 1 else None
-    return threads.apply(threads.choose(getattr(args, "threads", None), local_size))
+    torch = getattr(args, "backend", None) == "torch"
+    return threads.apply(threads.choose(getattr(args, "threads", None), local_size), torch=torch)
 
 
 def _add_train_arguments(parser) -> None:

@@ -87,11 +87,12 @@ def choose(given: int | None = None, local_size: int | None = None) -> ThreadCho
     return ThreadChoice(max(1, cores // ranks), f"{cores} usable cores / {ranks} {rank_word} on this node")
 
 
-def apply(choice: ThreadChoice) -> ThreadChoice:
-    """Set the BLAS (and PyTorch's CPU threads) to ``choice.threads``; the choice saying how it went."""
+def apply(choice: ThreadChoice, torch: bool = False) -> ThreadChoice:
+    """Set the BLAS to ``choice.threads``, and PyTorch's CPU threads where it is loaded (or, with
+    ``torch``, about to be used); the choice saying how it went."""
     if choice.threads is None:
         return choice
-    _torch_threads(choice.threads)
+    _torch_threads(choice.threads, torch)
     how = _threadpoolctl_limit(choice.threads) or _openblas_limit(choice.threads)
     if how is None:
         how = (
@@ -101,12 +102,15 @@ def apply(choice: ThreadChoice) -> ThreadChoice:
     return ThreadChoice(choice.threads, choice.reason, how)
 
 
-def _torch_threads(threads: int) -> None:
-    """PyTorch's intra-op threads: set now if it is loaded, else read from OMP_NUM_THREADS when it loads."""
+def _torch_threads(threads: int, load: bool) -> None:
+    """PyTorch's intra-op threads, where it is loaded or ``load`` says it will be."""
+    if load and "torch" not in sys.modules:
+        try:
+            import torch  # noqa: F401  (the run will use it: loading it here is not extra work)
+        except ImportError:
+            return
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
-    else:
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
 def _threadpoolctl_limit(threads: int) -> str | None:
@@ -127,14 +131,14 @@ def _openblas_limit(threads: int) -> str | None:
             paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line}
     except OSError:
         return None
-    for path in sorted(paths):
+    done = []
+    for path in sorted(paths):  # every copy: NumPy's and SciPy's wheels each bundle their own
         try:
             library = ctypes.CDLL(path)
         except OSError:
             continue
-        for symbol in _OPENBLAS_SETTERS:
-            setter = getattr(library, symbol, None)
-            if setter is not None:
-                setter(ctypes.c_int(threads))
-                return f"set in OpenBLAS ({os.path.basename(path)})"
-    return None
+        setter = next((getattr(library, s) for s in _OPENBLAS_SETTERS if hasattr(library, s)), None)
+        if setter is not None:
+            setter(ctypes.c_int(threads))
+            done.append(os.path.basename(path))
+    return f"set in OpenBLAS ({', '.join(done)})" if done else None
