@@ -22,13 +22,13 @@ import array_api_compat
 import numpy as np
 
 from xpnet._version import __version__
-from xpnet.backend import available_backends, cuda_devices, cuda_libraries
+from xpnet.backend import available_backends, cuda_devices, cuda_libraries, threads
 from xpnet.bench.options import add_bench_arguments
 from xpnet.checkpoint import ModelFile
 from xpnet.data import load_dataset, read_idx
 from xpnet.data.tabular import read_npz_arrays
 from xpnet.distributed import Communicator, connect, transports
-from xpnet.errors import ConfigError, DivergenceError, RanksDifferError, XpnetError
+from xpnet.errors import ConfigError, DivergenceError, RanksDifferError, XpnetError, for_command_line
 from xpnet.export import OPSET, export_onnx
 from xpnet.fileio import STDOUT, atomic_writer, check_output_path
 from xpnet.memory import Estimate, limited
@@ -67,12 +67,18 @@ def _option_type(setting: Setting):
     return parse
 
 
-def _add_setting(parser, setting: Setting) -> None:
-    """The option ``--name`` for a row of the settings table; None (not given) by default."""
+def _add_setting(parser, setting: Setting, recipe_value=None) -> None:
+    """The option ``--name`` for a row of the settings table; None (not given) by default.
+
+    ``recipe_value``, where given, is said in the help as what the default recipe takes."""
+    text = setting.help
+    if recipe_value is not None and "default" not in text:
+        shown = ",".join(map(str, recipe_value)) if isinstance(recipe_value, list) else f"{recipe_value}"
+        text += f" (default: {shown}, in the default recipe)".replace("%", "%%")
     if isinstance(setting.default, bool):
-        parser.add_argument(setting.flag, action=argparse.BooleanOptionalAction, default=None, help=setting.help)
+        parser.add_argument(setting.flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         return
-    parser.add_argument(setting.flag, type=_option_type(setting), choices=setting.choices, help=setting.help)
+    parser.add_argument(setting.flag, type=_option_type(setting), choices=setting.choices, help=text)
 
 
 def _add_memory_argument(parser) -> None:
@@ -86,6 +92,29 @@ def _add_device_arguments(parser) -> None:
             _add_setting(parser, setting)
 
 
+def _thread_count(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads >= 1, not {text!r}")
+    return int(text)
+
+
+def _add_threads_argument(parser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=_thread_count,
+        metavar="N",
+        help=f"BLAS threads of this process (default: ${threads.THREADS_VARIABLE}, else the cores this process "
+        "may use divided among the ranks on this node; said in the run's first line and in `xpnet info`)",
+    )
+
+
+def _set_threads(args, world: Communicator | None = None) -> threads.ThreadChoice:
+    """Choose and set this process's BLAS threads (``xpnet.backend.threads``) before any work."""
+    local_size = world.local_size if world is not None and world.size > 1 else None
+    torch = getattr(args, "backend", None) == "torch"
+    return threads.apply(threads.choose(getattr(args, "threads", None), local_size), torch=torch)
+
+
 def _add_train_arguments(parser) -> None:
     parser.add_argument(
         "--recipe",
@@ -93,12 +122,14 @@ def _add_train_arguments(parser) -> None:
         help=f"named configuration to start from: {', '.join(RECIPES)} (default: default; see docs/RECIPES.md)",
     )
     _add_device_arguments(parser)
+    _add_threads_argument(parser)
     groups = {"data": parser.add_argument_group("data"), "model": parser.add_argument_group("model")}
     groups["optimisation"] = parser.add_argument_group("optimisation")
     groups["distributed"] = parser.add_argument_group("distributed")
+    defaults = resolve_settings("default", {})
     for setting in TABLE.values():
         if setting.group in groups:
-            _add_setting(groups[setting.group], setting)
+            _add_setting(groups[setting.group], setting, defaults.get(setting.name) if setting.recipe else None)
     out = parser.add_argument_group("output")
     out.add_argument("--out", default="xpnet-model.safetensors", help="where to save the trained model")
     out.add_argument("--resume", metavar="CHECKPOINT", help="continue an interrupted run from its checkpoint")
@@ -128,16 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", help="dataset to test on (default: the one it was trained on)")
     evaluate.add_argument("--data-dir", help="folder holding the dataset files")
     _add_device_arguments(evaluate)
+    _add_threads_argument(evaluate)
     predict = commands.add_parser("predict", help="predict labels for inputs in an IDX or .npz file")
     predict.add_argument("model", help="model file (.safetensors)")
     predict.add_argument("input", help="IDX images (raw or .gz), or .npz holding X")
     predict.add_argument("--out", help="write predictions to this .csv or .npz; - (the default) prints CSV")
     predict.add_argument("--proba", action="store_true", help="also write the output probabilities")
     _add_device_arguments(predict)
+    _add_threads_argument(predict)
     export = commands.add_parser("export", help="write a saved model in another format (ONNX)")
     export.add_argument("model", help="model file (.safetensors)")
     export.add_argument("--onnx", metavar="FILE", required=True, help='the ONNX file to write (needs "xpnet[onnx]")')
-    commands.add_parser("info", help="versions, backends, devices and BLAS")
+    info = commands.add_parser("info", help="versions, backends, devices and BLAS")
+    _add_threads_argument(info)
     bench = commands.add_parser("bench", help="throughput sweep over batch sizes and devices")
     add_bench_arguments(bench)
     _add_memory_argument(bench)
@@ -159,10 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xpnet: error: {_OUT_OF_MEMORY}", file=sys.stderr)
         return 2
     except DivergenceError as exc:
-        print(f"xpnet: error: {exc}", file=sys.stderr)
+        print(f"xpnet: error: {for_command_line(str(exc))}", file=sys.stderr)
         return 1
     except XpnetError as exc:
-        print(f"xpnet: error: {exc}", file=sys.stderr)
+        print(f"xpnet: error: {for_command_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without a checkpoint
         print("xpnet: stopped at once (second interrupt); the last per-epoch checkpoint is kept", file=sys.stderr)
@@ -182,6 +216,9 @@ def _train_command(args) -> int:
 
 
 def _train(args, world: Communicator) -> int:
+    chosen = _set_threads(args, world)
+    if world.is_root and not args.quiet:
+        print(chosen.describe(), flush=True)
     overrides = {key: getattr(args, key) for key in TABLE}
     if args.resume:
         settings = resumed_settings(args.resume, overrides)
@@ -226,9 +263,9 @@ def _on_every_rank(world: Communicator, train) -> int:
         status = train()
     except XpnetError as exc:
         if not isinstance(exc, (DivergenceError, RanksDifferError)):  # not decided from shared numbers
-            _fail_alone(world, str(exc), 2)
+            _fail_alone(world, for_command_line(str(exc)), 2)
         if world.is_root:
-            print(f"xpnet: error: {exc}", file=sys.stderr)
+            print(f"xpnet: error: {for_command_line(str(exc))}", file=sys.stderr)
         status = 1 if isinstance(exc, DivergenceError) else 2
     except KeyboardInterrupt:
         _fail_alone(world, "stopped at once (second interrupt); the last per-epoch checkpoint is kept", 130)
@@ -276,6 +313,7 @@ class _StopFlag:
 
 
 def _evaluate_command(args) -> int:
+    _set_threads(args)
     saved = ModelFile(args.model)
     net = saved.build(args.backend, args.device)
     dataset = args.dataset or saved.training.get("dataset")
@@ -297,6 +335,7 @@ def _evaluate_command(args) -> int:
 def _predict_command(args) -> int:
     out = args.out or STDOUT
     check_output_path(out, "--out", stdout=True)  # before any work: a folder or a socket is refused now
+    _set_threads(args)
     saved = ModelFile(args.model)
     net = saved.build(args.backend, args.device)
     X = _read_inputs(Path(args.input), net.sizes[0])
@@ -356,7 +395,7 @@ def _csv_bytes(rows: list[list]) -> bytes:
 
 
 def _read_inputs(path: Path, features: int) -> np.ndarray:
-    X = read_npz_arrays(path, ("X",))["X"] if path.suffix.lower() == ".npz" else read_idx(path)
+    X = read_npz_arrays(path, ("X",))["X"] if path.suffix.lower() == ".npz" else read_idx(path, "the INPUT path")
     if X.size == 0:
         raise ConfigError(f"{path}: inputs of shape {X.shape} hold no samples; nothing to predict")
     X = X.reshape(X.shape[0], -1) if X.ndim > 1 else X.reshape(1, -1)
@@ -394,6 +433,7 @@ def _info_command(args) -> int:
     if "NVRTC" in libraries:  # CuPy is installed: what it would load (python -m xpnet selfcheck tests the rest)
         print("CUDA libraries for CuPy: " + ", ".join(f"{name} {state}" for name, state in libraries.items()))
     print(f"BLAS: {_blas_description()}")
+    print(f"  xpnet's {threads.choose(args.threads).describe()}, set by train, evaluate and predict")
     print("distributed (--distributed under mpiexec):")
     for name, status in transports().items():
         print(f"  {name:17s} {status}")

@@ -216,13 +216,15 @@ _ROWS = [
     Setting(
         "precision", "float32", _name(tuple(PRECISIONS), "precision"),
         "float32 (default); mixed-float16: float16 math, float32 master weights, dynamic loss scaling; "
-        "mixed-bfloat16: the same in bfloat16, without scaling (PyTorch only)", "model",
+        "mixed-bfloat16: the same in bfloat16, without scaling (PyTorch only; on a CPU fast only with "
+        "AVX512-BF16 or AMX, else many times slower than float32, with a warning)", "model",
         choices=tuple(PRECISIONS), recipe=False,
     ),
     Setting(
         "tf32", False, _boolean,
         "let float32 matmuls on a GPU use TF32 tensor cores (several times faster on Ampere and later; "
-        "a 10-bit mantissa)", "model", run=True, recipe=False,
+        "a 10-bit mantissa; NVIDIA GPUs only: on a CPU it does nothing, with a warning)", "model",
+        run=True, recipe=False,
     ),
     Setting(
         "optimizer", "sgd", _name(OPTIMIZERS, "optimizer"), "update rule", "optimisation",
@@ -240,7 +242,9 @@ _ROWS = [
         "optimisation",
     ),
     Setting(
-        "label_smoothing", 0.0, _fraction, "label smoothing for cross-entropy targets", "optimisation",
+        "label_smoothing", 0.0, _fraction,
+        "label smoothing for cross-entropy targets (the training loss shown includes it, so it "
+        "stays above the validation loss)", "optimisation",
         parse=_parse_float,
     ),
     Setting("batch_size", 64, _whole(1), "samples per step", "optimisation", parse=_parse_int),

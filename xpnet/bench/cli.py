@@ -49,6 +49,7 @@ def bench_main(args: argparse.Namespace) -> int:
         gemm_size=args.gemm_size,
         pause=args.pause,
         log=None,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),  # stdout keeps the table alone
     )
     print(format_rows(result.rows))
     for skip in result.skipped:

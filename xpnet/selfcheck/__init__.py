@@ -13,7 +13,7 @@ import json
 import sys
 
 from xpnet.backend import get_backend
-from xpnet.errors import XpnetError
+from xpnet.errors import XpnetError, for_command_line
 from xpnet.selfcheck.checks import CHECKS, Outcome, run_checks
 
 __all__ = ["CHECKS", "add_arguments", "main", "run_checks"]
@@ -28,8 +28,9 @@ def main(args) -> int:
     """Run every check on the backend ``args`` name; print the report; 0 if none failed."""
     try:
         backend = get_backend(args.backend, args.device)
-    except XpnetError as exc:
-        results = {"environment": Outcome("FAIL", str(exc))}
+    except XpnetError as exc:  # the device is refused: every other check is said not to have run
+        results = {name: Outcome("SKIP", "not run: the device was refused (see environment)") for name in CHECKS}
+        results["environment"] = Outcome("FAIL", for_command_line(str(exc)))
         backend = None
     else:
         results = run_checks(backend)
