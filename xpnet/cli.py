@@ -31,7 +31,7 @@ from xpnet.distributed import Communicator, connect, transports
 from xpnet.errors import ConfigError, DivergenceError, RanksDifferError, XpnetError
 from xpnet.export import OPSET, export_onnx
 from xpnet.fileio import STDOUT, atomic_writer, check_output_path
-from xpnet.memory import Estimate, limited
+from xpnet.memory import Estimate, limited, memory_limit
 from xpnet.recipes import RECIPES
 from xpnet.run import check_fits, format_test, resolve_settings, resumed_settings, run_training
 from xpnet.selfcheck import add_arguments as add_selfcheck_arguments
@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["train", *argv]
     args = build_parser().parse_args(argv)
     try:
+        _check_usage(args)
         with limited(getattr(args, "memory_limit", None)):
             return _COMMANDS[args.command](args)
     except MemoryError:  # what the estimates in xpnet.memory did not foresee
@@ -167,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without a checkpoint
         print("xpnet: stopped at once (second interrupt); the last per-epoch checkpoint is kept", file=sys.stderr)
         return 128 + signal.SIGINT
+
+
+def _check_usage(args) -> None:
+    """What the options and the environment say, checked before any work: a bad ``XPNET_MEMORY_LIMIT``
+    is a usage error of every command (``xpnet: error:``, exit 2), not a data file's fault or a failed check."""
+    if getattr(args, "memory_limit", None) is None:
+        memory_limit()  # parses XPNET_MEMORY_LIMIT; ConfigError names it
 
 
 # -- train --------------------------------------------------------------------------
