@@ -29,8 +29,10 @@ from xpnet.data import load_dataset, read_idx
 from xpnet.data.tabular import read_npz_arrays
 from xpnet.distributed import Communicator, connect, transports
 from xpnet.errors import ConfigError, DivergenceError, RanksDifferError, XpnetError
+from xpnet.evaluate import evaluate_estimate, labels_from_outputs, predict_estimate
 from xpnet.export import OPSET, export_onnx
 from xpnet.fileio import STDOUT, atomic_writer, check_output_path
+from xpnet.inputs import check_inputs
 from xpnet.memory import Estimate, limited, memory_limit
 from xpnet.recipes import RECIPES
 from xpnet.run import check_fits, format_test, resolve_settings, resumed_settings, run_training
@@ -297,6 +299,7 @@ def _evaluate_command(args) -> int:
             raise
         raise type(exc)(f"{args.model}: metadata training.dataset: {exc}") from None
     check_fits(net, data, f"dataset {dataset!r}")
+    evaluate_estimate(net, data.X_test).check(f"evaluating {args.model} on dataset {dataset!r}")
     started = time.perf_counter()
     print(format_test(net.evaluate(data.X_test, data.y_test), time.perf_counter() - started))
     return 0
@@ -307,14 +310,21 @@ def _predict_command(args) -> int:
     check_output_path(out, "--out", stdout=True)  # before any work: a folder or a socket is refused now
     saved = ModelFile(args.model)
     net = saved.build(args.backend, args.device)
-    X = _read_inputs(Path(args.input), net.sizes[0])
+    X = check_inputs(net, _read_inputs(Path(args.input), net.sizes[0]), f"{args.input}: X")
     _prediction_estimate(net, X).check(f"predicting the {len(X)} samples of {args.input}")
+    outputs = np.asarray(net.predict_proba(X)).reshape(len(X), -1)
+    bad = np.flatnonzero(~np.all(np.isfinite(outputs), axis=1))
+    if bad.size:  # never printed as a prediction
+        raise ConfigError(
+            f"{args.input}: the model's outputs for {bad.size} sample(s), the first sample {bad[0]}, are NaN or "
+            "infinite; no predictions written (are the inputs on the scale the model was trained on?)"
+        )
     if net.is_classifier:
-        arrays = {"labels": net.predict(X)}
+        arrays = {"labels": labels_from_outputs(outputs)}
         if args.proba:
-            arrays["proba"] = net.predict_proba(X)
+            arrays["proba"] = outputs
     else:
-        arrays = {"outputs": np.asarray(net.predict(X)).reshape(len(X), -1)}
+        arrays = {"outputs": outputs}
     with atomic_writer(out, stdout=True) as stream:
         if out.endswith(".npz"):
             np.savez(stream, **arrays)
@@ -325,11 +335,9 @@ def _predict_command(args) -> int:
 
 
 def _prediction_estimate(net, X: np.ndarray) -> Estimate:
-    """What predicting ``X`` holds besides it: the inputs on the device, outputs, labels, the CSV text."""
-    itemsize, outputs = np.dtype(net.dtype_name).itemsize, net.num_outputs
-    estimate = Estimate().add("inputs on the device", X.size * itemsize)
-    estimate.add("outputs and probabilities", 2 * len(X) * outputs * itemsize)
-    return estimate.add("the CSV text", 24 * len(X) * (outputs + 3))
+    """What predicting ``X`` holds besides it: a batch on the device, outputs, labels, the CSV text."""
+    estimate = predict_estimate(net, len(X), 4096).add("labels", 4 * len(X))
+    return estimate.add("the CSV text", 24 * len(X) * (net.num_outputs + 3))
 
 
 def _label_rows(arrays: dict, names: list[str]) -> list[list]:
