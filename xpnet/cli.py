@@ -27,7 +27,7 @@ from xpnet.bench.options import add_bench_arguments
 from xpnet.checkpoint import ModelFile
 from xpnet.data import load_dataset, read_idx
 from xpnet.data.tabular import read_npz_arrays
-from xpnet.distributed import Communicator, connect, transports
+from xpnet.distributed import Communicator, connect, launcher_size, transports
 from xpnet.errors import ConfigError, DivergenceError, RanksDifferError, XpnetError
 from xpnet.evaluate import evaluate_estimate, labels_from_outputs, predict_estimate
 from xpnet.export import OPSET, export_onnx
@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    program = argv is None  # run as ``python -m xpnet``, not called in-process
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
         argv = ["train", *argv]
@@ -157,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_usage(args)
         with limited(getattr(args, "memory_limit", None)):
-            return _COMMANDS[args.command](args)
+            status = _COMMANDS[args.command](args)
+        if program:  # the status is decided: a late Ctrl-C must not make the exit a death by SIGINT (status 2)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # an ignored signal stays ignored through shutdown
+        return status
     except MemoryError:  # what the estimates in xpnet.memory did not foresee
         print(f"xpnet: error: {_OUT_OF_MEMORY}", file=sys.stderr)
         return 2
@@ -184,11 +188,26 @@ def _check_usage(args) -> None:
 
 def _train_command(args) -> int:
     if not args.distributed:
+        if launcher_size() > 1:  # one rank of a job started without --distributed: end the job, not train alone
+            _refuse_undistributed_rank()
         return _train(args, Communicator())
     world = connect()  # first: from here on a failure on one rank can end the whole job
     if world.size == 1:
         return _train(args, world)  # no mpiexec: one process, as without --distributed
     return _on_every_rank(world, lambda: _train(args, world))
+
+
+def _refuse_undistributed_rank() -> None:
+    """End the whole job (MPI_Abort where MPI is there): its other ranks may be waiting in a collective."""
+    message = (
+        f"this process is one of the {launcher_size()} ranks mpiexec started, but without --distributed; "
+        "give every rank --distributed, or run a single process without mpiexec"
+    )
+    try:
+        world = connect()
+    except XpnetError:
+        raise ConfigError(message) from None
+    _fail_alone(world, message, 2)
 
 
 def _train(args, world: Communicator) -> int:
