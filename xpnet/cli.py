@@ -33,7 +33,7 @@ from xpnet.evaluate import evaluate_estimate, labels_from_outputs, predict_estim
 from xpnet.export import OPSET, export_onnx
 from xpnet.fileio import STDOUT, atomic_writer, check_output_path
 from xpnet.inputs import check_inputs
-from xpnet.memory import Estimate, limited, memory_limit
+from xpnet.memory import Estimate, limited, memory_limit, parameter_count
 from xpnet.recipes import RECIPES
 from xpnet.run import check_fits, format_test, resolve_settings, resumed_settings, run_training
 from xpnet.selfcheck import add_arguments as add_selfcheck_arguments
@@ -318,7 +318,9 @@ def _evaluate_command(args) -> int:
             raise
         raise type(exc)(f"{args.model}: metadata training.dataset: {exc}") from None
     check_fits(net, data, f"dataset {dataset!r}")
-    evaluate_estimate(net, data.X_test).check(f"evaluating {args.model} on dataset {dataset!r}")
+    held = sum(a.nbytes for a in (data.X_train, data.y_train, data.X_test, data.y_test)) + _model_bytes(net)
+    estimate = evaluate_estimate(net, data.X_test).add("the model and the dataset on the host", held)
+    estimate.check(f"evaluating {args.model} on dataset {dataset!r}")
     started = time.perf_counter()
     print(format_test(net.evaluate(data.X_test, data.y_test), time.perf_counter() - started))
     return 0
@@ -354,9 +356,14 @@ def _predict_command(args) -> int:
 
 
 def _prediction_estimate(net, X: np.ndarray) -> Estimate:
-    """What predicting ``X`` holds besides it: a batch on the device, outputs, labels, the CSV text."""
+    """What predicting ``X`` holds: the inputs and the model, a batch on the device, outputs, labels, the CSV."""
     estimate = predict_estimate(net, len(X), 4096).add("labels", 4 * len(X))
+    estimate.add("the inputs and the model", X.nbytes + _model_bytes(net))
     return estimate.add("the CSV text", 24 * len(X) * (net.num_outputs + 3))
+
+
+def _model_bytes(net) -> int:
+    return parameter_count(net.sizes) * np.dtype(net.dtype_name).itemsize
 
 
 def _label_rows(arrays: dict, names: list[str]) -> list[list]:
