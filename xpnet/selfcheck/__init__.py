@@ -19,7 +19,7 @@ from xpnet.selfcheck.checks import CHECKS, Outcome, run_checks
 
 __all__ = ["CHECKS", "add_arguments", "main", "run_checks"]
 
-#: The most the checks hold at once (tracemalloc peak of a CPU run, imports excluded, was 31 MiB).
+#: What the checks are taken to hold at once (issue 24 reported a 31 MiB tracemalloc peak on a CPU run).
 CHECKS_BYTES = 32 * 2**20
 
 
