@@ -47,8 +47,9 @@ def preflight(args: argparse.Namespace, batch_sizes: list[int]) -> Checked:
     if not (math.isfinite(args.pause) and args.pause >= 0):
         raise ConfigError(f"--pause must be a number of seconds >= 0, not {args.pause}")
     checked = Checked(profile=_profile(args.profile))
-    for batch in batch_sizes + checked.profile:
-        _memory(batch, max(args.samples, batch), args.gemm_size).check(f"bench batch size {batch}")
+    for option, sizes in (("--batch-sizes", batch_sizes), ("--profile", checked.profile)):
+        for batch in sizes:
+            _memory(batch, max(args.samples, batch), args.gemm_size).check(f"bench {option} {batch}")
     for option in ("json", "markdown", "png"):
         if getattr(args, option):
             check_output_path(getattr(args, option), f"--{option}")
