@@ -21,7 +21,7 @@ import numpy as np
 from xpnet.errors import BackendError, ModelFileError, XpnetError
 from xpnet.memory import require
 from xpnet.metadata import MAX_LAYERS, decode
-from xpnet.modelfile import FORMAT, FORMAT_VERSION, save_model
+from xpnet.modelfile import FORMAT, FORMAT_VERSION, check_path, save_model
 from xpnet.network import MLP
 from xpnet.safetensors import load_tensors
 from xpnet.scaling import Scaling
@@ -158,4 +158,5 @@ def _saved_init(init):
 
 def load_model(path: str | os.PathLike, backend=None, device=None, dtype=None, precision: str = "float32") -> MLP:
     """Read a model file and build its network on ``backend``/``device``, computing in ``precision``."""
+    check_path(path, "load_model: path")
     return ModelFile(path).build(backend, device, dtype, precision)

@@ -27,11 +27,13 @@ from xpnet.bench.options import add_bench_arguments
 from xpnet.checkpoint import ModelFile
 from xpnet.data import load_dataset, read_idx
 from xpnet.data.tabular import read_npz_arrays
-from xpnet.distributed import Communicator, connect, transports
+from xpnet.distributed import Communicator, connect, launcher_size, transports
 from xpnet.errors import ConfigError, DivergenceError, RanksDifferError, XpnetError, for_command_line
+from xpnet.evaluate import evaluate_estimate, labels_from_outputs, predict_estimate
 from xpnet.export import OPSET, export_onnx
 from xpnet.fileio import STDOUT, atomic_writer, check_output_path
-from xpnet.memory import Estimate, limited
+from xpnet.inputs import check_inputs
+from xpnet.memory import Estimate, limited, memory_limit, parameter_count
 from xpnet.recipes import RECIPES
 from xpnet.run import check_fits, format_test, resolve_settings, resumed_settings, run_training
 from xpnet.selfcheck import add_arguments as add_selfcheck_arguments
@@ -182,13 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    program = argv is None  # run as ``python -m xpnet``, not called in-process
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
         argv = ["train", *argv]
     args = build_parser().parse_args(argv)
     try:
+        _check_usage(args)
         with limited(getattr(args, "memory_limit", None)):
-            return _COMMANDS[args.command](args)
+            status = _COMMANDS[args.command](args)
+        if program:  # the status is decided: a late Ctrl-C must not make the exit a death by SIGINT (status 2)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # an ignored signal stays ignored through shutdown
+        return status
     except MemoryError:  # what the estimates in xpnet.memory did not foresee
         print(f"xpnet: error: {_OUT_OF_MEMORY}", file=sys.stderr)
         return 2
@@ -203,16 +210,38 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGINT
 
 
+def _check_usage(args) -> None:
+    """What the options and the environment say, checked before any work: a bad ``XPNET_MEMORY_LIMIT``
+    is a usage error of every command (``xpnet: error:``, exit 2), not a data file's fault or a failed check."""
+    if getattr(args, "memory_limit", None) is None:
+        memory_limit()  # parses XPNET_MEMORY_LIMIT; ConfigError names it
+
+
 # -- train --------------------------------------------------------------------------
 
 
 def _train_command(args) -> int:
     if not args.distributed:
+        if launcher_size() > 1:  # one rank of a job started without --distributed: end the job, not train alone
+            _refuse_undistributed_rank()
         return _train(args, Communicator())
     world = connect()  # first: from here on a failure on one rank can end the whole job
     if world.size == 1:
         return _train(args, world)  # no mpiexec: one process, as without --distributed
     return _on_every_rank(world, lambda: _train(args, world))
+
+
+def _refuse_undistributed_rank() -> None:
+    """End the whole job (MPI_Abort where MPI is there): its other ranks may be waiting in a collective."""
+    message = (
+        f"this process is one of the {launcher_size()} ranks mpiexec started, but without --distributed; "
+        "give every rank --distributed, or run a single process without mpiexec"
+    )
+    try:
+        world = connect()
+    except XpnetError:
+        raise ConfigError(message) from None
+    _fail_alone(world, message, 2)
 
 
 def _train(args, world: Communicator) -> int:
@@ -327,6 +356,9 @@ def _evaluate_command(args) -> int:
             raise
         raise type(exc)(f"{args.model}: metadata training.dataset: {exc}") from None
     check_fits(net, data, f"dataset {dataset!r}")
+    held = sum(a.nbytes for a in (data.X_train, data.y_train, data.X_test, data.y_test)) + _model_bytes(net)
+    estimate = evaluate_estimate(net, data.X_test).add("the model and the dataset on the host", held)
+    estimate.check(f"evaluating {args.model} on dataset {dataset!r}")
     started = time.perf_counter()
     print(format_test(net.evaluate(data.X_test, data.y_test), time.perf_counter() - started))
     return 0
@@ -338,14 +370,21 @@ def _predict_command(args) -> int:
     _set_threads(args)
     saved = ModelFile(args.model)
     net = saved.build(args.backend, args.device)
-    X = _read_inputs(Path(args.input), net.sizes[0])
+    X = check_inputs(net, _read_inputs(Path(args.input), net.sizes[0]), f"{args.input}: X")
     _prediction_estimate(net, X).check(f"predicting the {len(X)} samples of {args.input}")
+    outputs = np.asarray(net.predict_proba(X)).reshape(len(X), -1)
+    bad = np.flatnonzero(~np.all(np.isfinite(outputs), axis=1))
+    if bad.size:  # never printed as a prediction
+        raise ConfigError(
+            f"{args.input}: the model's outputs for {bad.size} sample(s), the first sample {bad[0]}, are NaN or "
+            "infinite; no predictions written (are the inputs on the scale the model was trained on?)"
+        )
     if net.is_classifier:
-        arrays = {"labels": net.predict(X)}
+        arrays = {"labels": labels_from_outputs(outputs)}
         if args.proba:
-            arrays["proba"] = net.predict_proba(X)
+            arrays["proba"] = outputs
     else:
-        arrays = {"outputs": np.asarray(net.predict(X)).reshape(len(X), -1)}
+        arrays = {"outputs": outputs}
     with atomic_writer(out, stdout=True) as stream:
         if out.endswith(".npz"):
             np.savez(stream, **arrays)
@@ -356,11 +395,14 @@ def _predict_command(args) -> int:
 
 
 def _prediction_estimate(net, X: np.ndarray) -> Estimate:
-    """What predicting ``X`` holds besides it: the inputs on the device, outputs, labels, the CSV text."""
-    itemsize, outputs = np.dtype(net.dtype_name).itemsize, net.num_outputs
-    estimate = Estimate().add("inputs on the device", X.size * itemsize)
-    estimate.add("outputs and probabilities", 2 * len(X) * outputs * itemsize)
-    return estimate.add("the CSV text", 24 * len(X) * (outputs + 3))
+    """What predicting ``X`` holds: the inputs and the model, a batch on the device, outputs, labels, the CSV."""
+    estimate = predict_estimate(net, len(X), 4096).add("labels", 4 * len(X))
+    estimate.add("the inputs and the model", X.nbytes + _model_bytes(net))
+    return estimate.add("the CSV text", 24 * len(X) * (net.num_outputs + 3))
+
+
+def _model_bytes(net) -> int:
+    return parameter_count(net.sizes) * np.dtype(net.dtype_name).itemsize
 
 
 def _label_rows(arrays: dict, names: list[str]) -> list[list]:

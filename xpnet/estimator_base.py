@@ -8,7 +8,6 @@ the regressor built on it; see there.
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from xpnet.checks import is_number, is_whole
 from xpnet.errors import ConfigError
 from xpnet.network import MLP
 from xpnet.optim import SGD, Adam, AdamW
@@ -104,12 +104,12 @@ class XpnetEstimator(BaseEstimator):
 
     def _hidden_sizes(self) -> list[int]:
         sizes = self.hidden_layer_sizes
-        sizes = [sizes] if isinstance(sizes, numbers.Integral) else sizes
+        sizes = [sizes] if is_whole(sizes) else sizes
         try:
             sizes = list(sizes)
         except TypeError:
             sizes = None
-        if sizes is None or not all(isinstance(n, numbers.Integral) and n >= 1 for n in sizes):
+        if sizes is None or not all(is_whole(n) and n >= 1 for n in sizes):
             raise ConfigError(
                 f"hidden_layer_sizes must be a whole number >= 1 or a sequence of them, "
                 f"such as (100,) or (128, 64); got {self.hidden_layer_sizes!r}"
@@ -128,12 +128,12 @@ class XpnetEstimator(BaseEstimator):
         if self.batch_size != "auto":
             whole["batch_size"] = self.batch_size
         for name, value in whole.items():
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            if not is_whole(value) or value < 1:
                 raise ConfigError(f"{name} must be a whole number >= 1, not {value!r}")
         for name, value in {"alpha": self.alpha, "tol": self.tol}.items():
-            if not _real(value) or value < 0:
+            if not is_number(value) or value < 0:
                 raise ConfigError(f"{name} must be a number >= 0, not {value!r}")
-        if not _real(self.validation_fraction) or not 0 < self.validation_fraction < 1:
+        if not is_number(self.validation_fraction) or not 0 < self.validation_fraction < 1:
             raise ConfigError(f"validation_fraction must be in (0, 1), not {self.validation_fraction!r}")
         self._hidden_sizes()
 
@@ -217,7 +217,7 @@ class XpnetEstimator(BaseEstimator):
         if not incremental or getattr(self, "_optimizer", None) is None:
             self._optimizer = self._new_optimizer(batch_size)
             self._optimizer_batch_size = batch_size
-        self._train(X_train, y_train, batch_size, validation, epochs=1 if incremental else self.max_iter)
+        self._train(X_train, y_train, batch_size, validation, epochs=1 if incremental else int(self.max_iter))
         return self
 
     def _split(self, X, targets, incremental: bool):
@@ -381,7 +381,3 @@ class _PortableNetwork:
             buffers = [net.backend.upload(b, net.dtype) for b in self.optimizer_buffers]
             optimizer.load_state_arrays(buffers, self.optimizer_steps, net.params)
         return optimizer
-
-
-def _real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)

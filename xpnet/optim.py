@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from array_api_compat import array_namespace
 
 from xpnet.backend import define_kernel, device_constant, fused_kernel
+from xpnet.checks import is_number
 from xpnet.errors import ConfigError
 from xpnet.names import canonical
 
@@ -83,18 +84,13 @@ def get_schedule(spec) -> object:
 # -- optimizers ----------------------------------------------------------------------
 
 
-def _is_number(value) -> bool:
-    """A finite real number, and not a bool."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 class Optimizer:
     """Holds the base rate, the schedule and per-parameter state."""
 
     def __init__(self, lr: float, weight_decay: float = 0.0, schedule=None):
-        if not (_is_number(lr) and lr > 0):
+        if not (is_number(lr) and lr > 0):
             raise ConfigError(f"lr (learning rate) must be a positive number, not {lr!r}")
-        if not (_is_number(weight_decay) and weight_decay >= 0):
+        if not (is_number(weight_decay) and weight_decay >= 0):
             raise ConfigError(f"weight_decay must be a number >= 0, not {weight_decay!r}")
         self.base_lr = float(lr)
         self.lr = float(lr)
@@ -272,7 +268,7 @@ class Adam(Optimizer):
         beta1, beta2 = betas
         if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
             raise ConfigError(f"betas must both be in [0, 1), not {betas!r}")
-        if not (_is_number(eps) and eps > 0):
+        if not (is_number(eps) and eps > 0):
             raise ConfigError(f"eps must be a positive number, not {eps!r}")
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 

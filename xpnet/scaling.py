@@ -9,13 +9,12 @@ validates what it reads: model files are untrusted input.
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from xpnet.checks import is_number
 from xpnet.errors import ConfigError, DataError
 
 SCALINGS = ("unit", "symmetric", "standard", "none")
@@ -132,12 +131,7 @@ def _to_json(value: Param) -> float | list[float]:
 
 def _is_number(value: Any) -> bool:
     """A real, non-bool number that stays finite as float32."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return False
-    try:
-        return math.isfinite(value) and abs(float(value)) <= float(np.finfo(np.float32).max)
-    except OverflowError:
-        return False
+    return is_number(value, limit=float(np.finfo(np.float32).max))
 
 
 def _from_json(value: Any, name: str, num_features: int | None) -> Param:

@@ -10,12 +10,12 @@ raises a ConfigError saying what it expected.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from xpnet.activations import get_activation
 from xpnet.backend import BACKENDS
+from xpnet.checks import is_number, is_whole
 from xpnet.errors import ConfigError
 from xpnet.init import init_spec
 from xpnet.losses import loss_name
@@ -64,33 +64,29 @@ class Setting:
 # -- checks: each returns the canonical value or raises ConfigError(reason)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _whole(minimum: int):
     def check(value):
-        if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
+        if not (is_whole(value) and value >= minimum):
             raise ConfigError(f"expected a whole number >= {minimum}, not {value!r}")
-        return value
+        return int(value)
 
     return check
 
 
 def _fraction(value):
-    if not (_is_number(value) and 0.0 <= value < 1.0):
+    if not (is_number(value) and 0.0 <= value < 1.0):
         raise ConfigError(f"expected a number in [0, 1), not {value!r}")
     return float(value)
 
 
 def _positive(value):
-    if not (_is_number(value) and value > 0):
+    if not (is_number(value) and value > 0):
         raise ConfigError(f"expected a positive number, not {value!r}")
     return float(value)
 
 
 def _non_negative(value):
-    if not (_is_number(value) and value >= 0):
+    if not (is_number(value) and value >= 0):
         raise ConfigError(f"expected a number >= 0, not {value!r}")
     return float(value)
 
@@ -108,11 +104,11 @@ def _text(value):
 
 
 def _widths(value):
-    if not (isinstance(value, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in value)):
+    if not (isinstance(value, list | tuple) and all(is_whole(n) for n in value)):
         raise ConfigError(f"expected a list of layer widths such as [128, 64], not {str(value)[:40]}")
     if any(n < 1 or n > MAX_WIDTH for n in value):
         raise ConfigError(f"layer widths must be from 1 to {MAX_WIDTH}, not {str(value)[:60]}")
-    return value
+    return [int(n) for n in value]
 
 
 def _memory_size(value):

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from xpnet.checks import is_number, is_whole
 from xpnet.data_parallel import DataParallel
 from xpnet.distributed import Communicator
 from xpnet.errors import ConfigError, DivergenceError
@@ -187,7 +188,7 @@ def fit(
     ``communicator`` (``xpnet.distributed``): train data-parallel, every rank calling ``fit`` alike with the
     global ``batch_size``; the job trains as one process would. Only rank 0 logs (``on_epoch_end``: all).
     """
-    _check_fit_args(net, epochs, batch_size, patience, monitor, label_smoothing)
+    epochs, batch_size, patience = _check_fit_args(net, epochs, batch_size, patience, monitor, label_smoothing)
     X, y, validation, given = _data_on_device(net, X, y, validation_data, verbose, log)
     options = FitOptions(epochs, min(batch_size, X.shape[0]), label_smoothing, shuffle, patience, progress, monitor)
     parallel = DataParallel(communicator or Communicator(), options.batch_size)
@@ -406,16 +407,18 @@ def _worth_logging(epoch: int, epochs: int) -> bool:
     return epochs <= 50 or epoch % (epochs // 20) == 0 or epoch == epochs
 
 
-def _check_fit_args(net, epochs, batch_size, patience, monitor, label_smoothing):
+def _check_fit_args(net, epochs, batch_size, patience, monitor, label_smoothing) -> tuple:
+    """``(epochs, batch_size, patience)`` as Python ints (NumPy integers pass, bools do not)."""
     _check_monitor(net, monitor)
-    if not isinstance(epochs, int) or epochs < 0:
+    if not is_whole(epochs) or epochs < 0:
         raise ConfigError(f"epochs must be a whole number >= 0, not {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not is_whole(batch_size) or batch_size < 1:
         raise ConfigError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
-    if patience is not None and (not isinstance(patience, int) or patience < 1):
+    if patience is not None and (not is_whole(patience) or patience < 1):
         raise ConfigError(f"patience must be a whole number >= 1, not {patience!r}")
-    if not 0.0 <= label_smoothing < 1.0:
+    if not (is_number(label_smoothing) and 0.0 <= label_smoothing < 1.0):
         raise ConfigError(f"label_smoothing must be in [0, 1), not {label_smoothing!r}")
+    return int(epochs), int(batch_size), None if patience is None else int(patience)
 
 
 def _record(net, epoch: int, totals: EpochTotals, seconds: float, optimizer) -> dict:

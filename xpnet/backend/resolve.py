@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 
 from xpnet.backend.base import ON_THE_CPU, Backend
-from xpnet.backend.cuda import NO_DRIVER, nvidia_driver_missing
+from xpnet.backend.cuda import NO_DRIVER, cuda_index, nvidia_driver_missing
 from xpnet.backend.cupy import CupyBackend
 from xpnet.backend.numpy import NumpyBackend
 from xpnet.backend.strict import StrictBackend
@@ -47,7 +47,8 @@ def get_backend(backend: str | Backend | None = None, device: str | None = None)
         cls = CupyBackend if on_cuda else NumpyBackend
     else:
         cls = backend_class(backend)
-    if on_cuda and "cuda" in cls.device_kinds and nvidia_driver_missing():  # before the library is asked
+    if on_cuda and "cuda" in cls.device_kinds and cuda_index(device, cls.name) >= 0 and nvidia_driver_missing():
+        # a device string is checked first (a usage error), then the driver, before the library is asked
         raise BackendError(f"device {device!r}: {NO_DRIVER}; {ON_THE_CPU}")
     return cls.for_device(device)
 
