@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 
 from xpnet.backend import get_backend
+from xpnet.backend.base import TORCH_HINT
 from xpnet.errors import BackendError
 from xpnet.network import MLP
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
-NO_TORCH = pytest.mark.skipif(not HAVE_TORCH, reason='needs PyTorch (pip install "xpnet[torch]")')
+NEEDS_TORCH = f"needs PyTorch: {TORCH_HINT}"
+NO_TORCH = pytest.mark.skipif(not HAVE_TORCH, reason=NEEDS_TORCH)
 
 CPU_BACKENDS = [
     pytest.param(("numpy", None), id="numpy"),

@@ -95,7 +95,13 @@ def test_tiny_sweep_writes_json_markdown_png_and_history(tmp_path, capsys):
     report = out["md"].read_text()
     assert "| xpnet | numpy | cpu | 8 |" in report and "NumPy" in report
     assert out["png"].read_bytes().startswith(b"\x89PNG")
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    progress = captured.err.splitlines()  # on stderr, so the table on stdout stays clean
+    assert progress[0].startswith("bench: batch size 8 (1 of 2) on numpy/cpu (xpnet, direct); 2 batch sizes x 4")
+    assert progress[1].startswith("bench: batch size 32 (2 of 2) on numpy/cpu (xpnet, direct); ")
+    assert "s left" in progress[1] and progress[2].startswith("bench: done in ")
+    assert "bench: " not in printed
     assert "before: eeeeeeeeee" in printed and "vs direct NumPy" in printed and "too few repeats" in printed
     runs = [json.loads(line) for line in out["jsonl"].read_text().splitlines()]
     assert len(runs) == 2 and len(runs[1]["rows"]) == 4 and runs[1]["options"]["batch_sizes"] == [8, 32]

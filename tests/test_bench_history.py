@@ -85,7 +85,7 @@ def test_a_damaged_history_is_refused_naming_the_line(tmp_path):
     with pytest.raises(DataError, match=r"h\.jsonl:2: not JSON"):
         history.read(path)
     path.write_text(json.dumps({"schema": 1, "rows": [{"impl": "xpnet"}]}) + "\n")
-    with pytest.raises(DataError, match=r"h\.jsonl:1: a row lacks"):
+    with pytest.raises(DataError, match=r"h\.jsonl:1: rows\[0\]\.backend: is missing"):
         history.read(path)
     with pytest.raises(DataError, match="no benchmark history"):
         history.read(tmp_path / "none.jsonl")

@@ -131,7 +131,7 @@ def test_early_stopping_restores_best_weights(tmp_path, idx_dir, capsys):
         (["--layers", "12,x"], "argument --layers"),
         (["--activation", "swish"], "unknown activation 'swish'"),
         (["--loss", "hinge"], "unknown loss 'hinge'"),
-        (["--device", "cuda"], "CuPy"),
+        (["--device", "cuda"], "device 'cuda'"),  # no CuPy, no driver or no GPU: each says so
         (["--backend", "torch", "--device", "cuda:0"], "cuda"),
         (["--dataset", "missing.npz"], "missing.npz"),
         (["--history", "h.txt"], "--history"),

@@ -17,7 +17,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import HAVE_TORCH
+from conftest import HAVE_TORCH, NEEDS_TORCH
 
 from xpnet.activations import ReLU
 from xpnet.backend import get_backend
@@ -26,7 +26,7 @@ from xpnet.losses import BinaryCrossEntropy
 from xpnet.network import MLP
 from xpnet.optim import SGD, Adam, AdamW
 
-pytestmark = pytest.mark.skipif(not HAVE_TORCH, reason='needs PyTorch (pip install "xpnet[torch]")')
+pytestmark = pytest.mark.skipif(not HAVE_TORCH, reason=NEEDS_TORCH)
 
 #: (hidden, output, loss, optimizer, dropout, scaling, fit options): every class at least once.
 CASES = {

@@ -370,3 +370,16 @@ def test_the_scaling_benchmark_runs_and_counts_one_allreduce_per_step(tmp_path):
     assert [row["allreduces"] for row in results["2"]["rows"]] == [3, 3]  # one per step of the timed epoch
     assert [row["allreduces"] for row in results["1"]["rows"]] == [0, 0]  # one process: none at all
     assert all(row["gradient_bytes"] == 437_544 for row in results["2"]["rows"])
+
+
+def test_readmes_launch_shares_the_cores_among_the_ranks_without_any_flag(cli_folder, tmp_path):
+    """README's command, unbound and with no thread variable: each rank takes its share of the cores."""
+    env = {key: value for key, value in job_environment().items() if not key.endswith("_NUM_THREADS")}
+    command = [MPIEXEC, "-n", "2", sys.executable, "-m", "mpi4py", "-m", "xpnet", *map(str, TRAIN)]
+    command += ["--dataset", str(cli_folder / "blobs.npz"), "--epochs", "1", "--out", str(tmp_path / "m.safetensors")]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    cores = len(os.sched_getaffinity(0))
+    first = done.stdout.splitlines()[0]
+    expected = f"BLAS threads: {max(1, cores // 2)} ({cores} usable cores / 2 ranks on this node); set"
+    assert first.startswith(expected), first

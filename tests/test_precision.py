@@ -7,7 +7,7 @@ import contextlib
 
 import numpy as np
 import pytest
-from conftest import HAVE_TORCH, blobs
+from conftest import HAVE_TORCH, NEEDS_TORCH, blobs
 
 from xpnet.backend import get_backend, substituted_kernels
 from xpnet.checkpoint import ModelFile
@@ -22,7 +22,7 @@ from xpnet.selfcheck.interpret import CKernel
 from xpnet.selfcheck.kernels import _Recorder
 from xpnet.train import History, fit
 
-NO_TORCH = pytest.mark.skipif(not HAVE_TORCH, reason='needs PyTorch (pip install "xpnet[torch]")')
+NO_TORCH = pytest.mark.skipif(not HAVE_TORCH, reason=NEEDS_TORCH)
 
 
 def gradients(precision: str, backend: str = "numpy", hidden: str = "tanh"):

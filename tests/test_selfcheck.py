@@ -57,7 +57,9 @@ def test_selfcheck_on_a_gpu_that_is_not_there_says_why(capsys):
         pass
     status, out = run(capsys, "--device", "cuda")
     assert status == 1
-    assert "FAIL  environment" in out and "CuPy" in out
+    assert "FAIL  environment" in out and ("CuPy" in out or "no NVIDIA driver" in out)
+    assert "--device cpu" in out and 'device="cpu"' not in out  # the command line's words
+    assert out.count("SKIP  ") == len(CHECKS) - 1  # one line per check, as README says
 
 
 def test_the_checks_report_what_they_measured():

@@ -77,3 +77,27 @@ def test_train_tensorboard_writes_the_run_and_refuses_early_without_tensorboardx
     (tmp_path / "m.safetensors").unlink()
     assert main(args) == 2  # refused before training: no model written
     assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("errno", [28, 5, 122, 30])  # ENOSPC, EIO, EDQUOT, EROFS
+@pytest.mark.parametrize("failing_write", [1, 2, 4, 8])  # the first flush, epochs 1 and 3, the close
+def test_a_disk_that_fills_ends_the_run_as_an_error_not_a_traceback(tmp_path, monkeypatch, capfd, errno, failing_write):
+    from tensorboardX import record_writer
+
+    writes = {"n": 0}
+    real_flush = record_writer.RecordWriter.flush
+
+    def flush(self):
+        writes["n"] += 1
+        if writes["n"] >= failing_write:
+            raise OSError(errno, "simulated")
+        return real_flush(self)
+
+    monkeypatch.setattr(record_writer.RecordWriter, "flush", flush)
+    X = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", X=X, y=(X[:, 0] > 0).astype(np.int64))
+    args = ["train", "--dataset", str(tmp_path / "d.npz"), "--layers", "4", "--epochs", "6", "--quiet"]
+    args += ["--out", str(tmp_path / "m.safetensors"), "--tensorboard", str(tmp_path / "tb")]
+    assert main(args) == 2
+    err = capfd.readouterr().err
+    assert err.startswith("xpnet: error: --tensorboard") and "Traceback" not in err and "Exception" not in err

@@ -21,7 +21,7 @@ import numpy as np
 from xpnet.errors import BackendError, ModelFileError, XpnetError
 from xpnet.memory import require
 from xpnet.metadata import MAX_LAYERS, decode
-from xpnet.modelfile import FORMAT, FORMAT_VERSION, save_model
+from xpnet.modelfile import FORMAT, FORMAT_VERSION, check_path, save_model
 from xpnet.network import MLP, architecture_shapes
 from xpnet.safetensors import load_tensors
 from xpnet.scaling import Scaling
@@ -138,4 +138,5 @@ class ModelFile:
 
 def load_model(path: str | os.PathLike, backend=None, device=None, dtype=None, precision: str = "float32") -> MLP:
     """Read a model file and build its network on ``backend``/``device``, computing in ``precision``."""
+    check_path(path, "load_model: path")
     return ModelFile(path).build(backend, device, dtype, precision)

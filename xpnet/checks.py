@@ -80,7 +80,7 @@ def at_least(minimum: int):
     def check(value):
         if not (is_whole(value) and value >= minimum):
             raise ConfigError(f"expected a whole number >= {minimum}, not {value!r}")
-        return value
+        return int(value)  # a NumPy integer stored as a Python int
 
     return check
 

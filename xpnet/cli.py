@@ -22,16 +22,18 @@ import array_api_compat
 import numpy as np
 
 from xpnet._version import __version__
-from xpnet.backend import available_backends, cuda_devices, cuda_libraries
+from xpnet.backend import available_backends, cuda_devices, cuda_libraries, threads
 from xpnet.bench.options import add_bench_arguments
 from xpnet.checkpoint import ModelFile
 from xpnet.data import load_dataset, read_idx
 from xpnet.data.tabular import read_npz_arrays
-from xpnet.distributed import Communicator, connect, transports
-from xpnet.errors import ConfigError, DivergenceError, RanksDifferError, XpnetError
+from xpnet.distributed import Communicator, connect, launcher_size, transports
+from xpnet.errors import ConfigError, DivergenceError, RanksDifferError, XpnetError, for_command_line
+from xpnet.evaluate import evaluate_estimate, labels_from_outputs, predict_estimate
 from xpnet.export import OPSET, export_onnx
 from xpnet.fileio import STDOUT, atomic_writer, check_output_path
-from xpnet.memory import Estimate, limited
+from xpnet.inputs import check_inputs
+from xpnet.memory import Estimate, limited, memory_limit, parameter_count
 from xpnet.recipes import RECIPES
 from xpnet.run import check_fits, format_test, resolve_settings, resumed_settings, run_training
 from xpnet.selfcheck import add_arguments as add_selfcheck_arguments
@@ -67,12 +69,18 @@ def _option_type(setting: Setting):
     return parse
 
 
-def _add_setting(parser, setting: Setting) -> None:
-    """The option ``--name`` for a row of the settings table; None (not given) by default."""
+def _add_setting(parser, setting: Setting, recipe_value=None) -> None:
+    """The option ``--name`` for a row of the settings table; None (not given) by default.
+
+    ``recipe_value``, where given, is said in the help as what the default recipe takes."""
+    text = setting.help
+    if recipe_value is not None and "default" not in text:
+        shown = ",".join(map(str, recipe_value)) if isinstance(recipe_value, list) else f"{recipe_value}"
+        text += f" (default: {shown}, in the default recipe)".replace("%", "%%")
     if isinstance(setting.default, bool):
-        parser.add_argument(setting.flag, action=argparse.BooleanOptionalAction, default=None, help=setting.help)
+        parser.add_argument(setting.flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         return
-    parser.add_argument(setting.flag, type=_option_type(setting), choices=setting.choices, help=setting.help)
+    parser.add_argument(setting.flag, type=_option_type(setting), choices=setting.choices, help=text)
 
 
 def _add_memory_argument(parser) -> None:
@@ -86,6 +94,29 @@ def _add_device_arguments(parser) -> None:
             _add_setting(parser, setting)
 
 
+def _thread_count(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads >= 1, not {text!r}")
+    return int(text)
+
+
+def _add_threads_argument(parser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=_thread_count,
+        metavar="N",
+        help=f"BLAS threads of this process (default: ${threads.THREADS_VARIABLE}, else the cores this process "
+        "may use divided among the ranks on this node; said in the run's first line and in `xpnet info`)",
+    )
+
+
+def _set_threads(args, world: Communicator | None = None) -> threads.ThreadChoice:
+    """Choose and set this process's BLAS threads (``xpnet.backend.threads``) before any work."""
+    local_size = world.local_size if world is not None and world.size > 1 else None
+    torch = getattr(args, "backend", None) == "torch"
+    return threads.apply(threads.choose(getattr(args, "threads", None), local_size), torch=torch)
+
+
 def _add_train_arguments(parser) -> None:
     parser.add_argument(
         "--recipe",
@@ -93,12 +124,14 @@ def _add_train_arguments(parser) -> None:
         help=f"named configuration to start from: {', '.join(RECIPES)} (default: default; see docs/RECIPES.md)",
     )
     _add_device_arguments(parser)
+    _add_threads_argument(parser)
     groups = {"data": parser.add_argument_group("data"), "model": parser.add_argument_group("model")}
     groups["optimisation"] = parser.add_argument_group("optimisation")
     groups["distributed"] = parser.add_argument_group("distributed")
+    defaults = resolve_settings("default", {})
     for setting in TABLE.values():
         if setting.group in groups:
-            _add_setting(groups[setting.group], setting)
+            _add_setting(groups[setting.group], setting, defaults.get(setting.name) if setting.recipe else None)
     out = parser.add_argument_group("output")
     out.add_argument("--out", default="xpnet-model.safetensors", help="where to save the trained model")
     out.add_argument("--resume", metavar="CHECKPOINT", help="continue an interrupted run from its checkpoint")
@@ -128,16 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", help="dataset to test on (default: the one it was trained on)")
     evaluate.add_argument("--data-dir", help="folder holding the dataset files")
     _add_device_arguments(evaluate)
+    _add_threads_argument(evaluate)
     predict = commands.add_parser("predict", help="predict labels for inputs in an IDX or .npz file")
     predict.add_argument("model", help="model file (.safetensors)")
     predict.add_argument("input", help="IDX images (raw or .gz), or .npz holding X")
     predict.add_argument("--out", help="write predictions to this .csv or .npz; - (the default) prints CSV")
     predict.add_argument("--proba", action="store_true", help="also write the output probabilities")
     _add_device_arguments(predict)
+    _add_threads_argument(predict)
     export = commands.add_parser("export", help="write a saved model in another format (ONNX)")
     export.add_argument("model", help="model file (.safetensors)")
     export.add_argument("--onnx", metavar="FILE", required=True, help='the ONNX file to write (needs "xpnet[onnx]")')
-    commands.add_parser("info", help="versions, backends, devices and BLAS")
+    info = commands.add_parser("info", help="versions, backends, devices and BLAS")
+    _add_threads_argument(info)
     bench = commands.add_parser("bench", help="throughput sweep over batch sizes and devices")
     add_bench_arguments(bench)
     _add_memory_argument(bench)
@@ -148,25 +184,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    program = argv is None  # run as ``python -m xpnet``, not called in-process
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
         argv = ["train", *argv]
     args = build_parser().parse_args(argv)
     try:
+        _check_usage(args)
         with limited(getattr(args, "memory_limit", None)):
-            return _COMMANDS[args.command](args)
+            status = _COMMANDS[args.command](args)
+        if program:  # the status is decided: a late Ctrl-C must not make the exit a death by SIGINT (status 2)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # an ignored signal stays ignored through shutdown
+        return status
     except MemoryError:  # what the estimates in xpnet.memory did not foresee
         print(f"xpnet: error: {_OUT_OF_MEMORY}", file=sys.stderr)
         return 2
     except DivergenceError as exc:
-        print(f"xpnet: error: {exc}", file=sys.stderr)
+        print(f"xpnet: error: {for_command_line(str(exc))}", file=sys.stderr)
         return 1
     except XpnetError as exc:
-        print(f"xpnet: error: {exc}", file=sys.stderr)
+        print(f"xpnet: error: {for_command_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without a checkpoint
         print("xpnet: stopped at once (second interrupt); the last per-epoch checkpoint is kept", file=sys.stderr)
         return 128 + signal.SIGINT
+
+
+def _check_usage(args) -> None:
+    """What the options and the environment say, checked before any work: a bad ``XPNET_MEMORY_LIMIT``
+    is a usage error of every command (``xpnet: error:``, exit 2), not a data file's fault or a failed check."""
+    if getattr(args, "memory_limit", None) is None:
+        memory_limit()  # parses XPNET_MEMORY_LIMIT; ConfigError names it
 
 
 # -- train --------------------------------------------------------------------------
@@ -174,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train_command(args) -> int:
     if not args.distributed:
+        if launcher_size() > 1:  # one rank of a job started without --distributed: end the job, not train alone
+            _refuse_undistributed_rank()
         return _train(args, Communicator())
     world = connect()  # first: from here on a failure on one rank can end the whole job
     if world.size == 1:
@@ -181,7 +231,23 @@ def _train_command(args) -> int:
     return _on_every_rank(world, lambda: _train(args, world))
 
 
+def _refuse_undistributed_rank() -> None:
+    """End the whole job (MPI_Abort where MPI is there): its other ranks may be waiting in a collective."""
+    message = (
+        f"this process is one of the {launcher_size()} ranks mpiexec started, but without --distributed; "
+        "give every rank --distributed, or run a single process without mpiexec"
+    )
+    try:
+        world = connect()
+    except XpnetError:
+        raise ConfigError(message) from None
+    _fail_alone(world, message, 2)
+
+
 def _train(args, world: Communicator) -> int:
+    chosen = _set_threads(args, world)
+    if world.is_root and not args.quiet:
+        print(chosen.describe(), flush=True)
     overrides = {key: getattr(args, key) for key in TABLE}
     if args.resume:
         settings = resumed_settings(args.resume, overrides)
@@ -226,9 +292,9 @@ def _on_every_rank(world: Communicator, train) -> int:
         status = train()
     except XpnetError as exc:
         if not isinstance(exc, (DivergenceError, RanksDifferError)):  # not decided from shared numbers
-            _fail_alone(world, str(exc), 2)
+            _fail_alone(world, for_command_line(str(exc)), 2)
         if world.is_root:
-            print(f"xpnet: error: {exc}", file=sys.stderr)
+            print(f"xpnet: error: {for_command_line(str(exc))}", file=sys.stderr)
         status = 1 if isinstance(exc, DivergenceError) else 2
     except KeyboardInterrupt:
         _fail_alone(world, "stopped at once (second interrupt); the last per-epoch checkpoint is kept", 130)
@@ -276,6 +342,7 @@ class _StopFlag:
 
 
 def _evaluate_command(args) -> int:
+    _set_threads(args)
     saved = ModelFile(args.model)
     net = saved.build(args.backend, args.device)
     dataset = args.dataset or saved.training.get("dataset")
@@ -289,6 +356,9 @@ def _evaluate_command(args) -> int:
             raise
         raise type(exc)(f"{args.model}: metadata training.dataset: {exc}") from None
     check_fits(net, data, f"dataset {dataset!r}")
+    held = sum(a.nbytes for a in (data.X_train, data.y_train, data.X_test, data.y_test)) + _model_bytes(net)
+    estimate = evaluate_estimate(net, data.X_test).add("the model and the dataset on the host", held)
+    estimate.check(f"evaluating {args.model} on dataset {dataset!r}")
     started = time.perf_counter()
     print(format_test(net.evaluate(data.X_test, data.y_test), time.perf_counter() - started))
     return 0
@@ -297,16 +367,24 @@ def _evaluate_command(args) -> int:
 def _predict_command(args) -> int:
     out = args.out or STDOUT
     check_output_path(out, "--out", stdout=True)  # before any work: a folder or a socket is refused now
+    _set_threads(args)
     saved = ModelFile(args.model)
     net = saved.build(args.backend, args.device)
-    X = _read_inputs(Path(args.input), net.sizes[0])
+    X = check_inputs(net, _read_inputs(Path(args.input), net.sizes[0]), f"{args.input}: X")
     _prediction_estimate(net, X).check(f"predicting the {len(X)} samples of {args.input}")
+    outputs = np.asarray(net.predict_proba(X)).reshape(len(X), -1)
+    bad = np.flatnonzero(~np.all(np.isfinite(outputs), axis=1))
+    if bad.size:  # never printed as a prediction
+        raise ConfigError(
+            f"{args.input}: the model's outputs for {bad.size} sample(s), the first sample {bad[0]}, are NaN or "
+            "infinite; no predictions written (are the inputs on the scale the model was trained on?)"
+        )
     if net.is_classifier:
-        arrays = {"labels": net.predict(X)}
+        arrays = {"labels": labels_from_outputs(outputs)}
         if args.proba:
-            arrays["proba"] = net.predict_proba(X)
+            arrays["proba"] = outputs
     else:
-        arrays = {"outputs": np.asarray(net.predict(X)).reshape(len(X), -1)}
+        arrays = {"outputs": outputs}
     with atomic_writer(out, stdout=True) as stream:
         if out.endswith(".npz"):
             np.savez(stream, **arrays)
@@ -317,11 +395,14 @@ def _predict_command(args) -> int:
 
 
 def _prediction_estimate(net, X: np.ndarray) -> Estimate:
-    """What predicting ``X`` holds besides it: the inputs on the device, outputs, labels, the CSV text."""
-    itemsize, outputs = np.dtype(net.dtype_name).itemsize, net.num_outputs
-    estimate = Estimate().add("inputs on the device", X.size * itemsize)
-    estimate.add("outputs and probabilities", 2 * len(X) * outputs * itemsize)
-    return estimate.add("the CSV text", 24 * len(X) * (outputs + 3))
+    """What predicting ``X`` holds: the inputs and the model, a batch on the device, outputs, labels, the CSV."""
+    estimate = predict_estimate(net, len(X), 4096).add("labels", 4 * len(X))
+    estimate.add("the inputs and the model", X.nbytes + _model_bytes(net))
+    return estimate.add("the CSV text", 24 * len(X) * (net.num_outputs + 3))
+
+
+def _model_bytes(net) -> int:
+    return parameter_count(net.sizes) * np.dtype(net.dtype_name).itemsize
 
 
 def _label_rows(arrays: dict, names: list[str]) -> list[list]:
@@ -356,7 +437,7 @@ def _csv_bytes(rows: list[list]) -> bytes:
 
 
 def _read_inputs(path: Path, features: int) -> np.ndarray:
-    X = read_npz_arrays(path, ("X",))["X"] if path.suffix.lower() == ".npz" else read_idx(path)
+    X = read_npz_arrays(path, ("X",))["X"] if path.suffix.lower() == ".npz" else read_idx(path, "the INPUT path")
     if X.size == 0:
         raise ConfigError(f"{path}: inputs of shape {X.shape} hold no samples; nothing to predict")
     X = X.reshape(X.shape[0], -1) if X.ndim > 1 else X.reshape(1, -1)
@@ -394,6 +475,7 @@ def _info_command(args) -> int:
     if "NVRTC" in libraries:  # CuPy is installed: what it would load (python -m xpnet selfcheck tests the rest)
         print("CUDA libraries for CuPy: " + ", ".join(f"{name} {state}" for name, state in libraries.items()))
     print(f"BLAS: {_blas_description()}")
+    print(f"  xpnet's {threads.choose(args.threads).describe()}, set by train, evaluate and predict")
     print("distributed (--distributed under mpiexec):")
     for name, status in transports().items():
         print(f"  {name:17s} {status}")

@@ -209,5 +209,7 @@ def fit_fingerprint(net, optimizer, arrays: dict, options: dict) -> dict:
         if isinstance(value, (bool, int, float, str)) and key != "lr":
             settings[f"optimizer {key}"] = value
     settings["optimizer buffers"] = len(optimizer.state_arrays())
+    settings["backend"] = net.backend.name  # arrays of one library, on one kind of device, on every rank
+    settings["device kind"] = "cuda" if net.backend.cuda_index is not None else "cpu"
     settings.update(options)
     return {"sizes": sizes, "settings": settings, "data": data_digest(net.backend, list(arrays.values()))}

@@ -57,6 +57,7 @@ class Communicator:
     rank = 0
     size = 1
     local_rank = 0
+    local_size = 1  # ranks on this node (BLAS threads are shared among them: xpnet.backend.threads)
 
     @property
     def is_root(self) -> bool:
@@ -143,7 +144,7 @@ class MPICommunicator(Communicator):
         self.MPI = import_mpi()
         self.comm = comm if comm is not None else self.MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-        self.local_rank = _local_rank(self.comm, self.MPI)
+        self.local_rank, self.local_size = _local_placement(self.comm, self.MPI)
         self.cuda_aware = _env_flag("XPNET_CUDA_AWARE_MPI") if cuda_aware is None else bool(cuda_aware)
         self.staged_reason = "no NCCL communicator was asked for"
         self._flag = np.zeros(1, dtype=np.int32)
@@ -344,11 +345,12 @@ def launcher_local_rank(default: int = 0) -> int:
     return default
 
 
-def _local_rank(comm, MPI) -> int:
+def _local_placement(comm, MPI) -> tuple[int, int]:
+    """This rank's number on its node (the launcher's word first) and the number of ranks there."""
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # collective: every rank calls it, overridden or not
-    rank = node.Get_rank()
+    rank, size = node.Get_rank(), node.Get_size()
     node.Free()
-    return launcher_local_rank(default=rank)
+    return launcher_local_rank(default=rank), size
 
 
 def rank_device(device: str | None, communicator: Communicator, gpus: int | None = None) -> str | None:

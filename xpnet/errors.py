@@ -38,3 +38,18 @@ class RanksDifferError(ConfigError):
 
     Every rank raises it together, after comparing notes, so the job can end cleanly.
     """
+
+
+#: Advice in a message as the Python API spells it, and as the command line does.
+_API_TO_COMMAND_LINE = (
+    ('device="cpu"', "--device cpu"),
+    ('device="cuda"', "--device cuda"),
+    ('backend="torch"', "--backend torch"),
+)
+
+
+def for_command_line(message: str) -> str:
+    """``message`` with the Python API's advice (``device="cpu"``) in the command line's words (``--device cpu``)."""
+    for api, flag in _API_TO_COMMAND_LINE:
+        message = message.replace(api, flag)
+    return message

@@ -8,7 +8,6 @@ the regressor built on it; see there.
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from dataclasses import dataclass
 
@@ -108,7 +107,7 @@ class XpnetEstimator(BaseEstimator):
 
     def _hidden_sizes(self) -> list[int]:
         sizes = self.hidden_layer_sizes
-        sizes = [sizes] if isinstance(sizes, numbers.Integral) else sizes
+        sizes = [sizes] if is_whole(sizes) else sizes
         try:
             sizes = list(sizes)
         except TypeError:
@@ -209,7 +208,7 @@ class XpnetEstimator(BaseEstimator):
         if not incremental or getattr(self, "_optimizer", None) is None:
             self._optimizer = self._new_optimizer(batch_size)
             self._optimizer_batch_size = batch_size
-        self._train(X_train, y_train, batch_size, validation, epochs=1 if incremental else self.max_iter)
+        self._train(X_train, y_train, batch_size, validation, epochs=1 if incremental else int(self.max_iter))
         return self
 
     def _split(self, X, targets, incremental: bool):

@@ -6,12 +6,14 @@ form every device can hold (int32), because some (array-api-strict's no_x64) ref
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from xpnet.inputs import check_inputs, check_targets
+from xpnet.memory import Estimate
 
 
 @dataclass
@@ -83,6 +85,7 @@ def evaluate(net, X, y, batch_size: int = 4096) -> dict[str, float]:
     """Loss and accuracy (classifiers) or loss, MSE and R² (regression) over ``(X, y)``."""
     X = check_inputs(net, X)
     y = check_targets(net, y, X.shape[0])
+    evaluate_estimate(net, X, batch_size).check(f"evaluating on {X.shape[0]} samples")
     X, y = net.to_device(X), net.to_device(y, labels=True)
     xp, n = net.xp, X.shape[0]
     if net.is_classifier:
@@ -102,10 +105,41 @@ def _outputs(net, X, batch_size):
     return chunks[0] if len(chunks) == 1 else net.xp.concat(chunks, axis=0)
 
 
+def _checked_outputs(net, X, batch_size: int):
+    """Outputs for ``X`` after its checks and the memory estimate. Host inputs go to the device a
+    batch at a time, so predicting never holds a device copy of the whole set."""
+    X = check_inputs(net, X)
+    predict_estimate(net, X.shape[0], batch_size).check(f"predicting {X.shape[0]} samples")
+    if net.backend.owns(X):
+        return _outputs(net, X, batch_size)
+    chunks = [net.forward(net.prepare(net.to_device(X[rows, ...]))) for rows in _chunks(X.shape[0], batch_size)]
+    return chunks[0] if len(chunks) == 1 else net.xp.concat(chunks, axis=0)
+
+
+def predict_estimate(net, samples: int, batch_size: int) -> Estimate:
+    """What predicting ``samples`` inputs holds besides them: one batch's temporaries, the outputs twice."""
+    itemsize, batch = np.dtype(net.dtype_name).itemsize, min(batch_size, samples)
+    estimate = Estimate().add("one batch on the device", batch * (net.sizes[0] * 2 + 3 * sum(net.sizes[1:])) * itemsize)
+    return estimate.add("outputs on the device and the host", 2 * samples * net.num_outputs * itemsize)
+
+
+def evaluate_estimate(net, X, batch_size: int = 4096) -> Estimate:
+    """Evaluating on ``X``: the set on the device in the network's dtype, then a prediction's parts."""
+    estimate = predict_estimate(net, X.shape[0], batch_size)
+    return estimate.add("the test set on the device", math.prod(X.shape) * np.dtype(net.dtype_name).itemsize)
+
+
+def labels_from_outputs(outputs: np.ndarray) -> np.ndarray:
+    """Host class labels by ``predict``'s rule: the first maximum, or output > 0.5 for one sigmoid."""
+    if outputs.shape[1] == 1:
+        return (outputs[:, 0] > 0.5).astype(np.int32)
+    return np.argmax(outputs, axis=1).astype(np.int32)
+
+
 def predict_outputs(net, X, batch_size: int = 4096):
     """Network outputs for ``X``; host arrays in, host arrays out."""
     on_host = not net.backend.owns(X)
-    out = _outputs(net, net.to_device(check_inputs(net, X)), batch_size)
+    out = _checked_outputs(net, X, batch_size)
     return net.backend.to_host(out) if on_host else out
 
 
@@ -113,7 +147,7 @@ def predict(net, X, batch_size: int = 4096):
     """Class labels (argmax, or output > 0.5 for one sigmoid) for classifiers, else outputs."""
     on_host = not net.backend.owns(X)
     xp = net.xp
-    out = _outputs(net, net.to_device(check_inputs(net, X)), batch_size)
+    out = _checked_outputs(net, X, batch_size)
     if net.is_classifier:
         out = _argmax_int32(xp, net, out) if out.shape[1] > 1 else xp.astype(out[:, 0] > 0.5, xp.int32)
     return net.backend.to_host(out) if on_host else out

@@ -28,13 +28,17 @@ from xpnet import __version__
 from xpnet.activations import ACTIVATIONS
 from xpnet.checkpoint import ModelFile
 from xpnet.errors import ConfigError, XpnetError
-from xpnet.fileio import atomic_write_bytes
+from xpnet.fileio import atomic_write_bytes, check_output_path
+from xpnet.memory import Estimate, network_estimate, parameter_count
+from xpnet.modelfile import check_class_names, check_finite, check_path
 from xpnet.network import MLP
 
 OPSET = 17
 #: IR version 8 goes with opset 17 (onnx 1.12); runtimes from 2022 on read it.
 IR_VERSION = 8
 INPUT, OUTPUT, LABEL = "input", "output", "label"
+#: protobuf's limit on one serialized message, and room for the graph besides its weights.
+PROTO_LIMIT, PROTO_SLACK = 2**31, 2**20
 
 
 def _onnx():
@@ -48,6 +52,10 @@ def _onnx():
 
 def to_onnx(net: MLP, *, class_names: list[str] | None = None):
     """``net`` as an ``onnx.ModelProto`` (checked by ``onnx.checker``); see the module docstring."""
+    if not isinstance(net, MLP):
+        raise ConfigError(f"to_onnx: net must be an MLP, not {type(net).__name__}")
+    class_names = check_class_names(class_names, net.num_outputs, "export_onnx: class_names")
+    check_finite(net.state_dict(), "exporting the network")
     onnx = _onnx()
     from onnx import helper, numpy_helper
 
@@ -133,14 +141,39 @@ def _label_nodes(helper, onnx, num_outputs: int, dtype) -> tuple[list, dict]:
 def export_onnx(model: MLP | str | os.PathLike, out: str | os.PathLike, *, class_names: list[str] | None = None):
     """Write ``model`` (a network, or the path of an xpnet model file) to ``out`` as ONNX.
 
-    The file is written atomically; returns the ``onnx.ModelProto`` written.
+    Checked before any work: the arguments' types, ``out`` (an ``.onnx`` path the output rule
+    of ``xpnet.fileio`` takes), the class names against the outputs, the graph's size against
+    protobuf's 2 GiB and the memory the export holds against the limit. A network holding
+    NaN or infinities is refused, as ``save_model`` refuses it. The file is written
+    atomically; returns the ``onnx.ModelProto`` written.
     """
+    if not isinstance(model, (MLP, str, os.PathLike)):
+        raise ConfigError(f"export_onnx: model must be an MLP or a model file path, not {type(model).__name__}")
+    check_path(out, "export_onnx: out")
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise ConfigError(f"{out}: an ONNX file name must end in .onnx")
+    check_output_path(out, "the ONNX file")
     if not isinstance(model, MLP):
         saved = ModelFile(model)
+        export_estimate(saved.sizes, saved.architecture.get("dtype", "float32")).check(f"exporting {model}")
         model, class_names = saved.build("numpy"), class_names or saved.class_names
+    else:
+        export_estimate(model.sizes, model.dtype_name).check("exporting the network")
     proto = to_onnx(model, class_names=class_names)
     atomic_write_bytes(out, proto.SerializeToString())
     return proto
+
+
+def export_estimate(sizes: list[int], dtype: str = "float32") -> Estimate:
+    """Refuse a graph over protobuf's 2 GiB (its initializers are float32 or float64); else what the
+    export holds: the network, its host copies, the graph's initializers and the serialized bytes."""
+    weights = parameter_count(sizes) * max(4, np.dtype(dtype).itemsize)
+    if weights + PROTO_SLACK > PROTO_LIMIT:
+        raise ConfigError(
+            f"an ONNX file of this model ({weights:,} bytes of weights) would pass protobuf's limit of 2 GiB "
+            f"({PROTO_LIMIT:,} bytes) on one file, which xpnet's export does not split; export a smaller model"
+        )
+    return network_estimate(sizes, max(4, np.dtype(dtype).itemsize)).add(
+        "host copies, graph initializers and file bytes", 3 * weights
+    )

@@ -11,6 +11,8 @@ reading them back would stall the device (``Backend.audit`` holds fit to one rea
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from array_api_compat import array_namespace
 
@@ -43,9 +45,23 @@ def check_inputs(net, X, name: str = "X"):
         )
     if X.shape[0] == 0:
         raise ConfigError(f"{name} holds no samples")
-    if _kind(X) == "f" and isinstance(X, np.ndarray) and not np.all(np.isfinite(X)):
-        raise ConfigError(f"{name} holds NaN or infinite values")
+    if _kind(X) == "f" and isinstance(X, np.ndarray):
+        low, high = float(np.min(X)), float(np.max(X))  # NaN propagates; no copy of X is made
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ConfigError(f"{name} holds NaN or infinite values")
+        _check_range(net, max(-low, high), name)
     return X
+
+
+def _check_range(net, peak: float, name: str) -> None:
+    """Refuse finite inputs the network's dtype cannot hold (1e300 for float32): they would become inf."""
+    dtype = np.dtype(net.dtype_name)
+    limit = float(np.finfo(dtype).max)
+    if peak > limit:
+        raise ConfigError(
+            f"{name} holds values up to {peak:.3g} in size, beyond what the network's {dtype} holds "
+            f"({limit:.3g}); rescale the inputs"
+        )
 
 
 def check_targets(net, y, samples: int, name: str = "y"):

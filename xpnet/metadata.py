@@ -20,6 +20,7 @@ from xpnet.errors import ConfigError, ModelFileError
 from xpnet.init import init_name
 from xpnet.layers import NORMS
 from xpnet.losses import loss_name
+from xpnet.modelfile import CLASS_NAMES, class_names_problem
 from xpnet.precision import PRECISIONS
 from xpnet.schema import (
     INT64_MAX,
@@ -43,8 +44,6 @@ from xpnet.settings import TABLE, Setting
 MAX_LAYERS = 1000
 #: Widest layer a model file may declare (int32 indexing); the tensors must match anyway.
 MAX_WIDTH = 2**31 - 1
-#: Most class names a model file may hold (the data readers' own limit on labels).
-MAX_CLASSES = 100_000
 #: Most epochs of history a file may hold (a JSON header is at most 100 MB anyway).
 MAX_RECORDS = 1_000_000
 FLOAT32_MAX = 3.4028234663852886e38
@@ -175,7 +174,6 @@ SCALING = Record(
     },
     what="an input scaling",
 )
-CLASS_NAMES = ListOf(Text(max_len=1000, empty=True, what="a class name"), 0, MAX_CLASSES)
 _VERSION_TEXT = Text(max_len=64)
 
 
@@ -295,6 +293,6 @@ def _check_across(sections: dict) -> None:
             value = scaling[key]
             if isinstance(value, list) and len(value) != sizes[0]:
                 raise Invalid(f"scaling.{key}", f"has {len(value)} values but the model takes {sizes[0]} features")
-    names, outputs = sections["class_names"], sizes[-1]
-    if names and len(names) != outputs and not (outputs == 1 and len(names) == 2):
-        raise Invalid("class_names", f"lists {len(names)} names but the model has {outputs} outputs")
+    problem = class_names_problem(sections["class_names"], sizes[-1])
+    if problem:
+        raise Invalid("class_names", problem)

@@ -387,7 +387,10 @@ class MLP:
             return inference.evaluate(self, X, y, batch_size=batch_size)
 
     def save(self, path, **metadata) -> None:
-        """Write this model to a safetensors file (see ``xpnet.modelfile``)."""
+        """Write this model to a safetensors file (see ``xpnet.modelfile``): ``training``, ``class_names``."""
+        unknown = sorted(set(metadata) - {"training", "class_names", "history", "optimizer"})
+        if unknown:
+            raise ConfigError(f"MLP.save: unknown arguments {', '.join(unknown)}; it takes training and class_names")
         save_model(path, self, **metadata)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from xpnet.backend import get_backend
+from xpnet.backend.cpu import slow_setting_warnings
 from xpnet.backend.cuda import gpu_free_memory
 from xpnet.build import build_network, build_optimizer
 from xpnet.checkpoint import ModelFile, save_model
@@ -125,6 +127,8 @@ def run_training(
     """
     settings = checked({**BASE_SETTINGS, **settings})
     world = communicator or Communicator()
+    if resume and (complete := _finished_run(resume, settings, world)):
+        return complete
     quiet = quiet or not world.is_root
     log = log or (lambda message: None if quiet else print(message, flush=True))
     started = time.perf_counter()
@@ -158,10 +162,36 @@ def run_training(
     return result
 
 
+def _finished_run(resume, settings: dict, world: Communicator) -> dict | None:
+    """When the checkpoint ``resume`` is of a run that already ended (its epochs done, or stopped
+    early), say so and return the run's result: nothing is trained or written. Else None."""
+    state = ModelFile(resume).resume_state()
+    done, wanted = state["epoch"], settings["epochs"]
+    said = f"xpnet: --resume {resume}: the run is complete"
+    if state.get("stopped_early"):
+        said += f" (it stopped early after epoch {done}, by --patience); nothing to train, no file changed"
+    elif done >= wanted and not state.get("batch"):
+        said += (
+            f" (all {wanted} of its epochs are done); nothing to train, no file changed. "
+            f"To train on, ask for more epochs: --epochs {done + 5} trains 5 more"
+        )
+    else:
+        return None
+    if world.is_root:
+        print(said, file=sys.stderr, flush=True)
+    return {"recipe": settings.get("recipe"), "epochs": done, "interrupted": False, "complete": True,
+            "checkpoint": str(resume), "history": []}  # fmt: skip
+
+
 def _start_message(net, history, resume, sizes: tuple, communicator: Communicator, settings: dict) -> str:
     """What a run says before its first epoch: where it resumes, the network, the data, the ranks."""
     lines = [f"resuming {resume} at epoch {history.epoch + 1}, batch {history.batch}"] if history else []
     lines += [f"{net}", "{} training, {} validation, {} test samples".format(*sizes)]
+    if settings["label_smoothing"] and net.loss.classification:
+        lines.append(
+            f"label smoothing {settings['label_smoothing']:g}: the training loss is taken against the smoothed "
+            "targets, the validation loss against the true labels, so the first stays above the second"
+        )
     if communicator.size > 1:
         batch = settings["batch_size"]
         lines.append(
@@ -237,6 +267,8 @@ def _prepare(settings: dict, resume, quiet: bool, world: Communicator, plot):
     try:
         backend = get_backend(settings.get("backend"), rank_device(settings.get("device"), world))  # fail fast
         backend.use_tf32(settings["tf32"])
+        for warning in slow_setting_warnings(backend, settings["precision"], settings["tf32"]) if world.is_root else ():
+            print(f"xpnet: warning: {warning}", file=sys.stderr, flush=True)
         communicator = world.for_backend(backend)
         data, split = _load_data(settings, quiet)
         on_gpu = gpu_free_memory(backend)

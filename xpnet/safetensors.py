@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from xpnet.checks import is_whole
 from xpnet.errors import ConfigError, ModelFileError
 from xpnet.fileio import atomic_writer, open_input
 
@@ -228,12 +229,12 @@ def _check_entry(name: str, key: str, entry) -> tuple[str, np.dtype, tuple[int, 
     if not isinstance(code, str) or code not in DTYPES:
         raise ModelFileError(f"{where} has unknown dtype {code!r}; expected one of {', '.join(DTYPES)}")
     shape = entry["shape"]
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(is_whole(d) and d >= 0 for d in shape):
         raise ModelFileError(f"{where} has shape {shape!r}; expected a list of non-negative integers")
     if len(shape) > _MAX_DIMS:
         raise ModelFileError(f"{where} has {len(shape)} dimensions; NumPy supports at most {_MAX_DIMS}")
     offsets = entry["data_offsets"]
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) and o >= 0 for o in offsets)):
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_whole(o) and o >= 0 for o in offsets)):
         raise ModelFileError(f"{where} has data_offsets {offsets!r}; expected [begin, end] of non-negative integers")
     begin, end = offsets
     if begin > end:
@@ -269,10 +270,6 @@ def _check_layout(name: str, entries, buffer_size: int) -> None:
             f"{name}: bytes {position}..{buffer_size} of the data buffer belong to no tensor "
             "(trailing data, or a damaged header)"
         )
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_save_metadata(metadata) -> dict[str, str]:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from xpnet.checks import is_whole
 from xpnet.errors import XpnetError
 
 INT64_MAX = 2**63 - 1
@@ -63,10 +64,6 @@ class Node:
         return Invalid(where, problem or f"expected {self.expects()}, got {describe_value(value)}")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 @dataclass(frozen=True)
 class Int(Node):
     """A whole number (not a bool, not 1.0) in ``[low, high]``."""
@@ -78,7 +75,7 @@ class Int(Node):
         return f"a whole number from {self.low} to {self.high}"
 
     def check(self, value, where):
-        if not _is_int(value) or not self.low <= value <= self.high:
+        if not is_whole(value) or not self.low <= value <= self.high:
             raise self.fail(value, where)
         return value
 

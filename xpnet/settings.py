@@ -73,11 +73,11 @@ def _text(value):
 
 
 def _widths(value):
-    if not (isinstance(value, list) and all(is_whole(n) for n in value)):
+    if not (isinstance(value, list | tuple) and all(is_whole(n) for n in value)):
         raise ConfigError(f"expected a list of layer widths such as [128, 64], not {str(value)[:40]}")
     if any(n < 1 or n > MAX_WIDTH for n in value):
         raise ConfigError(f"layer widths must be from 1 to {MAX_WIDTH}, not {str(value)[:60]}")
-    return value
+    return [int(n) for n in value]
 
 
 def _memory_size(value):
@@ -187,13 +187,15 @@ _ROWS = [
     Setting(
         "precision", "float32", PRECISIONS.canonical,
         "float32 (default); mixed-float16: float16 math, float32 master weights, dynamic loss scaling; "
-        "mixed-bfloat16: the same in bfloat16, without scaling (PyTorch only)", "model",
+        "mixed-bfloat16: the same in bfloat16, without scaling (PyTorch only; on a CPU fast only with "
+        "AVX512-BF16 or AMX, else many times slower than float32, with a warning)", "model",
         choices=tuple(PRECISIONS), recipe=False,
     ),
     Setting(
         "tf32", False, _boolean,
         "let float32 matmuls on a GPU use TF32 tensor cores (several times faster on Ampere and later; "
-        "a 10-bit mantissa)", "model", run=True, recipe=False,
+        "a 10-bit mantissa; NVIDIA GPUs only: on a CPU it does nothing, with a warning)", "model",
+        run=True, recipe=False,
     ),
     Setting(
         "optimizer", "sgd", OPTIMIZERS.canonical, "update rule", "optimisation",
@@ -218,7 +220,9 @@ _ROWS = [
         choices=tuple(SCHEDULES),
     ),
     Setting(
-        "label_smoothing", 0.0, fraction, "label smoothing for cross-entropy targets", "optimisation",
+        "label_smoothing", 0.0, fraction,
+        "label smoothing for cross-entropy targets (the training loss shown includes it, so it "
+        "stays above the validation loss)", "optimisation",
         parse=_parse_float,
     ),
     Setting("batch_size", 64, at_least(1), "samples per step", "optimisation", parse=_parse_int),

@@ -8,7 +8,9 @@ own package brings its web server and a dozen dependencies along.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 
 from xpnet.errors import XpnetError
 
@@ -24,36 +26,59 @@ TAGS = {
 
 
 def summary_writer_class():
-    """tensorboardX's ``SummaryWriter``, or an error saying how to install it (an optional extra)."""
+    """tensorboardX's synchronous ``EventsWriter``, or an error saying how to install it (an optional extra).
+
+    Not its ``SummaryWriter``: that one writes from a thread of its own and closes again at exit,
+    so a disk that fills would end the run with tracebacks from both; here every write happens in
+    the caller's thread, where its failure is an ``XpnetError``.
+    """
     try:
-        from tensorboardX import SummaryWriter
+        import tensorboardX  # noqa: F401 - the package first: its submodules may be cached without it
+        from tensorboardX.event_file_writer import EventsWriter
     except ImportError:
         raise XpnetError(
             'writing TensorBoard logs needs tensorboardX; install it with: pip install "xpnet[tensorboard]"'
         ) from None
-    return SummaryWriter
+    return EventsWriter
 
 
 class TensorBoardWriter:
     """Call it with the ``History`` after each epoch (``fit``'s ``on_epoch_end``); ``close`` at the end."""
 
     def __init__(self, logdir: str | os.PathLike):
-        SummaryWriter = summary_writer_class()
-        try:
-            self.writer = SummaryWriter(logdir=str(logdir))
-        except OSError as exc:
-            raise XpnetError(f"--tensorboard {logdir}: cannot write there ({exc.strerror or exc})") from None
-        self.logdir = self.writer.logdir
+        EventsWriter = summary_writer_class()
+        self.logdir = str(logdir)
+        with self._writing("cannot write there"):
+            os.makedirs(self.logdir, exist_ok=True)
+            self.writer = EventsWriter(os.path.join(self.logdir, "events"))
+            self.writer.flush()
 
     def __call__(self, history) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import scalar
+
         record = history.records[-1]
-        for key, tag in TAGS.items():
-            if key in record:
-                self.writer.add_scalar(tag, float(record[key]), global_step=record["epoch"])
-        self.writer.flush()
+        with self._writing():
+            for key, tag in TAGS.items():
+                if key in record:
+                    summary = scalar(tag, float(record[key]))
+                    self.writer.write_event(Event(wall_time=time.time(), step=record["epoch"], summary=summary))
+            self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        with self._writing():
+            self.writer.close()
+
+    @contextlib.contextmanager
+    def _writing(self, problem: str = "cannot write the event file"):
+        """A full disk, a lost folder: ``xpnet: error:`` naming the folder, as every other output's failure."""
+        try:
+            yield
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise XpnetError(
+                f"--tensorboard {self.logdir}: {problem} ({reason}); free some space or choose another folder"
+            ) from None
 
     def __enter__(self) -> TensorBoardWriter:
         return self

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from xpnet.checks import whole
+from xpnet.checks import is_number, whole
 from xpnet.data_parallel import DataParallel
 from xpnet.distributed import Communicator
 from xpnet.errors import ConfigError, DivergenceError
@@ -196,7 +196,7 @@ def fit(
     ``communicator`` (``xpnet.distributed``): train data-parallel, every rank calling ``fit`` alike with the
     global ``batch_size``; the job trains as one process would. Only rank 0 logs (``on_epoch_end``: all).
     """
-    _check_fit_args(net, epochs, batch_size, patience, monitor, label_smoothing)
+    epochs, batch_size, patience = _check_fit_args(net, epochs, batch_size, patience, monitor, label_smoothing)
     X, y, validation, given = _data_on_device(net, X, y, validation_data, verbose, log)
     options = FitOptions(epochs, min(batch_size, X.shape[0]), label_smoothing, shuffle, patience, progress, monitor)
     parallel = DataParallel(communicator or Communicator(), options.batch_size)
@@ -398,14 +398,16 @@ def _worth_logging(epoch: int, epochs: int) -> bool:
     return epochs <= 50 or epoch % (epochs // 20) == 0 or epoch == epochs
 
 
-def _check_fit_args(net, epochs, batch_size, patience, monitor, label_smoothing):
+def _check_fit_args(net, epochs, batch_size, patience, monitor, label_smoothing) -> tuple:
+    """``(epochs, batch_size, patience)`` as Python ints (NumPy integers pass, bools do not)."""
     _check_monitor(net, monitor)
     whole("epochs", epochs, minimum=0)
     whole("batch_size", batch_size, minimum=1)
     if patience is not None:
         whole("patience", patience, minimum=1)
-    if not 0.0 <= label_smoothing < 1.0:
+    if not (is_number(label_smoothing) and 0.0 <= label_smoothing < 1.0):
         raise ConfigError(f"label_smoothing must be in [0, 1), not {label_smoothing!r}")
+    return int(epochs), int(batch_size), None if patience is None else int(patience)
 
 
 def _record(net, epoch: int, totals: EpochTotals, seconds: float, optimizer) -> dict:

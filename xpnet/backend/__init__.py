@@ -9,7 +9,8 @@ One class per array library, each in its own module and overriding only what its
 library does differently from ``base.Backend`` (the array API standard's way): ``numpy``,
 ``cupy``, ``torch``, ``strict`` (array-api-strict). ``resolve`` is the one resolver (its
 ``LIBRARIES`` table maps names to classes: a new library is a module plus a line there).
-Beside them: ``cpu`` (BLAS threads, denormals), ``kernels`` (fused CuPy kernels), ``rng``
+Beside them: ``cpu`` (BLAS threads by step size, denormals), ``threads`` (the process's BLAS
+threads: its cores shared among the ranks on its node), ``kernels`` (fused CuPy kernels), ``rng``
 (device random numbers), ``audit`` (host reads and device mixing), ``cuda`` (what the
 machine offers). No module outside this package imports a backend library for its math,
 and none compares a backend's name: it asks the backend's methods.

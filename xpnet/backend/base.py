@@ -25,6 +25,15 @@ from xpnet.errors import ConfigError
 
 DTYPES = ("float32", "float64")
 HALF_DTYPES = ("float16", "bfloat16")
+#: PyTorch's CPU build; PyPI's own torch (what "xpnet[torch]" pulls) is the CUDA build on Linux, several GB.
+TORCH_CPU_INSTALL = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+#: How to get PyTorch, said in the same words by errors, test skips, bench and README.
+TORCH_HINT = (
+    f'install PyTorch with: {TORCH_CPU_INSTALL} (the CPU build), or pip install "xpnet[torch]" '
+    "(PyPI's build: on Linux the CUDA one, several GB)"
+)
+#: The advice every refused GPU ends with, as the Python API spells it (the CLI says --device cpu).
+ON_THE_CPU = 'train on the CPU with device="cpu"'
 
 
 @dataclass

@@ -70,3 +70,43 @@ def _mxcsr_flushing(libm):
         yield
     finally:
         _set_mxcsr(libm, _FTZ_DAZ, saved)
+
+
+# -- instruction sets -----------------------------------------------------------------------
+
+#: Flags (of /proc/cpuinfo) that give a CPU native bfloat16 matmuls; without one PyTorch emulates them.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags of this CPU as Linux lists them; empty where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def slow_setting_warnings(backend, precision: str, tf32: bool) -> list[str]:
+    """What a run's settings would cost on ``backend``'s device, said before training: bfloat16
+    without the CPU's bfloat16 instructions (many times slower than float32: issue 26 saw 10-17x on AVX2), and
+    TF32, which only NVIDIA GPUs have."""
+    said = []
+    on_cpu = backend.cuda_index is None
+    flags = cpu_flags()
+    if precision == "mixed-bfloat16" and on_cpu and flags and not flags.intersection(BF16_FLAGS):
+        said.append(
+            "--precision mixed-bfloat16 on a CPU without AVX512-BF16 or AMX-BF16 (not in /proc/cpuinfo's flags): "
+            "bfloat16 matmuls are emulated there, many times slower than float32; float32 (the default) "
+            "is faster on this CPU"
+        )
+    if tf32 and on_cpu:
+        said.append(
+            f"--tf32 does nothing on {backend.device_name}: TF32 tensor cores are an NVIDIA GPU's "
+            "(Ampere and later); float32 matmuls run as before"
+        )
+    return said

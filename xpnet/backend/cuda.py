@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib
+import os
+import platform
 
 from xpnet.errors import ConfigError
 
@@ -17,6 +20,25 @@ def cuda_index(device: str | None, backend: str) -> int:
     if prefix == "cuda" and index.isdigit():
         return int(index)
     raise ConfigError(f"device for backend {backend!r} must be 'cuda' or 'cuda:N', not {device!r}")
+
+
+#: What to say where the machine has no NVIDIA driver: no GPU, whatever is installed.
+NO_DRIVER = (
+    "this machine has no NVIDIA driver (no /proc/driver/nvidia/version, and libcuda.so.1 does not load), "
+    "so no CUDA GPU to run on"
+)
+
+
+def nvidia_driver_missing() -> bool:
+    """True where Linux shows no NVIDIA driver at all (then no CUDA library can find a GPU);
+    False where one is found, and on other systems, where xpnet does not look."""
+    if platform.system() != "Linux" or os.path.exists("/proc/driver/nvidia/version"):
+        return False
+    try:
+        ctypes.CDLL("libcuda.so.1")  # WSL's driver has no /proc entry
+    except OSError:
+        return True
+    return False
 
 
 def cuda_devices() -> list[str]:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from xpnet.backend.base import Backend
+from xpnet.backend.base import ON_THE_CPU, Backend
 from xpnet.backend.cuda import CUPY_HINT, cuda_index, cuda_libraries
 from xpnet.backend.rng import RandomGenerator
 from xpnet.errors import BackendError
@@ -38,7 +38,7 @@ class CupyBackend(Backend):
             count = cupy.cuda.runtime.getDeviceCount()
         except Exception as exc:  # CuPy raises its own CUDARuntimeError without a driver
             raise BackendError(
-                f"no CUDA GPU is usable by CuPy here ({exc}); train on the CPU with --device cpu"
+                f"device {device or 'cuda'!r}: no CUDA GPU is usable by CuPy here ({exc}); {ON_THE_CPU}"
             ) from exc
         if index >= count:
             raise BackendError(f"device cuda:{index} does not exist; CuPy sees {count} CUDA GPU(s)")

@@ -25,7 +25,7 @@ class NumpyBackend(Backend):
         if device not in (None, "cpu"):
             raise ConfigError(
                 f"backend 'numpy' runs on the CPU only, not on device {device!r}; "
-                "use --device cuda (CuPy) or --backend torch for a GPU"
+                'use device="cuda" (CuPy) or backend="torch" for a GPU'
             )
         return cls(importlib.import_module("array_api_compat.numpy"), "cpu")
 

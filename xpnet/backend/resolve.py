@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import importlib
 
-from xpnet.backend.base import Backend
+from xpnet.backend.base import ON_THE_CPU, Backend
+from xpnet.backend.cuda import NO_DRIVER, cuda_index, nvidia_driver_missing
 from xpnet.backend.cupy import CupyBackend
 from xpnet.backend.numpy import NumpyBackend
 from xpnet.backend.strict import StrictBackend
 from xpnet.backend.torch import TorchBackend
+from xpnet.errors import BackendError
 from xpnet.names import canonical
 
 #: Each backend name (``--backend``) and the class that runs it; the first is the default.
@@ -40,10 +42,15 @@ def get_backend(backend: str | Backend | None = None, device: str | None = None)
     if isinstance(backend, Backend):
         return backend
     device = None if device is None else str(device).strip()
+    on_cuda = bool(device) and device.startswith("cuda")
     if backend is None:
-        cls = CupyBackend if device and device.startswith("cuda") else NumpyBackend
-        return cls.for_device(device)
-    return backend_class(backend).for_device(device)
+        cls = CupyBackend if on_cuda else NumpyBackend
+    else:
+        cls = backend_class(backend)
+    if on_cuda and "cuda" in cls.device_kinds and cuda_index(device, cls.name) >= 0 and nvidia_driver_missing():
+        # a device string is checked first (a usage error), then the driver, before the library is asked
+        raise BackendError(f"device {device!r}: {NO_DRIVER}; {ON_THE_CPU}")
+    return cls.for_device(device)
 
 
 def available_backends() -> dict[str, str]:

@@ -10,12 +10,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from xpnet.backend.audit import Audit, torch_dispatch_monitor
-from xpnet.backend.base import HALF_DTYPES, Backend
+from xpnet.backend.base import HALF_DTYPES, ON_THE_CPU, TORCH_HINT, Backend
 from xpnet.backend.cuda import cuda_index
 from xpnet.backend.rng import RandomGenerator
 from xpnet.errors import BackendError, ConfigError
-
-TORCH_HINT = 'install PyTorch with: pip install "xpnet[torch]"'
 
 
 class TorchBackend(Backend):
@@ -37,8 +35,7 @@ class TorchBackend(Backend):
         index = cuda_index(device, cls.name)
         if not torch.cuda.is_available():
             raise BackendError(
-                f"device {device!r} needs a CUDA GPU, but PyTorch sees none (is this a CPU build?); "
-                "train on the CPU with --device cpu"
+                f"device {device!r} needs a CUDA GPU, but PyTorch sees none (is this a CPU build?); " + ON_THE_CPU
             )
         if index >= torch.cuda.device_count():
             raise BackendError(f"device cuda:{index} does not exist; PyTorch sees {torch.cuda.device_count()} GPU(s)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from xpnet.bench import history
 from xpnet.bench.compare import compare, format_changes
@@ -36,7 +35,7 @@ def _names(text: str | None) -> list[str] | None:
 def bench_main(args: argparse.Namespace) -> int:
     """Run ``python -m xpnet bench`` with parsed ``args``; print the table, write the files."""
     batch_sizes = _ints(args.batch_sizes, "--batch-sizes")
-    notes = preflight(args, batch_sizes)  # before minutes of measuring: options it would trip on late
+    checked = preflight(args, batch_sizes)  # before minutes of measuring: options it would trip on late
     result = run_bench(
         batch_sizes=batch_sizes,
         backends=_names(args.backends),
@@ -49,16 +48,17 @@ def bench_main(args: argparse.Namespace) -> int:
         gemm_size=args.gemm_size,
         pause=args.pause,
         log=None,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),  # stdout keeps the table alone
     )
     print(format_rows(result.rows))
     for skip in result.skipped:
         print(f"skipped: {skip}")
-    profile_text = profile_markdown(_ints(args.profile, "--profile")) if args.profile else None
+    profile_text = profile_markdown(checked.profile) if checked.profile else None
     if profile_text:
         print(profile_text)
-    _write_files(args, result, profile_text, notes)
-    if args.history is not None or args.compare is not None:
-        _history(args, result)
+    _write_files(args, result, profile_text, checked.notes)
+    if checked.history_path is not None:
+        _history(args, result, checked)
     return 0
 
 
@@ -71,16 +71,14 @@ def _write_files(args: argparse.Namespace, result: BenchResult, profile_text: st
         atomic_write_text(args.markdown, markdown_report(result, profile_text, notes))
 
 
-def _history(args: argparse.Namespace, result: BenchResult) -> None:
-    """``--compare`` with the stored run first, then ``--history`` appends this one."""
+def _history(args: argparse.Namespace, result: BenchResult, checked) -> None:
+    """``--compare`` with the stored run (read before the sweep), then ``--history`` appends this one."""
     entry = history.entry_from_result(result, args.machine)
-    path = Path(args.history) if args.history else history.default_path(entry["machine"])
-    if args.compare is not None:
-        before = history.find(history.read(path), args.compare)
-        print(format_changes(compare(before, entry), before, entry))
+    if checked.before is not None:
+        print(format_changes(compare(checked.before, entry), checked.before, entry))
     if args.history is not None:
-        history.append(path, entry)
-        print(f"appended this run to {path}")
+        history.append(checked.history_path, entry)
+        print(f"appended this run to {checked.history_path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

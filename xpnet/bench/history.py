@@ -25,16 +25,17 @@ import subprocess
 from pathlib import Path
 
 import xpnet
+from xpnet.bench.history_schema import FIGURES, LINE, ROW_KEY, SCHEMA
 from xpnet.bench.noise import paired_ratios, relative_spread
 from xpnet.bench.results import BenchResult, Row
 from xpnet.errors import DataError
-from xpnet.fileio import atomic_write_bytes
+from xpnet.fileio import atomic_write_bytes, open_input, read_failure
+from xpnet.schema import Invalid, check, deepest_key
 
-SCHEMA = 1
-#: The figures a history row may carry, the ratios (which compare across runs) first.
-FIGURES = ("vs_torch_eager", "vs_direct", "pct_own", "pct_peak", "samples_per_s")
+__all__ = ["FIGURES", "RATIO_FIGURES", "ROW_KEY", "SCHEMA", "append", "find", "read"]
 RATIO_FIGURES = FIGURES[:-1]
-ROW_KEY = ("impl", "backend", "device", "batch_size")
+#: The largest history file read (a run's line is tens of kB; this is thousands of runs).
+MAX_HISTORY_BYTES = 256 * 2**20
 CHECKOUT = Path(xpnet.__file__).resolve().parent.parent
 
 
@@ -130,43 +131,53 @@ def append(path: str | Path, entry: dict) -> None:
     """Add ``entry`` as the last line of the history at ``path`` (the file rewritten atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    old = path.read_bytes() if path.exists() else b""
+    old = _read_bytes(path) if path.exists() else b""
     if old and not old.endswith(b"\n"):
         old += b"\n"
     atomic_write_bytes(path, old + (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8"))
 
 
-def _check_entry(entry, where: str) -> dict:
-    if not isinstance(entry, dict) or entry.get("schema") != SCHEMA or not isinstance(entry.get("rows"), list):
+def _read_bytes(path: Path) -> bytes:
+    """The history file's bytes: a regular file only (a FIFO or /dev/zero would block or never end),
+    of at most ``MAX_HISTORY_BYTES``, by ``xpnet.fileio``'s rule for every input."""
+    try:
+        with open_input(path, "a benchmark history (.jsonl)") as stream:
+            data = stream.read(MAX_HISTORY_BYTES + 1)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no benchmark history here yet; record one with --history") from None
+    except OSError as exc:
+        raise read_failure(path, exc, "a benchmark history (.jsonl)", "--history") from None
+    if len(data) > MAX_HISTORY_BYTES:
+        raise DataError(f"{path}: over {MAX_HISTORY_BYTES // 2**20} MiB, too large for a benchmark history")
+    return data
+
+
+def _parse_line(line: str, where: str) -> dict:
+    """One line, parsed and checked against ``history_schema.LINE``: a DataError naming the key if not."""
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: not JSON ({exc.msg})") from None
+    except RecursionError:
+        raise DataError(f"{where}: {deepest_key(line) or 'the line'} nests too deeply") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise DataError(f"{where}: not a benchmark history line ({exc})") from None
+    if not isinstance(entry, dict):
         raise DataError(f"{where}: not a benchmark history line (schema {SCHEMA} with a list of rows)")
-    for row in entry["rows"]:
-        if not isinstance(row, dict) or any(key not in row for key in ROW_KEY):
-            raise DataError(f"{where}: a row lacks one of {', '.join(ROW_KEY)}")
-        for name in FIGURES:
-            value = row.get(name)
-            if value is not None and not (isinstance(value, dict) and {"median", "spread"} <= value.keys()):
-                raise DataError(f"{where}: {name} of a row must be {{'median': ..., 'spread': ...}}")
-    return entry
+    try:
+        return check(LINE, entry)
+    except Invalid as exc:
+        raise DataError(f"{where}: {exc.where}: {exc.problem}; not a benchmark history line xpnet wrote") from None
 
 
 def read(path: str | Path) -> list[dict]:
     """Every run in the history at ``path``, oldest first; a clear error for a file that is not one."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no benchmark history here yet; record one with --history") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the benchmark history ({exc})") from None
-    entries = []
-    for number, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not JSON ({exc.msg})") from None
-            entries.append(_check_entry(entry, f"{path}:{number}"))
-    return entries
+        lines = _read_bytes(path).decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: cannot read the benchmark history (not UTF-8: {exc.reason})") from None
+    return [_parse_line(line, f"{path}:{number}") for number, line in enumerate(lines, 1) if line.strip()]
 
 
 def find(entries: list[dict], ref: str | None = None) -> dict:

@@ -37,7 +37,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="write the results as JSON here")
     parser.add_argument("--markdown", default=None, help="write a Markdown report here")
     parser.add_argument("--notes", default=None, help="a Markdown file appended to the report")
-    parser.add_argument("--png", default=None, help="write the throughput plot here")
+    parser.add_argument("--png", default=None, help="write the throughput plot to this .png file")
     history = parser.add_argument_group("history (see bench/HISTORY.md)")
     history.add_argument(
         "--history",

@@ -7,6 +7,7 @@ import os
 from xpnet.bench.results import BenchResult, Row
 from xpnet.bench.table import markdown_table
 from xpnet.bench.workload import MOMENTUM, flops_per_sample
+from xpnet.fileio import atomic_writer
 
 
 def _header(result: BenchResult) -> list[str]:
@@ -84,5 +85,8 @@ def plot(result: BenchResult, path: str | os.PathLike) -> None:
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_writer(path) as stream:  # the old plot stays whole until the new one is complete
+            fig.savefig(stream, format="png", dpi=110)
+    finally:
+        plt.close(fig)

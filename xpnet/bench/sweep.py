@@ -127,9 +127,11 @@ def run_bench(
     gemm_size: int | None = None,
     pause: float = PAUSE,
     log: Callable[[str], None] | None = print,
+    progress: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Run the sweep; at each batch size every implementation and ceiling takes its turn,
-    repeat by repeat, after ``pause`` seconds of idle."""
+    repeat by repeat, after ``pause`` seconds of idle. ``progress`` is told what runs next
+    and about how long is left (``python -m xpnet bench`` prints it on stderr)."""
     loadavg_start = list(os.getloadavg())
     batch_sizes = [int(b) for b in batch_sizes]
     _check_options(batch_sizes, repeats, warmup, pause, impls)
@@ -139,14 +141,37 @@ def run_bench(
     options.update(samples=int(X.shape[0]), repeats=repeats, warmup=warmup, pause=pause, data=source)
     ceilings: dict = {}
     rows: list[Row] = []
-    for batch_size in batch_sizes:
+    started = time.perf_counter()
+    for index, batch_size in enumerate(batch_sizes):
+        if progress:
+            progress(progress_line(index, batch_sizes, targets, impls, time.perf_counter() - started, options))
         batch_rows, measured = _batch(targets, impls, X, y, batch_size, gemm_size, {**options, "memory": memory})
         for label, ceiling in measured.items():
             _merge(ceilings, label, batch_size, ceiling)
         rows += batch_rows
         if log:
             log(format_rows(batch_rows, header=False))
+    if progress:
+        progress(f"bench: done in {time.perf_counter() - started:.0f} s")
     return BenchResult(rows, ceilings, skipped, environment(loadavg_start), options)
+
+
+def progress_line(index: int, batch_sizes: list[int], targets, impls, elapsed: float, options: dict) -> str:
+    """What the sweep runs next (batch size, backends and implementations) and about how long is
+    left: before the first batch size the pauses alone (a lower bound), then the time so far per
+    batch size done, times those left."""
+    running = "; ".join(f"{t.label} ({', '.join(i for i in impls if runs_on(i, t))})" for t in targets)
+    line = f"bench: batch size {batch_sizes[index]} ({index + 1} of {len(batch_sizes)}) on {running}"
+    if index:
+        left = elapsed / index * (len(batch_sizes) - index)
+        return f"{line}; {elapsed:.0f} s so far, about {left:.0f} s left"
+    runners = sum(runs_on(i, t) for t in targets for i in impls) + 2 * len(targets)  # 2: the GEMM ceilings
+    epochs = options["warmup"] + options["repeats"]
+    pauses = options["pause"] * options["repeats"] * runners * len(batch_sizes)
+    return (
+        f"{line}; {len(batch_sizes)} batch sizes x {runners} timed runs x {epochs} epochs of "
+        f"{options['samples']} samples: at least {pauses:.0f} s of pauses alone, an estimate after this batch size"
+    )
 
 
 def add_ratios(rows: list[Row]) -> None:

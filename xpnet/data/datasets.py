@@ -351,7 +351,7 @@ def _load_named(name: str, data_dir, download: bool, progress: bool) -> Dataset:
                 reason = f"the download failed: {exc}"
         if files is None:
             raise DataError(_not_found_message(name, folders, reason))
-    arrays = [read_idx(path) for path in files]
+    arrays = [read_idx(path, "the path or the --data-dir folder") for path in files]
     X_train, y_train = _check_idx_pair(arrays[0], arrays[1], files[0], files[1], name)
     X_test, y_test = _check_idx_pair(arrays[2], arrays[3], files[2], files[3], name)
     return Dataset(name, X_train, y_train, X_test, y_test, list(SOURCES[name].class_names), "classification")

@@ -43,8 +43,10 @@ _CHUNK = 1 << 20
 _HINT = "re-download the file or check that it is an IDX file"
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (raw or gzip, detected by its magic bytes) into a native-endian array."""
+def read_idx(path: str | os.PathLike, where: str = "the path") -> np.ndarray:
+    """Read an IDX file (raw or gzip, detected by its magic bytes) into a native-endian array.
+
+    ``where`` is what a missing file's message asks to check (a dataset's: its --data-dir folder)."""
     path = Path(path)
     try:
         with open_input(path, "an IDX file") as raw:
@@ -54,7 +56,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
                 return _read_gzip(path, raw)
             return _read_stream(path, raw, total_size=os.fstat(raw.fileno()).st_size)
     except OSError as exc:
-        raise read_failure(path, exc, "an IDX file", "the path or the --data-dir folder") from exc
+        raise read_failure(path, exc, "an IDX file", where) from exc
 
 
 def _read_gzip(path: Path, raw: BinaryIO) -> np.ndarray:

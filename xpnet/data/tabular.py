@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xpnet.errors import ConfigError, DataError
+from xpnet.errors import ConfigError, DataError, XpnetError
 from xpnet.fileio import open_input, read_failure
 from xpnet.memory import require
 from xpnet.task import TASKS
@@ -76,6 +76,8 @@ def read_npz_arrays(path: str | os.PathLike, *key_sets: tuple[str, ...]) -> dict
             raise DataError(
                 f"{path}: needs the arrays {wanted} (found: {found}); save it with np.savez({path.name!r}, {example})"
             )
+    except XpnetError:  # xpnet's own refusals (a memory limit, a setting) are not the file's fault
+        raise
     except (FileNotFoundError, IsADirectoryError) as exc:
         raise read_failure(path, exc, "an .npz file") from exc
     except MemoryError as exc:
