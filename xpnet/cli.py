@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import io
 import platform
 import signal
 import sys
@@ -25,15 +23,15 @@ from xpnet._version import __version__
 from xpnet.backend import available_backends, cuda_devices, cuda_libraries, threads
 from xpnet.bench.options import add_bench_arguments
 from xpnet.checkpoint import ModelFile
-from xpnet.data import load_dataset, read_idx
-from xpnet.data.tabular import read_npz_arrays
+from xpnet.data import load_dataset
 from xpnet.distributed import Communicator, connect, launcher_size, transports
 from xpnet.errors import ConfigError, DivergenceError, RanksDifferError, XpnetError, for_command_line
-from xpnet.evaluate import evaluate_estimate, labels_from_outputs, predict_estimate
+from xpnet.evaluate import evaluate_estimate, labels_from_outputs
 from xpnet.export import OPSET, export_onnx
 from xpnet.fileio import STDOUT, atomic_writer, check_output_path
 from xpnet.inputs import check_inputs
-from xpnet.memory import Estimate, limited, memory_limit, parameter_count
+from xpnet.memory import limited, memory_limit
+from xpnet.predictions import csv_bytes, label_rows, model_bytes, prediction_estimate, read_inputs, value_rows
 from xpnet.recipes import RECIPES
 from xpnet.run import check_fits, format_test, resolve_settings, resumed_settings, run_training
 from xpnet.selfcheck import add_arguments as add_selfcheck_arguments
@@ -356,7 +354,7 @@ def _evaluate_command(args) -> int:
             raise
         raise type(exc)(f"{args.model}: metadata training.dataset: {exc}") from None
     check_fits(net, data, f"dataset {dataset!r}")
-    held = sum(a.nbytes for a in (data.X_train, data.y_train, data.X_test, data.y_test)) + _model_bytes(net)
+    held = sum(a.nbytes for a in (data.X_train, data.y_train, data.X_test, data.y_test)) + model_bytes(net)
     estimate = evaluate_estimate(net, data.X_test).add("the model and the dataset on the host", held)
     estimate.check(f"evaluating {args.model} on dataset {dataset!r}")
     started = time.perf_counter()
@@ -370,8 +368,8 @@ def _predict_command(args) -> int:
     _set_threads(args)
     saved = ModelFile(args.model)
     net = saved.build(args.backend, args.device)
-    X = check_inputs(net, _read_inputs(Path(args.input), net.sizes[0]), f"{args.input}: X")
-    _prediction_estimate(net, X).check(f"predicting the {len(X)} samples of {args.input}")
+    X = check_inputs(net, read_inputs(Path(args.input), net.sizes[0]), f"{args.input}: X")
+    prediction_estimate(net, X).check(f"predicting the {len(X)} samples of {args.input}")
     outputs = np.asarray(net.predict_proba(X)).reshape(len(X), -1)
     bad = np.flatnonzero(~np.all(np.isfinite(outputs), axis=1))
     if bad.size:  # never printed as a prediction
@@ -389,63 +387,9 @@ def _predict_command(args) -> int:
         if out.endswith(".npz"):
             np.savez(stream, **arrays)
         else:
-            rows = _label_rows(arrays, saved.class_names) if net.is_classifier else _value_rows(arrays["outputs"])
-            stream.write(_csv_bytes(rows))
+            rows = label_rows(arrays, saved.class_names) if net.is_classifier else value_rows(arrays["outputs"])
+            stream.write(csv_bytes(rows))
     return 0
-
-
-def _prediction_estimate(net, X: np.ndarray) -> Estimate:
-    """What predicting ``X`` holds: the inputs and the model, a batch on the device, outputs, labels, the CSV."""
-    estimate = predict_estimate(net, len(X), 4096).add("labels", 4 * len(X))
-    estimate.add("the inputs and the model", X.nbytes + _model_bytes(net))
-    return estimate.add("the CSV text", 24 * len(X) * (net.num_outputs + 3))
-
-
-def _model_bytes(net) -> int:
-    return parameter_count(net.sizes) * np.dtype(net.dtype_name).itemsize
-
-
-def _label_rows(arrays: dict, names: list[str]) -> list[list]:
-    """CSV rows of predicted classes, their names, and the probabilities if asked for."""
-    proba = arrays.get("proba")
-    header = ["index", "label"] + (["class"] if names else [])
-    if proba is not None:
-        header += [f"p{j}" for j in range(proba.shape[1])]
-    rows = [header]
-    for i, label in enumerate(np.asarray(arrays["labels"]).tolist()):
-        row = [i, label]
-        if names:
-            row.append(names[label] if 0 <= label < len(names) else "")
-        if proba is not None:
-            row += [f"{p:.6g}" for p in proba[i]]
-        rows.append(row)
-    return rows
-
-
-def _value_rows(outputs: np.ndarray) -> list[list]:
-    """CSV rows of a regression model's outputs, one column per output."""
-    header = ["index"] + [f"y{j}" for j in range(outputs.shape[1])]
-    return [header] + [[i] + [f"{v:.6g}" for v in row] for i, row in enumerate(outputs)]
-
-
-def _csv_bytes(rows: list[list]) -> bytes:
-    """``rows`` as standard CSV (RFC 4180, CRLF line ends) through the csv module: a class name
-    holding a comma, a quote or a line break is quoted, and stays one field."""
-    text = io.StringIO()
-    csv.writer(text).writerows(rows)
-    return text.getvalue().encode("utf-8")
-
-
-def _read_inputs(path: Path, features: int) -> np.ndarray:
-    X = read_npz_arrays(path, ("X",))["X"] if path.suffix.lower() == ".npz" else read_idx(path, "the INPUT path")
-    if X.size == 0:
-        raise ConfigError(f"{path}: inputs of shape {X.shape} hold no samples; nothing to predict")
-    X = X.reshape(X.shape[0], -1) if X.ndim > 1 else X.reshape(1, -1)
-    if X.shape[1] != features:
-        raise ConfigError(f"{path}: inputs have {X.shape[1]} features but the model takes {features}")
-    if X.dtype.kind == "f" and not np.all(np.isfinite(X)):
-        raise ConfigError(f"{path}: inputs hold NaN or infinite values")
-    return X
 
 
 def _export_command(args) -> int:
