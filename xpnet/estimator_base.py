@@ -370,6 +370,7 @@ class _PortableNetwork:
         """The network rebuilt on ``backend``/``device`` (the estimator's, as in ``fit``)."""
         c = self.config
         layers = {key: c[key] for key in ("init", "dropout", "dtype")}
+        layers["huber_delta"] = c.get("huber_delta", 1.0)
         net = MLP(c["sizes"], c["activations"], c["loss"], **layers, backend=backend, device=device)
         net.load_state_dict(self.state)
         net.set_scaling(self.scaling)
