@@ -362,10 +362,11 @@ class MLP:
         """Train on ``(X, y)``; see ``xpnet.train.fit`` for the options. Returns the history."""
         return training.fit(self, X, y, **options)
 
-    def predict_proba(self, X, batch_size: int = 4096):
-        """Network outputs for ``X``, in ``X``'s namespace (host NumPy in, NumPy out)."""
+    def predict_proba(self, X, batch_size: int = 4096, dtype: str | None = None):
+        """Network outputs for ``X``, in ``X``'s namespace (host NumPy in, NumPy out); ``dtype="float64"``
+        computes them in float64 (a row's outputs then do not depend on its batch-mates; see ``xpnet.evaluate``)."""
         with self.backend.activated():
-            return inference.predict_outputs(self, X, batch_size=batch_size)
+            return inference.predict_outputs(self, X, batch_size=batch_size, dtype=dtype)
 
     def predict(self, X, batch_size: int = 4096):
         """Class labels for classifiers (argmax of the outputs), else the outputs."""
