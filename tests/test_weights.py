@@ -8,6 +8,9 @@ scikit-learn's ``compute_class_weight``; the data-parallel shares against one pr
 
 from __future__ import annotations
 
+import re
+import sys
+
 import numpy as np
 import pytest
 from conftest import build_mlp, host, host_float
@@ -212,3 +215,98 @@ def test_the_command_line_spelling_parses():
     for bad in ("0:1", "0=x", ""):
         with pytest.raises(ConfigError, match="LABEL=WEIGHT"):
             parse_class_weight(bad)
+
+
+# -- the command line: --sample-weight, --class-weight, and the model file ------------------------
+
+
+def _imbalanced_npz(path, n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 4)).astype(np.float32)
+    y = (X[:, 0] > 1.0).astype(np.int64)  # about 1 in 6 rows is class 1
+    np.savez(path, X=X, y=y, w=rng.uniform(0.5, 2.0, n))
+    return path
+
+
+TRAIN = ["train", "--layers", "8", "--epochs", "2", "--batch-size", "16", "--quiet", "--dtype", "float64"]
+
+
+def test_cli_weights_train_as_fit_with_the_same_weights_and_are_kept_in_the_model_file(tmp_path, capsys):
+    from xpnet.checkpoint import ModelFile
+    from xpnet.cli import main
+    from xpnet.data import load_dataset, train_val_split
+    from xpnet.run import resolve_settings, run_training
+
+    data_file = _imbalanced_npz(tmp_path / "imb.npz")
+    out = tmp_path / "m.safetensors"
+    args = ["--dataset", str(data_file), "--sample-weight", "w", "--class-weight", "BALANCED"]
+    assert main([*TRAIN, *args, "--out", str(out)]) == 0
+    saved = ModelFile(out)
+    assert saved.training["class_weight"] == "balanced" and saved.training["sample_weight"] == "w"
+    # The same run without weights ends elsewhere: the weights reached fit.
+    plain = run_training(resolve_settings("default", _settings(data_file, layers=[8], epochs=2)))
+    weighted = run_training(
+        resolve_settings("default", _settings(data_file, sample_weight="w", class_weight="balanced"))
+    )
+    assert weighted["history"][-1]["loss"] != pytest.approx(plain["history"][-1]["loss"], rel=1e-6)
+    data = load_dataset(str(data_file), sample_weight="w")
+    assert data.w_train is not None and len(data.w_train) == len(data.X_train)
+    X_tr, _, _, _ = train_val_split(data.X_train, data.y_train, 0.1, seed=0)
+    assert len(X_tr) < len(data.X_train)
+
+
+def _settings(data_file, **extra):
+    base = {"dataset": str(data_file), "layers": [8], "epochs": 2, "batch_size": 16, "dtype": "float64"}
+    return {**base, **extra}
+
+
+def test_cli_class_weight_by_number_or_name_and_csv_weight_column(tmp_path, capsys):
+    from xpnet.cli import main
+
+    rng = np.random.default_rng(1)
+    rows = ["a,b,weight,label"] + [
+        f"{rng.normal():.3f},{rng.normal():.3f},{rng.uniform(0, 2):.3f},{i % 2}" for i in range(60)
+    ]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    assert (
+        main([*TRAIN, "--dataset", str(tmp_path / "t.csv"), "--sample-weight", "weight", "--class-weight", "0=1,1=3"])
+        == 0
+    )
+    assert main([*TRAIN, "--dataset", str(tmp_path / "t.csv"), "--sample-weight", "2"]) == 0  # by index
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sample-weight", "nope"], "needs the arrays .*nope"),
+        (["--class-weight", "7=2"], "--class-weight 7=2: '7' is not a class of dataset"),
+        (["--class-weight", "0=x"], "expected 'balanced' or LABEL=WEIGHT pairs"),
+        (["--class-weight", "0=-1"], "must be a number >= 0"),
+        (["--sample-weight", "X"], r"--sample-weight X .* has shape \(200, 4\); give one weight per sample"),
+    ],
+)
+def test_cli_refuses_bad_weights_naming_the_option(tmp_path, capsys, args, message):
+    from xpnet.cli import main
+
+    data_file = _imbalanced_npz(tmp_path / "imb.npz")
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(main([*TRAIN, "--dataset", str(data_file), *args]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.search(message, err), err
+
+
+def test_a_model_file_written_before_weights_and_huber_still_loads(tmp_path):
+    """Files from before this change carry no class_weight, sample_weight, huber_delta: they load as ever."""
+    from xpnet.checkpoint import ModelFile, save_model
+    from xpnet.safetensors import load_tensors, save_tensors
+
+    net = build_mlp(("numpy", None), [4, 3, 2])
+    path = tmp_path / "old.safetensors"
+    save_model(path, net, training={"dataset": "x.npz", "lr": 0.1}, class_names=["a", "b"])
+    tensors, metadata = load_tensors(path)
+    assert "class_weight" not in metadata["training"] and "huber_delta" not in metadata["architecture"]
+    save_tensors(tmp_path / "again.safetensors", tensors, metadata)
+    loaded = ModelFile(tmp_path / "again.safetensors").build()
+    np.testing.assert_array_equal(host(loaded, loaded.params[0]), host(net, net.params[0]))
