@@ -278,11 +278,11 @@ def test_cli_class_weight_by_number_or_name_and_csv_weight_column(tmp_path, caps
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--sample-weight", "nope"], "needs the arrays .*nope"),
+        (["--sample-weight", "nope"], r"sample_weight 'nope': .*imb.npz holds no such array"),
         (["--class-weight", "7=2"], "--class-weight 7=2: '7' is not a class of dataset"),
         (["--class-weight", "0=x"], "expected 'balanced' or LABEL=WEIGHT pairs"),
         (["--class-weight", "0=-1"], "must be a number >= 0"),
-        (["--sample-weight", "X"], r"--sample-weight X .* has shape \(200, 4\); give one weight per sample"),
+        (["--sample-weight", "X"], r"sample_weight 'X' of .* has shape \(200, 4\); give one weight per sample"),
     ],
 )
 def test_cli_refuses_bad_weights_naming_the_option(tmp_path, capsys, args, message):

@@ -328,7 +328,7 @@ def load_dataset(
     path = Path(name_or_path)
     suffix = path.suffix.lower()
     if sample_weight is not None and (key is not None or suffix not in (".npz", ".csv")):
-        raise ConfigError(f"--sample-weight {sample_weight}: weights come from a .npz or .csv dataset file")
+        raise ConfigError(f"sample_weight {sample_weight!r}: weights come from a .npz or .csv dataset file")
     if key is not None:
         return _load_named(key, data_dir, download, progress)
 
@@ -408,8 +408,15 @@ def _check_idx_pair(
 
 
 def _load_npz_dataset(path: Path, task: str, sample_weight: str | None = None) -> Dataset:
-    extra = (sample_weight,) if sample_weight is not None else ()
-    arrays = read_npz_arrays(path, ("X_train", "y_train", "X_test", "y_test", *extra), ("X", "y", *extra))
+    arrays = read_npz_arrays(path, ("X_train", "y_train", "X_test", "y_test"), ("X", "y"))
+    if sample_weight is not None:
+        try:
+            arrays[sample_weight] = read_npz_arrays(path, (sample_weight,))[sample_weight]
+        except DataError:
+            raise DataError(
+                f"sample_weight {sample_weight!r}: {path} holds no such array; give --sample-weight the name of "
+                "an array of one weight per training row"
+            ) from None
     if "X" in arrays:
         X, y = check_xy(arrays["X"], arrays["y"], task, str(path))
         return _from_xy(path, X, y, task, arrays.get(sample_weight), sample_weight)
@@ -425,7 +432,7 @@ def _weights(weights, rows: int, path: Path, key) -> np.ndarray | None:
     if weights is None:
         return None
     try:
-        return check_sample_weight(weights, rows, f"--sample-weight {key} ({path})")
+        return check_sample_weight(weights, rows, f"sample_weight {key!r} of {path}")
     except ConfigError as exc:
         raise DataError(str(exc)) from None
 

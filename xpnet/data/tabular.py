@@ -253,9 +253,9 @@ def load_csv(
     values = _numbers(path, rows, width)
     if weight_column is None:
         return check_xy(np.delete(values, target, axis=1), values[:, target], task, str(path))
-    weight = _target_index(weight_column, names, width, path, "--sample-weight")
+    weight = _target_index(weight_column, names, width, path, "sample_weight")
     if weight == target:
-        raise ConfigError(f"--sample-weight {weight_column!r}: that is the target column of {path}")
+        raise ConfigError(f"sample_weight {weight_column!r}: that is the target column of {path}")
     X, y = check_xy(np.delete(values, [target, weight], axis=1), values[:, target], task, str(path))
     return X, y, values[:, weight].astype(np.float64)
 
