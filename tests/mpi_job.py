@@ -173,8 +173,8 @@ def nan(out: Path, rank: str, step: str, *argv: str) -> None:
         steps = itertools.count(1)
         original = MLP.backprop
 
-        def nan_loss(self, x, y, *, train=False):
-            cost, grads, out = original(self, x, y, train=train)
+        def nan_loss(self, x, y, **options):
+            cost, grads, out = original(self, x, y, **options)
             return (cost * float("nan") if next(steps) == int(step) else cost), grads, out
 
         MLP.backprop = nan_loss

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import build_mlp, host, host_float
+from conftest import GPU_BACKENDS, build_mlp, host, host_float
 from test_gradients import assert_gradients_close, finite_differences, smooth_inputs
 
 from xpnet.data_parallel import DataParallel
@@ -72,6 +72,12 @@ def test_weight_two_trains_as_the_row_given_twice(spec, loss):
     unweighted = build_mlp(spec, [4, 6, outputs], **options)
     unweighted.fit(X, y, optimizer=Adam(0.01), **fit)
     assert _max_difference(weighted, unweighted) > 1e-6  # the weights were used
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "poisson", "huber"])
+@pytest.mark.parametrize("gpu", GPU_BACKENDS)
+def test_weight_two_trains_as_the_row_given_twice_on_a_gpu(gpu, loss):
+    test_weight_two_trains_as_the_row_given_twice(gpu, loss)
 
 
 def test_validation_weights_and_weighted_accuracy_count_rows(spec):
