@@ -266,8 +266,10 @@ def _settings(data_file, **extra):
     return {**base, **extra}
 
 
-def test_cli_class_weight_by_number_or_name_and_csv_weight_column(tmp_path, capsys):
+def test_cli_class_weight_by_number_or_name_and_csv_weight_column(tmp_path, capsys, monkeypatch):
     from xpnet.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the model file goes to the working folder
 
     rng = np.random.default_rng(1)
     rows = ["a,b,weight,label"] + [
@@ -291,8 +293,10 @@ def test_cli_class_weight_by_number_or_name_and_csv_weight_column(tmp_path, caps
         (["--sample-weight", "X"], r"sample_weight 'X' of .* has shape \(200, 4\); give one weight per sample"),
     ],
 )
-def test_cli_refuses_bad_weights_naming_the_option(tmp_path, capsys, args, message):
+def test_cli_refuses_bad_weights_naming_the_option(tmp_path, capsys, monkeypatch, args, message):
     from xpnet.cli import main
+
+    monkeypatch.chdir(tmp_path)
 
     data_file = _imbalanced_npz(tmp_path / "imb.npz")
     with pytest.raises(SystemExit) as exit_info:
