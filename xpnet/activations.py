@@ -125,9 +125,22 @@ class Softmax(Activation):
         return a * (grad_a - xp.sum(grad_a * a, axis=1, keepdims=True))
 
 
-_BY_NAME = {cls.name: cls for cls in (Identity, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax)}
-ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
-_ALIASES = {"linear": "identity"}
+class Exponential(Activation):
+    """a = e^z: a positive output, the predicted rate of a Poisson regression (its loss's partner)."""
+
+    name = "exp"
+
+    def forward(self, xp, z):
+        return xp.exp(z)
+
+    def backward(self, xp, z, a, grad_a):
+        grad_a *= a
+        return grad_a
+
+
+_BY_NAME = {cls.name: cls for cls in (Identity, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax, Exponential)}
+ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax", "exp")
+_ALIASES = {"linear": "identity", "exponential": "exp"}
 
 
 def get_activation(spec: str | Activation) -> Activation:

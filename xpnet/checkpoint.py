@@ -89,6 +89,7 @@ class ModelFile:
                 self.sizes,
                 activation=arch["activations"],
                 loss=arch.get("loss"),
+                huber_delta=arch.get("huber_delta", 1.0),
                 dropout=dropout if isinstance(dropout, list) else 0.0,
                 backend=backend,
                 device=device,

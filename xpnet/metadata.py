@@ -83,8 +83,9 @@ ARCHITECTURE = Record(
         "dropout": Either((_RATE, ListOf(_RATE, 1, MAX_LAYERS))),
         "dtype": Text(choices=("float32", "float64")),
         "precision": Text(choices=tuple(PRECISIONS)),
+        "huber_delta": Number(0.0, FLOAT32_MAX, open_low=True),  # the Huber loss's threshold (loss huber only)
     },
-    optional=frozenset({"loss", "init", "dropout", "dtype", "precision"}),
+    optional=frozenset({"loss", "init", "dropout", "dtype", "precision", "huber_delta"}),
     rules=(_per_layer("activations", "init", "dropout"), _output_not_dropped),
 )
 

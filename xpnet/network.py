@@ -51,8 +51,9 @@ class MLP:
 
     ``activation`` is one name for all hidden layers (the output then follows the
     loss: softmax for cross-entropy, sigmoid for binary cross-entropy, identity for
-    MSE, unless ``output`` says otherwise), or a list with one name per layer,
-    output included, as in ``["sigmoid", "sigmoid", "softmax"]``.
+    MSE and Huber, exponential for Poisson, unless ``output`` says otherwise), or a list
+    with one name per layer, output included, as in ``["sigmoid", "sigmoid", "softmax"]``.
+    ``huber_delta`` is the Huber loss's threshold δ (``loss="huber"`` only).
     """
 
     def __init__(
@@ -69,12 +70,13 @@ class MLP:
         dtype: str = "float32",
         precision: str = "float32",
         seed: int | None = 0,
+        huber_delta: float = 1.0,
     ):
         self.sizes = _check_sizes(sizes)
         depth = len(self.sizes) - 1
         self.loss_name = loss_name(loss)
         self.activations = _layer_activations(activation, output, self.loss_name, depth, self.sizes[-1])
-        self.loss: Loss = get_loss(self.loss_name, self.activations[-1])
+        self.loss: Loss = get_loss(self.loss_name, self.activations[-1], huber_delta)
         self.inits = [init_name(spec, act.name) for spec, act in zip(_per_layer(init, depth, "init"), self.activations)]
         self.dropout = _check_dropout(dropout, depth)
         self.backend = get_backend(backend, device)
@@ -142,7 +144,7 @@ class MLP:
             "dropout": list(self.dropout),
             "dtype": self.dtype_name,
             "precision": self.precision.name,
-        }
+        } | ({"huber_delta": self.loss.huber_delta} if self.loss_name == "huber" else {})
 
     def __repr__(self) -> str:
         layers = ", ".join(
@@ -185,7 +187,7 @@ class MLP:
             a = act.forward(self.xp, z)
         return (z, a) if logits else a
 
-    def backprop(self, x, y, *, train: bool = False, loss_scale=None):
+    def backprop(self, x, y, *, train: bool = False, loss_scale=None, weights=None):
         """Loss, gradients and output for one batch: ``(C, [∂C/∂W^1, ∂C/∂b^1, ...], a^L)``.
 
         ``y`` holds float targets shaped like the output (see ``targets``). With
@@ -193,11 +195,13 @@ class MLP:
         Under mixed precision the passes run in the half type and the loss, BP1 and the
         gradients returned are float32; ``loss_scale`` (a 0-d device array, float16's loss
         scaling) multiplies δ^L before the backward pass and divides the gradients after.
+        ``weights``: None (the plain batch mean), or each row's share of the batch's weight,
+        a column ``(N, 1)`` in the master dtype (``xpnet.weights.batch_shares``).
         """
         xp = self.xp
         layers = self._compute_layers()
-        cost, inputs, zs, outs, masks = self._forward_pass(x, y, layers, train)
-        delta = self.loss.delta(xp, zs[-1], outs[-1], y, self.activations[-1])  # BP1
+        cost, inputs, zs, outs, masks = self._forward_pass(x, y, layers, train, weights)
+        delta = self.loss.delta(xp, zs[-1], outs[-1], y, self.activations[-1], weights)  # BP1
         if loss_scale is not None:
             delta = delta * loss_scale
         delta = self._half(delta)
@@ -213,7 +217,7 @@ class MLP:
                 delta = self.activations[l - 1].backward(xp, zs[l - 1], outs[l - 1], back)  # BP2
         return cost, flatten(grads), outs[-1]
 
-    def _forward_pass(self, x, y, layers, train: bool):
+    def _forward_pass(self, x, y, layers, train: bool, weights=None):
         """The training forward pass: ``(C, inputs a^{l-1}, zs, outputs a^l, dropout masks)`` per layer."""
         xp = self.xp
         inputs, zs, outs, masks = [], [], [], []
@@ -227,7 +231,7 @@ class MLP:
                 a = act.forward(xp, z)
             else:  # a^L and the loss together (a fused loss shares their work), in the master dtype
                 z = self._master(z)
-                a, cost = self.loss.output_and_value(xp, z, y, act)
+                a, cost = self.loss.output_and_value(xp, z, y, act, weights)
             zs.append(z)
             outs.append(a)
             rate = self.dropout[l] if train else 0.0
@@ -364,20 +368,22 @@ class MLP:
         """Train on ``(X, y)``; see ``xpnet.train.fit`` for the options. Returns the history."""
         return training.fit(self, X, y, **options)
 
-    def predict_proba(self, X, batch_size: int = 4096):
-        """Network outputs for ``X``, in ``X``'s namespace (host NumPy in, NumPy out)."""
+    def predict_proba(self, X, batch_size: int = 4096, dtype: str | None = None):
+        """Network outputs for ``X``, in ``X``'s namespace (host NumPy in, NumPy out); ``dtype="float64"``
+        computes them in float64 (a row's outputs then do not depend on its batch-mates; see ``xpnet.evaluate``)."""
         with self.backend.activated():
-            return inference.predict_outputs(self, X, batch_size=batch_size)
+            return inference.predict_outputs(self, X, batch_size=batch_size, dtype=dtype)
 
     def predict(self, X, batch_size: int = 4096):
         """Class labels for classifiers (argmax of the outputs), else the outputs."""
         with self.backend.activated():
             return inference.predict(self, X, batch_size=batch_size)
 
-    def evaluate(self, X, y, batch_size: int = 4096) -> dict[str, float]:
-        """``{"loss": ..., "accuracy": ...}`` (regression: ``loss``, ``mse`` and ``r2``)."""
+    def evaluate(self, X, y, batch_size: int = 4096, sample_weight=None) -> dict[str, float]:
+        """``{"loss": ..., "accuracy": ...}`` (regression: ``loss``, ``mse`` and ``r2``), weighted by
+        ``sample_weight`` where given."""
         with self.backend.activated():
-            return inference.evaluate(self, X, y, batch_size=batch_size)
+            return inference.evaluate(self, X, y, batch_size=batch_size, sample_weight=sample_weight)
 
     def save(self, path, **metadata) -> None:
         """Write this model to a safetensors file (see ``xpnet.modelfile``): ``training``, ``class_names``."""
