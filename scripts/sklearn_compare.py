@@ -12,7 +12,9 @@ the same pipeline (a StandardScaler for the tabular sets, x/255 for images; regr
 targets standardised through TransformedTargetRegressor). ``tol=0`` and
 ``n_iter_no_change=max_iter`` make both run exactly ``max_iter`` epochs, so the times
 compare the same work. Data is fed as a user would: float64 arrays; scikit-learn trains in
-float64, xpnet in float32 (its default) and, in a third column, float64.
+float64, xpnet in float32 (its default) and, in a third column, float64. Two rows train
+otherwise: ``breast-cancer-balanced`` passes ``sample_weight=compute_sample_weight("balanced", y)``
+to both ``fit``s, ``diabetes-poisson`` fits ``loss="poisson"`` on the targets / 100 (they must stay >= 0).
 
 Runs alternate side by side (scikit-learn, xpnet float32, xpnet float64, then again) with
 a pause before each, so a busy moment of a shared machine hits all of them alike; the
@@ -40,6 +42,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from sklearn.utils.class_weight import compute_sample_weight
 
 import xpnet
 from xpnet.data import load_dataset
@@ -56,6 +59,14 @@ DATASETS = {
     "digits": (load_digits, "classification", (64,), 50),
     "breast-cancer": (load_breast_cancer, "classification", (64,), 50),
     "diabetes": (load_diabetes, "regression", (64,), 100),
+    "breast-cancer-balanced": (load_breast_cancer, "classification", (64,), 50),
+    "diabetes-poisson": (load_diabetes, "regression", (64,), 100),
+}
+#: Rows that train otherwise than the defaults: ``sample_weight`` "balanced" (both fits get
+#: scikit-learn's ``compute_sample_weight("balanced", y)``), or a regression ``loss``.
+VARIANTS = {
+    "breast-cancer-balanced": {"sample_weight": "balanced"},
+    "diabetes-poisson": {"loss": "poisson"},  # the targets (disease progression, 25-346) / 100, not standardised
 }
 
 
@@ -88,14 +99,16 @@ def settings(hidden, epochs) -> dict:
     }
 
 
-def contenders(task: str, common: dict) -> dict:
-    """The estimators compared, by column name."""
+def contenders(task: str, common: dict, loss: str | None = None) -> dict:
+    """The estimators compared, by column name (regressors with ``loss``, scikit-learn's name, where given)."""
     if task == "classification":
         return {
             "scikit-learn": MLPClassifier(**common),
             "xpnet float32": XpnetClassifier(init="glorot_uniform", **common),
             "xpnet float64": XpnetClassifier(init="glorot_uniform", dtype="float64", **common),
         }
+    if loss is not None:
+        common = {**common, "loss": loss}
     return {
         "scikit-learn": MLPRegressor(**common),
         "xpnet float32": XpnetRegressor(init="glorot_uniform", **common),
@@ -103,28 +116,44 @@ def contenders(task: str, common: dict) -> dict:
     }
 
 
-def fit_and_score(estimator, transform, task, X_train, X_test, y_train, y_test) -> tuple[float, float, int]:
+def fit_and_score(estimator, transform, task, X_train, X_test, y_train, y_test, variant=None) -> tuple:
     """``(seconds to fit, test score, epochs run)`` for one estimator in its pipeline."""
+    variant = variant or {}
     pipeline = make_pipeline(transform, estimator)
-    if task == "regression":
+    fit_params = {}
+    if variant.get("sample_weight") == "balanced":
+        fit_params[f"{pipeline.steps[-1][0]}__sample_weight"] = compute_sample_weight("balanced", y_train)
+    if task == "regression" and "loss" in variant:  # Poisson targets must stay >= 0: scaled, not centred
+        pipeline = TransformedTargetRegressor(pipeline, func=_per_hundred, inverse_func=_times_hundred)
+    elif task == "regression":
         pipeline = TransformedTargetRegressor(pipeline, transformer=StandardScaler())
     time.sleep(PAUSE_S)
     started = time.perf_counter()
-    pipeline.fit(X_train, y_train)
+    pipeline.fit(X_train, y_train, **fit_params)
     seconds = time.perf_counter() - started
     fitted = pipeline.regressor_ if task == "regression" else pipeline
     return seconds, pipeline.score(X_test, y_test), fitted[-1].n_iter_
 
 
+def _per_hundred(y):
+    return y / 100.0
+
+
+def _times_hundred(y):
+    return y * 100.0
+
+
 def compare(name: str, repeats: int) -> dict:
     """Side-by-side runs on one dataset; the median time and the score of each contender."""
     _, task, hidden, epochs = DATASETS[name]
+    variant = VARIANTS.get(name, {})
     X_train, X_test, y_train, y_test, transform = load(name)
     times: dict[str, list[float]] = {}
     scores, iterations, loads = {}, {}, [os.getloadavg()[0]]
     for _ in range(repeats):
-        for column, estimator in contenders(task, settings(hidden, epochs)).items():
-            seconds, score, n_iter = fit_and_score(estimator, transform, task, X_train, X_test, y_train, y_test)
+        for column, estimator in contenders(task, settings(hidden, epochs), variant.get("loss")).items():
+            data = (X_train, X_test, y_train, y_test)
+            seconds, score, n_iter = fit_and_score(estimator, transform, task, *data, variant)
             times.setdefault(column, []).append(seconds)
             scores.setdefault(column, score)
             iterations[column] = n_iter

@@ -54,7 +54,11 @@ CASES = {
     ),
     "sgd-momentum-f32": ({"dtype": "float32"}, lambda: SGD(lr=0.05, momentum=0.9), {"epochs": 3}),
     "early-stopping-f64": ({"dtype": "float64"}, lambda: SGD(lr=0.5, momentum=0.9), {"epochs": 8, "patience": 1}),
+    # sample weights (data["w"], validation data["w_val"]) times balanced class weights
+    "weighted-f64": ({"dtype": "float64"}, lambda: Adam(lr=3e-3), {"epochs": 3, "class_weight": "balanced"}),
 }
+#: Cases trained with the data's sample weights, in training and in validation.
+WEIGHTED = ("weighted-f64",)
 BATCH = 24  # global: 2 ranks x 12, 3 ranks x 8
 
 
@@ -62,8 +66,12 @@ def train_case(name: str, data: dict, communicator: Communicator | None = None):
     """``(net, history)`` of case ``name`` on ``data`` (X, y, X_val, y_val), in one process or on this rank."""
     network, optimizer, options = CASES[name]
     net = MLP([data["X"].shape[1], 16, 8, int(data["y"].max()) + 1], seed=3, **network)
+    validation = (data["X_val"], data["y_val"])
+    if name in WEIGHTED:
+        options = {**options, "sample_weight": data["w"]}
+        validation += (data["w_val"],)
     history = net.fit(
-        data["X"], data["y"], batch_size=BATCH, optimizer=optimizer(), validation_data=(data["X_val"], data["y_val"]),
+        data["X"], data["y"], batch_size=BATCH, optimizer=optimizer(), validation_data=validation,
         seed=5, communicator=communicator, **options,
     )  # fmt: skip
     return net, history

@@ -42,6 +42,9 @@ OUTPUTS = [
     ("leaky_relu(0.3)", "mse", 2),
     ("sigmoid", "mse", 2),
     ("softmax", "mse", 4),
+    ("exp", "poisson", 1),  # the Poisson output: ONNX Exp
+    ("exp", "poisson", 2),
+    ("identity", "huber", 2),
 ]
 
 

@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 from conftest import CPU_BACKENDS, build_mlp, host, host_float
 
-from xpnet.losses import BinaryCrossEntropy, CrossEntropy, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
+from xpnet.losses import (
+    BinaryCrossEntropy,
+    CrossEntropy,
+    ExpPoisson,
+    Huber,
+    SigmoidBinaryCrossEntropy,
+    SoftmaxCrossEntropy,
+)
 from xpnet.selfcheck.gradcheck import TOLERANCE, finite_differences, relative_error, smooth_inputs
 
 HIDDEN = ["sigmoid", "tanh", "relu", "leaky_relu", "identity"]
@@ -28,6 +35,9 @@ OUTPUT_LOSSES = [
     ("tanh", "mse", None),
     ("sigmoid", "cross_entropy", CrossEntropy),
     ("softmax", "binary_cross_entropy", BinaryCrossEntropy),
+    ("exp", "poisson", ExpPoisson),
+    ("identity", "huber", Huber),
+    ("tanh", "huber", Huber),
 ]
 DEPTHS = {"shallow": [3, 4, 3], "deep": [3, 4, 4, 4, 4, 3]}
 
@@ -42,6 +52,8 @@ def make_targets(output: str, loss: str, n: int, classes: int, rng) -> np.ndarra
         return np.eye(classes)[rng.integers(0, classes, n)]
     if loss == "binary_cross_entropy":
         return rng.integers(0, 2, (n, classes)).astype(np.float64)
+    if loss == "poisson":
+        return rng.poisson(1.5, (n, classes)).astype(np.float64)  # counts, zeros among them
     if output == "identity":
         return rng.standard_normal((n, classes))
     return rng.uniform(0.05, 0.95, (n, classes))
@@ -64,6 +76,8 @@ def check_gradients(spec, hidden, output, loss, fused, depth, seed=0):
         assert type(net.loss) is fused
     x, _ = smooth_inputs(net, 6, rng)
     y = make_targets(output, loss, 6, net.sizes[-1], rng)
+    if loss == "huber":  # residuals on both sides of δ = 1, none near its kink
+        y = np.asarray(net.predict_proba(x)) + rng.choice([-3.0, -0.4, 0.4, 3.0], y.shape)
 
     cost, layers = net.gradients(x, y)
     analytic = [host(net, g) for pair in layers for g in pair]

@@ -156,7 +156,8 @@ def _overlapping_classes(n=240, n_val=60, features=12, classes=4, seed=0, spread
     centres = rng.standard_normal((classes, features))
     y = rng.integers(0, classes, n + n_val)
     X = centres[y] + spread * rng.standard_normal((n + n_val, features))
-    return {"X": X[:n], "y": y[:n], "X_val": X[n:], "y_val": y[n:]}
+    weights = rng.uniform(0.0, 3.0, n + n_val)  # mpi_job.py's weighted case
+    return {"X": X[:n], "y": y[:n], "X_val": X[n:], "y_val": y[n:], "w": weights[:n], "w_val": weights[n:]}
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +171,7 @@ def fit_data(tmp_path_factory) -> tuple[Path, dict]:
 @pytest.mark.parametrize("ranks", [2, 3], ids=["2-ranks", "3-ranks-oversubscribed"])
 def test_ranks_train_as_one_process_would(tmp_path, fit_data, ranks):
     """R ranks x B/R against 1 process x B, 3 epochs: float64 weights within 1e-12 (SGD with momentum,
-    Adam, AdamW with a schedule, dropout and label smoothing), float32 within 1e-5, the same
+    Adam, AdamW with a schedule, dropout and label smoothing, sample and class weights), float32 within 1e-5, the same
     per-epoch metrics, the same early stop; and every rank's weights bit-identical to rank 0's."""
     path, data = fit_data
     done = mpiexec(ranks, JOB, "fit", tmp_path, path, *CASES, cwd=tmp_path)

@@ -14,6 +14,7 @@ from xpnet.losses import loss_name
 from xpnet.network import MLP
 from xpnet.optim import SCHEDULES, get_optimizer, get_schedule
 from xpnet.recipes import RECIPES, SETTINGS, Recipe, get_recipe
+from xpnet.task import decide_task
 
 ALL = sorted(RECIPES)
 OPTIMIZER_KEYS = ("lr", "momentum", "nesterov", "weight_decay", "schedule")
@@ -124,7 +125,7 @@ def test_each_recipe_trains_a_tiny_run(name):
     """1 epoch on 200 random samples, wired the way the CLI wires a recipe's settings."""
     s = RECIPES[name].settings
     rng = np.random.default_rng(0)
-    regression = s.get("loss") == "mse" and s.get("output") == "identity"
+    regression = decide_task(s.get("loss", "cross_entropy"), s.get("output")) == "regression"
     features = 10 if regression else 784
     X = rng.integers(0, 256, (200, features)).astype(np.uint8 if not regression else np.float32)
     y = rng.standard_normal(200).astype(np.float32) if regression else rng.integers(0, 10, 200).astype(np.int32)
@@ -137,6 +138,7 @@ def test_each_recipe_trains_a_tiny_run(name):
         init=s.get("init", "auto"),
         dropout=s.get("dropout", 0.0),
         seed=s.get("seed", 0),
+        huber_delta=s.get("huber_delta", 1.0),
     )
     net.set_scaling(Scaling.fit(s.get("scaling", "unit"), X_train))
     optimizer = get_optimizer(s.get("optimizer", "sgd"), **{k: s[k] for k in OPTIMIZER_KEYS if k in s})

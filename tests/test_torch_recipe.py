@@ -77,3 +77,5 @@ def test_the_twin_trains_and_keeps_the_weights_fit_does(overrides):
 def test_the_twin_refuses_what_it_does_not_reproduce():
     with pytest.raises(ConfigError, match="activation"):
         torch_recipe.check_supported(resolve_settings("sigmoid-mse", {}))
+    with pytest.raises(ConfigError, match="unweighted training only, not class_weight 'balanced'"):
+        torch_recipe.check_supported(resolve_settings("default", {"class_weight": "balanced"}))

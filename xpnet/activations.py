@@ -137,6 +137,20 @@ class Softmax(Activation):
         return a * (grad_a - xp.sum(grad_a * a, axis=1, keepdims=True))
 
 
+class Exponential(Activation):
+    """a = e^z: a positive output, the predicted rate of a Poisson regression (its loss's partner)."""
+
+    name = "exp"
+    onnx = ("Exp", {})
+
+    def forward(self, xp, z):
+        return xp.exp(z)
+
+    def backward(self, xp, z, a, grad_a):
+        grad_a *= a
+        return grad_a
+
+
 #: Every activation by name: a new one is its class above plus one line here.
 ACTIVATIONS = Registry(
     "activation",
@@ -147,8 +161,9 @@ ACTIVATIONS = Registry(
         "relu": ReLU,
         "leaky_relu": LeakyReLU,  # takes a slope: leaky_relu(0.1)
         "softmax": Softmax,
+        "exp": Exponential,
     },
-    aliases={"linear": "identity"},
+    aliases={"linear": "identity", "exponential": "exp"},
 )
 
 

@@ -13,7 +13,9 @@ from xpnet.optim import Optimizer, get_optimizer
 from xpnet.scaling import Scaling
 
 #: The settings that shape the network (beside the data's widths); a missing one takes MLP's default.
-NETWORK_SETTINGS = ("activation", "loss", "output", "init", "dropout", "norm", "dtype", "precision", "seed")
+NETWORK_SETTINGS = (
+    "activation", "loss", "huber_delta", "output", "init", "dropout", "norm", "dtype", "precision", "seed",
+)  # fmt: skip
 
 
 def build_network(

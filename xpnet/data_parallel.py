@@ -21,6 +21,7 @@ import numpy as np
 
 from xpnet.distributed import Communicator, FlatBuffer
 from xpnet.errors import ConfigError, RanksDifferError
+from xpnet.weights import batch_shares
 
 
 class RankRows:
@@ -147,6 +148,13 @@ class DataParallel:
         if self._gradients is None:
             self._gradients = FlatBuffer(self.communicator, net.backend, grads)
         return self._gradients.mean(grads)
+
+    def weight_shares(self, xp, weights, batch):
+        """This rank's rows' shares of the global batch's weight, as ``xpnet.weights.batch_shares``
+        gives them (every rank sums the global batch's weights itself); None for unweighted training."""
+        if weights is None:
+            return None
+        return batch_shares(xp, weights, batch, self.local_rows(batch), self.communicator.size)
 
     def local_rows(self, idx):
         """This rank's contiguous part of a global batch's row indices."""

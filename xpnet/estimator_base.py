@@ -8,6 +8,7 @@ the regressor built on it; see there.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from xpnet.network import MLP
 from xpnet.optim import OPTIMIZERS
 from xpnet.scaling import SCALINGS, Scaling
 from xpnet.train import History
+from xpnet.weights import check_sample_weight
 
 #: The float types an estimator trains in, by the name ``dtype`` takes.
 DTYPES = {name: np.dtype(name).type for name in FLOAT_TYPES}
@@ -151,12 +153,13 @@ class XpnetEstimator(BaseEstimator):
         steps = -(-n_samples // 200)
         return n_samples // steps
 
-    def _new_optimizer(self, batch_size: int):
+    def _new_optimizer(self, batch_size: float):
         """The update rule ``solver`` names; ``alpha`` is scikit-learn's L2 penalty.
 
         scikit-learn adds ``alpha * W / batch_size`` to the mean gradient; xpnet's SGD and
         Adam add ``weight_decay * W``, so weight_decay = alpha / batch_size gives the same
-        step. AdamW takes ``alpha`` as its decoupled rate (W <- W (1 - lr alpha)).
+        step. AdamW takes ``alpha`` as its decoupled rate (W <- W (1 - lr alpha)). With sample
+        weights ``batch_size`` is a batch's expected weight (its size times the mean weight).
         """
         settings = {"optimizer": self.solver, "lr": float(self.learning_rate_init), "schedule": self.schedule}
         if self.solver == "sgd":
@@ -171,15 +174,19 @@ class XpnetEstimator(BaseEstimator):
         activation = _ACTIVATION_ALIASES.get(self.activation, self.activation)
         settings = {"layers": self._hidden_sizes(), "activation": activation, "loss": loss, "output": output}
         settings.update(init=self.init, dropout=self.dropout, norm=self.norm, dtype=self.dtype, seed=seed)
+        settings["huber_delta"] = getattr(self, "huber_delta", 1.0)  # XpnetRegressor(loss="huber")
         return build_network(settings, n_features, n_outputs, backend=self.backend, device=self.device)
 
     # -- training ----------------------------------------------------------------------
 
-    def fit(self, X, y):
-        """Train from scratch (or on from the last fit with ``warm_start=True``); returns self."""
-        return self._fit(X, y, incremental=False)
+    def fit(self, X, y, sample_weight=None):
+        """Train from scratch (or on from the last fit with ``warm_start=True``); returns self.
 
-    def _fit(self, X, y, *, incremental: bool, classes=None):
+        ``sample_weight``: one number >= 0 per row; each batch's loss is then the weighted mean
+        (a row of weight 2 counts as the row given twice)."""
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
+
+    def _fit(self, X, y, *, incremental: bool, classes=None, sample_weight=None):
         self._check_settings()
         if incremental and self.early_stopping:
             raise ConfigError("partial_fit does not support early_stopping=True (there is no held-out set)")
@@ -188,6 +195,7 @@ class XpnetEstimator(BaseEstimator):
             self, X, y, reset=fresh, dtype=DTYPES[self.dtype], multi_output=True, y_numeric=self._y_numeric
         )
         targets, n_outputs, loss, output = self._encode_targets(y, fresh=fresh, classes=classes)
+        weights = None if sample_weight is None else check_sample_weight(sample_weight, X.shape[0])
         if fresh:
             self._random_state = check_random_state(self.random_state)
             seed = int(self._random_state.randint(_SEED_BOUND))
@@ -203,30 +211,42 @@ class XpnetEstimator(BaseEstimator):
             self.best_loss_ = None if self.early_stopping else np.inf
             self.validation_scores_ = [] if self.early_stopping else None
             self.best_validation_score_ = -np.inf if self.early_stopping else None
-        X_train, y_train, validation = self._split(X, targets, incremental)
+        X_train, y_train, w_train, validation = self._split(X, targets, weights, incremental)
+        w_train = self._row_weights(y_train, w_train)
         batch_size = self._batch_size(X_train.shape[0])
         if not incremental or getattr(self, "_optimizer", None) is None:
-            self._optimizer = self._new_optimizer(batch_size)
-            self._optimizer_batch_size = batch_size
-        self._train(X_train, y_train, batch_size, validation, epochs=1 if incremental else int(self.max_iter))
+            # The L2 penalty is alpha / (the batch's weight), scikit-learn's rule: weight 2 is the row twice.
+            penalty_batch = batch_size * (1.0 if w_train is None else float(np.mean(w_train)))
+            self._optimizer = self._new_optimizer(penalty_batch)
+            self._optimizer_batch_size = penalty_batch
+        epochs = 1 if incremental else int(self.max_iter)
+        self._train(X_train, y_train, batch_size, validation, epochs, w_train)
         return self
 
-    def _split(self, X, targets, incremental: bool):
-        """``(X_train, y_train, validation)``: with early stopping, a stratified held-out set."""
+    def _row_weights(self, targets, sample_weight):
+        """Each training row's weight for ``MLP.fit`` (classifiers multiply in ``class_weight``), or None."""
+        return sample_weight
+
+    def _split(self, X, targets, weights, incremental: bool):
+        """``(X_train, y_train, w_train, validation)``: with early stopping, a stratified held-out set
+        (``(X_val, y_val, w_val)``: ``w_val`` None without sample weights)."""
         if not self.early_stopping or incremental:
-            return X, targets, None
+            return X, targets, weights, None
         stratify = targets if self._stratify and targets.ndim == 1 else None
-        X_train, X_val, y_train, y_val = train_test_split(
-            X, targets, random_state=self._random_state, test_size=self.validation_fraction, stratify=stratify
+        arrays = (X, targets) if weights is None else (X, targets, weights)
+        parts = train_test_split(
+            *arrays, random_state=self._random_state, test_size=self.validation_fraction, stratify=stratify
         )
+        X_train, X_val, y_train, y_val = parts[:4]
+        w_train, w_val = parts[4:] or (None, None)
         if X_val.shape[0] < 2:
             raise ConfigError(
                 f"the validation set holds {X_val.shape[0]} sample(s); early stopping needs at least 2: "
                 "raise validation_fraction or give more data"
             )
-        return X_train, y_train, (X_val, y_val)
+        return X_train, y_train, w_train, (X_val, y_val, w_val)
 
-    def _train(self, X, y, batch_size: int, validation, epochs: int) -> None:
+    def _train(self, X, y, batch_size: int, validation, epochs: int, sample_weight) -> None:
         used = X.shape[0] // batch_size * batch_size  # samples an epoch trains on (fixed-size batches)
         rule = _StoppingRule(self, validation, used, stop_allowed=epochs > 1)
         self.n_iter_ = 0
@@ -241,6 +261,7 @@ class XpnetEstimator(BaseEstimator):
             verbose=bool(self.verbose),
             on_epoch_end=rule.epoch_ended,
             should_stop=rule.should_stop,
+            sample_weight=sample_weight,
         )
         if rule.best_state is not None:  # early stopping keeps the best epoch's weights, as scikit-learn does
             self.model_.load_state_dict(rule.best_state)
@@ -256,14 +277,21 @@ class XpnetEstimator(BaseEstimator):
 
     def _outputs(self, X) -> np.ndarray:
         """The network's outputs for raw ``X``, checked against what ``fit`` saw, as float64
-        (scikit-learn's type for predictions; the network itself computes in ``dtype``)."""
-        check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=DTYPES[self.model_.dtype_name])
-        return self._raw_outputs(X).astype(np.float64)
+        (scikit-learn's type for predictions).
 
-    def _raw_outputs(self, X) -> np.ndarray:
-        """Outputs for ``X`` already validated (the held-out set of early stopping)."""
-        return np.asarray(self.model_.predict_proba(X))
+        Computed in ``X``'s precision, as scikit-learn's MLP does: float64 ``X`` (scikit-learn's
+        default) in float64 with the weights upcast, so that a row's prediction does not depend on
+        the rows predicted with it (in float32 the BLAS rounds a batch of 1 and of 20 rows differently,
+        by ~1e-7); float32 ``X`` in the network's ``dtype``.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        wide = X.dtype == np.float64 or self.model_.dtype_name == "float64"
+        return self._raw_outputs(X, "float64" if wide else None).astype(np.float64)
+
+    def _raw_outputs(self, X, dtype: str | None = None) -> np.ndarray:
+        """Outputs for ``X`` already validated (the held-out set of early stopping), computed in ``dtype``."""
+        return np.asarray(self.model_.predict_proba(X, dtype=dtype))
 
     # -- persistence -------------------------------------------------------------------
 
@@ -370,3 +398,9 @@ class _PortableNetwork:
             buffers = [net.backend.upload(b, net.dtype) for b in self.optimizer_buffers]
             optimizer.load_state_arrays(buffers, self.optimizer_steps, net.params)
         return optimizer
+
+
+def base_parameters(values: dict) -> dict:
+    """The parameters ``XpnetEstimator.__init__`` takes, picked from a subclass's ``locals()``."""
+    names = inspect.signature(XpnetEstimator.__init__).parameters
+    return {name: values[name] for name in names if name != "self"}

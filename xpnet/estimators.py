@@ -11,6 +11,8 @@ Needs ``pip install "xpnet[sklearn]"``; ``import xpnet`` alone never imports sci
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.metrics import r2_score
@@ -18,9 +20,17 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import column_or_1d
 
 from xpnet.errors import ConfigError
-from xpnet.estimator_base import DTYPES, XpnetEstimator
+from xpnet.estimator_base import DTYPES, XpnetEstimator, base_parameters
+from xpnet.losses import check_huber_delta
+from xpnet.weights import row_weights
 
 __all__ = ["XpnetClassifier", "XpnetRegressor"]
+#: The regressor's ``loss`` (scikit-learn's names) -> xpnet's loss and its output activation.
+_REGRESSION_LOSSES = {
+    "squared_error": ("mse", "identity"),
+    "poisson": ("poisson", "exp"),
+    "huber": ("huber", "identity"),
+}
 
 
 class XpnetClassifier(ClassifierMixin, XpnetEstimator):
@@ -38,8 +48,9 @@ class XpnetClassifier(ClassifierMixin, XpnetEstimator):
 
     Two classes get one sigmoid output, more get a softmax; a 2-D 0/1 indicator ``y`` is
     multilabel (one sigmoid per label). Labels may be any sortable values (strings too).
-    ``sample_weight`` is not supported: ``fit`` has no such parameter, which is how
-    scikit-learn's meta-estimators know not to pass one.
+    ``fit``, ``partial_fit`` and ``score`` take ``sample_weight`` (each batch's loss is the
+    weighted mean); ``class_weight`` is ``"balanced"`` (n / (k n_c), scikit-learn's
+    ``compute_class_weight``) or ``{label: weight}``, multiplying the weight of each row of a class.
 
     Differences from MLPClassifier: batches have one fixed size, so the
     ``n % batch_size`` samples a shuffle leaves over sit that epoch out (``"auto"`` takes
@@ -58,11 +69,71 @@ class XpnetClassifier(ClassifierMixin, XpnetEstimator):
     _y_numeric = False
     _stratify = True
 
-    def partial_fit(self, X, y, classes=None):
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate_init=0.001,
+        schedule="constant",
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        dropout=0.0,
+        norm="none",
+        init="auto",
+        scaling=None,
+        dtype="float32",
+        backend=None,
+        device=None,
+        class_weight=None,
+    ):
+        super().__init__(**base_parameters(locals()))
+        self.class_weight = class_weight
+
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One epoch over ``(X, y)``; the first call needs ``classes``, all the labels there will be."""
         if not hasattr(self, "classes_") and classes is None:
             raise ConfigError("classes must be passed on the first call to partial_fit (every label there will be)")
-        return self._fit(X, y, incremental=True, classes=classes)
+        if isinstance(self.class_weight, str):
+            raise ConfigError(
+                "class_weight='balanced' is not supported by partial_fit (one call sees one part of the data); "
+                "pass compute_class_weight('balanced', classes=classes, y=y) as a mapping instead"
+            )
+        return self._fit(X, y, incremental=True, classes=classes, sample_weight=sample_weight)
+
+    def _row_weights(self, targets, sample_weight):
+        """``sample_weight`` times each row's class weight (``"balanced"`` counts these rows' classes)."""
+        class_weight = self.class_weight
+        if class_weight is None:
+            return sample_weight
+        if self._multilabel:
+            raise ConfigError("class_weight needs one class label per row; multilabel targets cannot take it")
+        if not isinstance(class_weight, (str, Mapping)):
+            raise ConfigError(
+                f"class_weight must be None, 'balanced' or a mapping {{label: weight}}, not {class_weight!r}"
+            )
+        if isinstance(class_weight, Mapping):
+            index = {label: i for i, label in enumerate(self.classes_.tolist())}
+            unknown = [label for label in class_weight if label not in index]
+            if unknown:
+                raise ConfigError(f"class_weight names labels {unknown[:5]} that are not in classes_ {self.classes_}")
+            class_weight = {index[label]: weight for label, weight in class_weight.items()}
+        return row_weights(sample_weight, class_weight, targets, len(self.classes_), len(targets))
 
     def _encode_targets(self, y, *, fresh: bool, classes):
         """Class indices (int32) or, for multilabel, a float indicator; plus the loss and output."""
@@ -94,10 +165,10 @@ class XpnetClassifier(ClassifierMixin, XpnetEstimator):
             return index.astype(np.int32), 1, "binary_cross_entropy", "sigmoid"
         return index.astype(np.int32), len(self.classes_), "cross_entropy", "softmax"
 
-    def _validation_score(self, X_val, y_val) -> float:
+    def _validation_score(self, X_val, y_val, w_val=None) -> float:
         predicted = self._predict_indices(self._raw_outputs(X_val))
         hits = np.all(predicted == y_val, axis=1) if self._multilabel else predicted == y_val
-        return float(np.mean(hits))
+        return float(np.average(hits, weights=w_val))
 
     def _predict_indices(self, outputs):
         if self._multilabel:
@@ -131,12 +202,14 @@ class XpnetClassifier(ClassifierMixin, XpnetEstimator):
 
 
 class XpnetRegressor(RegressorMixin, XpnetEstimator):
-    """A multilayer perceptron regressor trained by xpnet's backpropagation (MSE, linear output).
+    """A multilayer perceptron regressor trained by xpnet's backpropagation.
 
     The parameters are ``sklearn.neural_network.MLPRegressor``'s with its defaults, plus
     xpnet's own (see ``XpnetClassifier``). A 2-D ``y`` trains one output per column
-    (multi-output regression) and predictions keep ``y``'s shape. ``sample_weight`` is
-    not supported (``fit`` has no such parameter).
+    (multi-output regression) and predictions keep ``y``'s shape. ``loss``: ``"squared_error"``
+    (MSE, linear output), ``"poisson"`` (half the Poisson deviance, exponential output, targets
+    >= 0: counts and rates) or ``"huber"`` (quadratic within ``huber_delta`` of the target,
+    linear beyond: robust to outliers). ``fit``, ``partial_fit`` and ``score`` take ``sample_weight``.
 
     Differences from MLPRegressor: fixed-size batches (see ``XpnetClassifier``); the loss
     is 1/(2N) Σ‖a − y‖², summed over outputs, where scikit-learn averages over them too.
@@ -146,20 +219,61 @@ class XpnetRegressor(RegressorMixin, XpnetEstimator):
     _y_numeric = True
     _stratify = False
 
-    def partial_fit(self, X, y):
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        loss="squared_error",
+        huber_delta=1.0,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate_init=0.001,
+        schedule="constant",
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        dropout=0.0,
+        norm="none",
+        init="auto",
+        scaling=None,
+        dtype="float32",
+        backend=None,
+        device=None,
+    ):
+        super().__init__(**base_parameters(locals()))
+        self.loss = loss
+        self.huber_delta = huber_delta
+
+    def partial_fit(self, X, y, sample_weight=None):
         """One epoch over ``(X, y)``, continuing from the current weights."""
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
     def _encode_targets(self, y, *, fresh: bool, classes):
+        if self.loss not in _REGRESSION_LOSSES:
+            raise ConfigError(f"loss must be one of {', '.join(_REGRESSION_LOSSES)}, not {self.loss!r}")
+        check_huber_delta(self.huber_delta)
         if fresh:
             self._one_d = y.ndim == 1
         targets = np.asarray(y, dtype=DTYPES[self.dtype]).reshape(y.shape[0], -1)
         if not fresh and targets.shape[1] != self.n_outputs_:
             raise ConfigError(f"y has {targets.shape[1]} target columns but the model has {self.n_outputs_} outputs")
-        return targets, targets.shape[1], "mse", "identity"
+        return targets, targets.shape[1], *_REGRESSION_LOSSES[self.loss]
 
-    def _validation_score(self, X_val, y_val) -> float:
-        return float(r2_score(y_val, self._raw_outputs(X_val)))
+    def _validation_score(self, X_val, y_val, w_val=None) -> float:
+        return float(r2_score(y_val, self._raw_outputs(X_val), sample_weight=w_val))
 
     def predict(self, X):
         """The predicted targets: shaped ``(n,)`` if ``fit`` saw a 1-D ``y``, else ``(n, outputs)``."""

@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 
 from xpnet.inputs import check_inputs, check_targets
+from xpnet.losses import batch_mean
 from xpnet.memory import Estimate
+from xpnet.weights import device_weights
 
 
 @dataclass
@@ -37,11 +39,12 @@ class RunningSums:
         """Sums an interrupted epoch saved on the host, back on the device."""
         return cls(*(net.backend.upload(np.asarray(v), net.dtype) for v in (loss_sum, correct)))
 
-    def add(self, net, cost, out, targets, count: int) -> None:
-        """One batch of ``count`` samples: its mean loss ``cost`` and outputs against ``targets``."""
+    def add(self, net, cost, out, targets, count, weights=None) -> None:
+        """One batch of ``count`` samples (their weight): its mean loss ``cost`` and outputs against ``targets``;
+        ``weights`` (a column, or None) weighs each correct prediction."""
         self.loss = self.loss + cost * count
         if net.is_classifier:
-            self.correct = self.correct + count_correct(net, out, targets)
+            self.correct = self.correct + count_correct(net, out, targets, weights)
 
 
 def zero_sum(xp, net):
@@ -49,8 +52,8 @@ def zero_sum(xp, net):
     return xp.zeros((), dtype=net.dtype, device=net.backend.device_of(net.params[0]))
 
 
-def count_correct(net, out, targets):
-    """Correct predictions in a batch, as a 0-d device array (0 for regression).
+def count_correct(net, out, targets, weights=None):
+    """Correct predictions in a batch (their summed weights), as a 0-d device array (0 for regression).
 
     A sample counts as correct when its true class scores the row maximum; this
     avoids argmax, whose int64 result some devices cannot hold.
@@ -62,7 +65,8 @@ def count_correct(net, out, targets):
         hits = (out[:, 0] > 0.5) == (targets[:, 0] > 0.5)
     else:
         hits = xp.vecdot(targets, out) >= xp.max(out, axis=1)
-    return xp.sum(xp.astype(hits, net.dtype))
+    hits = xp.astype(hits, net.dtype)
+    return xp.sum(hits) if weights is None else xp.sum(hits * weights[:, 0])
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -70,39 +74,58 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def evaluate_sums(net, X, y, batch_size: int = 4096) -> list:
-    """Device sums over a whole set: [loss x count, correct, count]; nothing read back."""
-    sums = RunningSums.zero(net)
+def evaluate_sums(net, X, y, weights=None, batch_size: int = 4096) -> list:
+    """Device sums over a whole set: [loss x count, correct, count]; nothing read back.
+
+    With ``weights`` (one per row, on the device) each row counts its weight: the weighted sums.
+    """
+    xp, sums = net.xp, RunningSums.zero(net)
     for rows in _chunks(X.shape[0], batch_size):
         xb, yb = net.prepare(X[rows, ...]), y[rows, ...]
         z, out = net.forward(xb, logits=True)
         targets = net.targets(yb)
-        sums.add(net, net.loss.value(net.xp, z, out, targets), out, targets, xb.shape[0])
-    return [sums.loss, sums.correct, zero_sum(net.xp, net) + float(X.shape[0])]
+        if weights is None:
+            sums.add(net, net.loss.value(xp, z, out, targets), out, targets, xb.shape[0])
+            continue
+        w = xp.reshape(weights[rows], (-1, 1))
+        sums.add(net, net.loss.value(xp, z, out, targets, w), out, targets, 1.0, w)  # Σ w_x C_x, Σ w_x hits
+    count = zero_sum(xp, net) + float(X.shape[0]) if weights is None else xp.sum(weights)
+    return [sums.loss, sums.correct, count]
 
 
-def evaluate(net, X, y, batch_size: int = 4096) -> dict[str, float]:
-    """Loss and accuracy (classifiers) or loss, MSE and R² (regression) over ``(X, y)``."""
+def evaluate(net, X, y, batch_size: int = 4096, sample_weight=None) -> dict[str, float]:
+    """Loss and accuracy (classifiers) or loss, MSE and R² (regression) over ``(X, y)``;
+    with ``sample_weight`` (one number >= 0 per row) each is the weighted figure."""
     X = check_inputs(net, X)
     y = check_targets(net, y, X.shape[0])
     evaluate_estimate(net, X, batch_size).check(f"evaluating on {X.shape[0]} samples")
     X, y = net.to_device(X), net.to_device(y, labels=True)
-    xp, n = net.xp, X.shape[0]
+    weights = device_weights(net, y, sample_weight, None)
+    xp = net.xp
     if net.is_classifier:
-        loss_sum, correct, _ = net.backend.to_host(xp.stack(evaluate_sums(net, X, y, batch_size))).tolist()
+        sums = evaluate_sums(net, X, y, weights, batch_size)
+        loss_sum, correct, n = net.backend.to_host(xp.stack(sums)).tolist()
         return {"loss": loss_sum / n, "accuracy": correct / n}
-    # Regression is MSE on a linear output: one forward pass gives the loss, the MSE and R².
-    out, targets = _outputs(net, X, batch_size), net.targets(y)
-    sums = [net.loss.value(xp, out, out, targets), xp.sum((out - targets) ** 2)]
-    sums.append(xp.sum((targets - xp.mean(targets, axis=0)) ** 2))
+    # Regression: one forward pass gives the loss, the MSE and R² (scikit-learn's weighted forms).
+    z, out = _outputs(net, X, batch_size, logits=True)
+    targets = net.targets(y)
+    w = None if weights is None else xp.reshape(weights, (-1, 1)) / xp.sum(weights)
+    residual = batch_mean(xp, (out - targets) ** 2, w)
+    centre = xp.mean(targets, axis=0) if w is None else xp.sum(targets * w, axis=0)
+    sums = [net.loss.value(xp, z, out, targets, w), residual, batch_mean(xp, (targets - centre) ** 2, w)]
     loss, residual, total = net.backend.to_host(xp.stack(sums)).tolist()
     r2 = 1.0 - residual / total if total > 0 else float("nan")
-    return {"loss": loss, "mse": residual / (n * targets.shape[1]), "r2": r2}
+    return {"loss": loss, "mse": residual / targets.shape[1], "r2": r2}
 
 
-def _outputs(net, X, batch_size):
-    chunks = [net.forward(net.prepare(X[rows, ...])) for rows in _chunks(X.shape[0], batch_size)]
-    return chunks[0] if len(chunks) == 1 else net.xp.concat(chunks, axis=0)
+def _outputs(net, X, batch_size, logits: bool = False):
+    """The outputs a^L for ``X`` chunk by chunk; ``(z^L, a^L)`` with ``logits=True``."""
+    chunks = [net.forward(net.prepare(X[rows, ...]), logits=logits) for rows in _chunks(X.shape[0], batch_size)]
+    if not logits:
+        return chunks[0] if len(chunks) == 1 else net.xp.concat(chunks, axis=0)
+    if len(chunks) == 1:
+        return chunks[0]
+    return tuple(net.xp.concat([chunk[i] for chunk in chunks], axis=0) for i in (0, 1))
 
 
 def _checked_outputs(net, X, batch_size: int):
@@ -136,11 +159,35 @@ def labels_from_outputs(outputs: np.ndarray) -> np.ndarray:
     return np.argmax(outputs, axis=1).astype(np.int32)
 
 
-def predict_outputs(net, X, batch_size: int = 4096):
-    """Network outputs for ``X``; host arrays in, host arrays out."""
+def predict_outputs(net, X, batch_size: int = 4096, dtype: str | None = None):
+    """Network outputs for ``X``; host arrays in, host arrays out.
+
+    ``dtype="float64"`` computes them in float64 whatever the network's dtype (float32 weights
+    upcast exactly): a float32 matmul rounds a row differently with the batch's size (the BLAS
+    picks other kernels and blockings for 1, 5 or 20 rows), by ~1e-7 relative; in float64 a row's
+    outputs agree across batches to ~1e-15, whatever rows share its batch.
+    """
     on_host = not net.backend.owns(X)
-    out = _checked_outputs(net, X, batch_size)
+    if dtype is None or dtype == net.dtype_name:
+        out = _checked_outputs(net, X, batch_size)
+    else:
+        X = check_inputs(net, X)
+        predict_estimate(net, X.shape[0], batch_size).check(f"predicting {X.shape[0]} samples")
+        out = _outputs_in(net, X, batch_size, net.backend.dtype(dtype))
     return net.backend.to_host(out) if on_host else out
+
+
+def _outputs_in(net, X, batch_size, dtype):
+    """The forward pass in ``dtype`` (weights, scaling and inputs cast to it), chunk by chunk."""
+    xp, backend = net.xp, net.backend
+    X = backend.upload(np.asarray(X), dtype) if not backend.owns(X) else xp.astype(X, dtype)
+    params = [xp.astype(p, dtype) for p in net.params]
+    shift, scale = (0.0, 1.0) if net.scaling is None else (net.scaling.shift, net.scaling.scale)
+    shift, scale = (v if np.ndim(v) == 0 else backend.upload(np.asarray(v, np.float64), dtype) for v in (shift, scale))
+    chunks = []
+    for rows in _chunks(X.shape[0], batch_size):
+        chunks.append(net.forward((X[rows, ...] - shift) * scale, params=params, dtype=dtype))
+    return chunks[0] if len(chunks) == 1 else xp.concat(chunks, axis=0)
 
 
 def predict(net, X, batch_size: int = 4096):

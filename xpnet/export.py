@@ -6,7 +6,7 @@ The graph (opset ``OPSET``, IR version ``IR_VERSION``), in the model's float typ
     input   "input"  [batch, n_features]       batch is dynamic; raw features, as xpnet's predict takes
     Sub, Mul         (x - shift) * scale       only when the model carries an input scaling
     Gemm             a W^T + b                 per layer; W stays (out, in), as in the model file
-    Sigmoid | Tanh | Relu | LeakyRelu(alpha) | Softmax(axis=1)    the layer's activation (identity: none)
+    Sigmoid | Tanh | Relu | LeakyRelu(alpha) | Softmax(axis=1) | Exp    the layer's activation (identity: none)
     LayerNormalization(axis=-1, epsilon)       after each hidden layer of a network with norm="layer"
     output  "output" [batch, n_outputs]        the network's outputs (probabilities for classifiers)
     output  "label"  [batch] int64             classifiers only: argmax, or output > 0.5 for one sigmoid

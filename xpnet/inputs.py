@@ -88,20 +88,27 @@ def check_targets(net, y, samples: int, name: str = "y"):
         )
     if _kind(y) == "f" and isinstance(y, np.ndarray) and not np.all(np.isfinite(y)):
         raise ConfigError(f"{name} holds NaN or infinite values")
+    if net.loss_name == "poisson" and isinstance(y, np.ndarray) and np.any(y < 0):
+        raise ConfigError(
+            f"{name} holds negative values (the smallest is {y.min():g}); the poisson loss models counts and "
+            "rates, which are >= 0"
+        )
     return y
 
 
 def check_validation(net, validation_data):
-    """``validation_data`` as ``(X_val, y_val)``, each checked; None stays None."""
+    """``validation_data`` as ``(X_val, y_val)`` or ``(X_val, y_val, weights)``, each checked (the
+    weights by ``xpnet.weights``); None stays None."""
     if validation_data is None:
         return None
-    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-        raise ConfigError("validation_data must be a pair (X_val, y_val)")
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+        raise ConfigError("validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, sample_weight)")
     X_val = as_array(net, validation_data[0], "validation_data[0]")
     if X_val.ndim == 2 and X_val.shape[0] == 0:
         return None  # an empty hold-out (a tiny set and a small split): no validation
     X_val = check_inputs(net, X_val, "validation_data[0]")
-    return X_val, check_targets(net, validation_data[1], X_val.shape[0], "validation_data[1]")
+    y_val = check_targets(net, validation_data[1], X_val.shape[0], "validation_data[1]")
+    return (X_val, y_val, *validation_data[2:])
 
 
 def _kind(array) -> str:

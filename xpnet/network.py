@@ -45,9 +45,10 @@ class MLP:
 
     ``activation`` is one name for all hidden layers (the output then follows the
     loss: softmax for cross-entropy, sigmoid for binary cross-entropy, identity for
-    MSE, unless ``output`` says otherwise), or a list with one name per layer,
-    output included, as in ``["sigmoid", "sigmoid", "softmax"]``. ``norm="layer"`` puts a
-    LayerNorm after each hidden layer (``xpnet.layers.norm``); ``dropout`` a dropout layer.
+    MSE and Huber, exponential for Poisson, unless ``output`` says otherwise), or a list
+    with one name per layer, output included, as in ``["sigmoid", "sigmoid", "softmax"]``.
+    ``huber_delta`` is the Huber loss's threshold δ (``loss="huber"`` only). ``norm="layer"``
+    puts a LayerNorm after each hidden layer (``xpnet.layers.norm``); ``dropout`` a dropout layer.
     """
 
     def __init__(
@@ -65,12 +66,13 @@ class MLP:
         dtype: str = "float32",
         precision: str = "float32",
         seed: int | None = 0,
+        huber_delta: float = 1.0,
     ):
         self.sizes = _check_sizes(sizes)
         depth = len(self.sizes) - 1
         self.loss_name = loss_name(loss)
         self.activations = _layer_activations(activation, output, self.loss_name, depth, self.sizes[-1])
-        self.loss: Loss = get_loss(self.loss_name, self.activations[-1])
+        self.loss: Loss = get_loss(self.loss_name, self.activations[-1], huber_delta)
         self.inits = [init_name(spec, act.name) for spec, act in zip(_per_layer(init, depth, "init"), self.activations)]
         self.dropout = _check_dropout(dropout, depth)
         self.norm = canonical(norm or "none", NORMS, "norm")
@@ -119,6 +121,7 @@ class MLP:
             init=config.get("init") or "auto",
             dropout=dropout if isinstance(dropout, list) else 0.0,
             norm=config.get("norm", "none"),
+            huber_delta=config.get("huber_delta", 1.0),
             **options,
         )
 
@@ -171,6 +174,8 @@ class MLP:
             "dtype": self.dtype_name,
             "precision": self.precision.name,
         }
+        if self.loss_name == "huber":
+            config["huber_delta"] = self.loss.huber_delta
         if self.norm != "none":  # absent otherwise: files without a norm stay as they always were
             config["norm"] = self.norm
         return config
@@ -203,12 +208,13 @@ class MLP:
     def _pass(self, train: bool) -> Pass:
         return Pass(self.xp, train, self.dtype, self.compute_dtype, self._dropout_mask)
 
-    def forward(self, x, *, logits: bool = False):
+    def forward(self, x, *, logits: bool = False, params: list | None = None, dtype=None):
         """Network output a^L for a batch ``x`` (rows are samples), no dropout;
-        ``(z^L, a^L)`` with ``logits=True``, for losses computed from the logits."""
-        ctx = self._pass(train=False)
+        ``(z^L, a^L)`` with ``logits=True``, for losses computed from the logits.
+        ``params`` (laid out as ``self.params``) in ``dtype``: a pass in another float type."""
+        ctx = self._pass(train=False) if dtype is None else Pass(self.xp, False, dtype, dtype, self._dropout_mask)
         *body, head = self.layers
-        *groups, head_params = self._grouped(self._compute_params())
+        *groups, head_params = self._grouped(self._compute_params() if params is None else params)
         a = x
         for layer, params in zip(body, groups):
             a, _ = layer.forward(ctx, params, a)
@@ -216,7 +222,7 @@ class MLP:
         a = head.activation.forward(self.xp, z)
         return (z, a) if logits else a
 
-    def backprop(self, x, y, *, train: bool = False, loss_scale=None):
+    def backprop(self, x, y, *, train: bool = False, loss_scale=None, weights=None):
         """Loss, gradients and output for one batch: ``(C, [∂C/∂W^1, ∂C/∂b^1, ...], a^L)``.
 
         ``y`` holds float targets shaped like the output (see ``targets``). With
@@ -224,12 +230,14 @@ class MLP:
         Under mixed precision the passes run in the half type and the loss, BP1 and the
         gradients returned are float32; ``loss_scale`` (a 0-d device array, float16's loss
         scaling) multiplies δ^L before the backward pass and divides the gradients after.
+        ``weights``: None (the plain batch mean), or each row's share of the batch's weight,
+        a column ``(N, 1)`` in the master dtype (``xpnet.weights.batch_shares``).
         """
         ctx = self._pass(train)
         groups = self._grouped(self._compute_params())
-        cost, z, out, caches = self._forward_pass(ctx, x, y, groups)
+        cost, z, out, caches = self._forward_pass(ctx, x, y, groups, weights)
         head = self.layers[-1]
-        delta = self.loss.delta(self.xp, z, out, y, head.activation)  # BP1
+        delta = self.loss.delta(self.xp, z, out, y, head.activation, weights)  # BP1
         if loss_scale is not None:
             delta = delta * loss_scale
         grads = [None] * len(self.layers)
@@ -238,7 +246,7 @@ class MLP:
             back, grads[k] = self.layers[k].backward(ctx, groups[k], caches[k], back, input_error=k > 0)
         return cost, [self._unscaled(g, loss_scale) for layer_grads in grads for g in layer_grads], out
 
-    def _forward_pass(self, ctx: Pass, x, y, groups: list):
+    def _forward_pass(self, ctx: Pass, x, y, groups: list, weights=None):
         """The training forward pass: ``(C, z^L, a^L, each layer's cache)``."""
         *body, head = self.layers
         caches, a = [], x
@@ -247,7 +255,7 @@ class MLP:
             caches.append(cache)
         # a^L and the loss together (a fused loss shares their work), in the master dtype
         z = ctx.to_master(head.affine(ctx, groups[-1], a))
-        out, cost = self.loss.output_and_value(self.xp, z, y, head.activation)
+        out, cost = self.loss.output_and_value(self.xp, z, y, head.activation, weights)
         caches.append(head.cache(a, z))
         return cost, z, out, caches
 
@@ -371,20 +379,22 @@ class MLP:
         """Train on ``(X, y)``; see ``xpnet.train.fit`` for the options. Returns the history."""
         return training.fit(self, X, y, **options)
 
-    def predict_proba(self, X, batch_size: int = 4096):
-        """Network outputs for ``X``, in ``X``'s namespace (host NumPy in, NumPy out)."""
+    def predict_proba(self, X, batch_size: int = 4096, dtype: str | None = None):
+        """Network outputs for ``X``, in ``X``'s namespace (host NumPy in, NumPy out); ``dtype="float64"``
+        computes them in float64 (a row's outputs then do not depend on its batch-mates; see ``xpnet.evaluate``)."""
         with self.backend.activated():
-            return inference.predict_outputs(self, X, batch_size=batch_size)
+            return inference.predict_outputs(self, X, batch_size=batch_size, dtype=dtype)
 
     def predict(self, X, batch_size: int = 4096):
         """Class labels for classifiers (argmax of the outputs), else the outputs."""
         with self.backend.activated():
             return inference.predict(self, X, batch_size=batch_size)
 
-    def evaluate(self, X, y, batch_size: int = 4096) -> dict[str, float]:
-        """``{"loss": ..., "accuracy": ...}`` (regression: ``loss``, ``mse`` and ``r2``)."""
+    def evaluate(self, X, y, batch_size: int = 4096, sample_weight=None) -> dict[str, float]:
+        """``{"loss": ..., "accuracy": ...}`` (regression: ``loss``, ``mse`` and ``r2``), weighted by
+        ``sample_weight`` where given."""
         with self.backend.activated():
-            return inference.evaluate(self, X, y, batch_size=batch_size)
+            return inference.evaluate(self, X, y, batch_size=batch_size, sample_weight=sample_weight)
 
     def save(self, path, **metadata) -> None:
         """Write this model to a safetensors file (see ``xpnet.modelfile``): ``training``, ``class_names``."""

@@ -22,7 +22,7 @@ from xpnet.backend.cpu import slow_setting_warnings
 from xpnet.backend.cuda import gpu_free_memory
 from xpnet.build import build_network, build_optimizer
 from xpnet.checkpoint import ModelFile, save_model
-from xpnet.data import load_dataset, train_val_split
+from xpnet.data import load_dataset, split_rows, train_val_split
 from xpnet.distributed import Communicator, rank_device
 from xpnet.errors import BackendError, ConfigError, DataError, DivergenceError, MemoryLimitError
 from xpnet.fileio import STDOUT, atomic_write_text, check_output_path, is_stream
@@ -35,6 +35,7 @@ from xpnet.settings import BASE_SETTINGS, RUN_SETTINGS, check_setting, checked
 from xpnet.task import decide_task
 from xpnet.tensorboard import TensorBoardWriter, summary_writer_class
 from xpnet.train import History, fit
+from xpnet.weights import BALANCED, parse_class_weight
 
 __all__ = [
     "BASE_SETTINGS",
@@ -135,7 +136,7 @@ def run_training(
     board_dir = tensorboard_dir if world.is_root else None
     files = _check_outputs(out, history_path, plot_path, board_dir) if world.is_root else _Files(None, None, None, None)
     data, split, (net, optimizer, history), communicator = _prepare(settings, resume, quiet, world, files.plot)
-    X_train, y_train, X_val, y_val = split
+    X_train, y_train, X_val, y_val, w_train, w_val = split
     log(_start_message(net, history, resume, (len(X_train), len(X_val), len(data.X_test)), communicator, settings))
     checkpoints = _Checkpoints(files.checkpoint, net, optimizer, settings, data.class_names)
     with TensorBoardWriter(board_dir) if board_dir else contextlib.nullcontext() as board:
@@ -145,12 +146,13 @@ def run_training(
                 X_train,
                 y_train,
                 optimizer=optimizer,
-                validation_data=(X_val, y_val) if len(X_val) else None,
+                validation_data=(X_val, y_val, w_val) if len(X_val) else None,
+                sample_weight=w_train,
                 on_epoch_end=_each_epoch(checkpoints, board),
                 should_stop=should_stop,
                 history=history,
                 communicator=communicator,
-                **_fit_options(settings, net, quiet, log, progress),
+                **_fit_options(settings, net, quiet, log, progress, data),
             )
         except DivergenceError as exc:
             raise checkpoints.divergence(exc, resume) from None
@@ -224,9 +226,10 @@ def _each_epoch(*listeners):
     return ended
 
 
-def _fit_options(settings: dict, net, quiet: bool, log, progress: bool | None) -> dict:
-    """``fit``'s keyword arguments that come straight from the settings and the verbosity."""
+def _fit_options(settings: dict, net, quiet: bool, log, progress: bool | None, data) -> dict:
+    """``fit``'s keyword arguments that come straight from the settings, the dataset's classes and the verbosity."""
     return {
+        "class_weight": class_weight_of(settings, data),
         "epochs": settings["epochs"],
         "batch_size": settings["batch_size"],
         "patience": settings["patience"],
@@ -287,9 +290,20 @@ def _prepare(settings: dict, resume, quiet: bool, world: Communicator, plot):
 def _load_data(settings: dict, quiet: bool):
     """The dataset, checked against the model's task, and its ``(X_train, y_train, X_val, y_val)``."""
     task = task_of(settings)
-    data = load_dataset(settings["dataset"], data_dir=settings.get("data_dir"), progress=not quiet, task=task)
+    data = load_dataset(
+        settings["dataset"],
+        settings.get("data_dir"),
+        progress=not quiet,
+        task=task,
+        sample_weight=settings["sample_weight"],
+    )
     decide_task(settings["loss"], settings["output"], given=data.task, source=f"dataset {settings['dataset']!r}")
     split = train_val_split(data.X_train, data.y_train, settings["val_split"], seed=settings["seed"])
+    if data.w_train is None:
+        split += (None, None)
+    else:  # the weights follow their rows into training and validation
+        rows = split_rows(len(data.X_train), settings["val_split"], seed=settings["seed"])
+        split += tuple(data.w_train[part] for part in rows)
     if settings["monitor"] == "val_accuracy" and data.task != "classification":
         raise ConfigError(
             f"--monitor val_accuracy needs a classification dataset; {settings['dataset']!r} is "
@@ -365,6 +379,29 @@ def _model_and_optimizer(settings: dict, backend, data, X_train, resume):
         return net, optimizer, History.from_resume_state(saved.resume_state(), best_params=saved.best_params(net))
     net = build_network(settings, data.num_features, data.num_classes, X_train, backend=backend)
     return net, optimizer, None
+
+
+def class_weight_of(settings: dict, data):
+    """``--class-weight`` for ``fit``: ``"balanced"``, ``{class number: weight}`` (class names allowed), or None."""
+    text = settings.get("class_weight")
+    if text is None:
+        return None
+    parsed = parse_class_weight(text)
+    if parsed == BALANCED:
+        return parsed
+    names = data.class_names
+    weights = {}
+    for label, weight in parsed.items():
+        if label in names:
+            weights[names.index(label)] = weight
+        elif label.isdigit() and int(label) < len(names):
+            weights[int(label)] = weight
+        else:
+            known = ", ".join(names[:20]) or "none: it is a regression set"
+            raise ConfigError(
+                f"--class-weight {text}: {label!r} is not a class of dataset {settings['dataset']!r} (classes: {known})"
+            )
+    return weights
 
 
 def memory_estimate(settings: dict, data, plotting: bool, on_host: bool = True) -> Estimate:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from xpnet.activations import get_activation
-from xpnet.checks import DTYPES, at_least, fraction, is_whole, non_negative, positive
+from xpnet.checks import DTYPES, at_least, fraction, is_number, is_whole, non_negative, positive
 from xpnet.errors import ConfigError
 from xpnet.init import INIT_CHOICES, init_spec
 from xpnet.losses import NATURAL_OUTPUT, loss_name
@@ -23,6 +23,7 @@ from xpnet.names import canonical
 from xpnet.registry import ACTIVATIONS, BACKENDS, LOSSES, MONITORS, NORMS, OPTIMIZERS, PRECISIONS, SCHEDULES
 from xpnet.scaling import SCALINGS
 from xpnet.task import TASKS
+from xpnet.weights import BALANCED, parse_class_weight
 
 #: Widest layer (arrays are indexed with int32 on some devices).
 MAX_WIDTH = 2**31 - 1
@@ -93,6 +94,25 @@ def _activation(value):
     return get_activation(value).spec()
 
 
+def _huber_delta(value):
+    if not (is_number(value) and value > 0):
+        raise ConfigError(f"expected a number > 0, not {value!r}")
+    return float(value)
+
+
+def _class_weight(value):
+    """``balanced`` or ``LABEL=WEIGHT,...`` in canonical form (weights >= 0, as ``%g``)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"expected balanced or LABEL=WEIGHT pairs such as 0=1,1=5, not {value!r}")
+    parsed = parse_class_weight(value)
+    if parsed == BALANCED:
+        return parsed
+    for label, weight in parsed.items():
+        if not (is_number(weight) and weight >= 0):
+            raise ConfigError(f"the weight of class {label!r} must be a number >= 0, not {weight!r}")
+    return ",".join(f"{label}={weight:g}" for label, weight in parsed.items())
+
+
 def _name(choices, what):
     def check(value):
         return canonical(value, choices, what)
@@ -161,6 +181,11 @@ _ROWS = [
     ),
     Setting("scaling", "unit", _name(SCALINGS, "scaling"), "input scaling", "data", choices=SCALINGS),
     Setting(
+        "sample_weight", None, _text,
+        "per-sample training weights (>= 0): the array KEY of the .npz dataset (one per row of X or X_train), or "
+        "the CSV column KEY (header name or index), which is then no feature", "data", optional=True, recipe=False,
+    ),
+    Setting(
         "layers", [128, 64], _widths, "hidden layer widths, e.g. 128,64", "model", parse=_parse_layers,
     ),
     Setting(
@@ -179,6 +204,10 @@ _ROWS = [
         "norm", "none", NORMS.canonical,
         "normalisation after each hidden layer: none (default) or layer (LayerNorm, per sample)", "model",
         choices=tuple(NORMS),
+    ),
+    Setting(
+        "huber_delta", 1.0, _huber_delta, "the huber loss's threshold: quadratic within it, linear beyond", "model",
+        parse=_parse_float,
     ),
     Setting(
         "dtype", "float32", _name(DTYPES, "dtype"), "float type of weights and math", "model",
@@ -224,6 +253,11 @@ _ROWS = [
         "label smoothing for cross-entropy targets (the training loss shown includes it, so it "
         "stays above the validation loss)", "optimisation",
         parse=_parse_float,
+    ),
+    Setting(
+        "class_weight", None, _class_weight,
+        "classifiers: weigh each class's rows: balanced (n / (classes x class count)) or LABEL=WEIGHT pairs "
+        "such as 0=1,1=5 (labels by class number or name; others weigh 1)", "optimisation", optional=True,
     ),
     Setting("batch_size", 64, at_least(1), "samples per step", "optimisation", parse=_parse_int),
     Setting(

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from xpnet.weights import batch_shares
+
 PHASES = ("batch", "targets", "forward+loss+backward", "optimizer", "metrics")
 
 
@@ -38,18 +40,23 @@ class Step:
     label_smoothing: float = 0.0
     scaler: Any = None  #: float16's ``LossScaler``, or None
     parallel: Any = None  #: ``DataParallel`` (this rank's rows, the gradient mean), or None: one process
+    weights: Any = None  #: each training row's weight on the device (sample and class weights), or None
 
     def __call__(self, idx, sums, mark: Callable[[str], None] = _no_mark) -> None:
         net, xp, parallel = self.net, self.net.xp, self.parallel
+        shares = None  # each row's part of the batch's weight (xpnet.weights), or None: the plain mean
         if parallel is not None:
+            shares = parallel.weight_shares(xp, self.weights, idx)
             idx = parallel.local_rows(idx)  # this rank's contiguous part of the global batch
+        elif self.weights is not None:
+            shares = batch_shares(xp, self.weights, idx, idx, 1)
         xb, yb = net.prepare(xp.take(self.X, idx, axis=0)), xp.take(self.y, idx, axis=0)
         mark("batch")
         truth = net.targets(yb)
         targets = net.targets(yb, self.label_smoothing) if self.label_smoothing else truth
         mark("targets")
         loss_scale = None if self.scaler is None else self.scaler.scale
-        cost, grads, out = net.backprop(xb, targets, train=True, loss_scale=loss_scale)
+        cost, grads, out = net.backprop(xb, targets, train=True, loss_scale=loss_scale, weights=shares)
         mark("forward+loss+backward")
         if parallel is not None:
             grads = parallel.mean_gradients(net, grads)  # one allreduce across ranks

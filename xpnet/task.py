@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from xpnet.activations import Activation, get_activation
 from xpnet.errors import ConfigError
-from xpnet.losses import NATURAL_OUTPUT, loss_name
+from xpnet.losses import NATURAL_OUTPUT, REGRESSION_LOSSES, loss_name
 from xpnet.names import canonical
 
 CLASSIFICATION = "classification"
@@ -21,8 +21,9 @@ def decide_task(
 
     The rule: a cross-entropy loss (``cross_entropy``, ``binary_cross_entropy``), or an
     output activation that gives class scores (``softmax``, ``sigmoid``), makes a
-    classifier; anything else (MSE with an identity, tanh, ReLU, ... output) makes a
-    regression model. ``output=None`` is the loss's partner (identity for MSE).
+    classifier; anything else (MSE or Huber with an identity, tanh, ReLU, ... output,
+    Poisson with its exponential one) makes a regression model. ``output=None`` is the
+    loss's partner (identity for MSE).
 
     ``given`` is the task of the data (``--task``, or a named dataset's own); it must
     agree with the model, or this raises a ConfigError naming ``source`` (default:
@@ -30,7 +31,7 @@ def decide_task(
     """
     loss = loss_name(loss)
     output_name = output.name if isinstance(output, Activation) else get_activation(output or NATURAL_OUTPUT[loss]).name
-    classifier = loss != "mse" or output_name in CLASS_OUTPUTS
+    classifier = loss not in REGRESSION_LOSSES or output_name in CLASS_OUTPUTS
     task = CLASSIFICATION if classifier else REGRESSION
     if given is None:
         return task

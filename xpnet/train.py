@@ -1,12 +1,9 @@
 """The training loop: minibatch SGD with validation, early stopping and resumable state.
 
-The loop is shaped for a GPU. Data is uploaded once; each epoch's permutation is
-drawn on the host from a seeded generator, uploaded once, and batches are cut on
-the device. Batches have one fixed size: the ``n % batch_size`` samples left over
-by each epoch's permutation sit that epoch out (a fresh permutation next epoch
-gives them their turn), so every step has the same shape. Metrics are summed on
-the device and read to the host once per epoch, which is also where a NaN or
-infinite loss is caught.
+Shaped for a GPU: the data is uploaded once; each epoch's permutation is drawn on the host from a
+seeded generator and uploaded; batches, all of one size, are cut on the device (the ``n % batch_size``
+samples left over sit that epoch out). Metrics are summed on the device and read to the host once
+per epoch, which is also where a NaN or infinite loss is caught.
 """
 
 from __future__ import annotations
@@ -32,6 +29,7 @@ from xpnet.precision import LossScaler, loss_scaler
 from xpnet.progress import ProgressBar
 from xpnet.scaling import Scaling
 from xpnet.step import Step
+from xpnet.weights import device_weights, validation_weights
 
 #: The validation figures that can pick the kept epoch and drive early stopping: name -> (words, better).
 MONITORS = Registry(
@@ -129,6 +127,7 @@ class _Loop:
     should_stop: Callable[[], bool] | None
     log: Callable[[str], None] | None  #: where progress lines go (None: quiet)
     parallel: DataParallel  #: this rank's part of each batch, and the collectives (one process: none)
+    weights: Any = None  #: each training row's weight on the device (sample and class weights), or None
     scaler_state: InitVar[list | None] = None  #: a resumed run's loss scaling (History.loss_scaler)
     scaler: LossScaler | None = field(init=False, default=None)  #: float16's dynamic loss scaling, or None
     step: Step = field(init=False)  #: one minibatch step (``xpnet.step``)
@@ -136,7 +135,7 @@ class _Loop:
     def __post_init__(self, scaler_state):
         self.scaler = loss_scaler(self.net, scaler_state)
         smoothing = self.options.label_smoothing
-        self.step = Step(self.net, self.optimizer, self.X, self.y, smoothing, self.scaler, self.parallel)
+        self.step = Step(self.net, self.optimizer, self.X, self.y, smoothing, self.scaler, self.parallel, self.weights)
         if self.options.patience is not None and self.validation is None:
             raise ConfigError("patience (early stopping) needs validation data: pass validation_data or --val-split")
 
@@ -182,6 +181,8 @@ def fit(
     should_stop: Callable[[], bool] | None = None,
     history: History | None = None,
     communicator: Communicator | None = None,
+    sample_weight=None,
+    class_weight=None,
 ) -> History:
     """Train ``net`` on ``(X, y)`` for ``epochs`` epochs; return the ``History``.
 
@@ -191,35 +192,43 @@ def fit(
     ``label_smoothing`` softens one-hot training targets (validation metrics use the true labels).
     ``should_stop`` is polled after every step (a signal handler sets it); ``fit`` then returns with
     ``history.interrupted`` set and the state to continue, which ``fit(..., history=that)`` does exactly.
-    While ``fit`` runs, the calling thread flushes float denormals to zero (``Backend.flush_denormals``),
-    callbacks included. ``progress``: a bar of the batches on stderr where ``fit`` logs (``xpnet.progress``).
-    ``communicator`` (``xpnet.distributed``): train data-parallel, every rank calling ``fit`` alike with the
-    global ``batch_size``; the job trains as one process would. Only rank 0 logs (``on_epoch_end``: all).
+    The calling thread flushes denormals to zero while ``fit`` runs (``Backend.flush_denormals``).
+    ``progress``: a bar of the batches on stderr where ``fit`` logs (``xpnet.progress``).
+    ``communicator``: data-parallel (``xpnet.distributed``), every rank calling alike, as one process; rank 0 logs.
+    ``sample_weight``/``class_weight`` weigh each batch's mean loss (``xpnet.weights``), as ``(X, y, w)`` validation.
     """
     epochs, batch_size, patience = _check_fit_args(net, epochs, batch_size, patience, monitor, label_smoothing)
     X, y, validation, given = _data_on_device(net, X, y, validation_data, verbose, log)
+    weights = device_weights(net, given["y"], sample_weight, class_weight)  # None: every row counts alike
     options = FitOptions(epochs, min(batch_size, X.shape[0]), label_smoothing, shuffle, patience, progress, monitor)
     parallel = DataParallel(communicator or Communicator(), options.batch_size)
     log = log if verbose and parallel.communicator.is_root else None
     part = parallel.validation_part(validation)  # this rank's share of the validation set
     history = history or History()
-    loop = _Loop(net, optimizer or SGD(), X, y, part, options, should_stop, log, parallel, history.loss_scaler)
+    loop = _Loop(net, optimizer or SGD(), X, y, part, options, should_stop, log, parallel, weights, history.loss_scaler)
     rng = _continue_random_streams(net, history, seed)
     backend = net.backend  # a NaN/inf loss is caught below, by value; denormals only slow the steps down
     with backend.activated(), backend.quiet_float_errors(), backend.flush_denormals(), parallel.rank_dropout(net):
-        parallel.start(net, loop.optimizer, given, _agreed(loop, seed, history))  # the ranks compare the host data
-        while history.epoch < epochs:
-            totals, seconds = _run_epoch(loop, history, rng)
-            if history.interrupted:
-                return history
-            if _end_epoch(loop, history, rng, totals, seconds, on_epoch_end):
-                break  # early stopping
-            if loop.stop_requested() and history.epoch < epochs:
-                history.interrupted = True
-                return history
+        parallel.start(net, loop.optimizer, {**given, "weights": weights}, _agreed(loop, seed, history))
+        if not _train_epochs(loop, history, rng, on_epoch_end):
+            return history  # interrupted
         if restore_best:  # in the device context too: the copies belong on the network's GPU
             _restore_best(net, history, loop.log, monitor)
     return history
+
+
+def _train_epochs(loop: _Loop, history: History, rng, on_epoch_end) -> bool:
+    """Epoch after epoch to the last, or to early stopping (True), or to a stop request (False)."""
+    while history.epoch < loop.epochs:
+        totals, seconds = _run_epoch(loop, history, rng)
+        if history.interrupted:
+            return False
+        if _end_epoch(loop, history, rng, totals, seconds, on_epoch_end):
+            return True  # early stopping
+        if loop.stop_requested() and history.epoch < loop.epochs:
+            history.interrupted = True
+            return False
+    return True
 
 
 def _agreed(loop: _Loop, seed, history: History) -> dict:
@@ -255,15 +264,14 @@ def _data_on_device(net, X, y, validation_data, verbose, log) -> tuple:
     validation = None
     if validation_data is not None:
         validation = net.to_device(validation_data[0]), net.to_device(validation_data[1], labels=True)
+        validation += validation_weights(net, validation[1], validation_data)  # (weights,) or ()
     return X, y, validation, given
 
 
 def _run_epoch(loop: _Loop, history: History, rng) -> tuple[EpochTotals | None, float]:
-    """The steps of one epoch (from ``history.batch`` on, after an interruption) and its one host read.
-
-    Returns the epoch's totals and seconds; on a stop request it records where the epoch got
-    in ``history`` (``interrupted``, ``batch``, ``partial``) and returns ``(None, seconds)``.
-    """
+    """The steps of one epoch (from ``history.batch`` on, after an interruption) and its one host read:
+    ``(totals, seconds)``; on a stop request it records where the epoch got in ``history``
+    (``interrupted``, ``batch``, ``partial``) and returns ``(None, seconds)``."""
     net, backend, steps, size = loop.net, loop.net.backend, loop.steps, loop.batch_size
     n = loop.X.shape[0]
     history.rng_state = rng.bit_generator.state  # this epoch's, for a checkpoint written mid-epoch
@@ -326,9 +334,8 @@ def _scaler_state(loop: _Loop) -> list:
 
 
 def _end_epoch(loop: _Loop, history: History, rng, totals: EpochTotals, seconds: float, on_epoch_end) -> bool:
-    """Book the finished epoch into ``history`` (state for a per-epoch checkpoint included), log it,
-    keep the best weights, call ``on_epoch_end``; True if early stopping ends training here.
-    A NaN or infinite loss, weight or validation loss ends it with a ``DivergenceError``."""
+    """Book the finished epoch into ``history`` (with a per-epoch checkpoint's state), log it, keep the best weights,
+    call ``on_epoch_end``; True if early stopping ends training. NaN or inf losses or weights: ``DivergenceError``."""
     net = loop.net
     record = _record(net, history.epoch + 1, totals, seconds, loop.optimizer)
     if totals.loss_scaler is not None:
@@ -356,12 +363,10 @@ def _end_epoch(loop: _Loop, history: History, rng, totals: EpochTotals, seconds:
 
 
 def largest_weight(net, optimizer):
-    """max |w| over every parameter and optimizer buffer, as a 0-d device array: NaN or
-    infinite once any of them is (Adam's squared gradients can overflow while the weights stay finite).
-
-    One reduction per array, read with the epoch's metrics: the loss is measured
-    before each step, so a step that ruins the weights shows here first.
-    """
+    """max |w| over every parameter and optimizer buffer, as a 0-d device array: NaN or infinite once
+    any of them is (Adam's squared gradients can overflow while the weights stay finite). One reduction
+    per array, read with the epoch's metrics: the loss is measured before each step, so a step that
+    ruins the weights shows here first."""
     xp = net.xp
     return xp.max(xp.stack([xp.max(xp.abs(a)) for a in [*net.params, *optimizer.state_arrays()]]))
 

@@ -50,6 +50,9 @@ def check_supported(settings: dict) -> None:
         raise ConfigError(f"the PyTorch twin reproduces networks without a norm, not norm {settings['norm']!r}")
     if settings.get("output") not in (None, "softmax"):
         raise ConfigError(f"the PyTorch twin reproduces a softmax output only, not {settings['output']!r}")
+    for key in ("sample_weight", "class_weight"):
+        if settings.get(key) is not None:
+            raise ConfigError(f"the PyTorch twin reproduces unweighted training only, not {key} {settings[key]!r}")
 
 
 def build_model(settings: dict, sizes: list[int]) -> nn.Sequential:

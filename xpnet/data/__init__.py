@@ -13,7 +13,7 @@ from xpnet.data.datasets import (
     search_paths,
 )
 from xpnet.data.idx import MAX_IDX_BYTES, read_idx, write_idx
-from xpnet.data.prep import SCALINGS, Scaling, train_val_split
+from xpnet.data.prep import SCALINGS, Scaling, split_rows, train_val_split
 from xpnet.data.tabular import check_xy, load_csv, load_npz
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "load_npz",
     "read_idx",
     "search_paths",
+    "split_rows",
     "train_val_split",
     "write_idx",
 ]

@@ -27,6 +27,8 @@ class Dataset:
     y_test: np.ndarray
     class_names: list[str] = field(default_factory=list)
     task: str = "classification"
+    #: Per-sample weights of the training rows (``--sample-weight``), float64; None: every row counts 1.
+    w_train: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:

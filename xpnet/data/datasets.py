@@ -27,6 +27,7 @@ from xpnet.data.tabular import check_task, check_xy, load_csv, read_npz_arrays
 from xpnet.errors import ConfigError, DataError
 from xpnet.fileio import expand_user, file_kind, home_folder, open_input
 from xpnet.names import find
+from xpnet.weights import check_sample_weight
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -306,6 +307,7 @@ def load_dataset(
     download: bool = True,
     progress: bool = True,
     task: str = "classification",
+    sample_weight: str | None = None,
 ) -> Dataset:
     """Load ``fashion-mnist``, ``mnist``, a regression set (``diabetes``, ``friedman1``),
     or a user ``.npz`` / ``.csv`` file.
@@ -317,22 +319,28 @@ def load_dataset(
     ``.npz`` files hold ``X_train, y_train, X_test, y_test``, or ``X, y``; ``.csv``
     files hold one table. For ``X, y`` and CSV, a seeded shuffle (``TEST_SEED``)
     puts the last ``TEST_FRACTION`` (20%) of the samples in the test set.
-    ``task`` ("classification" or "regression") applies to user files only.
+    ``task`` ("classification" or "regression") applies to user files only. ``sample_weight``
+    names the training rows' weights in a user file: an array of the ``.npz`` (one per row of
+    ``X`` or ``X_train``) or a CSV column (its header name or index), which then is no feature.
     """
     check_task(task)
     key = find(str(name_or_path), SOURCES)
+    path = Path(name_or_path)
+    suffix = path.suffix.lower()
+    if sample_weight is not None and (key is not None or suffix not in (".npz", ".csv")):
+        raise ConfigError(f"sample_weight {sample_weight!r}: weights come from a .npz or .csv dataset file")
     if key is not None:
         return _load_named(key, data_dir, download, progress)
 
     if find(str(name_or_path), REGRESSION_DATASETS):
         return load_regression(str(name_or_path))
-    path = Path(name_or_path)
-    suffix = path.suffix.lower()
     if suffix == ".npz":
-        return _load_npz_dataset(path, task)
+        return _load_npz_dataset(path, task, sample_weight)
     if suffix == ".csv":
-        X, y = load_csv(path, task=task)
-        return _from_xy(path, X, y, task)
+        if sample_weight is None:
+            return _from_xy(path, *load_csv(path, task=task), task)
+        X, y, weights = load_csv(path, task=task, weight_column=sample_weight)
+        return _from_xy(path, X, y, task, weights, sample_weight)
     raise DataError(
         f"dataset {str(name_or_path)!r}: not a known name or a .npz/.csv file; use one of "
         f"{', '.join([*SOURCES, *REGRESSION_DATASETS])}, or a path ending in .npz or .csv"
@@ -399,21 +407,44 @@ def _check_idx_pair(
     return images.reshape(len(images), -1), labels.astype(np.int32)
 
 
-def _load_npz_dataset(path: Path, task: str) -> Dataset:
+def _load_npz_dataset(path: Path, task: str, sample_weight: str | None = None) -> Dataset:
     arrays = read_npz_arrays(path, ("X_train", "y_train", "X_test", "y_test"), ("X", "y"))
+    if sample_weight is not None:
+        try:
+            arrays[sample_weight] = read_npz_arrays(path, (sample_weight,))[sample_weight]
+        except DataError:
+            raise DataError(
+                f"sample_weight {sample_weight!r}: {path} holds no such array; give --sample-weight the name of "
+                "an array of one weight per training row"
+            ) from None
     if "X" in arrays:
         X, y = check_xy(arrays["X"], arrays["y"], task, str(path))
-        return _from_xy(path, X, y, task)
+        return _from_xy(path, X, y, task, arrays.get(sample_weight), sample_weight)
     X_train, y_train = check_xy(arrays["X_train"], arrays["y_train"], task, f"{path} (X_train, y_train)")
     X_test, y_test = check_xy(arrays["X_test"], arrays["y_test"], task, f"{path} (X_test, y_test)")
-    return _make(path, X_train, y_train, X_test, y_test, task)
+    data = _make(path, X_train, y_train, X_test, y_test, task)
+    data.w_train = _weights(arrays.get(sample_weight), len(X_train), path, sample_weight)
+    return data
 
 
-def _from_xy(path: Path, X: np.ndarray, y: np.ndarray, task: str) -> Dataset:
+def _weights(weights, rows: int, path: Path, key) -> np.ndarray | None:
+    """``--sample-weight``'s array, checked (numbers >= 0, finite, one per row, not all zero)."""
+    if weights is None:
+        return None
+    try:
+        return check_sample_weight(weights, rows, f"sample_weight {key!r} of {path}")
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
+
+
+def _from_xy(path: Path, X: np.ndarray, y: np.ndarray, task: str, weights=None, key=None) -> Dataset:
     if len(X) < 2:
         raise DataError(f"{path}: only {len(X)} sample; need at least 2 to hold some out for testing")
+    weights = _weights(weights, len(X), path, key)
     train, test = held_out_rows(len(X))
-    return _make(path, X[train], y[train], X[test], y[test], task)
+    data = _make(path, X[train], y[train], X[test], y[test], task)
+    data.w_train = None if weights is None else weights[train]
+    return data
 
 
 def _make(path: Path, X_train, y_train, X_test, y_test, task: str) -> Dataset:

@@ -25,8 +25,12 @@ def train_val_split(
         raise ConfigError(f"val_split: got {fraction!r}; use a fraction in [0, 1), e.g. 0.1")
     if len(X) != len(y):
         raise DataError(f"X has {len(X)} samples but y has {len(y)}; they need one target per sample")
-    n = len(X)
+    train, val = split_rows(len(X), fraction, seed)
+    return X[train], y[train], X[val], y[val]
+
+
+def split_rows(n: int, fraction: float, seed: int | None = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The row indices ``(train, validation)`` that ``train_val_split`` takes (per-row weights follow them)."""
     n_val = min(round(n * float(fraction)), max(n - 1, 0))
     order = np.random.default_rng(seed).permutation(n)
-    val, train = order[:n_val], order[n_val:]
-    return X[train], y[train], X[val], y[val]
+    return order[n_val:], order[:n_val]

@@ -223,13 +223,16 @@ def load_csv(
     task: str = "classification",
     target_column: int | str = -1,
     header: bool | str = "auto",
-) -> tuple[np.ndarray, np.ndarray]:
+    weight_column: int | str | None = None,
+) -> tuple[np.ndarray, ...]:
     """Load ``(X, y)`` from a comma-separated file of numbers, one sample per line.
 
     ``target_column`` is the index (negative counts from the end) or, with a header,
     the name of the column holding ``y``. ``header="auto"`` treats the first line as
     column names when any of its fields is not a number. Blank lines are skipped.
-    Features come back as float32; ``y`` as for ``check_xy``.
+    Features come back as float32; ``y`` as for ``check_xy``. ``weight_column`` (named or
+    numbered as the target) holds per-sample weights: it leaves the features, and
+    ``(X, y, weights)`` comes back.
     """
     check_task(task)
     if header not in (True, False, "auto"):
@@ -250,7 +253,13 @@ def load_csv(
         raise DataError(f"{path}: line {rows[0][0]} has {width} column(s); need features plus a target column")
     target = _target_index(target_column, names, width, path)
     values = _numbers(path, rows, width)
-    return check_xy(np.delete(values, target, axis=1), values[:, target], task, str(path))
+    if weight_column is None:
+        return check_xy(np.delete(values, target, axis=1), values[:, target], task, str(path))
+    weight = _target_index(weight_column, names, width, path, "sample_weight")
+    if weight == target:
+        raise ConfigError(f"sample_weight {weight_column!r}: that is the target column of {path}")
+    X, y = check_xy(np.delete(values, [target, weight], axis=1), values[:, target], task, str(path))
+    return X, y, values[:, weight].astype(np.float64)
 
 
 def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
@@ -309,17 +318,18 @@ def _all_numbers(row: list[str]) -> bool:
     return True
 
 
-def _target_index(target_column: int | str, names: list[str] | None, width: int, path: Path) -> int:
+def _target_index(
+    target_column: int | str, names: list[str] | None, width: int, path: Path, what: str = "target_column"
+) -> int:
+    numbered = isinstance(target_column, str) and target_column.lstrip("-").isdigit()
+    if numbered and (names is None or target_column not in names):
+        target_column = int(target_column)  # --sample-weight 3: the fourth column
     if isinstance(target_column, str):
         if names is None:
-            raise ConfigError(
-                f"target_column: {target_column!r} is a name but {path} has no header line; pass an index"
-            )
+            raise ConfigError(f"{what}: {target_column!r} is a name but {path} has no header line; pass an index")
         if target_column not in names:
-            raise ConfigError(
-                f"target_column: {target_column!r} is not a column of {path} (columns: {', '.join(names)})"
-            )
+            raise ConfigError(f"{what}: {target_column!r} is not a column of {path} (columns: {', '.join(names)})")
         return names.index(target_column)
     if not -width <= target_column < width:
-        raise ConfigError(f"target_column: {target_column} is out of range for {path}, which has {width} columns")
+        raise ConfigError(f"{what}: {target_column} is out of range for {path}, which has {width} columns")
     return target_column % width
