@@ -13,7 +13,7 @@
 # files from a simulated run, without running any step.
 set -u
 dry=0
-budget=330
+budget=405
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) dry=1; shift ;;
