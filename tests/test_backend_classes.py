@@ -27,6 +27,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "xpnet"
 LIBRARY_NAMES = {*BACKENDS, *(cls.module for cls in LIBRARIES.values()), "jax"}
 #: Where a library's name may be written in a comparison: the resolver and each library's own module.
 EXEMPT = {PACKAGE / "backend" / "resolve.py"} | {Path(inspect.getsourcefile(cls)) for cls in LIBRARIES.values()}
+#: The thread setter names the libraries whose pools it sets (PyTorch's), inside the backend package.
+EXEMPT |= {PACKAGE / "backend" / "threads.py"}
 
 
 # -- every class keeps the base's API ---------------------------------------------------------

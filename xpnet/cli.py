@@ -20,7 +20,7 @@ import array_api_compat
 import numpy as np
 
 from xpnet._version import __version__
-from xpnet.backend import available_backends, cuda_devices, cuda_libraries, threads
+from xpnet.backend import available_backends, backend_class, cuda_devices, cuda_libraries, threads
 from xpnet.bench.options import add_bench_arguments
 from xpnet.checkpoint import ModelFile
 from xpnet.data import load_dataset
@@ -111,8 +111,9 @@ def _add_threads_argument(parser) -> None:
 def _set_threads(args, world: Communicator | None = None) -> threads.ThreadChoice:
     """Choose and set this process's BLAS threads (``xpnet.backend.threads``) before any work."""
     local_size = world.local_size if world is not None and world.size > 1 else None
-    torch = getattr(args, "backend", None) == "torch"
-    return threads.apply(threads.choose(getattr(args, "threads", None), local_size), torch=torch)
+    name = getattr(args, "backend", None)
+    library = backend_class(name).module if name else None  # the resolver says which library a name runs
+    return threads.apply(threads.choose(getattr(args, "threads", None), local_size), library=library)
 
 
 def _add_train_arguments(parser) -> None:

@@ -87,12 +87,13 @@ def choose(given: int | None = None, local_size: int | None = None) -> ThreadCho
     return ThreadChoice(max(1, cores // ranks), f"{cores} usable cores / {ranks} {rank_word} on this node")
 
 
-def apply(choice: ThreadChoice, torch: bool = False) -> ThreadChoice:
+def apply(choice: ThreadChoice, torch: bool = False, library: str | None = None) -> ThreadChoice:
     """Set the BLAS to ``choice.threads``, and PyTorch's CPU threads where it is loaded (or, with
-    ``torch``, about to be used); the choice saying how it went."""
+    ``torch``, or ``library`` naming its module (a ``Backend.module``), about to be used); the choice
+    saying how it went."""
     if choice.threads is None:
         return choice
-    _torch_threads(choice.threads, torch)
+    _torch_threads(choice.threads, torch or library == "torch")
     how = _threadpoolctl_limit(choice.threads) or _openblas_limit(choice.threads)
     if how is None:
         how = (
