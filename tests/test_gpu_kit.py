@@ -153,7 +153,7 @@ def test_report_writes_the_on_a_gpu_section_once_and_appends_the_bench_rows(tmp_
     text = results.read_text()
     assert text.count("## On a GPU") == 1 and text.startswith("# Results\n\nkept\n")
     assert "NVIDIA H200" in text and "commit abc123" in text and "| test-gpu | TIMEOUT | 90 | 90 |" in text
-    assert "| xpnet | cupy | 1024 | 2,000,000 |" in text
+    assert "| xpnet | cupy | cuda:0 | 1024 | 2,000,000 (" in text  # the device column: torch rows may be CPU or CUDA
     appended = history.read(tmp_path / "history" / f"{entry['machine']}.jsonl")
     assert len(appended) == 2 and appended[0]["rows"] == json.loads(json.dumps(entry["rows"]))
 
