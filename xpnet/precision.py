@@ -60,7 +60,7 @@ class LossScaler:
     def __init__(self, net, scale: float = 2.0**15, good_steps: int = 0, skipped: int = 0, growth_interval: int = 1000):
         like = net.params[0]
         xp = net.xp
-        self.xp, self.growth_interval = xp, growth_interval
+        self.xp, self.backend, self.growth_interval = xp, net.backend, growth_interval
         with net.backend.activated():  # CuPy allocates on the current GPU
             self.scale, self.good_steps, self.skipped = (
                 xp.full((), float(value), dtype=like.dtype, device=net.backend.device_of(like))
@@ -80,8 +80,15 @@ class LossScaler:
         optimizer.init_state(params)
         kept = [xp.asarray(p, copy=True) for p in params] + [xp.asarray(b, copy=True) for b in optimizer.state_arrays()]
         optimizer.step(params, grads)
-        for now, before in zip(params + optimizer.state_arrays(), kept):
-            now[...] = xp.where(finite, now, before)
+        backend = self.backend
+        undone = [
+            backend.assign(now, xp.where(finite, now, before))
+            for now, before in zip(params + optimizer.state_arrays(), kept)
+        ]
+        params[:], buffers = undone[: len(params)], undone[len(params) :]
+        optimizer.load_state_arrays(
+            buffers, optimizer.steps, params
+        )  # new arrays where the library keeps them immutable
         self._update(xp.astype(finite, self.scale.dtype))
 
     def _update(self, ok: Any) -> None:

@@ -40,6 +40,10 @@ class Backend:
     name: ClassVar[str] = "array-api"
     module: ClassVar[str] = ""
     device_kinds: ClassVar[tuple[str, ...]] = ("cpu",)
+    #: Whether arrays can be written into (False for JAX: every update then returns a new array).
+    writable: ClassVar[bool] = True
+    #: Whether ``fit`` compiles its training step here by default (``compile_step``).
+    compiles_steps: ClassVar[bool] = False
 
     xp: ModuleType
     device: Any
@@ -99,6 +103,20 @@ class Backend:
         if name not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, not {name!r}")
         return getattr(self.xp, name)
+
+    # -- writing into arrays, where the library allows it ----------------------------------
+
+    def assign(self, target: Any, value: Any):
+        """``target`` holding ``value``: written in place where arrays are writable, else ``value``
+        itself. Callers keep the result (``p = backend.assign(p, new)``), so one line serves both."""
+        if not self.writable:
+            return value
+        target[...] = value
+        return target
+
+    def compile_step(self, loop):
+        """A compiled form of ``loop``'s training step (``xpnet.compiled``), or None: steps run eagerly."""
+        return None
 
     # -- crossings and copies ------------------------------------------------------------
 
@@ -294,6 +312,8 @@ def device_constant(xp: ModuleType, value: float, like: Any):
     and the result is kept per device, dtype and value.
     """
     where = array_device(like)
+    if where is None:  # an array being traced by a compiler (JAX): a constant of the trace, never cached
+        return xp.full((), value, dtype=like.dtype)
     key = (id(xp), str(where), str(like.dtype), float(value))
     found = _CONSTANTS.get(key)
     if found is None:

@@ -11,6 +11,7 @@ import importlib
 
 from xpnet.backend.base import Backend
 from xpnet.backend.cupy import CupyBackend
+from xpnet.backend.jax import JaxBackend
 from xpnet.backend.numpy import NumpyBackend
 from xpnet.backend.strict import StrictBackend
 from xpnet.backend.torch import TorchBackend
@@ -22,6 +23,7 @@ LIBRARIES: dict[str, type[Backend]] = {
     "cupy": CupyBackend,
     "torch": TorchBackend,
     "array-api-strict": StrictBackend,
+    "jax": JaxBackend,
 }
 BACKENDS = tuple(LIBRARIES)
 
