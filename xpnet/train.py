@@ -125,6 +125,7 @@ class _Loop:
     parallel: DataParallel  #: this rank's part of each batch, and the collectives (one process: none)
     scaler_state: InitVar[list | None] = None  #: a resumed run's loss scaling (History.loss_scaler)
     scaler: LossScaler | None = field(init=False, default=None)  #: float16's dynamic loss scaling, or None
+    compiled: Any = field(init=False, default=None)  #: the compiled step (``xpnet.compiled``), or None: eager
 
     def __post_init__(self, scaler_state):
         self.scaler = loss_scaler(self.net, scaler_state)
@@ -173,6 +174,7 @@ def fit(
     should_stop: Callable[[], bool] | None = None,
     history: History | None = None,
     communicator: Communicator | None = None,
+    compile: bool = True,
 ) -> History:
     """Train ``net`` on ``(X, y)`` for ``epochs`` epochs; return the ``History``.
 
@@ -186,6 +188,8 @@ def fit(
     callbacks included. ``progress``: a bar of the batches on stderr where ``fit`` logs (``xpnet.progress``).
     ``communicator`` (``xpnet.distributed``): train data-parallel, every rank calling ``fit`` alike with the
     global ``batch_size``; the job trains as one process would. Only rank 0 logs (``on_epoch_end``: all).
+    ``compile``: where the backend compiles steps (JAX), run the step compiled over chunks of batches
+    (``xpnet.compiled``; stops are then polled between chunks); False runs every step eagerly.
     """
     _check_fit_args(net, epochs, batch_size, patience, monitor, label_smoothing)
     X, y, validation = _data_on_device(net, X, y, validation_data, verbose, log)
@@ -196,6 +200,8 @@ def fit(
     history = history or History()
     loop = _Loop(net, optimizer or SGD(), X, y, part, options, should_stop, log, parallel, history.loss_scaler)
     rng = _continue_random_streams(net, history, seed)
+    if compile:
+        loop.compiled = net.backend.compile_step(loop, _train_step)
     backend = net.backend  # a NaN/inf loss is caught below, by value; denormals only slow the steps down
     with backend.activated(), backend.quiet_float_errors(), backend.flush_denormals(), parallel.rank_dropout(net):
         parallel.start(net, loop.optimizer, {"X": X, "y": y, "validation": validation}, _agreed(loop, seed, history))
@@ -253,7 +259,7 @@ def _run_epoch(loop: _Loop, history: History, rng) -> tuple[EpochTotals | None, 
     Returns the epoch's totals and seconds; on a stop request it records where the epoch got
     in ``history`` (``interrupted``, ``batch``, ``partial``) and returns ``(None, seconds)``.
     """
-    net, backend, steps, size = loop.net, loop.net.backend, loop.steps, loop.batch_size
+    net, backend, steps = loop.net, loop.net.backend, loop.steps
     n = loop.X.shape[0]
     history.rng_state = rng.bit_generator.state  # this epoch's, for a checkpoint written mid-epoch
     order = backend.upload((rng.permutation(n) if loop.options.shuffle else np.arange(n)).astype(np.int32))
@@ -264,18 +270,30 @@ def _run_epoch(loop: _Loop, history: History, rng) -> tuple[EpochTotals | None, 
     start = time.perf_counter() - (partial.seconds if partial else 0.0)
     bar = _progress_bar(loop, history.epoch + 1, initial=first)
     with backend.step_policy(loop.parallel.local_batch * net.macs_per_sample):
-        for b in range(first, steps):
-            loop.optimizer.set_progress(history.epoch + b / steps, loop.epochs)
-            _train_step(loop, order[b * size : (b + 1) * size], sums)
-            if bar is not None:
-                bar.update(1)
-            if loop.stop_requested() and b + 1 < steps:
-                _close(bar)
-                _interrupt(loop, history, sums, b + 1, time.perf_counter() - start)
-                return None, time.perf_counter() - start
+        if loop.compiled is None:
+            stopped = _eager_steps(loop, history, order, sums, first, bar)
+        else:
+            stopped = loop.compiled.run(history, order, sums, first, bar)
+        if stopped is not None:
+            _close(bar)
+            _interrupt(loop, history, sums, stopped, time.perf_counter() - start)
+            return None, time.perf_counter() - start
     totals = _read_totals(loop, sums, steps * loop.parallel.local_batch)
     _close(bar)
     return totals, time.perf_counter() - start
+
+
+def _eager_steps(loop: _Loop, history: History, order, sums: RunningSums, first: int, bar) -> int | None:
+    """The epoch's steps from batch ``first`` on, one at a time; the batches done if a stop came, else None."""
+    steps, size = loop.steps, loop.batch_size
+    for b in range(first, steps):
+        loop.optimizer.set_progress(history.epoch + b / steps, loop.epochs)
+        _train_step(loop, order[b * size : (b + 1) * size], sums)
+        if bar is not None:
+            bar.update(1)
+        if loop.stop_requested() and b + 1 < steps:
+            return b + 1
+    return None
 
 
 def _train_step(loop: _Loop, idx, sums: RunningSums) -> None:

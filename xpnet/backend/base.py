@@ -114,8 +114,9 @@ class Backend:
         target[...] = value
         return target
 
-    def compile_step(self, loop):
-        """A compiled form of ``loop``'s training step (``xpnet.compiled``), or None: steps run eagerly."""
+    def compile_step(self, loop, step):
+        """``step(loop, idx, sums)``, ``loop``'s training step, compiled (``xpnet.compiled``); None where
+        this library compiles nothing: steps then run eagerly."""
         return None
 
     # -- crossings and copies ------------------------------------------------------------

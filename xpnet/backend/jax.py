@@ -47,7 +47,7 @@ class JaxBackend(Backend):
         except RuntimeError:
             raise BackendError(
                 f"device {device!r} needs a CUDA GPU, but this jaxlib sees none (is it a CPU build?); "
-                'install jax[cuda12] for a GPU, or train on the CPU with --device cpu'
+                "install jax[cuda12] for a GPU, or train on the CPU with --device cpu"
             ) from None
         if index >= len(gpus):
             raise BackendError(f"device cuda:{index} does not exist; JAX sees {len(gpus)} GPU(s)")
@@ -113,11 +113,11 @@ class JaxBackend(Backend):
     def host_alias(self, array: Any) -> np.ndarray | None:
         return None  # read-only even on the CPU: collectives cannot write into it
 
-    def compile_step(self, loop):
-        """The compiled training step of ``loop`` (``xpnet.compiled``), made once per ``fit``."""
+    def compile_step(self, loop, step):
+        """``step``, ``loop``'s training step, compiled (``xpnet.compiled``), made once per ``fit``."""
         from xpnet.compiled import CompiledSteps
 
-        return CompiledSteps(loop)
+        return CompiledSteps(loop, step)
 
     def quiet_float_errors(self):
         return contextlib.nullcontext()
