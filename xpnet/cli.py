@@ -115,6 +115,12 @@ def _add_train_arguments(parser) -> None:
         default=None,
         help="no progress bar (drawn by default when stderr is a terminal, outside CI)",
     )
+    out.add_argument(
+        "--no-compile",
+        dest="compile_steps",
+        action="store_false",
+        help="run every training step eagerly (JAX compiles its steps by default; to debug them)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +205,7 @@ def _train(args, world: Communicator) -> int:
             tensorboard_dir=args.tensorboard,
             progress=args.progress,
             should_stop=stop,
+            compile_steps=args.compile_steps,
             communicator=world,
         )
     if not result["interrupted"]:

@@ -112,13 +112,14 @@ def run_training(
     should_stop=None,
     log=None,
     communicator: Communicator | None = None,
+    compile_steps: bool = True,
 ) -> dict:
     """Load data, build, train and test the model ``settings`` describe; save it to ``out``.
 
     ``settings`` missing from the dict take ``BASE_SETTINGS``' values; every one is checked
     against the table in ``xpnet.settings`` first. ``tensorboard_dir`` gets TensorBoard event
     files; ``progress`` (default: when not quiet and stderr is a terminal outside CI) draws
-    a bar of each epoch's batches. Returns ``{"test": metrics, "epochs": n, "seconds": s,
+    a bar of each epoch's batches; ``compile_steps=False`` runs JAX's steps eagerly. Returns ``{"test": metrics, "epochs": n, "seconds": s,
     "device": ..., ...}``. With a ``communicator`` of several ranks every rank calls this
     alike and trains its part (``xpnet.train.fit``); rank 0 alone prints, tests and writes
     files (TensorBoard's too), and only its result has ``"test"``.
@@ -146,6 +147,7 @@ def run_training(
                 should_stop=should_stop,
                 history=history,
                 communicator=communicator,
+                compile=compile_steps,
                 **_fit_options(settings, net, quiet, log, progress),
             )
         except DivergenceError as exc:
