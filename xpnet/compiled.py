@@ -1,4 +1,6 @@
-"""Compiled training: the whole step traced once and replayed over chunks of batches (JAX).
+"""Running an epoch's steps: one by one from Python (``EagerSteps``), or compiled (``CompiledSteps``, JAX).
+
+``CompiledSteps``: the whole step traced once and replayed over chunks of batches.
 
 The step compiled is ``fit``'s own step function, the eager code every backend runs:
 gathering the batch on the device, the forward pass, BP1-BP4, the optimizer's update and
@@ -31,6 +33,31 @@ from xpnet.evaluate import RunningSums
 
 #: Steps per compiled call: ``fit`` polls for a stop, and updates its progress bar, between calls.
 CHUNK_STEPS = 64
+
+
+def step_runner(loop, step: Callable[[Any, Any, Any], None], compile: bool):
+    """What runs ``loop``'s steps: ``CompiledSteps`` where asked and the backend compiles, else ``EagerSteps``."""
+    return CompiledSteps(loop, step) if compile and loop.net.backend.compiles_steps else EagerSteps(loop, step)
+
+
+class EagerSteps:
+    """``step(loop, idx, sums)`` called batch by batch from Python, as every backend can."""
+
+    def __init__(self, loop, step: Callable[[Any, Any, Any], None]):
+        self.loop, self.step = loop, step
+
+    def run(self, history, order, sums, first: int, bar) -> int | None:
+        """The epoch's steps from batch ``first`` on; the batches done if a stop came, else None."""
+        loop = self.loop
+        steps, size = loop.steps, loop.batch_size
+        for b in range(first, steps):
+            loop.optimizer.set_progress(history.epoch + b / steps, loop.epochs)
+            self.step(loop, order[b * size : (b + 1) * size], sums)
+            if bar is not None:
+                bar.update(1)
+            if loop.stop_requested() and b + 1 < steps:
+                return b + 1
+        return None
 
 
 class CompiledSteps:

@@ -119,7 +119,8 @@ def run_training(
     ``settings`` missing from the dict take ``BASE_SETTINGS``' values; every one is checked
     against the table in ``xpnet.settings`` first. ``tensorboard_dir`` gets TensorBoard event
     files; ``progress`` (default: when not quiet and stderr is a terminal outside CI) draws
-    a bar of each epoch's batches; ``compile_steps=False`` runs JAX's steps eagerly. Returns ``{"test": metrics, "epochs": n, "seconds": s,
+    a bar of each epoch's batches; ``compile_steps=False`` runs JAX's steps eagerly. Returns
+    ``{"test": metrics, "epochs": n, "seconds": s,
     "device": ..., ...}``. With a ``communicator`` of several ranks every rank calls this
     alike and trains its part (``xpnet.train.fit``); rank 0 alone prints, tests and writes
     files (TensorBoard's too), and only its result has ``"test"``.

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from xpnet.compiled import step_runner
 from xpnet.data_parallel import DataParallel
 from xpnet.distributed import Communicator
 from xpnet.errors import ConfigError, DivergenceError
@@ -118,19 +119,24 @@ class _Loop:
     optimizer: Optimizer
     X: Any
     y: Any
-    validation: tuple | None  #: (X_val, y_val) on the device
+    validation: tuple | None  #: (X_val, y_val) on the device: this rank's share
     options: FitOptions
     should_stop: Callable[[], bool] | None
     log: Callable[[str], None] | None  #: where progress lines go (None: quiet)
     parallel: DataParallel  #: this rank's part of each batch, and the collectives (one process: none)
     scaler_state: InitVar[list | None] = None  #: a resumed run's loss scaling (History.loss_scaler)
     scaler: LossScaler | None = field(init=False, default=None)  #: float16's dynamic loss scaling, or None
-    compiled: Any = field(init=False, default=None)  #: the compiled step (``xpnet.compiled``), or None: eager
+    runner: Any = field(init=False, default=None)  #: runs an epoch's steps, eagerly or compiled (``xpnet.compiled``)
 
     def __post_init__(self, scaler_state):
         self.scaler = loss_scaler(self.net, scaler_state)
+        self.validation = self.parallel.validation_part(self.validation)  # this rank's share of the validation set
         if self.options.patience is not None and self.validation is None:
             raise ConfigError("patience (early stopping) needs validation data: pass validation_data or --val-split")
+
+    def start_runner(self, compile: bool) -> None:
+        """What runs the steps: compiled where asked and the backend compiles (JAX), else one by one."""
+        self.runner = step_runner(self, _train_step, compile)
 
     @property
     def batch_size(self) -> int:
@@ -182,26 +188,21 @@ def fit(
     weights ``restore_best`` puts back; ``patience``: stop after that many epochs without a better one.
     uint8 inputs are scaled to [0, 1] on the device unless the network has a scaling (``net.set_scaling``).
     ``label_smoothing`` softens one-hot training targets (validation metrics use the true labels).
-    ``should_stop`` is polled after every step (a signal handler sets it); ``fit`` then returns with
-    ``history.interrupted`` set and the state to continue, which ``fit(..., history=that)`` does exactly.
+    ``should_stop`` is polled after each step (a signal handler sets it; each chunk of ``compile``d steps, on JAX:
+    ``xpnet.compiled``); ``fit`` then returns with ``history.interrupted`` set and the state to continue exactly.
     While ``fit`` runs, the calling thread flushes float denormals to zero (``Backend.flush_denormals``),
     callbacks included. ``progress``: a bar of the batches on stderr where ``fit`` logs (``xpnet.progress``).
     ``communicator`` (``xpnet.distributed``): train data-parallel, every rank calling ``fit`` alike with the
     global ``batch_size``; the job trains as one process would. Only rank 0 logs (``on_epoch_end``: all).
-    ``compile``: where the backend compiles steps (JAX), run the step compiled over chunks of batches
-    (``xpnet.compiled``; stops are then polled between chunks); False runs every step eagerly.
     """
     _check_fit_args(net, epochs, batch_size, patience, monitor, label_smoothing)
     X, y, validation = _data_on_device(net, X, y, validation_data, verbose, log)
     options = FitOptions(epochs, min(batch_size, X.shape[0]), label_smoothing, shuffle, patience, progress, monitor)
     parallel = DataParallel(communicator or Communicator(), options.batch_size)
     log = log if verbose and parallel.communicator.is_root else None
-    part = parallel.validation_part(validation)  # this rank's share of the validation set
-    history = history or History()
-    loop = _Loop(net, optimizer or SGD(), X, y, part, options, should_stop, log, parallel, history.loss_scaler)
-    rng = _continue_random_streams(net, history, seed)
-    if compile:
-        loop.compiled = net.backend.compile_step(loop, _train_step)
+    history, rng = _continue_random_streams(net, history or History(), seed)
+    loop = _Loop(net, optimizer or SGD(), X, y, validation, options, should_stop, log, parallel, history.loss_scaler)
+    loop.start_runner(compile)
     backend = net.backend  # a NaN/inf loss is caught below, by value; denormals only slow the steps down
     with backend.activated(), backend.quiet_float_errors(), backend.flush_denormals(), parallel.rank_dropout(net):
         parallel.start(net, loop.optimizer, {"X": X, "y": y, "validation": validation}, _agreed(loop, seed, history))
@@ -226,15 +227,15 @@ def _agreed(loop: _Loop, seed, history: History) -> dict:
     return {**agreed, "resumed at epoch": history.epoch, "resumed at batch": history.batch}
 
 
-def _continue_random_streams(net, history: History, seed):
-    """The shuffling generator, and the dropout one, where ``history`` left them (or fresh from ``seed``)."""
+def _continue_random_streams(net, history: History, seed) -> tuple[History, np.random.Generator]:
+    """``history``, and the shuffling generator, with the dropout one, where it left them (or fresh from ``seed``)."""
     rng = np.random.default_rng(seed)
     if history.rng_state is not None:
         rng.bit_generator.state = history.rng_state
     if history.dropout_state is not None and net.dropout_rng is not None:
         net.dropout_rng.set_state(history.dropout_state)
     history.interrupted = False
-    return rng
+    return history, rng
 
 
 def _data_on_device(net, X, y, validation_data, verbose, log) -> tuple:
@@ -270,10 +271,7 @@ def _run_epoch(loop: _Loop, history: History, rng) -> tuple[EpochTotals | None, 
     start = time.perf_counter() - (partial.seconds if partial else 0.0)
     bar = _progress_bar(loop, history.epoch + 1, initial=first)
     with backend.step_policy(loop.parallel.local_batch * net.macs_per_sample):
-        if loop.compiled is None:
-            stopped = _eager_steps(loop, history, order, sums, first, bar)
-        else:
-            stopped = loop.compiled.run(history, order, sums, first, bar)
+        stopped = loop.runner.run(history, order, sums, first, bar)
         if stopped is not None:
             _close(bar)
             _interrupt(loop, history, sums, stopped, time.perf_counter() - start)
@@ -281,19 +279,6 @@ def _run_epoch(loop: _Loop, history: History, rng) -> tuple[EpochTotals | None, 
     totals = _read_totals(loop, sums, steps * loop.parallel.local_batch)
     _close(bar)
     return totals, time.perf_counter() - start
-
-
-def _eager_steps(loop: _Loop, history: History, order, sums: RunningSums, first: int, bar) -> int | None:
-    """The epoch's steps from batch ``first`` on, one at a time; the batches done if a stop came, else None."""
-    steps, size = loop.steps, loop.batch_size
-    for b in range(first, steps):
-        loop.optimizer.set_progress(history.epoch + b / steps, loop.epochs)
-        _train_step(loop, order[b * size : (b + 1) * size], sums)
-        if bar is not None:
-            bar.update(1)
-        if loop.stop_requested() and b + 1 < steps:
-            return b + 1
-    return None
 
 
 def _train_step(loop: _Loop, idx, sums: RunningSums) -> None:

@@ -42,7 +42,7 @@ class Backend:
     device_kinds: ClassVar[tuple[str, ...]] = ("cpu",)
     #: Whether arrays can be written into (False for JAX: every update then returns a new array).
     writable: ClassVar[bool] = True
-    #: Whether ``fit`` compiles its training step here by default (``compile_step``).
+    #: Whether ``fit`` compiles its training step here by default (``xpnet.compiled``: JAX's).
     compiles_steps: ClassVar[bool] = False
 
     xp: ModuleType
@@ -113,11 +113,6 @@ class Backend:
             return value
         target[...] = value
         return target
-
-    def compile_step(self, loop, step):
-        """``step(loop, idx, sums)``, ``loop``'s training step, compiled (``xpnet.compiled``); None where
-        this library compiles nothing: steps then run eagerly."""
-        return None
 
     # -- crossings and copies ------------------------------------------------------------
 

@@ -113,12 +113,6 @@ class JaxBackend(Backend):
     def host_alias(self, array: Any) -> np.ndarray | None:
         return None  # read-only even on the CPU: collectives cannot write into it
 
-    def compile_step(self, loop, step):
-        """``step``, ``loop``'s training step, compiled (``xpnet.compiled``), made once per ``fit``."""
-        from xpnet.compiled import CompiledSteps
-
-        return CompiledSteps(loop, step)
-
     def quiet_float_errors(self):
         return contextlib.nullcontext()
 
