@@ -83,7 +83,7 @@ def test_a_stop_lands_between_chunks_and_resumes_exactly():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_one_trace_per_chunk_length_and_one_read_per_epoch(monkeypatch):
+def test_one_trace_per_chunk_length_kept_between_fits_and_one_read_per_epoch(monkeypatch):
     traced = []
     step = training._train_step
 
@@ -98,6 +98,11 @@ def test_one_trace_per_chunk_length_and_one_read_per_epoch(monkeypatch):
     fit(net, X, y, epochs=3, batch_size=8, optimizer=SGD(lr=0.05, momentum=0.9), restore_best=False)
     assert traced == [(8,), (8,)]  # the chunk of 64 steps and the epoch's last 23: traced once each
     assert net.backend.host_reads - reads == 3
+    traced.clear()
+    fit(net, X, y, epochs=1, batch_size=8, optimizer=SGD(lr=0.01, momentum=0.9))  # another rate: the same program
+    assert traced == []
+    fit(net, X, y, epochs=1, batch_size=8, optimizer=SGD(lr=0.01, momentum=0.5))  # another momentum: traced anew
+    assert traced == [(8,), (8,)]
     traced.clear()
     fit(net, X, y, epochs=1, batch_size=8, optimizer=SGD(lr=0.05), compile=False)
     assert len(traced) == 87  # eager: every step runs the Python step

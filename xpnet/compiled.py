@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -36,8 +37,35 @@ CHUNK_STEPS = 64
 
 
 def step_runner(loop, step: Callable[[Any, Any, Any], None], compile: bool):
-    """What runs ``loop``'s steps: ``CompiledSteps`` where asked and the backend compiles, else ``EagerSteps``."""
-    return CompiledSteps(loop, step) if compile and loop.net.backend.compiles_steps else EagerSteps(loop, step)
+    """What runs ``loop``'s steps: ``CompiledSteps`` where asked and the backend compiles, else ``EagerSteps``.
+
+    A network keeps its compiled steps between ``fit`` calls that would trace the same program
+    (the same optimizer and settings: ``_trace_key``), so a second ``fit`` compiles nothing.
+    """
+    if not (compile and loop.net.backend.compiles_steps):
+        return EagerSteps(loop, step)
+    kept = _COMPILED.setdefault(loop.net, {})
+    key = _trace_key(loop)
+    if key not in kept:
+        kept[key] = CompiledSteps(loop, step)
+    kept[key].start(loop, step)
+    return kept[key]
+
+
+#: Each network's compiled steps, by ``_trace_key``; gone with the network.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _trace_key(loop) -> tuple:
+    """What a trace of the step bakes in besides the shapes: a different value means another program."""
+    optimizer, net = loop.optimizer, loop.net
+    settings = sorted(
+        (name, value)
+        for name, value in vars(optimizer).items()
+        if isinstance(value, (bool, int, float, str)) and name not in ("lr", "base_lr", "steps")
+    )
+    scaling = id(net._scaling_on_device) if net._scaling_on_device is not None else None
+    return (type(optimizer), tuple(settings), loop.options.label_smoothing, loop.scaler is None, scaling)
 
 
 class EagerSteps:
@@ -66,14 +94,20 @@ class CompiledSteps:
     def __init__(self, loop, step: Callable[[Any, Any, Any], None]):
         import jax
 
-        self.loop, self.step, self.jax = loop, step, jax
+        self.jax = jax
+        self._compiled = jax.jit(self._chunk, donate_argnums=(0,))
+        self._scaling = loop.net._scaling_on_device  # kept alive: its id is in the trace key
+        self.start(loop, step)
+
+    def start(self, loop, step: Callable[[Any, Any, Any], None]) -> None:
+        """Run for ``loop`` (a ``fit`` call) from now on: what a trace reads is found there."""
+        self.loop, self.step = loop, step
         net, optimizer = loop.net, loop.optimizer
         # What an eager first step would make and keep, made now: a trace must leave nothing behind.
         optimizer.init_state(net.params)
         if optimizer.xp is None:
             optimizer.xp = net.xp
         net.targets(loop.y[:1])  # the class ids of one-hot targets
-        self._compiled = jax.jit(self._chunk, donate_argnums=(0,))
 
     def run(self, history, order, sums, first: int, bar) -> int | None:
         """The epoch's steps from batch ``first`` on, a chunk per call; the batches done if a stop came, else None."""
