@@ -15,9 +15,11 @@ generator's key, ``sums``), the step runs on them, and what it left there is the
 The optimizer's rate and step count, host numbers in an eager run, are per-step inputs
 here (the schedule is evaluated on the host for each step of a chunk), so one trace serves
 every step. Between chunks ``fit`` polls for a stop (Ctrl-C), so an interrupted run ends on a
-chunk boundary and resumes there exactly. Two chunk lengths at most are compiled per ``fit``
-(``CHUNK_STEPS`` and the epoch's remainder); batches all have one size, so no step ever
-recompiles.
+chunk boundary and resumes there exactly. Two chunk lengths are compiled (``CHUNK_STEPS`` and
+the epoch's remainder; a resume mid-epoch may add a third), once per network and optimizer
+settings, kept for later ``fit`` calls; batches all have one size, so no step ever recompiles.
+The buffers of ``net.params`` and the optimizer's state are donated: arrays taken from them
+before a compiled ``fit`` are not to be used after it (copy them: ``backend.copy``).
 """
 
 from __future__ import annotations
