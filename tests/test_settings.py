@@ -19,7 +19,18 @@ from xpnet.settings import BASE_SETTINGS, RECIPE_SETTINGS, RUN_SETTINGS, TABLE, 
 from xpnet.train import fit
 
 #: The train command's options that are about this invocation, not what is trained.
-NOT_SETTINGS = {"help", "recipe", "out", "resume", "history", "plot", "tensorboard", "quiet", "progress"}
+NOT_SETTINGS = {
+    "help",
+    "recipe",
+    "out",
+    "resume",
+    "history",
+    "plot",
+    "tensorboard",
+    "quiet",
+    "progress",
+    "compile_steps",
+}
 
 
 def _train_parser() -> argparse.ArgumentParser:

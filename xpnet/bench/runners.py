@@ -277,7 +277,7 @@ class JaxScanRunner(Runner):
         (value, out), grads = jax.value_and_grad(loss, has_aux=True)(params)
         velocity = [MOMENTUM * v + g for v, g in zip(velocity, grads)]
         params = [p - LR * v for p, v in zip(params, velocity)]
-        return params, velocity, value, jnp.sum(jnp.argmax(out, axis=1) == yb)
+        return params, velocity, value, jnp.sum(jnp.argmax(out, axis=1) == yb, dtype=jnp.int32)
 
     def _scan(self, params, velocity, X, y, order):
         jnp = self.jax.numpy
