@@ -20,7 +20,7 @@ import array_api_compat
 import numpy as np
 
 from xpnet._version import __version__
-from xpnet.backend import available_backends, cuda_devices, cuda_libraries, threads
+from xpnet.backend import available_backends, backend_class, cuda_devices, cuda_libraries, threads
 from xpnet.bench.options import add_bench_arguments
 from xpnet.checkpoint import ModelFile
 from xpnet.data import load_dataset
@@ -111,8 +111,9 @@ def _add_threads_argument(parser) -> None:
 def _set_threads(args, world: Communicator | None = None) -> threads.ThreadChoice:
     """Choose and set this process's BLAS threads (``xpnet.backend.threads``) before any work."""
     local_size = world.local_size if world is not None and world.size > 1 else None
-    torch = getattr(args, "backend", None) == "torch"
-    return threads.apply(threads.choose(getattr(args, "threads", None), local_size), torch=torch)
+    backend = getattr(args, "backend", None)
+    library = backend_class(backend) if backend else None
+    return threads.apply(threads.choose(getattr(args, "threads", None), local_size), library)
 
 
 def _add_train_arguments(parser) -> None:
@@ -145,6 +146,12 @@ def _add_train_arguments(parser) -> None:
         action="store_false",
         default=None,
         help="no progress bar (drawn by default when stderr is a terminal, outside CI)",
+    )
+    out.add_argument(
+        "--no-compile",
+        dest="compile_steps",
+        action="store_false",
+        help="run every training step eagerly (JAX compiles its steps by default; to debug them)",
     )
 
 
@@ -263,6 +270,7 @@ def _train(args, world: Communicator) -> int:
             tensorboard_dir=args.tensorboard,
             progress=args.progress,
             should_stop=stop,
+            compile_steps=args.compile_steps,
             communicator=world,
         )
     if not result["interrupted"]:

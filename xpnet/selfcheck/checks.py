@@ -186,8 +186,7 @@ def sync_audit(ctx: Context) -> Outcome:
     one read per epoch. With PyTorch installed, also on its meta device (a GPU's stand-in, whose
     monitor sees every operation): the guard wherever the backend has no such monitor (CuPy, the CPU)."""
     backends = [ctx.backend]
-    monitored = ctx.backend.name == "torch" and ctx.backend.device_name != "cpu"
-    if not monitored and importlib.util.find_spec("torch") is not None:
+    if not ctx.backend.watches_operations and importlib.util.find_spec("torch") is not None:
         backends.append(get_backend("torch", "meta"))
     lines, ok, data = [], True, {}
     for backend in backends:
@@ -256,13 +255,15 @@ def dropout(ctx: Context) -> Outcome:
 
 def save_resume(ctx: Context) -> Outcome:
     """A run interrupted mid-epoch, saved as a checkpoint, loaded and resumed, ends with the
-    weights of the uninterrupted run (bit for bit on the CPU)."""
+    weights of the uninterrupted run (bit for bit on the CPU). Steps run eagerly here, so the stop
+    lands mid-epoch on every backend (compiled steps stop between chunks: tests/test_compiled.py)."""
     X, y = _blobs()
     reference = MLP([2, 16, 3], backend=ctx.backend, seed=0)
-    reference.fit(X, y, epochs=3, batch_size=16, optimizer=SGD(lr=0.1, momentum=0.9))
+    reference.fit(X, y, epochs=3, batch_size=16, optimizer=SGD(lr=0.1, momentum=0.9), compile=False)
     net, optimizer = MLP([2, 16, 3], backend=ctx.backend, seed=0), SGD(lr=0.1, momentum=0.9)
     polls = iter(range(8))  # stop after 8 steps: in the middle of the second epoch (6 steps each)
-    history = net.fit(X, y, epochs=3, batch_size=16, optimizer=optimizer, should_stop=lambda: next(polls, 8) >= 7)
+    stop = lambda: next(polls, 8) >= 7  # noqa: E731
+    history = net.fit(X, y, epochs=3, batch_size=16, optimizer=optimizer, should_stop=stop, compile=False)
     path = ctx.workdir / "selfcheck.ckpt.safetensors"
     save_model(path, net, history=history, optimizer=optimizer)
     saved = ModelFile(path)
@@ -271,7 +272,7 @@ def save_resume(ctx: Context) -> Outcome:
         saved.optimizer_buffers(resumed, optimizer), saved.checkpoint["optimizer_steps"], resumed.params
     )
     state = History.from_resume_state(saved.resume_state(), best_params=saved.best_params(resumed))
-    resumed.fit(X, y, epochs=3, batch_size=16, optimizer=optimizer, history=state)
+    resumed.fit(X, y, epochs=3, batch_size=16, optimizer=optimizer, history=state, compile=False)
     want, got = reference.state_dict(), resumed.state_dict()
     exact = all(np.array_equal(want[k], got[k]) for k in want)
     close = all(np.allclose(want[k], got[k], rtol=1e-5, atol=1e-7) for k in want)
