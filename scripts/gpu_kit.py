@@ -39,7 +39,7 @@ DATA_FILES = (
 DATA_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 #: The default total of the steps' time limits, in seconds (one H200 ran the slowest steps in
 #: 21 s (selfcheck), 69 s (tests/test_gpu.py, 219 tests then; 281 now) and 5 s (the default recipe)).
-BUDGET = 405
+BUDGET = 490
 BENCH_OPTIONS = (
     "--backends cupy,torch --impls xpnet,torch-eager --batch-sizes 64,1024,16384 --samples 16384"
     " --repeats 3 --warmup 1 --pause 0 --gemm-size 4096 --no-memory"
@@ -54,12 +54,18 @@ STEPS = (
         35,
         "python3 -m xpnet selfcheck --backend torch --device cuda --json > {out}/selfcheck-torch.json",
     ),
+    (
+        "selfcheck-jax",
+        45,
+        "python3 -m xpnet selfcheck --backend jax --device cuda --json > {out}/selfcheck-jax.json",
+    ),
     ("train-cupy", 25, "python3 -m xpnet train --device cuda --out {tmp}/cupy.safetensors"),
     (
         "train-torch-bf16",
         35,
         "python3 -m xpnet train --backend torch --device cuda --precision mixed-bfloat16 --out {tmp}/torch.safetensors",
     ),
+    ("train-jax", 40, "python3 -m xpnet train --backend jax --device cuda --out {tmp}/jax.safetensors"),
     ("nccl-one-rank", 30, "python3 scripts/gpu_kit.py nccl --out {tmp}/nccl.safetensors"),
     (
         "bench",

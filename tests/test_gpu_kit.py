@@ -67,7 +67,7 @@ def test_pack_without_the_data_is_an_error_naming_the_folder(tmp_path):
 
 def test_the_default_plan_fits_its_budget_and_a_short_budget_skips_saying_so():
     chosen, skipped = gpu_kit.plan_steps(gpu_kit.BUDGET)
-    assert gpu_kit.BUDGET <= 405 and sum(limit for _, limit, _ in chosen) <= gpu_kit.BUDGET
+    assert gpu_kit.BUDGET <= 490 and sum(limit for _, limit, _ in chosen) <= gpu_kit.BUDGET
     assert [name for name, _, _ in chosen] == [name for name, _, _ in gpu_kit.STEPS] and skipped == []
     chosen, skipped = gpu_kit.plan_steps(100)
     assert sum(limit for _, limit, _ in chosen) <= 100 and len(chosen) + len(skipped) == len(gpu_kit.STEPS)

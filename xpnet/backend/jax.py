@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from xpnet.backend.base import HALF_DTYPES, Backend
+from xpnet.backend.base import HALF_DTYPES, ON_THE_CPU, Backend
 from xpnet.backend.cuda import cuda_index
 from xpnet.backend.rng import RandomGenerator
 from xpnet.errors import BackendError, ConfigError
@@ -47,7 +47,7 @@ class JaxBackend(Backend):
         except RuntimeError:
             raise BackendError(
                 f"device {device!r} needs a CUDA GPU, but this jaxlib sees none (is it a CPU build?); "
-                "install jax[cuda12] for a GPU, or train on the CPU with --device cpu"
+                f"install jax[cuda12] for a GPU, or {ON_THE_CPU}"
             ) from None
         if index >= len(gpus):
             raise BackendError(f"device cuda:{index} does not exist; JAX sees {len(gpus)} GPU(s)")
