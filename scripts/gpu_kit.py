@@ -39,7 +39,7 @@ DATA_FILES = (
 DATA_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 #: The default total of the steps' time limits, in seconds (one H200 ran the slowest steps in
 #: 21 s (selfcheck), 69 s (tests/test_gpu.py, 219 tests then; 281 now) and 5 s (the default recipe)).
-BUDGET = 405
+BUDGET = 490
 BENCH_OPTIONS = (
     "--backends cupy,torch --impls xpnet,torch-eager --batch-sizes 64,1024,16384 --samples 16384"
     " --repeats 3 --warmup 1 --pause 0 --gemm-size 4096 --no-memory"
@@ -54,12 +54,18 @@ STEPS = (
         35,
         "python3 -m xpnet selfcheck --backend torch --device cuda --json > {out}/selfcheck-torch.json",
     ),
+    (
+        "selfcheck-jax",
+        45,
+        "python3 -m xpnet selfcheck --backend jax --device cuda --json > {out}/selfcheck-jax.json",
+    ),
     ("train-cupy", 25, "python3 -m xpnet train --device cuda --out {tmp}/cupy.safetensors"),
     (
         "train-torch-bf16",
         35,
         "python3 -m xpnet train --backend torch --device cuda --precision mixed-bfloat16 --out {tmp}/torch.safetensors",
     ),
+    ("train-jax", 40, "python3 -m xpnet train --backend jax --device cuda --out {tmp}/jax.safetensors"),
     ("nccl-one-rank", 30, "python3 scripts/gpu_kit.py nccl --out {tmp}/nccl.safetensors"),
     (
         "bench",
@@ -288,16 +294,25 @@ def nccl(args: argparse.Namespace) -> int:
 
 def _bench_table(entry: dict) -> list[str]:
     lines = [
-        "| impl | backend | batch | samples/s | step ms | % of peak GEMM | vs torch eager |",
-        "|---|---|---|---|---|---|---|",
+        "| impl | backend | device | batch | samples/s (spread) | step ms | % of peak GEMM | vs torch eager |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in entry["rows"]:
         ratio = row.get("vs_torch_eager", {}).get("median")
+        rate = row["samples_per_s"]
         lines.append(
-            f"| {row['impl']} | {row['backend']} | {row['batch_size']} | {row['samples_per_s']['median']:,.0f}"
-            f" | {row['step_ms']:.3f} | {row['pct_peak']['median']:.1f} | {'' if ratio is None else f'{ratio:.2f}'} |"
+            f"| {row['impl']} | {row['backend']} | {row.get('device', '')} | {_number(row['batch_size'])}"
+            f" | {rate['median']:,.0f} ({rate.get('spread', 0):.0%}) | {row['step_ms']:.3f}"
+            f" | {row['pct_peak']['median']:.1f} | {'' if ratio is None else f'{ratio:.2f}'} |"
         )
     return lines
+
+
+def _number(value):
+    """A whole number as one (the history's JSON may hold 64 as 64.0), lists item by item."""
+    if isinstance(value, list):
+        return "[" + ", ".join(str(_number(v)) for v in value) + "]"
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def gpu_section(report: dict, entries: list[dict]) -> str:
@@ -308,7 +323,7 @@ def gpu_section(report: dict, entries: list[dict]) -> str:
     lines += summary_markdown(report).splitlines()[2:]
     for entry in entries:
         ceilings = ", ".join(f"{label} {c['peak']:,.0f}" for label, c in entry["ceilings"].items())
-        options = ", ".join(f"{key} {value}" for key, value in entry.get("options", {}).items())
+        options = ", ".join(f"{key} {_number(value)}" for key, value in entry.get("options", {}).items())
         lines += ["", f"Bench of {entry['date']} ({options}); peak GEMM GFLOP/s: {ceilings}", ""]
         lines += _bench_table(entry)
     return "\n".join(lines)

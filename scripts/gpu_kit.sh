@@ -8,12 +8,12 @@
 # with pip --no-index into a temporary folder (never the node's own packages), its
 # Fashion-MNIST files are found through XPNET_DATA. OUTDIR gets report.json and report.md
 # (rewritten after every step), log.txt (every step's output), selfcheck-cupy.json,
-# selfcheck-torch.json, bench.json and history.jsonl: at most 7 files, written as it goes.
+# selfcheck-torch.json, selfcheck-jax.json, bench.json and history.jsonl: at most 8 files, written as it goes.
 # --dry-run (CPU, CI): checks the kit, prints the exact step commands and writes the report
 # files from a simulated run, without running any step.
 set -u
 dry=0
-budget=405
+budget=490
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) dry=1; shift ;;

@@ -22,11 +22,14 @@ from xpnet.network import MLP
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 NEEDS_TORCH = f"needs PyTorch: {TORCH_HINT}"
 NO_TORCH = pytest.mark.skipif(not HAVE_TORCH, reason=NEEDS_TORCH)
+HAVE_JAX = importlib.util.find_spec("jax") is not None
+NO_JAX = pytest.mark.skipif(not HAVE_JAX, reason='needs JAX (pip install "xpnet[jax]")')
 
 CPU_BACKENDS = [
     pytest.param(("numpy", None), id="numpy"),
     pytest.param(("torch", "cpu"), id="torch-cpu", marks=NO_TORCH),
     pytest.param(("array-api-strict", "device1"), id="strict-device1"),
+    pytest.param(("jax", "cpu"), id="jax-cpu", marks=NO_JAX),
 ]
 
 

@@ -27,8 +27,6 @@ PACKAGE = Path(__file__).resolve().parent.parent / "xpnet"
 LIBRARY_NAMES = {*BACKENDS, *(cls.module for cls in LIBRARIES.values()), "jax"}
 #: Where a library's name may be written in a comparison: the resolver and each library's own module.
 EXEMPT = {PACKAGE / "backend" / "resolve.py"} | {Path(inspect.getsourcefile(cls)) for cls in LIBRARIES.values()}
-#: The thread setter names the libraries whose pools it sets (PyTorch's), inside the backend package.
-EXEMPT |= {PACKAGE / "backend" / "threads.py"}
 
 
 # -- every class keeps the base's API ---------------------------------------------------------
@@ -100,8 +98,8 @@ def test_each_class_is_registered_under_its_own_name(name, cls):
 
 
 def test_an_unknown_backend_name_is_refused_with_the_choices():
-    with pytest.raises(ConfigError, match="numpy, cupy, torch, array-api-strict"):
-        backend_class("jax-but-not-yet")
+    with pytest.raises(ConfigError, match="numpy, cupy, torch, array-api-strict, jax"):
+        backend_class("tensorflow")
 
 
 def test_a_new_library_is_one_class_and_one_registry_line(monkeypatch):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import HAVE_JAX
 
 import xpnet
 from xpnet import bench
@@ -48,6 +49,22 @@ def test_ratios_compare_within_one_device_and_batch():
     assert rows[0].vs_direct == pytest.approx(2.0)
     assert rows[3].vs_torch_eager == pytest.approx(0.5)
     assert rows[2].vs_torch_eager is None and rows[1].vs_direct is None
+
+
+def test_xpnet_on_jax_is_held_to_the_hand_written_jax_loop():
+    rows = [_row("xpnet", 90.0, "jax"), _row("jax-scan", 100.0, "jax"), _row("direct", 30.0), _row("xpnet", 60.0)]
+    sweep.add_ratios(rows)
+    assert rows[0].vs_direct == pytest.approx(0.9) and rows[3].vs_direct == pytest.approx(2.0)
+
+
+@pytest.mark.skipif(not HAVE_JAX, reason='needs JAX (pip install "xpnet[jax]")')
+def test_xpnet_compiled_and_the_jax_scan_loop_train_the_same_batches_to_a_similar_loss():
+    X, y, _ = bench.load_data(512, "random")
+    target = bench.Target("jax", "cpu")
+    first = {impl: runners.RUNNERS[impl](target, X, y, 64).epoch() for impl in ("xpnet", "jax-scan")}
+    for metrics in first.values():
+        assert math.isfinite(metrics.loss) and 0.0 <= metrics.accuracy <= 1.0
+    assert first["xpnet"].loss == pytest.approx(first["jax-scan"].loss, rel=0.05)
 
 
 def test_tables_have_one_line_per_row_and_every_column():

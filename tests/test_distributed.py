@@ -10,7 +10,7 @@ import importlib.util
 
 import numpy as np
 import pytest
-from conftest import HAVE_TORCH, build_mlp, host
+from conftest import CPU_BACKENDS, HAVE_JAX, HAVE_TORCH, build_mlp, host
 from nccl_standin import NCCL_AVG, NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM, RecordingNCCL
 
 import xpnet.data_parallel
@@ -23,6 +23,8 @@ from xpnet.errors import ConfigError
 
 HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
 NEEDS_MPI4PY = pytest.mark.skipif(not HAVE_MPI4PY, reason='needs mpi4py (pip install "xpnet[mpi]")')
+#: The backends whose arrays collectives can write into (JAX's cannot: data-parallel is refused there).
+WRITABLE = [p for p in CPU_BACKENDS if p.values[0][0] != "jax"]
 
 
 def _grads(net):
@@ -30,6 +32,7 @@ def _grads(net):
     return [net.backend.upload(rng.standard_normal(tuple(p.shape)), net.dtype) for p in net.params]
 
 
+@pytest.mark.parametrize("spec", WRITABLE)
 def test_flat_buffer_views_share_its_memory(spec):
     net = build_mlp(spec, [5, 4, 3])
     grads = _grads(net)
@@ -67,6 +70,13 @@ class _Ranks(Communicator):
 
     def allgather_json(self, value):
         return self.gathered
+
+
+@pytest.mark.skipif(not HAVE_JAX, reason='needs JAX (pip install "xpnet[jax]")')
+def test_data_parallel_training_on_immutable_arrays_is_refused_naming_the_backend():
+    net = build_mlp(("jax", "cpu"), [4, 3])
+    with pytest.raises(ConfigError, match=r"data-parallel training is not supported on backend 'jax'"):
+        DataParallel(_Ranks(0, 2), batch_size=8).start(net, None, {}, {"seed": 0})
 
 
 def test_a_batch_the_ranks_do_not_divide_is_refused():
@@ -253,6 +263,7 @@ def test_nccl_version_codes_read_as_text():
 
 
 @NEEDS_MPI4PY
+@pytest.mark.parametrize("spec", WRITABLE)
 def test_host_arrays_reach_mpi_without_a_copy_and_device_arrays_through_one_said_once(spec):
     comm = distributed.MPICommunicator()
     net = build_mlp(spec, [5, 4, 3])

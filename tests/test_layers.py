@@ -200,3 +200,11 @@ def test_layernorm_under_mixed_precision_hands_float32_gradients():
         for g, w in zip(got_group, want_group):
             assert g.dtype == np.float32
             assert np.linalg.norm(g - w) <= 2e-2 * np.linalg.norm(w) + 1e-6
+
+
+def test_gradients_are_named_per_layer():
+    net = MLP([4, 6, 3], norm="layer", dtype="float64")
+    _, layers = net.gradients(np.ones((2, 4)), np.array([0, 2]))
+    assert layers[0].W.shape == (6, 4) and layers[0].b.shape == (6,)
+    assert layers[1].gamma.shape == (6,) and layers[1].beta.shape == (6,)
+    assert layers[2].W.shape == (3, 6)

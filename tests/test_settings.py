@@ -19,7 +19,19 @@ from xpnet.settings import BASE_SETTINGS, RECIPE_SETTINGS, RUN_SETTINGS, TABLE, 
 from xpnet.train import fit
 
 #: The train command's options that are about this invocation, not what is trained.
-NOT_SETTINGS = {"help", "recipe", "out", "resume", "history", "plot", "tensorboard", "quiet", "progress", "threads"}
+NOT_SETTINGS = {
+    "help",
+    "recipe",
+    "out",
+    "resume",
+    "history",
+    "plot",
+    "tensorboard",
+    "quiet",
+    "progress",
+    "compile_steps",
+    "threads",
+}
 
 
 def _train_parser() -> argparse.ArgumentParser:

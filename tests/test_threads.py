@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xpnet.backend import threads
+from xpnet.backend import TorchBackend, threads
 from xpnet.cli import main
 from xpnet.errors import ConfigError
 
@@ -93,7 +93,7 @@ def test_pytorchs_threads_follow_when_it_runs(clean_env, blas_restored):
     torch = pytest.importorskip("torch")
     before = torch.get_num_threads()
     try:
-        threads.apply(threads.ThreadChoice(1, "test"), torch=True)
+        threads.apply(threads.ThreadChoice(1, "test"), TorchBackend)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

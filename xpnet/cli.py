@@ -111,9 +111,9 @@ def _add_threads_argument(parser) -> None:
 def _set_threads(args, world: Communicator | None = None) -> threads.ThreadChoice:
     """Choose and set this process's BLAS threads (``xpnet.backend.threads``) before any work."""
     local_size = world.local_size if world is not None and world.size > 1 else None
-    name = getattr(args, "backend", None)
-    library = backend_class(name).module if name else None  # the resolver says which library a name runs
-    return threads.apply(threads.choose(getattr(args, "threads", None), local_size), library=library)
+    backend = getattr(args, "backend", None)
+    library = backend_class(backend) if backend else None
+    return threads.apply(threads.choose(getattr(args, "threads", None), local_size), library)
 
 
 def _add_train_arguments(parser) -> None:
@@ -146,6 +146,12 @@ def _add_train_arguments(parser) -> None:
         action="store_false",
         default=None,
         help="no progress bar (drawn by default when stderr is a terminal, outside CI)",
+    )
+    out.add_argument(
+        "--no-compile",
+        dest="compile_steps",
+        action="store_false",
+        help="run every training step eagerly (JAX compiles its steps by default; to debug them)",
     )
 
 
@@ -264,6 +270,7 @@ def _train(args, world: Communicator) -> int:
             tensorboard_dir=args.tensorboard,
             progress=args.progress,
             should_stop=stop,
+            compile_steps=args.compile_steps,
             communicator=world,
         )
     if not result["interrupted"]:

@@ -129,6 +129,11 @@ class DataParallel:
         """
         if not self.active:
             return
+        if not net.backend.writable:
+            raise ConfigError(
+                f"data-parallel training is not supported on backend {net.backend.name!r}: its arrays cannot be "
+                "written into, and the collectives reduce gradients in place; use --backend numpy or torch"
+            )
         if options.get("seed") is None or (net.dropout_rng is not None and net.seed is None):
             raise ConfigError(
                 "data-parallel training needs a seed (fit's seed and, with dropout, the network's): "

@@ -130,7 +130,9 @@ TORCH_STATE = Record(
 CUPY_STATE = Record(
     {"cupy": Record({"seed": Either((Null(), _COUNT)), "draws": _COUNT})}, what="a CuPy generator record"
 )
-DROPOUT_STATE = Either((Null(), PCG64_STATE, TORCH_STATE, CUPY_STATE))
+#: JAX's dropout key (its whole generator state: a uint32[2] threefry key).
+JAX_STATE = Record({"jax_key": ListOf(Int(0, 2**32 - 1), 2, 2)}, what="a JAX generator key")
+DROPOUT_STATE = Either((Null(), PCG64_STATE, TORCH_STATE, CUPY_STATE, JAX_STATE))
 
 
 def _loop_rules(state: dict):

@@ -270,8 +270,8 @@ class MLP:
         return grad if loss_scale is None else grad / loss_scale
 
     def gradients(self, x, y):
-        """``(loss, [(∂C/∂W, ∂C/∂b), ...])`` for a batch, one tuple per layer with parameters
-        (a norm layer's are (∂C/∂γ, ∂C/∂β)); for teaching and checks.
+        """``(loss, [(∂C/∂W, ∂C/∂b), ...])`` for a batch, one record per layer with parameters: ``.W``
+        and ``.b`` for a dense layer, ``.gamma`` and ``.beta`` for a norm; for teaching and checks.
 
         ``x`` and ``y`` may be host arrays; ``y`` may be class labels or targets.
         """
@@ -280,7 +280,7 @@ class MLP:
         with self.backend.activated():
             x = self.prepare(self.to_device(x))
             cost, grads, _ = self.backprop(x, self.targets(self.to_device(y, labels=True)))
-        return cost, [tuple(group) for group in self._grouped(grads) if group]
+        return cost, [layer.named(group) for layer, group in zip(self.layers, self._grouped(grads)) if group]
 
     def _dropout_mask(self, shape, rate):
         keep = self.dropout_rng.uniform(shape, self.dtype) >= rate  # drawn in float32: CuPy draws no halves

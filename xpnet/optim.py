@@ -182,9 +182,13 @@ class _Skip:
         return self._make(("keep", value), lambda: self.xp.where(self.finite, self.flag * value, self._one))
 
     def _make(self, key, make):
-        if key not in self._made:
-            self._made[key] = make()
-        return self._made[key]
+        try:
+            made = self._made.get(key)
+        except TypeError:  # a traced value (JAX compiling the step) is no cache key: made each time
+            return make()
+        if made is None:
+            made = self._made[key] = make()
+        return made
 
 
 class _NoSkip:

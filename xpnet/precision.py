@@ -64,7 +64,7 @@ class LossScaler:
     def __init__(self, net, scale: float = 2.0**15, good_steps: int = 0, skipped: int = 0, growth_interval: int = 1000):
         like = net.params[0]
         xp = net.xp
-        self.xp, self.growth_interval = xp, growth_interval
+        self.xp, self.backend, self.growth_interval = xp, net.backend, growth_interval
         with net.backend.activated():  # CuPy allocates on the current GPU
             self.scale, self.good_steps, self.skipped = (
                 xp.full((), float(value), dtype=like.dtype, device=net.backend.device_of(like))

@@ -35,7 +35,7 @@ from xpnet.settings import BASE_SETTINGS, RUN_SETTINGS, check_setting, checked
 from xpnet.task import decide_task
 from xpnet.tensorboard import TensorBoardWriter, summary_writer_class
 from xpnet.train import History, fit
-from xpnet.weights import BALANCED, parse_class_weight
+from xpnet.weights import class_weight_of
 
 __all__ = [
     "BASE_SETTINGS",
@@ -115,16 +115,17 @@ def run_training(
     should_stop=None,
     log=None,
     communicator: Communicator | None = None,
+    compile_steps: bool = True,
 ) -> dict:
     """Load data, build, train and test the model ``settings`` describe; save it to ``out``.
 
     ``settings`` missing from the dict take ``BASE_SETTINGS``' values; every one is checked
     against the table in ``xpnet.settings`` first. ``tensorboard_dir`` gets TensorBoard event
     files; ``progress`` (default: when not quiet and stderr is a terminal outside CI) draws
-    a bar of each epoch's batches. Returns ``{"test": metrics, "epochs": n, "seconds": s,
-    "device": ..., ...}``. With a ``communicator`` of several ranks every rank calls this
-    alike and trains its part (``xpnet.train.fit``); rank 0 alone prints, tests and writes
-    files (TensorBoard's too), and only its result has ``"test"``.
+    a bar of each epoch's batches; ``compile_steps=False`` runs JAX's steps eagerly. Returns
+    ``{"test": metrics, "epochs": n, "seconds": s, "device": ..., ...}``. With a ``communicator``
+    of several ranks every rank calls this alike and trains its part (``xpnet.train.fit``);
+    rank 0 alone prints, tests and writes files (TensorBoard's too); only its result has ``"test"``.
     """
     settings = checked({**BASE_SETTINGS, **settings})
     world = communicator or Communicator()
@@ -136,22 +137,20 @@ def run_training(
     board_dir = tensorboard_dir if world.is_root else None
     files = _check_outputs(out, history_path, plot_path, board_dir) if world.is_root else _Files(None, None, None, None)
     data, split, (net, optimizer, history), communicator = _prepare(settings, resume, quiet, world, files.plot)
-    X_train, y_train, X_val, y_val, w_train, w_val = split
+    X_train, _, X_val, *_ = split
     log(_start_message(net, history, resume, (len(X_train), len(X_val), len(data.X_test)), communicator, settings))
     checkpoints = _Checkpoints(files.checkpoint, net, optimizer, settings, data.class_names)
     with TensorBoardWriter(board_dir) if board_dir else contextlib.nullcontext() as board:
         try:
             history = fit(
                 net,
-                X_train,
-                y_train,
                 optimizer=optimizer,
-                validation_data=(X_val, y_val, w_val) if len(X_val) else None,
-                sample_weight=w_train,
+                **_fit_data(split),
                 on_epoch_end=_each_epoch(checkpoints, board),
                 should_stop=should_stop,
                 history=history,
                 communicator=communicator,
+                compile=compile_steps,
                 **_fit_options(settings, net, quiet, log, progress, data),
             )
         except DivergenceError as exc:
@@ -224,6 +223,13 @@ def _each_epoch(*listeners):
             listener(history)
 
     return ended
+
+
+def _fit_data(split) -> dict:
+    """``fit``'s data from the split: the training rows, their weights, and the validation set (if any)."""
+    X_train, y_train, X_val, y_val, w_train, w_val = split
+    validation = (X_val, y_val, w_val) if len(X_val) else None
+    return {"X": X_train, "y": y_train, "sample_weight": w_train, "validation_data": validation}
 
 
 def _fit_options(settings: dict, net, quiet: bool, log, progress: bool | None, data) -> dict:
@@ -379,29 +385,6 @@ def _model_and_optimizer(settings: dict, backend, data, X_train, resume):
         return net, optimizer, History.from_resume_state(saved.resume_state(), best_params=saved.best_params(net))
     net = build_network(settings, data.num_features, data.num_classes, X_train, backend=backend)
     return net, optimizer, None
-
-
-def class_weight_of(settings: dict, data):
-    """``--class-weight`` for ``fit``: ``"balanced"``, ``{class number: weight}`` (class names allowed), or None."""
-    text = settings.get("class_weight")
-    if text is None:
-        return None
-    parsed = parse_class_weight(text)
-    if parsed == BALANCED:
-        return parsed
-    names = data.class_names
-    weights = {}
-    for label, weight in parsed.items():
-        if label in names:
-            weights[names.index(label)] = weight
-        elif label.isdigit() and int(label) < len(names):
-            weights[int(label)] = weight
-        else:
-            known = ", ".join(names[:20]) or "none: it is a regression set"
-            raise ConfigError(
-                f"--class-weight {text}: {label!r} is not a class of dataset {settings['dataset']!r} (classes: {known})"
-            )
-    return weights
 
 
 def memory_estimate(settings: dict, data, plotting: bool, on_host: bool = True) -> Estimate:

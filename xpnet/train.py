@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 
 from xpnet.checks import is_number, whole
+from xpnet.compiled import step_runner
 from xpnet.data_parallel import DataParallel
 from xpnet.distributed import Communicator
-from xpnet.errors import ConfigError, DivergenceError
+from xpnet.divergence import check_diverged, largest_weight
+from xpnet.errors import ConfigError
 from xpnet.evaluate import RunningSums, evaluate_sums, zero_sum
 from xpnet.inputs import check_inputs, check_targets, check_validation
 from xpnet.names import Registry
@@ -122,7 +124,7 @@ class _Loop:
     optimizer: Optimizer
     X: Any
     y: Any
-    validation: tuple | None  #: (X_val, y_val) on the device
+    validation: tuple | None  #: (X_val, y_val) on the device: this rank's share
     options: FitOptions
     should_stop: Callable[[], bool] | None
     log: Callable[[str], None] | None  #: where progress lines go (None: quiet)
@@ -130,14 +132,20 @@ class _Loop:
     weights: Any = None  #: each training row's weight on the device (sample and class weights), or None
     scaler_state: InitVar[list | None] = None  #: a resumed run's loss scaling (History.loss_scaler)
     scaler: LossScaler | None = field(init=False, default=None)  #: float16's dynamic loss scaling, or None
+    runner: Any = field(init=False, default=None)  #: runs an epoch's steps, eagerly or compiled (``xpnet.compiled``)
     step: Step = field(init=False)  #: one minibatch step (``xpnet.step``)
 
     def __post_init__(self, scaler_state):
         self.scaler = loss_scaler(self.net, scaler_state)
+        self.validation = self.parallel.validation_part(self.validation)  # this rank's share of the validation set
         smoothing = self.options.label_smoothing
         self.step = Step(self.net, self.optimizer, self.X, self.y, smoothing, self.scaler, self.parallel, self.weights)
         if self.options.patience is not None and self.validation is None:
             raise ConfigError("patience (early stopping) needs validation data: pass validation_data or --val-split")
+
+    def start_runner(self, compile: bool) -> None:
+        """What runs the steps: compiled where asked and the backend compiles (JAX), else one by one."""
+        self.runner = step_runner(self, _train_step, compile)
 
     @property
     def batch_size(self) -> int:
@@ -183,6 +191,7 @@ def fit(
     communicator: Communicator | None = None,
     sample_weight=None,
     class_weight=None,
+    compile: bool = True,
 ) -> History:
     """Train ``net`` on ``(X, y)`` for ``epochs`` epochs; return the ``History``.
 
@@ -190,8 +199,8 @@ def fit(
     weights ``restore_best`` puts back; ``patience``: stop after that many epochs without a better one.
     uint8 inputs are scaled to [0, 1] on the device unless the network has a scaling (``net.set_scaling``).
     ``label_smoothing`` softens one-hot training targets (validation metrics use the true labels).
-    ``should_stop`` is polled after every step (a signal handler sets it); ``fit`` then returns with
-    ``history.interrupted`` set and the state to continue, which ``fit(..., history=that)`` does exactly.
+    ``should_stop`` is polled after each step (a signal handler sets it; each chunk of ``compile``d steps, on JAX:
+    ``xpnet.compiled``); ``fit`` then returns with ``history.interrupted`` set and the state to continue exactly.
     The calling thread flushes denormals to zero while ``fit`` runs (``Backend.flush_denormals``).
     ``progress``: a bar of the batches on stderr where ``fit`` logs (``xpnet.progress``).
     ``communicator``: data-parallel (``xpnet.distributed``), every rank calling alike, as one process; rank 0 logs.
@@ -203,10 +212,11 @@ def fit(
     options = FitOptions(epochs, min(batch_size, X.shape[0]), label_smoothing, shuffle, patience, progress, monitor)
     parallel = DataParallel(communicator or Communicator(), options.batch_size)
     log = log if verbose and parallel.communicator.is_root else None
-    part = parallel.validation_part(validation)  # this rank's share of the validation set
-    history = history or History()
-    loop = _Loop(net, optimizer or SGD(), X, y, part, options, should_stop, log, parallel, weights, history.loss_scaler)
-    rng = _continue_random_streams(net, history, seed)
+    history, rng = _continue_random_streams(net, history or History(), seed)
+    loop = _Loop(
+        net, optimizer or SGD(), X, y, validation, options, should_stop, log, parallel, weights, history.loss_scaler
+    )
+    loop.start_runner(compile)
     backend = net.backend  # a NaN/inf loss is caught below, by value; denormals only slow the steps down
     with backend.activated(), backend.quiet_float_errors(), backend.flush_denormals(), parallel.rank_dropout(net):
         parallel.start(net, loop.optimizer, {**given, "weights": weights}, _agreed(loop, seed, history))
@@ -238,15 +248,15 @@ def _agreed(loop: _Loop, seed, history: History) -> dict:
     return {**agreed, "resumed at epoch": history.epoch, "resumed at batch": history.batch}
 
 
-def _continue_random_streams(net, history: History, seed):
-    """The shuffling generator, and the dropout one, where ``history`` left them (or fresh from ``seed``)."""
+def _continue_random_streams(net, history: History, seed) -> tuple[History, np.random.Generator]:
+    """``history``, and the shuffling generator, with the dropout one, where it left them (or fresh from ``seed``)."""
     rng = np.random.default_rng(seed)
     if history.rng_state is not None:
         rng.bit_generator.state = history.rng_state
     if history.dropout_state is not None and net.dropout_rng is not None:
         net.dropout_rng.set_state(history.dropout_state)
     history.interrupted = False
-    return rng
+    return history, rng
 
 
 def _data_on_device(net, X, y, validation_data, verbose, log) -> tuple:
@@ -269,10 +279,12 @@ def _data_on_device(net, X, y, validation_data, verbose, log) -> tuple:
 
 
 def _run_epoch(loop: _Loop, history: History, rng) -> tuple[EpochTotals | None, float]:
-    """The steps of one epoch (from ``history.batch`` on, after an interruption) and its one host read:
-    ``(totals, seconds)``; on a stop request it records where the epoch got in ``history``
-    (``interrupted``, ``batch``, ``partial``) and returns ``(None, seconds)``."""
-    net, backend, steps, size = loop.net, loop.net.backend, loop.steps, loop.batch_size
+    """The steps of one epoch (from ``history.batch`` on, after an interruption) and its one host read.
+
+    Returns the epoch's totals and seconds; on a stop request it records where the epoch got
+    in ``history`` (``interrupted``, ``batch``, ``partial``) and returns ``(None, seconds)``.
+    """
+    net, backend, steps = loop.net, loop.net.backend, loop.steps
     n = loop.X.shape[0]
     history.rng_state = rng.bit_generator.state  # this epoch's, for a checkpoint written mid-epoch
     order = backend.upload((rng.permutation(n) if loop.options.shuffle else np.arange(n)).astype(np.int32))
@@ -283,18 +295,21 @@ def _run_epoch(loop: _Loop, history: History, rng) -> tuple[EpochTotals | None, 
     start = time.perf_counter() - (partial.seconds if partial else 0.0)
     bar = _progress_bar(loop, history.epoch + 1, initial=first)
     with backend.step_policy(loop.parallel.local_batch * net.macs_per_sample):
-        for b in range(first, steps):
-            loop.optimizer.set_progress(history.epoch + b / steps, loop.epochs)
-            loop.step(order[b * size : (b + 1) * size], sums)
-            if bar is not None:
-                bar.update(1)
-            if loop.stop_requested() and b + 1 < steps:
-                _close(bar)
-                _interrupt(loop, history, sums, b + 1, time.perf_counter() - start)
-                return None, time.perf_counter() - start
+        stopped = loop.runner.run(history, order, sums, first, bar)
+        if stopped is not None:
+            _close(bar)
+            _interrupt(loop, history, sums, stopped, time.perf_counter() - start)
+            return None, time.perf_counter() - start
     totals = _read_totals(loop, sums, steps * loop.parallel.local_batch)
     _close(bar)
     return totals, time.perf_counter() - start
+
+
+def _train_step(loop: _Loop, idx, sums: RunningSums) -> None:
+    """One minibatch step: ``loop.step`` (``xpnet.step.Step``) on the loop's data as bound now (a
+    compiled run puts its traced arrays in ``loop.X`` and ``loop.y`` while it traces the step)."""
+    loop.step.X, loop.step.y = loop.X, loop.y
+    loop.step(idx, sums)
 
 
 def _interrupt(loop: _Loop, history: History, sums: RunningSums, batches: int, seconds: float) -> None:
@@ -305,7 +320,7 @@ def _interrupt(loop: _Loop, history: History, sums: RunningSums, batches: int, s
     values = net.backend.to_host(net.xp.stack(read)).tolist()
     loss_sum, correct, largest, *scaler = loop.parallel.sum_host(values, root_only=[2, 3, 4, 5])
     history.loss_scaler = scaler or None
-    _check_diverged({"epoch": history.epoch + 1, "loss": loss_sum}, largest, loop.optimizer)
+    check_diverged({"epoch": history.epoch + 1, "loss": loss_sum}, largest, loop.optimizer)
     history.batch = batches
     history.partial = PartialEpoch(loss_sum, correct, float(batches * loop.batch_size), seconds)
     history.dropout_state = net.dropout_rng.get_state() if net.dropout_rng else None
@@ -346,7 +361,7 @@ def _end_epoch(loop: _Loop, history: History, rng, totals: EpochTotals, seconds:
     history.partial = None
     history.rng_state = rng.bit_generator.state  # the next epoch's, so a per-epoch checkpoint resumes exactly
     history.dropout_state = net.dropout_rng.get_state() if net.dropout_rng else None
-    _check_diverged(record, totals.largest_weight, loop.optimizer)  # before the record and its checkpoint are kept
+    check_diverged(record, totals.largest_weight, loop.optimizer)  # before the record and its checkpoint are kept
     history.records.append(record)
     if loop.log is not None and _worth_logging(record["epoch"], loop.epochs):
         loop.log(format_record(record))
@@ -360,31 +375,6 @@ def _end_epoch(loop: _Loop, history: History, rng, totals: EpochTotals, seconds:
     if loop.log is not None:
         loop.log(f"early stopping: no better {MONITORS[loop.options.monitor][0]} for {patience} epochs")
     return True
-
-
-def largest_weight(net, optimizer):
-    """max |w| over every parameter and optimizer buffer, as a 0-d device array: NaN or infinite once
-    any of them is (Adam's squared gradients can overflow while the weights stay finite). One reduction
-    per array, read with the epoch's metrics: the loss is measured before each step, so a step that
-    ruins the weights shows here first."""
-    xp = net.xp
-    return xp.max(xp.stack([xp.max(xp.abs(a)) for a in [*net.params, *optimizer.state_arrays()]]))
-
-
-def _check_diverged(record: dict, largest: float, optimizer) -> None:
-    """Raise ``DivergenceError`` if the epoch's loss, its weights or its validation loss are not finite."""
-    if not math.isfinite(record["loss"]):
-        problem = f"the loss became {record['loss']}"
-    elif not math.isfinite(largest):
-        problem = f"the weights or the optimizer's state became {largest} (after the loss was measured)"
-    elif not math.isfinite(record.get("val_loss", 0.0)):
-        problem = f"the validation loss became {record['val_loss']}"
-    else:
-        return
-    raise DivergenceError(
-        f"training diverged in epoch {record['epoch']}: {problem}; try a smaller learning rate "
-        f"(now {optimizer.base_lr:g})"
-    )
 
 
 def _restore_best(net, history: History, log, monitor: str) -> None:

@@ -156,3 +156,26 @@ def validation_weights(net, y_val, validation_data) -> tuple:
     if len(validation_data) < 3 or validation_data[2] is None:
         return ()
     return (device_weights(net, y_val, validation_data[2], None, "validation_data "),)
+
+
+def class_weight_of(settings: dict, data):
+    """``--class-weight`` for ``fit``: ``"balanced"``, ``{class number: weight}`` (class names allowed), or None."""
+    text = settings.get("class_weight")
+    if text is None:
+        return None
+    parsed = parse_class_weight(text)
+    if parsed == BALANCED:
+        return parsed
+    names = data.class_names
+    weights = {}
+    for label, weight in parsed.items():
+        if label in names:
+            weights[names.index(label)] = weight
+        elif label.isdigit() and int(label) < len(names):
+            weights[int(label)] = weight
+        else:
+            known = ", ".join(names[:20]) or "none: it is a regression set"
+            raise ConfigError(
+                f"--class-weight {text}: {label!r} is not a class of dataset {settings['dataset']!r} (classes: {known})"
+            )
+    return weights

@@ -49,6 +49,10 @@ class Backend:
     name: ClassVar[str] = "array-api"
     module: ClassVar[str] = ""
     device_kinds: ClassVar[tuple[str, ...]] = ("cpu",)
+    #: Whether arrays can be written into (False for JAX: every update then returns a new array).
+    writable: ClassVar[bool] = True
+    #: Whether ``fit`` compiles its training step here by default (``xpnet.compiled``: JAX's).
+    compiles_steps: ClassVar[bool] = False
 
     xp: ModuleType
     device: Any
@@ -76,6 +80,17 @@ class Backend:
     def compute_capability(self) -> str | None:
         """The GPU's compute capability as NVRTC's ``sm_`` suffix ("90" for an H100); None off CUDA."""
         return None
+
+    @classmethod
+    def set_cpu_threads(cls, threads: int, load: bool = False) -> None:
+        """The library's own CPU thread pool, beside the BLAS (``xpnet.backend.threads``): where it is
+        loaded, or, with ``load``, about to be used. Most libraries use the BLAS's alone."""
+
+    @property
+    def watches_operations(self) -> bool:
+        """Whether ``Backend.audit`` sees every operation here (a dispatch monitor off the CPU), so
+        selfcheck's sync audit needs no meta-device stand-in beside it."""
+        return False
 
     @property
     def compiles_kernels(self) -> bool:
@@ -108,6 +123,16 @@ class Backend:
         if name not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, not {name!r}")
         return getattr(self.xp, name)
+
+    # -- writing into arrays, where the library allows it ----------------------------------
+
+    def assign(self, target: Any, value: Any):
+        """``target`` holding ``value``: written in place where arrays are writable, else ``value``
+        itself. Callers keep the result (``p = backend.assign(p, new)``), so one line serves both."""
+        if not self.writable:
+            return value
+        target[...] = value
+        return target
 
     # -- crossings and copies ------------------------------------------------------------
 
@@ -308,6 +333,8 @@ def device_constant(xp: ModuleType, value: float, like: Any):
     and the result is kept per device, dtype and value.
     """
     where = array_device(like)
+    if where is None:  # an array being traced by a compiler (JAX): a constant of the trace, never cached
+        return xp.full((), value, dtype=like.dtype)
     key = (id(xp), str(where), str(like.dtype), float(value))
     found = _CONSTANTS.get(key)
     if found is None:

@@ -12,6 +12,7 @@ import importlib
 from xpnet.backend.base import ON_THE_CPU, Backend
 from xpnet.backend.cuda import NO_DRIVER, cuda_index, nvidia_driver_missing
 from xpnet.backend.cupy import CupyBackend
+from xpnet.backend.jax import JaxBackend
 from xpnet.backend.numpy import NumpyBackend
 from xpnet.backend.strict import StrictBackend
 from xpnet.backend.torch import TorchBackend
@@ -24,6 +25,7 @@ LIBRARIES: dict[str, type[Backend]] = {
     "cupy": CupyBackend,
     "torch": TorchBackend,
     "array-api-strict": StrictBackend,
+    "jax": JaxBackend,
 }
 BACKENDS = tuple(LIBRARIES)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import ctypes
 import os
-import sys
 from dataclasses import dataclass
 
+from xpnet.backend.resolve import LIBRARIES
 from xpnet.errors import ConfigError
 
 #: xpnet's own override (``--threads`` wins over it).
@@ -87,13 +87,13 @@ def choose(given: int | None = None, local_size: int | None = None) -> ThreadCho
     return ThreadChoice(max(1, cores // ranks), f"{cores} usable cores / {ranks} {rank_word} on this node")
 
 
-def apply(choice: ThreadChoice, torch: bool = False, library: str | None = None) -> ThreadChoice:
-    """Set the BLAS to ``choice.threads``, and PyTorch's CPU threads where it is loaded (or, with
-    ``torch``, or ``library`` naming its module (a ``Backend.module``), about to be used); the choice
-    saying how it went."""
+def apply(choice: ThreadChoice, library: type | None = None) -> ThreadChoice:
+    """Set the BLAS to ``choice.threads``, and each array library's own CPU threads where it is loaded
+    (``library``, the run's, even if not yet); the choice saying how it went."""
     if choice.threads is None:
         return choice
-    _torch_threads(choice.threads, torch or library == "torch")
+    for cls in LIBRARIES.values():
+        cls.set_cpu_threads(choice.threads, load=cls is library)
     how = _threadpoolctl_limit(choice.threads) or _openblas_limit(choice.threads)
     if how is None:
         how = (
@@ -101,17 +101,6 @@ def apply(choice: ThreadChoice, torch: bool = False, library: str | None = None)
             f"MKL_NUM_THREADS or OMP_NUM_THREADS to {choice.threads} before starting"
         )
     return ThreadChoice(choice.threads, choice.reason, how)
-
-
-def _torch_threads(threads: int, load: bool) -> None:
-    """PyTorch's intra-op threads, where it is loaded or ``load`` says it will be."""
-    if load and "torch" not in sys.modules:
-        try:
-            import torch  # noqa: F401  (the run will use it: loading it here is not extra work)
-        except ImportError:
-            return
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
 
 
 def _threadpoolctl_limit(threads: int) -> str | None:

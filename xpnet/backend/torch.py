@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import sys
 import warnings
 from typing import Any, ClassVar
 
@@ -40,6 +41,20 @@ class TorchBackend(Backend):
         if index >= torch.cuda.device_count():
             raise BackendError(f"device cuda:{index} does not exist; PyTorch sees {torch.cuda.device_count()} GPU(s)")
         return cls(xp, torch.device("cuda", index))
+
+    @classmethod
+    def set_cpu_threads(cls, threads: int, load: bool = False) -> None:
+        if load and cls.module not in sys.modules:
+            try:
+                importlib.import_module(cls.module)  # the run will use it: loading it here is not extra work
+            except ImportError:
+                return
+        if cls.module in sys.modules:
+            sys.modules[cls.module].set_num_threads(threads)
+
+    @property
+    def watches_operations(self) -> bool:
+        return self.device.type != "cpu"
 
     @property
     def _on_cuda(self) -> bool:

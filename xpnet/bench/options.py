@@ -20,7 +20,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--backends", default=None, help="comma-separated among numpy, torch, cupy, array-api-strict (default: all)"
     )
     parser.add_argument(
-        "--impls", default=",".join(IMPLS), help="comma-separated among xpnet, direct, torch-eager (default: all)"
+        "--impls",
+        default=",".join(IMPLS),
+        help="comma-separated among xpnet, direct, torch-eager, jax-scan (default: all)",
     )
     parser.add_argument("--samples", type=int, default=32768, help="samples per timed epoch (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per row; the median is reported")

@@ -1,10 +1,11 @@
-"""The three implementations the sweep times, each training one epoch of the same batches.
+"""The implementations the sweep times, each training one epoch of the same batches.
 
 ``xpnet`` is the library's own ``fit``; ``direct`` is the same math and loop written
 straight in NumPy (the array-API indirection costs the difference); ``torch-eager`` is a
 plain ``nn.Sequential`` + ``torch.optim.SGD``. All three see the same batches (one seeded
 permutation per epoch, the same uint8 data resident on the device, scaled per batch),
 sum loss and accuracy on the device and read them back once per epoch, as ``fit`` does.
+``jax-scan`` is the hand-written JAX loop compiled over the epoch, the peer of xpnet on JAX.
 """
 
 from __future__ import annotations
@@ -231,4 +232,77 @@ class TorchEagerRunner(Runner):
         return self.backend.peak_memory(self.epoch)
 
 
-RUNNERS = {"xpnet": XpnetRunner, "direct": DirectRunner, "torch-eager": TorchEagerRunner}
+class JaxScanRunner(Runner):
+    """The hand-written JAX loop: the step (``jax.grad`` of the loss, SGD momentum) compiled with
+    ``jax.jit`` and run over the whole epoch with ``lax.scan``, data resident, buffers donated.
+
+    The peer xpnet's compiled ``fit`` on JAX is held to: the same batches, uint8 data scaled per
+    batch on the device, loss and accuracy summed in the scan and read once per epoch.
+    """
+
+    impl = "jax-scan"
+    library = "jax"
+
+    def __init__(self, target: Target, X, y, batch_size: int, seed: int = 0):
+        import jax  # only here: the peer needs JAX, the harness does not
+
+        self.jax = jax
+        self.backend = get_backend("jax", target.device)
+        put = lambda a: jax.device_put(a, self.backend.device)  # noqa: E731
+        init = initial_parameters(SIZES, ["he_normal"] * (len(SIZES) - 1), seed)
+        self.params = [put(a.astype(np.float32)) for pair in init for a in pair]
+        self.velocity = [put(np.zeros(p.shape, np.float32)) for p in self.params]
+        self.X, self.y = put(X), put(y.astype(np.int32))
+        self.batch_size, self.epochs = batch_size, 0
+        self._epoch = jax.jit(self._scan, donate_argnums=(0, 1))
+        self._step = jax.jit(self._update, donate_argnums=(0, 1))
+        self._put = put
+
+    def _update(self, params, velocity, xb, yb):
+        jax, jnp = self.jax, self.jax.numpy
+
+        def loss(params):
+            a = xb
+            for i in range(0, len(params), 2):
+                z = a @ params[i].T + params[i + 1]
+                a = jax.nn.relu(z) if i + 2 < len(params) else z
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(a), yb[:, None], axis=1)), a
+
+        (value, out), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        velocity = [MOMENTUM * v + g for v, g in zip(velocity, grads)]
+        params = [p - LR * v for p, v in zip(params, velocity)]
+        return params, velocity, value, jnp.sum(jnp.argmax(out, axis=1) == yb, dtype=jnp.int32)
+
+    def _scan(self, params, velocity, X, y, order):
+        jnp = self.jax.numpy
+
+        def body(carry, rows):
+            params, velocity, loss_sum, correct = carry
+            xb = X[rows].astype(jnp.float32) * (1.0 / 255.0)
+            params, velocity, value, hits = self._update(params, velocity, xb, y[rows])
+            return (params, velocity, loss_sum + value * rows.shape[0], correct + hits), None
+
+        zero = jnp.zeros((), jnp.float32)
+        return self.jax.lax.scan(body, (params, velocity, zero, jnp.zeros((), jnp.int32)), order)[0]
+
+    def epoch(self) -> EpochMetrics:
+        self.epochs += 1
+        bs, n = self.batch_size, self.X.shape[0]
+        steps = n // bs
+        order = np.random.default_rng(self.epochs).permutation(n)[: steps * bs].astype(np.int32)
+        result = self._epoch(self.params, self.velocity, self.X, self.y, self._put(order.reshape(steps, bs)))
+        self.params, self.velocity = result[0], result[1]
+        loss_sum, correct = (float(v) for v in self.jax.device_get(result[2:]))
+        return EpochMetrics(loss_sum / (steps * bs), correct / (steps * bs))
+
+    def step(self) -> None:
+        xb = self.X[: self.batch_size].astype(self.jax.numpy.float32) * (1.0 / 255.0)
+        result = self._step(self.params, self.velocity, xb, self.y[: self.batch_size])
+        self.params, self.velocity = result[0], result[1]
+        self.jax.block_until_ready(self.params)
+
+    def peak_memory(self) -> int | None:
+        return self.backend.peak_memory(self.epoch)
+
+
+RUNNERS = {"xpnet": XpnetRunner, "direct": DirectRunner, "torch-eager": TorchEagerRunner, "jax-scan": JaxScanRunner}

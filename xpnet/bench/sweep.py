@@ -25,7 +25,7 @@ from xpnet.bench.results import BenchResult, Row
 from xpnet.bench.runners import RUNNERS, Runner
 from xpnet.bench.table import format_rows
 from xpnet.bench.targets import Target, available_targets
-from xpnet.bench.workload import BATCH_SIZES, IMPLS, PAUSE, flops_per_sample
+from xpnet.bench.workload import BATCH_SIZES, DIRECT_PEERS, IMPLS, PAUSE, flops_per_sample
 from xpnet.errors import ConfigError
 
 
@@ -176,12 +176,14 @@ def progress_line(index: int, batch_sizes: list[int], targets, impls, elapsed: f
 
 def add_ratios(rows: list[Row]) -> None:
     """Speed ratios within one batch size: every row against torch eager on its device,
-    and xpnet on NumPy against the direct NumPy loop (>1 means faster than the peer)."""
+    and xpnet against the hand-written loop on its backend (NumPy's direct loop, JAX's jit + scan;
+    >1 means faster than the peer)."""
     eager = {r.device: r for r in rows if r.impl == "torch-eager"}
-    direct = next((r for r in rows if r.impl == "direct"), None)
+    direct = {(r.backend, r.device): r for r in rows if r.impl in DIRECT_PEERS}
     for row in rows:
         peer = eager.get(row.device)
         if peer is not None and row is not peer:
             row.vs_torch_eager = row.samples_per_s / peer.samples_per_s
-        if direct is not None and row.impl == "xpnet" and row.backend == direct.backend:
-            row.vs_direct = row.samples_per_s / direct.samples_per_s
+        loop = direct.get((row.backend, row.device))
+        if loop is not None and row.impl == "xpnet":
+            row.vs_direct = row.samples_per_s / loop.samples_per_s

@@ -63,6 +63,10 @@ class Layer:
     def initial(self, drawn: Iterator) -> list[np.ndarray]:
         return []
 
+    def named(self, arrays: list) -> tuple:
+        """Its parameters (or their gradients) as a record: ``(W, b)`` with ``.W`` and ``.b`` for a dense layer."""
+        return tuple(arrays)
+
     def forward(self, ctx: Pass, params: list, x):
         raise NotImplementedError
 

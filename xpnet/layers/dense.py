@@ -24,6 +24,13 @@ class DenseCache(NamedTuple):
     a: object  #: its output a^l (None for the output layer: the loss holds it)
 
 
+class WeightsBias(NamedTuple):
+    """A dense layer's parameters, z = a W^T + b (or their gradients, ∂C/∂W and ∂C/∂b)."""
+
+    W: object
+    b: object
+
+
 class Dense(Layer):
     """``n_in`` -> ``n_out`` with ``activation``; weights ``(n_out, n_in)`` as ``torch.nn.Linear``."""
 
@@ -38,6 +45,9 @@ class Dense(Layer):
 
     def initial(self, drawn):
         return list(next(drawn))
+
+    def named(self, arrays: list) -> WeightsBias:
+        return WeightsBias(*arrays)
 
     def macs(self) -> int:
         return self.n_in * self.n_out

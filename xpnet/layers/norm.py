@@ -32,6 +32,13 @@ class NormCache(NamedTuple):
     inv_std: object  #: 1 / sqrt(σ² + ε) per sample, shaped (batch, 1)
 
 
+class ScaleShift(NamedTuple):
+    """A LayerNorm's parameters γ and β (or their gradients)."""
+
+    gamma: object
+    beta: object
+
+
 class LayerNorm(Layer):
     """Normalises each sample's ``width`` units, then scales by γ (``weight``) and shifts by β (``bias``)."""
 
@@ -46,6 +53,9 @@ class LayerNorm(Layer):
 
     def initial(self, drawn):
         return [np.ones(self.width), np.zeros(self.width)]  # the identity until trained
+
+    def named(self, arrays: list) -> ScaleShift:
+        return ScaleShift(*arrays)
 
     def macs(self) -> int:
         return 2 * self.width

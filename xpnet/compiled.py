@@ -1,0 +1,194 @@
+"""Running an epoch's steps: one by one from Python (``EagerSteps``), or compiled (``CompiledSteps``, JAX).
+
+``CompiledSteps``: the whole step traced once and replayed over chunks of batches.
+
+The step compiled is ``fit``'s own step function, the eager code every backend runs:
+gathering the batch on the device, the forward pass, BP1-BP4, the optimizer's update and
+the running sums. It is traced with ``jax.jit`` and run over ``CHUNK_STEPS`` batches at a
+time with ``lax.scan``; the training state (parameters, optimizer buffers, the running sums,
+the dropout key, float16's loss scaling) goes in and comes out as arrays, its input buffers
+donated, so nothing is copied between chunks and nothing is read back.
+
+How a step written for mutable objects becomes a pure function: while tracing, the state's
+arrays are put where the step looks for them (``net.params``, ``optimizer.state``, the
+generator's key, ``sums``), the step runs on them, and what it left there is the new state.
+The optimizer's rate and step count, host numbers in an eager run, are per-step inputs
+here (the schedule is evaluated on the host for each step of a chunk), so one trace serves
+every step. Between chunks ``fit`` polls for a stop (Ctrl-C), so an interrupted run ends on a
+chunk boundary and resumes there exactly. Two chunk lengths are compiled (``CHUNK_STEPS`` and
+the epoch's remainder; a resume mid-epoch may add a third), once per network and optimizer
+settings, kept for later ``fit`` calls; batches all have one size, so no step ever recompiles.
+The buffers of ``net.params`` and the optimizer's state are donated: arrays taken from them
+before a compiled ``fit`` are not to be used after it (copy them: ``backend.copy``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from xpnet.evaluate import RunningSums
+
+#: Steps per compiled call: ``fit`` polls for a stop, and updates its progress bar, between calls.
+CHUNK_STEPS = 64
+
+
+def step_runner(loop, step: Callable[[Any, Any, Any], None], compile: bool):
+    """What runs ``loop``'s steps: ``CompiledSteps`` where asked and the backend compiles, else ``EagerSteps``.
+
+    A network keeps its compiled steps between ``fit`` calls that would trace the same program
+    (the same optimizer and settings: ``_trace_key``), so a second ``fit`` compiles nothing.
+    """
+    if not (compile and loop.net.backend.compiles_steps):
+        return EagerSteps(loop, step)
+    kept = _COMPILED.setdefault(loop.net, {})
+    key = _trace_key(loop)
+    if key not in kept:
+        kept[key] = CompiledSteps(loop, step)
+    kept[key].start(loop, step)
+    return kept[key]
+
+
+#: Each network's compiled steps, by ``_trace_key``; gone with the network.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _trace_key(loop) -> tuple:
+    """What a trace of the step bakes in besides the shapes: a different value means another program."""
+    optimizer, net = loop.optimizer, loop.net
+    settings = sorted(
+        (name, value)
+        for name, value in vars(optimizer).items()
+        if isinstance(value, (bool, int, float, str)) and name not in ("lr", "base_lr", "steps")
+    )
+    scaling = id(net._scaling_on_device) if net._scaling_on_device is not None else None
+    return (type(optimizer), tuple(settings), loop.options.label_smoothing, loop.scaler is None, scaling)
+
+
+class EagerSteps:
+    """``step(loop, idx, sums)`` called batch by batch from Python, as every backend can."""
+
+    def __init__(self, loop, step: Callable[[Any, Any, Any], None]):
+        self.loop, self.step = loop, step
+
+    def run(self, history, order, sums, first: int, bar) -> int | None:
+        """The epoch's steps from batch ``first`` on; the batches done if a stop came, else None."""
+        loop = self.loop
+        steps, size = loop.steps, loop.batch_size
+        for b in range(first, steps):
+            loop.optimizer.set_progress(history.epoch + b / steps, loop.epochs)
+            self.step(loop, order[b * size : (b + 1) * size], sums)
+            if bar is not None:
+                bar.update(1)
+            if loop.stop_requested() and b + 1 < steps:
+                return b + 1
+        return None
+
+
+class CompiledSteps:
+    """``step(loop, idx, sums)`` compiled for ``loop`` (one ``fit`` call's state) with ``jax.jit`` + ``lax.scan``."""
+
+    def __init__(self, loop, step: Callable[[Any, Any, Any], None]):
+        import jax
+
+        self.jax = jax
+        self._compiled = jax.jit(self._chunk, donate_argnums=(0,))
+        self._scaling = loop.net._scaling_on_device  # kept alive: its id is in the trace key
+        self.start(loop, step)
+
+    def start(self, loop, step: Callable[[Any, Any, Any], None]) -> None:
+        """Run for ``loop`` (a ``fit`` call) from now on: what a trace reads is found there."""
+        self.loop, self.step = loop, step
+        net, optimizer = loop.net, loop.optimizer
+        # What an eager first step would make and keep, made now: a trace must leave nothing behind.
+        optimizer.init_state(net.params)
+        if optimizer.xp is None:
+            optimizer.xp = net.xp
+        net.targets(loop.y[:1])  # the class ids of one-hot targets
+
+    def run(self, history, order, sums, first: int, bar) -> int | None:
+        """The epoch's steps from batch ``first`` on, a chunk per call; the batches done if a stop came, else None."""
+        loop = self.loop
+        steps, size = loop.steps, loop.batch_size
+        sums.correct = loop.net.backend.copy(sums.correct)  # its own buffer: the two sums start as one zero
+        for start in range(first, steps, CHUNK_STEPS):
+            n = min(CHUNK_STEPS, steps - start)
+            idx = loop.net.xp.reshape(order[start * size : (start + n) * size], (n, size))
+            self._run_chunk(sums, idx, self._rates(history, start, n))
+            if bar is not None:
+                bar.update(n)
+            if loop.stop_requested() and start + n < steps:
+                return start + n
+        return None
+
+    def _rates(self, history, start: int, n: int):
+        """Each step's learning rate (the schedule, on the host) and count before it, as device arrays."""
+        loop, optimizer = self.loop, self.loop.optimizer
+        rates = []
+        for b in range(start, start + n):
+            optimizer.set_progress(history.epoch + b / loop.steps, loop.epochs)
+            rates.append(optimizer.lr)
+        counts = np.arange(optimizer.steps, optimizer.steps + n)
+        upload = loop.net.backend.upload
+        return upload(np.asarray(rates), loop.net.dtype), upload(counts, loop.net.dtype)
+
+    def _run_chunk(self, sums, idx, rates) -> None:
+        loop = self.loop
+        with warnings.catch_warnings():  # a CPU jaxlib may not reuse every donated buffer; it copies then
+            warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+            state = self._compiled(self._state(sums), loop.X, loop.y, (idx, *rates))
+        self._load(state, sums)
+        loop.optimizer.steps += int(idx.shape[0])
+
+    def _chunk(self, state, X, y, xs):
+        """The traced function: ``lax.scan`` of the step over a chunk's (batch rows, rate, count)."""
+
+        def body(state, x):
+            idx, lr, count = x
+            sums = RunningSums(*state["sums"])
+            with self._bound(state, sums, X, y, lr, count):
+                self.step(self.loop, idx, sums)
+                return self._state(sums), None
+
+        return self.jax.lax.scan(body, state, xs)[0]
+
+    @contextlib.contextmanager
+    def _bound(self, state, sums, X, y, lr, count):
+        """The traced arrays put where the step reads them; the host's own put back after."""
+        loop, optimizer = self.loop, self.loop.optimizer
+        saved = (loop.X, loop.y, optimizer.lr, optimizer.steps, *self._state(sums).values())
+        loop.X, loop.y, optimizer.lr, optimizer.steps = X, y, lr, count
+        self._load(state, sums)
+        try:
+            yield
+        finally:
+            loop.X, loop.y, optimizer.lr, optimizer.steps = saved[:4]
+            self._load(dict(zip(("params", "buffers", "sums", "key", "scaler"), saved[4:])), sums)
+
+    def _state(self, sums) -> dict:
+        """The arrays a step changes, as one pytree."""
+        loop, net = self.loop, self.loop.net
+        rng = net.dropout_rng
+        return {
+            "params": list(net.params),
+            "buffers": loop.optimizer.state_arrays(),
+            "sums": [sums.loss, sums.correct],
+            "key": rng.key if rng is not None else None,
+            "scaler": loop.scaler.state() if loop.scaler is not None else [],
+        }
+
+    def _load(self, state: dict, sums) -> None:
+        """Put ``state``'s arrays where the step and ``fit`` find them."""
+        loop, net = self.loop, self.loop.net
+        net.params[:] = state["params"]
+        loop.optimizer.load_state_arrays(list(state["buffers"]), loop.optimizer.steps, net.params)
+        sums.loss, sums.correct = state["sums"]
+        if net.dropout_rng is not None:
+            net.dropout_rng.key = state["key"]
+        if loop.scaler is not None:
+            loop.scaler.scale, loop.scaler.good_steps, loop.scaler.skipped = state["scaler"]
