@@ -34,14 +34,17 @@ from xpnet.estimators import XpnetClassifier, XpnetRegressor
 
 SMALL = {"hidden_layer_sizes": (16,), "learning_rate_init": 0.03, "max_iter": 20}
 
-#: Checks that compare predictions to rtol=1e-7 between a batch and its subsets or a
-#: permutation of it. In float32 the matmul of a batch and of a subset of its rows may
-#: round differently (the BLAS blocks them differently): about 1e-6 relative, above
-#: 1e-7. They pass in float64, and test_float64_passes_the_tolerance_checks runs them there.
+#: The check that compares predictions to rtol=1e-7 between a batch and its subsets, where it
+#: fails: in float32 the matmul of a batch and of a subset of its rows may round differently (the
+#: BLAS blocks them differently), about 1e-6 relative, above 1e-7. The regressor's raw outputs show
+#: it; the classifier's labels and probabilities, and both estimators' sample-order check, pass (so
+#: they are not excused). Strict: the day it passes, this entry goes. In float64 it passes, and
+#: test_float64_passes_the_tolerance_checks runs it there.
 FLOAT32_TOLERANCE = {
-    name: "float32 predictions of a batch and of its subsets/permutations may differ by ~1e-6 "
-    "relative (BLAS blocking), over this check's rtol=1e-7; run and passed in float64 instead"
-    for name in ("check_methods_subset_invariance", "check_methods_sample_order_invariance")
+    "XpnetRegressor": {
+        "check_methods_subset_invariance": "float32 predictions of a batch and of its subsets may differ by "
+        "~1e-6 relative (BLAS blocking), over this check's rtol=1e-7; run and passed in float64 instead"
+    }
 }
 
 
@@ -55,8 +58,8 @@ def _quiet_convergence():
 
 @parametrize_with_checks(
     [XpnetClassifier(**SMALL), XpnetRegressor(**SMALL)],
-    expected_failed_checks=lambda estimator: FLOAT32_TOLERANCE,
-    xfail_strict=False,
+    expected_failed_checks=lambda estimator: FLOAT32_TOLERANCE.get(type(estimator).__name__, {}),
+    xfail_strict=True,
 )
 def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)
