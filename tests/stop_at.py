@@ -9,10 +9,14 @@ until a signal has arrived (the real handler sets the flag), then answers as the
 A test that sends its signal once ``MARKER`` exists therefore lands it at that poll exactly,
 however loaded the machine is; a SIGKILL sent then ends the process at that step.
 Every other poll, and everything else, is the unchanged CLI.
+
+Under mpiexec each rank writes ``MARKER.rank<r>`` holding its process id, so a test can signal
+one rank alone; creating ``MARKER.go`` lets the ranks that got no signal go on (their flag unset).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,18 +24,27 @@ from pathlib import Path
 import xpnet.cli
 
 
+def _rank() -> str | None:
+    """This process's rank under mpiexec (MPICH's Hydra or Open MPI), None outside a job."""
+    return os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK")
+
+
 def _hold_at(poll: int, marker: Path, limit_s: float = 120.0):
     """``_StopFlag.__call__`` that writes ``marker`` at poll number ``poll`` and waits there for a signal."""
     answer = xpnet.cli._StopFlag.__call__
+    rank, go = _rank(), marker.with_name(f"{marker.name}.go")
+    written = marker if rank is None else marker.with_name(f"{marker.name}.rank{rank}")
     polls = 0
 
     def polled(flag) -> bool:
         nonlocal polls
         polls += 1
         if polls == poll:
-            marker.write_text(f"{polls}\n")
+            temporary = written.with_name(f"{written.name}.tmp")
+            temporary.write_text(f"{os.getpid()}\n")
+            temporary.replace(written)  # whole when it appears
             deadline = time.monotonic() + limit_s  # a test that never signals fails, not hangs
-            while flag.signum is None and time.monotonic() < deadline:
+            while flag.signum is None and not go.exists() and time.monotonic() < deadline:
                 time.sleep(0.001)  # Python runs the signal handler here, in the main thread
         return answer(flag)
 

@@ -7,9 +7,10 @@ refused with ``MemoryLimitError``, and in both cases never held more than the li
 Those limits are mostly far above what the runs need, so runs are also made at the limit their
 own estimate allows (a batch of 4,096 through 2,048 units, two layers of 1,024 under Adam, a
 40,000-sample prediction to CSV): each must go through and peak within it, and a MiB less must
-be refused; an estimate that forgot a part it allocates fails there. Then the reported cases, scaled down: a small ``.npz`` asking for a huge first layer,
-a gzip IDX declaring far more than it holds, ``--layers`` too wide, a confusion matrix
-of thousands of classes, and a ``MemoryError`` the estimates did not foresee.
+be refused; an estimate that forgot a part it allocates fails there. Then the reported
+cases, scaled down: a small ``.npz`` asking for a huge first layer, a gzip IDX declaring
+far more than it holds, ``--layers`` too wide, a confusion matrix of thousands of classes,
+and a ``MemoryError`` the estimates did not foresee.
 """
 
 from __future__ import annotations

@@ -242,19 +242,24 @@ STEPS = 4320 // 4
 STOP_AT = Path(__file__).with_name("stop_at.py")
 
 
-def test_sigint_to_the_job_checkpoints_once_and_resume_ends_as_an_uninterrupted_job(cli_folder, tmp_path):
+def test_sigint_to_one_rank_stops_every_rank_at_the_same_step_and_resume_ends_as_an_uninterrupted_job(
+    cli_folder, tmp_path
+):
     out = tmp_path / "m.safetensors"
     marker = tmp_path.parent / f"{tmp_path.name}-held"  # outside tmp_path, which must hold the checkpoint alone
-    # Every rank holds still after step 5 of epoch 2 (stop-flag poll STEPS + 1 + 5, tests/stop_at.py) until
-    # the signal comes, so it lands there whatever the load; the ranks then agree to stop at that step.
+    # Every rank holds still after step 5 of epoch 2 (stop-flag poll STEPS + 1 + 5, tests/stop_at.py);
+    # rank 1 alone gets SIGINT there, then rank 0 goes on with no stop asked: the ranks must agree to
+    # stop at that step (a stop on any rank is a stop for all), or rank 0 trains on alone and hangs.
     args = [STOP_AT, STEPS + 1 + 5, marker, *TRAIN, "--dataset", cli_folder / "blobs.npz", "--epochs", 3, "--out", out]
     proc = subprocess.Popen(
         launch_command(2, *args), cwd=tmp_path, env=job_environment(), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     try:
-        _wait_for(marker, proc)
-        proc.send_signal(signal.SIGINT)  # to mpiexec, which passes it on to every rank
+        for rank in (0, 1):
+            _wait_for(marker.with_name(f"{marker.name}.rank{rank}"), proc)
+        os.kill(int(marker.with_name(f"{marker.name}.rank1").read_text()), signal.SIGINT)
+        marker.with_name(f"{marker.name}.go").touch()
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
