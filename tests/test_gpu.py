@@ -43,11 +43,17 @@ def test_dropout_gradients_with_fixed_masks_on_gpu(spec):
     check_dropout_gradients(spec, "relu")
 
 
+#: (losses' rtol, weights' rtol, weights' atol) on a GPU: the tolerances the CPU backends had before
+#: they were set from observed error (issue 28); no GPU run has measured the error yet, so these
+#: are to be tightened to about 10 times what the first GPU run shows (cuBLAS sums in other orders).
+GPU_TOLERANCES = {"float64": (1e-9, 1e-7, 1e-10), "float32": (1e-4, 1e-2, 1e-5)}
+
+
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("spec", GPU_BACKENDS)
 def test_gpu_agrees_with_numpy(spec, dtype, optimizer):
-    assert_agree(spec, dtype, optimizer)
+    assert_agree(spec, dtype, optimizer, GPU_TOLERANCES)
 
 
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
