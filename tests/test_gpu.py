@@ -135,7 +135,7 @@ def test_fit_on_gpu_reads_once_per_epoch(spec):
     net = build_mlp(spec, [4, 16, 2], seed=0)
     reads = net.backend.host_reads
     history = net.fit(X, y, epochs=5, batch_size=16, optimizer=SGD(lr=0.1, momentum=0.9), validation_data=(X, y))
-    assert net.backend.host_reads - reads <= 5
+    assert net.backend.host_reads - reads == 5  # one read per epoch, for the metrics
     assert history.records[-1]["accuracy"] > 0.9
 
 
