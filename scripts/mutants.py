@@ -201,9 +201,9 @@ def missing_anchors(mutations: list[Mutation]) -> list[str]:
         text = path.read_text(encoding="utf-8") if path.is_file() else None
         found = 0 if text is None else text.count(mutation.old)
         if found != 1:
-            where = "the file is missing" if text is None else f"found {found} times, expected once"
+            where = "no such file" if text is None else f"anchor found {found} times, expected once"
             first = mutation.old.strip().splitlines()[0] if mutation.old.strip() else "(empty)"
-            problems.append(f"{mutation.name!r}: anchor in {mutation.file} {where}: {first!r}")
+            problems.append(f"{mutation.name!r}: {mutation.file}: {where}; the anchor begins {first!r}")
     return problems
 
 
