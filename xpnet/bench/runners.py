@@ -18,7 +18,7 @@ import numpy as np
 from xpnet.backend import get_backend
 from xpnet.bench.targets import Target
 from xpnet.bench.workload import LR, MOMENTUM, SIZES, step_macs
-from xpnet.init import initial_parameters
+from xpnet.init import init_name, initial_parameters
 from xpnet.network import MLP
 from xpnet.optim import SGD
 from xpnet.scaling import Scaling
@@ -103,7 +103,9 @@ class DirectRunner(Runner):
 
     def __init__(self, target: Target, X, y, batch_size: int, seed: int = 0):
         self.backend = get_backend("numpy")
-        init = initial_parameters(SIZES, ["he_normal"] * (len(SIZES) - 1), seed)
+        # MLP's own choice per layer: He for the ReLU layers, Glorot for the softmax output layer.
+        inits = [init_name("auto", "relu")] * (len(SIZES) - 2) + [init_name("auto", "identity")]
+        init = initial_parameters(SIZES, inits, seed)
         self.W = [w.astype(np.float32) for w, _ in init]
         self.b = [b.astype(np.float32) for _, b in init]
         self.v = [np.zeros_like(p) for p in self.W + self.b]
