@@ -108,7 +108,8 @@ def test_other_backends_train_from_the_cli(tmp_path, idx_dir, backend, capsys):
     args = ["train", "--data-dir", str(idx_dir), "--out", str(out), *SMALL[:-1], "--backend", backend]
     assert main(args) == 0
     log = capsys.readouterr().out
-    assert f"float32 on {backend} on " in log.splitlines()[0], log  # the network says where it lives
+    network = next(line for line in log.splitlines() if line.startswith("MLP("))  # after the BLAS threads line
+    assert f"float32 on {backend} on " in network, log  # the network says where it lives
     assert [line.split()[1] for line in log.splitlines() if line.startswith("epoch")] == ["1", "2", "3"]
     assert float(log.split("accuracy")[1].split()[0]) > 0.9, log
     assert json.loads(load_tensors(out)[1]["training"])["backend"] == backend
