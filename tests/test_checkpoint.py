@@ -363,3 +363,15 @@ def test_a_run_with_dropout_resumes_from_its_checkpoint_on_every_backend(tmp_pat
     fit(resumed, X, y, epochs=2, batch_size=10, optimizer=optimizer, history=History.from_resume_state(state))
     for name, value in whole.state_dict().items():
         np.testing.assert_allclose(resumed.state_dict()[name], value, rtol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_save_model_refuses_non_finite_weights_and_writes_nothing(tmp_path, bad):
+    # The last guard behind divergence detection: no model or checkpoint file ever holds NaN or infinity.
+    from xpnet.errors import DivergenceError
+
+    net = MLP([3, 4, 2], seed=0)
+    net.params[2][1, 3] = bad
+    with pytest.raises(DivergenceError, match=r"not saving .*m\.safetensors: tensor 'layers\.1\.weight' holds NaN"):
+        save_model(tmp_path / "m.safetensors", net)
+    assert list(tmp_path.iterdir()) == []

@@ -104,22 +104,31 @@ def test_history_and_plot_files(tmp_path, idx_dir):
 def test_other_backends_train_from_the_cli(tmp_path, idx_dir, backend, capsys):
     if backend == "torch":
         pytest.importorskip("torch")
-    _train(tmp_path, idx_dir, "--backend", backend)
-    assert "accuracy" in capsys.readouterr().out
+    out = tmp_path / "model.safetensors"
+    args = ["train", "--data-dir", str(idx_dir), "--out", str(out), *SMALL[:-1], "--backend", backend]
+    assert main(args) == 0
+    log = capsys.readouterr().out
+    network = next(line for line in log.splitlines() if line.startswith("MLP("))  # after the BLAS threads line
+    assert f"float32 on {backend} on " in network, log  # the network says where it lives
+    assert [line.split()[1] for line in log.splitlines() if line.startswith("epoch")] == ["1", "2", "3"]
+    assert float(log.split("accuracy")[1].split()[0]) > 0.9, log
+    assert json.loads(load_tensors(out)[1]["training"])["backend"] == backend
 
 
 def test_early_stopping_restores_best_weights(tmp_path, idx_dir, capsys):
     out = tmp_path / "m.safetensors"
-    args = ["train", "--data-dir", str(idx_dir), "--out", str(out), "--epochs", "40", "--layers", "16"]
-    args += ["--optimizer", "adam", "--lr", "0.05", "--patience", "2", "--val-split", "0.3"]
-    assert main(args) == 0
-    log = capsys.readouterr().out
-    assert "early stopping" in log
+    args = ["train", "--data-dir", str(idx_dir), "--epochs", "40", "--layers", "16", "--optimizer", "adam"]
+    args += ["--lr", "0.05", "--schedule", "constant", "--val-split", "0.3", "--quiet"]  # constant: no epochs in it
+    assert main([*args, "--patience", "2", "--out", str(out)]) == 0
     history = json.loads(load_tensors(out)[1]["history"])
-    assert len(history) < 40
     best = min(history, key=lambda r: r["val_loss"])
-    if best["epoch"] != history[-1]["epoch"]:
-        assert f"restored the weights of epoch {best['epoch']}" in log
+    # Stopped by patience: two epochs after the best, which is therefore not the last.
+    assert len(history) == best["epoch"] + 2 < 40, [r["val_loss"] for r in history]
+    # The weights kept are the best epoch's, bit for bit: those of the same run stopped there.
+    assert main([*args, "--epochs", str(best["epoch"]), "--out", str(tmp_path / "best.safetensors")]) == 0
+    kept, at_best = load_tensors(out)[0], load_tensors(tmp_path / "best.safetensors")[0]
+    for name, weights in at_best.items():
+        np.testing.assert_array_equal(kept[name], weights, err_msg=name)
 
 
 @pytest.mark.parametrize(
@@ -274,8 +283,11 @@ def test_resume_on_another_backend_with_dropout(tmp_path, idx_dir, capsys):
     checkpoint = tmp_path / "model.ckpt.safetensors"
     assert checkpoint.exists()
     resumed = ["train", "--resume", str(checkpoint), "--backend", "torch", "--epochs", "2", "--out", str(out)]
-    assert main([*resumed, "--quiet"]) == 0
-    assert "accuracy" in capsys.readouterr().out
+    assert main(resumed) == 0
+    log = capsys.readouterr().out
+    assert "float32 on torch on cpu)" in log and f"resuming {checkpoint} at epoch 2, batch 0" in log, log
+    assert [record["epoch"] for record in json.loads(load_tensors(out)[1]["history"])] == [1, 2]
+    assert json.loads(load_tensors(out)[1]["training"])["backend"] == "torch"
 
 
 @pytest.mark.parametrize(

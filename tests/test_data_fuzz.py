@@ -4,6 +4,10 @@ Each reader sees arbitrary byte strings and mutations (bit flips, inserted, dele
 overwritten bytes, truncation) of a small valid file. An IndexError, struct.error,
 MemoryError, ValueError or a hang would be a bug: users feed these readers
 downloads and files of unknown origin.
+
+Refusing is all these tests ask, so a reader that refused every file would pass them: that
+valid files are read, value for value, is tested in tests/test_idx.py (round trips of every
+type and rank) and tests/test_tabular.py.
 """
 
 import contextlib

@@ -16,12 +16,13 @@ import argparse
 import numpy as np
 import pytest
 from conftest import GPU_BACKENDS, blobs, build_mlp, host
-from test_backends import OPTIMIZERS, assert_agree, run_steps
+from test_backends import OPTIMIZERS, SIZES, STEPS, assert_agree, run_steps
 from test_gradients import GRADIENT_CASES, check_dropout_gradients, check_gradients
 
 from xpnet.activations import ReLU
-from xpnet.backend import fused_kernel, get_backend, kernel_cuda_source
+from xpnet.backend import fused_kernel, get_backend, kernel_cuda_source, substituted_kernels
 from xpnet.backend.cuda import gpu_free_memory
+from xpnet.backend.kernels import _cupy_kernel
 from xpnet.checkpoint import ModelFile
 from xpnet.data import Scaling
 from xpnet.modelfile import save_model
@@ -44,23 +45,68 @@ def test_dropout_gradients_with_fixed_masks_on_gpu(spec):
     check_dropout_gradients(spec, "relu")
 
 
+#: (losses' rtol, weights' rtol, weights' atol) on a GPU: the tolerances the CPU backends had before
+#: they were set from observed error (issue 28); no GPU run has measured the error yet, so these
+#: are to be tightened to about 10 times what the first GPU run shows (cuBLAS sums in other orders).
+GPU_TOLERANCES = {"float64": (1e-9, 1e-7, 1e-10), "float32": (1e-4, 1e-2, 1e-5)}
+
+
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("spec", GPU_BACKENDS)
 def test_gpu_agrees_with_numpy(spec, dtype, optimizer):
-    assert_agree(spec, dtype, optimizer)
+    assert_agree(spec, dtype, optimizer, GPU_TOLERANCES)
+
+
+class _Counted:
+    """A fused kernel that counts its launches before passing them on."""
+
+    def __init__(self, kernel, name: str, launches: dict):
+        self.kernel, self.name, self.launches = kernel, name, launches
+
+    def __call__(self, *args, **kwargs):
+        self.launches[self.name] = self.launches.get(self.name, 0) + 1
+        return self.kernel(*args, **kwargs)
+
+
+def fused_launches(spec, optimizer: str, make_kernel) -> tuple[np.ndarray, dict, dict]:
+    """``run_steps`` with every fused-kernel call site handed ``make_kernel(name)``, counted:
+    the losses, the final weights and the launches by kernel name."""
+    launches: dict[str, int] = {}
+    with substituted_kernels(lambda name: _Counted(make_kernel(name), name, launches)):
+        losses, state = run_steps(spec, "float64", optimizer, activation="relu")
+    return losses, state, launches
+
+
+#: CuPy alone has fused kernels; PyTorch on CUDA runs the array-API code, as NumPy does.
+CUPY = [p for p in GPU_BACKENDS if p.values[0][0] == "cupy"]
 
 
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
-@pytest.mark.parametrize("spec", GPU_BACKENDS)
+@pytest.mark.parametrize("spec", CUPY)
 def test_fused_kernels_agree_with_the_array_api_reference(spec, optimizer):
-    """On CuPy, ReLU's backward and every optimizer update run as fused kernels;
+    """On CuPy, ReLU's backward and every optimizer update run as fused kernels (counted: each
+    step launches ReLU's once per hidden layer and the optimizer's once per weight and bias array);
     NumPy runs the array-API code they replace. Same losses, same weights."""
-    losses, state = run_steps(spec, "float64", optimizer, activation="relu")
+    losses, state, launches = fused_launches(spec, optimizer, _cupy_kernel)
+    layers = len(SIZES) - 1
+    assert launches == {"relu_backward": (layers - 1) * STEPS, OPTIMIZERS[optimizer]().kernel_name: 2 * layers * STEPS}
     reference, reference_state = run_steps(("numpy", None), "float64", optimizer, activation="relu")
     np.testing.assert_allclose(losses, reference, rtol=1e-9)
     for name, value in state.items():
         np.testing.assert_allclose(value, reference_state[name], rtol=1e-7, atol=1e-10, err_msg=name)
+
+
+def test_the_launch_count_sees_every_call_site_on_the_cpu():
+    # What the CuPy test above counts, checked here without a GPU: the kernels' C bodies interpreted
+    # by NumPy stand in for CuPy's at every call site, and each launch is counted.
+    from xpnet.selfcheck.interpret import CKernel
+
+    losses, _, launches = fused_launches(("numpy", None), "adam", CKernel)
+    layers = len(SIZES) - 1
+    assert launches == {"relu_backward": (layers - 1) * STEPS, "adam": 2 * layers * STEPS}
+    reference, _ = run_steps(("numpy", None), "float64", "adam", activation="relu")
+    np.testing.assert_allclose(losses, reference, rtol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -90,7 +136,7 @@ def test_fit_on_gpu_reads_once_per_epoch(spec):
     net = build_mlp(spec, [4, 16, 2], seed=0)
     reads = net.backend.host_reads
     history = net.fit(X, y, epochs=5, batch_size=16, optimizer=SGD(lr=0.1, momentum=0.9), validation_data=(X, y))
-    assert net.backend.host_reads - reads <= 5
+    assert net.backend.host_reads - reads == 5  # one read per epoch, for the metrics
     assert history.records[-1]["accuracy"] > 0.9
 
 

@@ -79,6 +79,23 @@ def test_every_wrong_call_raises_an_xpnet_error(call, X, y, regression):
         assert np.asarray(y).min() >= 0 and np.asarray(y).max() < 2, f"{call} accepted labels {y!r}"
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("call", ["fit", "predict", "predict_proba", "evaluate", "gradients"])
+def test_nan_or_infinite_inputs_are_refused_before_any_work(call, bad):
+    # The fuzzer above accepts any XpnetError (a NaN loss ends fit with a DivergenceError anyway, and
+    # predict would just answer NaN): here each call must refuse the value itself, naming its argument.
+    X, y = _good()
+    X[2, 1] = bad
+    net = MLP([3, 4, 2])
+    with pytest.raises(ConfigError, match=r"^[xX] holds NaN or infinite values"):  # gradients(x, y) says x
+        if call == "fit":
+            net.fit(X, y, epochs=1, batch_size=2)
+        elif call in ("predict", "predict_proba"):
+            getattr(net, call)(X)
+        else:
+            getattr(net, call)(X, y)
+
+
 @pytest.mark.parametrize("labels", [[0, 1, 2, 0], [0, 1, -1, 0], [5, 5, 5, 5]])
 def test_fit_refuses_labels_the_network_has_no_output_for(labels):
     X, _ = _good(4)

@@ -4,9 +4,13 @@ Never by allocating gigabytes: the limits here are small (a few MiB) and the mem
 call really takes is read with ``tracemalloc`` (NumPy reports its arrays to it). The
 generated test runs small trainings under random limits: each either finishes or is
 refused with ``MemoryLimitError``, and in both cases never held more than the limit.
-Then the reported cases, scaled down: a small ``.npz`` asking for a huge first layer,
-a gzip IDX declaring far more than it holds, ``--layers`` too wide, a confusion matrix
-of thousands of classes, and a ``MemoryError`` the estimates did not foresee.
+Those limits are mostly far above what the runs need, so runs are also made at the limit their
+own estimate allows (a batch of 4,096 through 2,048 units, two layers of 1,024 under Adam, a
+40,000-sample prediction to CSV): each must go through and peak within it, and a MiB less must
+be refused; an estimate that forgot a part it allocates fails there. Then the reported
+cases, scaled down: a small ``.npz`` asking for a huge first layer, a gzip IDX declaring
+far more than it holds, ``--layers`` too wide, a confusion matrix of thousands of classes,
+and a ``MemoryError`` the estimates did not foresee.
 """
 
 from __future__ import annotations
@@ -181,3 +185,71 @@ def test_the_device_estimate_counts_what_a_gpu_run_holds():
         mixed.parts
     ) and not {"half copies of the weights", "the data-parallel flat buffer"} & set(plain.parts)
     assert plain.parts["data on the device"] == 10**6
+
+
+# -- near the limit: the estimate's own total as the limit, the peak under tracemalloc --------------
+
+
+def _training_settings(folder, name, n, features, layers, batch, optimizer) -> dict:
+    rng = np.random.default_rng(0)
+    np.savez(folder / f"{name}.npz", X=rng.standard_normal((n, features)).astype(np.float32), y=np.arange(n) % 3)
+    options = {"dataset": str(folder / f"{name}.npz"), "layers": layers, "batch_size": batch, "epochs": 1}
+    return run.checked({**BASE_SETTINGS, **options, "optimizer": optimizer})
+
+
+#: Runs whose peak is mostly one part of the estimate: a batch of 4,096 through a layer of 2,048
+#: (the per-step temporaries and the evaluation), and two layers of 1,024 under Adam (the parameters,
+#: their optimizer buffers and the best weights' copies).
+NEAR = {
+    "step-temporaries": (5000, 32, [2048], 4096, "sgd"),
+    "weights-and-buffers": (200, 16, [1024, 1024], 8, "adam"),
+}
+
+
+@pytest.mark.parametrize("case", NEAR)
+def test_a_training_at_the_limit_its_estimate_allows_stays_within_it_near_the_limit(warm, tmp_path, case):
+    # The limit is the estimate's own total: the run must go through and hold no more than that, and a
+    # MiB less must be refused. An estimate that forgot a part the run really allocates (the step's
+    # temporaries, say) lets the run through under a limit its peak then passes.
+    settings = _training_settings(tmp_path, case, *NEAR[case])
+    data, _ = run._load_data(settings, quiet=True)
+    total = run.memory_estimate(settings, data, plotting=False).total
+    with limited(total):
+        peak, refused = _peak(lambda: run.run_training(settings, quiet=True))
+    assert refused is None, refused
+    assert peak <= total, f"held {peak / MiB:.1f} MiB under its own estimate of {total / MiB:.1f} MiB"
+    with limited(total - MiB), pytest.raises(MemoryLimitError, match="training on"):
+        run.run_training(settings, quiet=True)
+
+
+@pytest.mark.parametrize(("optimizer", "momentum", "buffers"), [("sgd", 0.0, 0), ("sgd", 0.9, 1), ("adam", 0.0, 2)])
+def test_the_training_estimate_counts_every_optimizer_buffer_near_the_limit(tmp_path, optimizer, momentum, buffers):
+    # What the optimizer really holds after a step, byte for byte, is in the estimate's parts.
+    from xpnet.optim import get_optimizer
+    from xpnet.train import fit
+
+    settings = _training_settings(tmp_path, "d", 64, 8, [32], 8, optimizer) | {"momentum": momentum}
+    data, _ = run._load_data(settings, quiet=True)
+    parts = run.memory_estimate(settings, data, plotting=False).parts
+    net, rule = MLP([8, 32, 3], seed=0), get_optimizer(optimizer, lr=0.01, momentum=momentum)
+    fit(net, data.X_train, data.y_train, epochs=1, batch_size=8, optimizer=rule)
+    held = sum(array.nbytes for array in rule.state_arrays())
+    assert held == buffers * sum(p.nbytes for p in net.params)
+    assert parts.get("optimizer buffers", 0) >= held
+
+
+@pytest.mark.parametrize("out", ["p.csv", "p.npz"])
+def test_a_prediction_at_the_limit_its_estimate_allows_stays_within_it_near_the_limit(warm, tmp_path, capsys, out):
+    # 40,000 samples with their 10 probabilities: as CSV, the rows of Python strings are most of the peak.
+    from xpnet.checkpoint import ModelFile, save_model
+    from xpnet.predictions import prediction_estimate
+
+    save_model(tmp_path / "m.safetensors", MLP([64, 32, 10], seed=0))
+    X = np.random.default_rng(0).standard_normal((40_000, 64)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", X=X)
+    total = prediction_estimate(ModelFile(tmp_path / "m.safetensors").build(), X).total
+    args = ["predict", str(tmp_path / "m.safetensors"), str(tmp_path / "x.npz"), "--out", str(tmp_path / out)]
+    peak, _ = _peak(lambda: main([*args, "--proba", "--memory-limit", str(total)]) == 0 or pytest.fail("refused"))
+    assert peak <= total, f"held {peak / MiB:.1f} MiB under its own estimate of {total / MiB:.1f} MiB"
+    assert main([*args, "--proba", "--memory-limit", str(total - MiB)]) == 2
+    assert "predicting the 40000 samples" in capsys.readouterr().err

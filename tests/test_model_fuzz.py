@@ -5,6 +5,10 @@ and replace metadata values (the JSON strings and the values inside them) with
 arbitrary JSON. Either the file still loads as a working network, or ``ModelFile``
 / ``build`` / ``load_model`` raise an ``XpnetError`` subclass; any other exception
 is a bug.
+
+A loader that refused every file would pass these tests: that valid model files and
+checkpoints load, weights and state exact, is tested in tests/test_checkpoint.py (round trips on
+every backend, across backends, optimizer and loop state).
 """
 
 from __future__ import annotations

@@ -237,19 +237,30 @@ def _same_weights(path: Path, reference: Path) -> None:
         assert np.array_equal(mine[key], theirs[key]), key
 
 
-def test_sigint_to_the_job_checkpoints_once_and_resume_ends_as_an_uninterrupted_job(cli_folder, tmp_path):
+#: Steps per epoch of ``cli_folder``'s runs: of 6,000 samples 1,200 are the test split and 480
+#: (val-split 0.1) validation; the other 4,320 train in batches of 4.
+STEPS = 4320 // 4
+STOP_AT = Path(__file__).with_name("stop_at.py")
+
+
+def test_sigint_to_one_rank_stops_every_rank_at_the_same_step_and_resume_ends_as_an_uninterrupted_job(
+    cli_folder, tmp_path
+):
     out = tmp_path / "m.safetensors"
-    args = [*TRAIN, "--dataset", cli_folder / "blobs.npz", "--epochs", 3, "--out", out]
+    marker = tmp_path.parent / f"{tmp_path.name}-held"  # outside tmp_path, which must hold the checkpoint alone
+    # Every rank holds still after step 5 of epoch 2 (stop-flag poll STEPS + 1 + 5, tests/stop_at.py);
+    # rank 1 alone gets SIGINT there, then rank 0 goes on with no stop asked: the ranks must agree to
+    # stop at that step (a stop on any rank is a stop for all), or rank 0 trains on alone and hangs.
+    args = [STOP_AT, STEPS + 1 + 5, marker, *TRAIN, "--dataset", cli_folder / "blobs.npz", "--epochs", 3, "--out", out]
     proc = subprocess.Popen(
-        _xpnet_on_ranks(2, *args), cwd=tmp_path, env=job_environment(), stdout=subprocess.PIPE,
+        launch_command(2, *args), cwd=tmp_path, env=job_environment(), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     try:
-        for line in proc.stdout:  # rank 0 alone prints; epoch 1's checkpoint is written after its line
-            if line.startswith("epoch"):
-                break
-        _wait_for(out.with_name("m.ckpt.safetensors"), proc)
-        proc.send_signal(signal.SIGINT)  # to mpiexec, which passes it on to every rank
+        for rank in (0, 1):
+            _wait_for(marker.with_name(f"{marker.name}.rank{rank}"), proc)
+        os.kill(int(marker.with_name(f"{marker.name}.rank1").read_text()), signal.SIGINT)
+        marker.with_name(f"{marker.name}.go").touch()
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -261,17 +272,17 @@ def test_sigint_to_the_job_checkpoints_once_and_resume_ends_as_an_uninterrupted_
     assert f"resume with: mpiexec -n 2 python -m mpi4py -m xpnet train --distributed --resume {checkpoint}" in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt.safetensors"]  # one file, from rank 0
     state = ModelFile(checkpoint).checkpoint["state"]
-    assert state["epoch"] == 1 and state["batch"] > 0 and state["partial"], state  # stopped mid-epoch 2
+    assert (state["epoch"], state["batch"]) == (1, 5) and state["partial"], state  # stopped mid-epoch 2
     done = mpiexec(2, "-m", "xpnet", *TRAIN, "--resume", checkpoint, "--out", out, "--quiet", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     _same_weights(out, cli_folder / "ref.safetensors")
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.001)
-    assert path.exists(), "no checkpoint appeared"
+    assert path.exists(), f"{path.name} never appeared"
 
 
 def _mpmd(*programs: list) -> list[str]:

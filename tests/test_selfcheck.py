@@ -192,3 +192,22 @@ def test_the_cupy_sync_switch_keeps_its_deprecation_warning_to_itself():
         with Backend._sync_guard(types.SimpleNamespace(name="cupy"), True):
             warnings.warn("the block's own warning", UserWarning, stacklevel=1)
     assert [str(w.message) for w in shown] == ["the block's own warning"]
+
+
+def test_the_optimizer_check_on_numpy_compares_other_namespaces_and_can_fail(tmp_path, monkeypatch):
+    # On NumPy the reference is the backend itself: the check must run the updates elsewhere.
+    from xpnet.backend import get_backend
+    from xpnet.selfcheck.checks import Context, optimizers
+
+    ctx = Context(get_backend("numpy"), tmp_path)
+    outcome = optimizers(ctx)
+    assert outcome.status == "PASS" and " on " in outcome.detail and "numpy" not in outcome.detail.split(" agree")[0]
+    assert "array-api-strict" in outcome.detail
+    real = xpnet.selfcheck.checks.run_call_sites
+
+    def off_by_a_little(backend, dtype, steps):
+        results = real(backend, dtype, steps)
+        return results if backend.name == "numpy" else {k: v * (1 + 1e-3) for k, v in results.items()}
+
+    monkeypatch.setattr(xpnet.selfcheck.checks, "run_call_sites", off_by_a_little)
+    assert optimizers(ctx).status == "FAIL"

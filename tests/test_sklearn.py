@@ -48,17 +48,20 @@ def _quiet_convergence():
 #: rows, predictions compared to rtol=1e-7. The two runs sum their batches in other orders and groupings
 #: (3 w vs w + w + w, 15 rows vs 31 in each matmul), so float32 rounding (~1e-7 per operation) leaves
 #: their weights ~1e-6 apart after 20 steps; in float64 they agree, and
-#: test_float64_passes_the_sample_weight_equivalence_check runs the check there.
+#: test_float64_passes_the_sample_weight_equivalence_check runs the check there. Strict, and only where
+#: it fails: the classifier's (the regressor's weights land within the check's tolerance on this data).
 FLOAT32_ROUNDING = {
-    "check_sample_weight_equivalence_on_dense_data": "float32 training rounds weighted and repeated batches "
-    "differently (~1e-6 after training, over this check's rtol=1e-7); run and passed in float64 instead"
+    "XpnetClassifier": {
+        "check_sample_weight_equivalence_on_dense_data": "float32 training rounds weighted and repeated "
+        "batches differently (~1e-6 after training, over this check's rtol=1e-7); run and passed in float64"
+    }
 }
 
 
 @parametrize_with_checks(
     [XpnetClassifier(**SMALL), XpnetRegressor(**SMALL)],
-    expected_failed_checks=lambda estimator: FLOAT32_ROUNDING,
-    xfail_strict=False,
+    expected_failed_checks=lambda estimator: FLOAT32_ROUNDING.get(type(estimator).__name__, {}),
+    xfail_strict=True,
 )
 def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)

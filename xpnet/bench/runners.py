@@ -19,7 +19,7 @@ from xpnet.backend import get_backend
 from xpnet.bench.targets import Target
 from xpnet.bench.workload import LR, MOMENTUM, SETTINGS, SIZES, step_macs
 from xpnet.build import build
-from xpnet.init import initial_parameters
+from xpnet.init import init_name, initial_parameters
 from xpnet.step import Step
 from xpnet.train import fit
 
@@ -97,7 +97,9 @@ class DirectRunner(Runner):
 
     def __init__(self, target: Target, X, y, batch_size: int, seed: int = 0):
         self.backend = get_backend("numpy")
-        init = initial_parameters(SIZES, ["he_normal"] * (len(SIZES) - 1), seed)
+        # MLP's own choice per layer: He for the ReLU layers, Glorot for the softmax output layer.
+        inits = [init_name("auto", "relu")] * (len(SIZES) - 2) + [init_name("auto", "identity")]
+        init = initial_parameters(SIZES, inits, seed)
         self.W = [w.astype(np.float32) for w, _ in init]
         self.b = [b.astype(np.float32) for _, b in init]
         self.v = [np.zeros_like(p) for p in self.W + self.b]
