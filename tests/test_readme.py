@@ -9,6 +9,8 @@ and why, is decided here and nowhere else:
 - ``python -m pytest``: the suite itself.
 - the full benchmark (``python -m xpnet bench`` without options, ``--compare``): minutes; its
   quick form, which README gives beside it, runs.
+- the GPU kit (``scripts/gpu_kit.py``, ``scripts/gpu_kit.sh``): packing downloads wheels, running
+  needs the GPU node; tests/test_gpu_kit.py runs its dry run.
 
 Shortened, and said here: training commands run at most ``EPOCHS`` epochs
 (``XPNET_README_EPOCHS``, read by tests/readme_shim/sitecustomize.py); their text is what a user
@@ -37,6 +39,10 @@ NOT_RUN = (
     (re.compile(r"^(pip|apt-get|env MPICC=\S+ pip) "), "an install"),
     (re.compile(r"^python -m pytest\b"), "the test suite itself"),
     (re.compile(r"^python -m xpnet bench( --compare)?$"), "the full benchmark (minutes); its quick form runs"),
+    (
+        re.compile(r"^(python scripts/gpu_kit\.py|bash scripts/gpu_kit\.sh) "),
+        "the GPU kit (pack downloads wheels, run needs the GPU node; tests/test_gpu_kit.py runs its dry run)",
+    ),
 )
 GPU = re.compile(r"--device cuda")
 _FENCE = re.compile(r"^```(\S*)\n(.*?)^```", re.M | re.S)
