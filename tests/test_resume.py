@@ -9,6 +9,9 @@ of the epochs that count towards the patience, and resumed from the checkpoint i
 each resumed run must end exactly as the uninterrupted one (bit-identical weights, the same
 history, the same number of epochs), on every CPU backend, from the library and the CLI.
 A resume that forgot ``best_epoch`` or ``bad_epochs`` trains other epochs and fails here.
+JAX runs its steps eagerly here (``compile_steps=False``, ``--no-compile``): compiled, it polls for a
+stop once per chunk of steps, so a stop at a chosen poll would land elsewhere; tests/test_compiled.py
+resumes compiled runs from stops between chunks.
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ def reference(request, noisy, tmp_path_factory):
     """The uninterrupted run on one backend: best at epoch 4, stopped early after epoch 7."""
     settings = _settings(noisy, request.param)
     out = tmp_path_factory.mktemp("reference") / "ref.safetensors"
-    result = run_training(settings, out=out)
+    result = run_training(settings, out=out, compile_steps=False)
     assert result["epochs"] == STOPPED
     val = [record["val_loss"] for record in result["history"]]
     assert int(np.argmin(val)) + 1 == BEST  # the best epoch is not the last: there is something to remember
@@ -101,11 +104,12 @@ def reference(request, noisy, tmp_path_factory):
 def test_the_library_resumes_a_run_with_patience_to_the_uninterrupted_end(reference, tmp_path, stop):
     settings, ref = reference
     out = tmp_path / "m.safetensors"
-    interrupted = run_training(settings, out=out, should_stop=_after_polls(STOPS[stop]))
+    interrupted = run_training(settings, out=out, should_stop=_after_polls(STOPS[stop]), compile_steps=False)
     assert interrupted["interrupted"]
     state = ModelFile(checkpoint_path(out)).checkpoint["state"]
     assert state["best_epoch"] == BEST and state["bad_epochs"] == state["epoch"] - BEST, state
-    resumed = run_training(resumed_settings(str(checkpoint_path(out)), {}), out=out, resume=checkpoint_path(out))
+    again = resumed_settings(str(checkpoint_path(out)), {})
+    resumed = run_training(again, out=out, resume=checkpoint_path(out), compile_steps=False)
     assert resumed["epochs"] == STOPPED
     _assert_same_model(out, ref)
 
@@ -113,7 +117,7 @@ def test_the_library_resumes_a_run_with_patience_to_the_uninterrupted_end(refere
 def _cli_flags(settings: dict) -> list[str]:
     flags = ["--dataset", settings["dataset"], "--layers", "64", "--optimizer", "adam", "--lr", "0.03"]
     flags += ["--batch-size", "16", "--val-split", "0.25", "--scaling", "standard", "--epochs", str(EPOCHS)]
-    flags += ["--patience", "3", "--seed", "1", "--backend", settings["backend"]]
+    flags += ["--patience", "3", "--seed", "1", "--backend", settings["backend"], "--no-compile"]
     return flags + (["--device", settings["device"]] if settings["device"] else [])
 
 
@@ -130,6 +134,7 @@ def test_the_cli_resumes_a_sigint_checkpoint_with_patience_to_the_uninterrupted_
     assert xpnet.cli.main(["train", *_cli_flags(settings), "--out", str(out), "--quiet"]) == 130
     assert f"--resume {checkpoint_path(out)} --out {out}" in capsys.readouterr().err
     monkeypatch.undo()
-    assert xpnet.cli.main(["train", "--resume", str(checkpoint_path(out)), "--out", str(out), "--quiet"]) == 0
+    resume = ["train", "--resume", str(checkpoint_path(out)), "--out", str(out), "--quiet", "--no-compile"]
+    assert xpnet.cli.main(resume) == 0
     assert len(_history(out)) == STOPPED
     _assert_same_model(out, full)
