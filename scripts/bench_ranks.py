@@ -34,11 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from xpnet.backend import get_backend
+from xpnet.bench.workload import SETTINGS, SIZES
+from xpnet.build import build
 from xpnet.distributed import Communicator, connect
-from xpnet.network import MLP
-from xpnet.optim import SGD
 
-SIZES = [784, 128, 64, 10]
 #: One direction of a link, bytes/s: NVIDIA's figures, 900 GB/s per H100/H200 GPU over its 18
 #: fourth-generation NVLinks (both directions together), 400 Gb/s per InfiniBand NDR port (ConnectX-7).
 LINKS = {"NVLink 4 (H100/H200 SXM)": 450e9, "InfiniBand NDR (400 Gb/s)": 50e9}
@@ -95,8 +94,7 @@ def worker(batch_sizes: list[int], steps: int, dtype: str) -> None:
     for batch in batch_sizes:
         X = rng.integers(0, 256, (batch * steps, SIZES[0]), dtype=np.uint8)
         y = rng.integers(0, SIZES[-1], batch * steps).astype(np.int32)
-        net = MLP(SIZES, dtype=dtype, seed=0)
-        optimizer = SGD(lr=0.01, momentum=0.9)
+        net, optimizer = build({**SETTINGS, "dtype": dtype, "seed": 0}, SIZES[0], SIZES[-1])
         # Epoch 1 warms up (first-touch allocations, BLAS start-up); epoch 2 is timed, its collectives too.
         history = net.fit(
             X, y, epochs=2, batch_size=batch, optimizer=optimizer, communicator=comm,

@@ -47,6 +47,11 @@ CASES = {
         lambda: AdamW(lr=3e-3, weight_decay=0.01, schedule="warmup-cosine"),
         {"epochs": 3, "label_smoothing": 0.1},
     ),
+    "layernorm-adam-dropout-f64": (
+        {"dtype": "float64", "norm": "layer", "dropout": 0.2},
+        lambda: Adam(lr=3e-3),
+        {"epochs": 3},
+    ),
     "sgd-momentum-f32": ({"dtype": "float32"}, lambda: SGD(lr=0.05, momentum=0.9), {"epochs": 3}),
     "early-stopping-f64": ({"dtype": "float64"}, lambda: SGD(lr=0.5, momentum=0.9), {"epochs": 8, "patience": 1}),
     # sample weights (data["w"], validation data["w_val"]) times balanced class weights

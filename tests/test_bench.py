@@ -139,7 +139,7 @@ def test_tiny_sweep_writes_json_markdown_png_and_history(tmp_path, capsys):
 
 def test_phase_profile_covers_every_phase_of_the_step():
     phases = bench.profile_step(32, samples=128)
-    assert set(phases) == {"batch", "forward+loss+backward", "optimizer", "metrics", "of which matmuls"}
+    assert set(phases) == {"batch", "targets", "forward+loss+backward", "optimizer", "metrics", "of which matmuls"}
     assert all(seconds > 0 for seconds in phases.values())
 
 

@@ -110,7 +110,7 @@ def test_divergence_exits_1_with_advice(tmp_path):
 class _Exploding(SGD):
     """Plain SGD until step ``after``, then weights of NaN: a divergence at a known epoch."""
 
-    def __init__(self, after, **options):
+    def __init__(self, after=20, **options):
         super().__init__(**options)
         self.after = after
 
@@ -130,7 +130,7 @@ def test_divergence_after_good_epochs_keeps_the_last_good_checkpoint(tmp_path, m
     import xpnet.run
 
     dataset = _blobs_npz(tmp_path / "d.npz", n=100, features=5)  # 80 training samples: 8 steps per epoch
-    monkeypatch.setattr(xpnet.run, "get_optimizer", lambda name, **options: _Exploding(after=20, **options))
+    monkeypatch.setattr(xpnet.run, "build_optimizer", lambda settings: _Exploding.from_settings(settings))
     # Epochs 1 and 2 are good (16 steps); step 21, in epoch 3, turns the loss NaN.
     good = run_training(_settings(dataset, epochs=2), out=tmp_path / "good.safetensors")
     assert good["epochs"] == 2

@@ -15,11 +15,14 @@ from dataclasses import dataclass
 
 from xpnet.backend import define_kernel, device_constant, fused_kernel
 from xpnet.errors import ConfigError
-from xpnet.names import canonical
+from xpnet.names import Registry
 
 
 class Activation:
     name = "activation"
+    #: The ONNX operator computing it and its attributes (``xpnet.export``); None: no node needed
+    #: (identity); False: it has no ONNX form (export refuses it).
+    onnx: tuple[str, dict] | bool | None = False
 
     def forward(self, xp, z):
         raise NotImplementedError
@@ -37,6 +40,7 @@ class Activation:
 
 class Identity(Activation):
     name = "identity"
+    onnx = None
 
     def forward(self, xp, z):
         return z
@@ -49,6 +53,7 @@ class Sigmoid(Activation):
     """σ(z) = 1 / (1 + e^-z), computed as (1 + tanh(z/2)) / 2: no overflow for any z."""
 
     name = "sigmoid"
+    onnx = ("Sigmoid", {})
 
     def forward(self, xp, z):
         return 0.5 * (xp.tanh(0.5 * z) + 1.0)
@@ -60,6 +65,7 @@ class Sigmoid(Activation):
 
 class Tanh(Activation):
     name = "tanh"
+    onnx = ("Tanh", {})
 
     def forward(self, xp, z):
         return xp.tanh(z)
@@ -71,6 +77,7 @@ class Tanh(Activation):
 
 class ReLU(Activation):
     name = "relu"
+    onnx = ("Relu", {})
 
     def forward(self, xp, z):
         # A device-resident 0, not 0.0: array-api-compat would copy 0.0 to the GPU every call.
@@ -110,11 +117,16 @@ class LeakyReLU(Activation):
     def spec(self) -> str:
         return f"leaky_relu({self.alpha:g})"
 
+    @property
+    def onnx(self) -> tuple[str, dict]:
+        return "LeakyRelu", {"alpha": float(self.alpha)}
+
 
 class Softmax(Activation):
     """Row-wise softmax, shifted by the row maximum so exp never overflows."""
 
     name = "softmax"
+    onnx = ("Softmax", {"axis": 1})
 
     def forward(self, xp, z):
         e = xp.exp(z - xp.max(z, axis=1, keepdims=True))
@@ -129,6 +141,7 @@ class Exponential(Activation):
     """a = e^z: a positive output, the predicted rate of a Poisson regression (its loss's partner)."""
 
     name = "exp"
+    onnx = ("Exp", {})
 
     def forward(self, xp, z):
         return xp.exp(z)
@@ -138,9 +151,20 @@ class Exponential(Activation):
         return grad_a
 
 
-_BY_NAME = {cls.name: cls for cls in (Identity, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax, Exponential)}
-ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax", "exp")
-_ALIASES = {"linear": "identity", "exponential": "exp"}
+#: Every activation by name: a new one is its class above plus one line here.
+ACTIVATIONS = Registry(
+    "activation",
+    {
+        "identity": Identity,
+        "sigmoid": Sigmoid,
+        "tanh": Tanh,
+        "relu": ReLU,
+        "leaky_relu": LeakyReLU,  # takes a slope: leaky_relu(0.1)
+        "softmax": Softmax,
+        "exp": Exponential,
+    },
+    aliases={"linear": "identity", "exponential": "exp"},
+)
 
 
 def get_activation(spec: str | Activation) -> Activation:
@@ -150,9 +174,9 @@ def get_activation(spec: str | Activation) -> Activation:
     if not isinstance(spec, str):
         raise ConfigError(f"activation must be a name such as 'relu', not {spec!r}")
     word, _, rest = spec.strip().partition("(")
-    name = canonical(word, ACTIVATIONS, "activation", _ALIASES)
+    name = ACTIVATIONS.canonical(word)
     if not rest:
-        return _BY_NAME[name]()
+        return ACTIVATIONS[name]()
     if name != "leaky_relu" or not rest.endswith(")"):
         raise ConfigError(f"activation {spec!r}: only leaky_relu takes a parameter, as leaky_relu(0.1)")
     try:

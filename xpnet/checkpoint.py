@@ -1,7 +1,8 @@
 """Reading model files and checkpoints back: checked, then built; nothing in them ever executed.
 
 Weights are stored as ``layers.{i}.weight`` ``(out, in)`` and ``layers.{i}.bias``,
-the layout of a ``torch.nn.Sequential`` of ``Linear`` layers. The metadata holds
+the layout of a ``torch.nn.Sequential`` of ``Linear`` layers (a LayerNorm's as
+``layers.{i}.norm.weight`` and ``.bias``; ``xpnet.layers`` names them all). The metadata holds
 JSON strings: the architecture, the training configuration, class names, the input
 scaling and the xpnet version. A checkpoint (``--resume``) adds the optimizer's
 buffers (``optimizer.{k}``), the best weights so far (``best.layers.*``) and the
@@ -12,7 +13,6 @@ is checked against its own architecture before anything is built from it.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from xpnet.errors import BackendError, ModelFileError, XpnetError
 from xpnet.memory import require
 from xpnet.metadata import MAX_LAYERS, decode
 from xpnet.modelfile import FORMAT, FORMAT_VERSION, check_path, save_model
-from xpnet.network import MLP
+from xpnet.network import MLP, architecture_shapes
 from xpnet.safetensors import load_tensors
 from xpnet.scaling import Scaling
 
@@ -63,14 +63,12 @@ class ModelFile:
         self.scaling, self.history, self.checkpoint = meta.scaling, meta.history, meta.checkpoint
         self.xpnet_version = meta.xpnet_version
         self.sizes = meta.sizes
-        for i, (n_in, n_out) in enumerate(itertools.pairwise(self.sizes)):
-            for name, shape in ((f"layers.{i}.weight", (n_out, n_in)), (f"layers.{i}.bias", (n_out,))):
-                if name not in shapes:
-                    raise self.error(f"tensor {name!r} is missing")
-                if shapes[name] != shape:
-                    raise self.error(
-                        f"tensor {name!r} has shape {list(shapes[name])}, the architecture says {list(shape)}"
-                    )
+        self.param_shapes = architecture_shapes(self.architecture)
+        for name, shape in self.param_shapes.items():
+            if name not in shapes:
+                raise self.error(f"tensor {name!r} is missing")
+            if shapes[name] != shape:
+                raise self.error(f"tensor {name!r} has shape {list(shapes[name])}, the architecture says {list(shape)}")
 
     def error(self, problem: str) -> ModelFileError:
         return ModelFileError(f"{self.path}: {problem}; the file is damaged or was not written by xpnet")
@@ -82,22 +80,9 @@ class ModelFile:
         holds float32 weights, and a mixed-bfloat16 model must load on NumPy too); a resumed
         run asks for the precision it was trained in (``saved_precision``).
         """
-        arch = self.architecture
-        dropout = arch.get("dropout", 0.0)
+        options = {"dtype": dtype} if dtype else {}
         try:
-            net = MLP(
-                self.sizes,
-                activation=arch["activations"],
-                loss=arch.get("loss"),
-                huber_delta=arch.get("huber_delta", 1.0),
-                dropout=dropout if isinstance(dropout, list) else 0.0,
-                backend=backend,
-                device=device,
-                dtype=dtype or arch.get("dtype", "float32"),
-                precision=precision,
-                init=_saved_init(arch.get("init")),
-                seed=0,
-            )
+            net = MLP.from_config(self.architecture, backend=backend, device=device, precision=precision, **options)
         except XpnetError as exc:
             if isinstance(exc, (ModelFileError, BackendError)):
                 raise
@@ -123,15 +108,14 @@ class ModelFile:
 
     def best_params(self, net: MLP) -> list | None:
         """Device copies of the checkpoint's best-so-far weights, if it has them."""
-        if "best.layers.0.weight" not in self.tensors:
+        if not any(name.startswith("best.") for name in self.tensors):
             return None
         params = []
-        for i in range(net.depth):
-            for part in ("weight", "bias"):
-                tensor = self.tensors.get(f"best.layers.{i}.{part}")
-                if tensor is None or tensor.shape != self.tensors[f"layers.{i}.{part}"].shape:
-                    raise self.error(f"best-weights tensor best.layers.{i}.{part} is missing or misshapen")
-                params.append(net.backend.upload(tensor, net.dtype))
+        for name, shape in self.param_shapes.items():
+            tensor = self.tensors.get(f"best.{name}")
+            if tensor is None or tensor.shape != shape:
+                raise self.error(f"best-weights tensor best.{name} is missing or misshapen")
+            params.append(net.backend.upload(tensor, net.dtype))
         return params
 
     def optimizer_buffers(self, net: MLP, optimizer) -> list:
@@ -150,11 +134,6 @@ class ModelFile:
                 raise self.error(f"optimizer buffer {k} is missing or not shaped {list(shape)}")
             buffers.append(net.backend.upload(tensor, net.dtype))
         return buffers
-
-
-def _saved_init(init):
-    """The saved initialiser names (checked by the schema); weights are loaded over them anyway."""
-    return "auto" if init is None else init
 
 
 def load_model(path: str | os.PathLike, backend=None, device=None, dtype=None, precision: str = "float32") -> MLP:

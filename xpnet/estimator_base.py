@@ -19,17 +19,18 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from xpnet.checks import is_number, is_whole
+from xpnet.build import build_network, build_optimizer
+from xpnet.checks import DTYPES as FLOAT_TYPES
+from xpnet.checks import dtype_name, is_number, is_whole, whole
 from xpnet.errors import ConfigError
 from xpnet.network import MLP
-from xpnet.optim import SGD, Adam, AdamW
+from xpnet.optim import OPTIMIZERS
 from xpnet.scaling import SCALINGS, Scaling
 from xpnet.train import History
 from xpnet.weights import check_sample_weight
 
-_SOLVERS = ("sgd", "adam", "adamw")
 #: The float types an estimator trains in, by the name ``dtype`` takes.
-DTYPES = {"float32": np.float32, "float64": np.float64}
+DTYPES = {name: np.dtype(name).type for name in FLOAT_TYPES}
 #: scikit-learn's activation names that xpnet spells differently.
 _ACTIVATION_ALIASES = {"logistic": "sigmoid"}
 #: Seeds are drawn below this bound from the estimator's random state.
@@ -68,6 +69,7 @@ class XpnetEstimator(BaseEstimator):
         epsilon=1e-8,
         n_iter_no_change=10,
         dropout=0.0,
+        norm="none",
         init="auto",
         scaling=None,
         dtype="float32",
@@ -96,6 +98,7 @@ class XpnetEstimator(BaseEstimator):
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
         self.dropout = dropout
+        self.norm = norm
         self.init = init
         self.scaling = scaling
         self.dtype = dtype
@@ -120,18 +123,16 @@ class XpnetEstimator(BaseEstimator):
 
     def _check_settings(self) -> None:
         """Refuse settings xpnet cannot use, naming the parameter (fit time, as scikit-learn does)."""
-        if self.solver not in _SOLVERS:
-            raise ConfigError(f"solver must be one of {', '.join(_SOLVERS)}, not {self.solver!r}")
+        if self.solver not in OPTIMIZERS:
+            raise ConfigError(f"solver must be one of {OPTIMIZERS.listing()}, not {self.solver!r}")
         if self.scaling is not None and self.scaling not in SCALINGS:
             raise ConfigError(f"scaling must be None or one of {', '.join(SCALINGS)}, not {self.scaling!r}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
-        whole = {"max_iter": self.max_iter, "n_iter_no_change": self.n_iter_no_change}
+        dtype_name(self.dtype)
+        whole_numbers = {"max_iter": self.max_iter, "n_iter_no_change": self.n_iter_no_change}
         if self.batch_size != "auto":
-            whole["batch_size"] = self.batch_size
-        for name, value in whole.items():
-            if not is_whole(value) or value < 1:
-                raise ConfigError(f"{name} must be a whole number >= 1, not {value!r}")
+            whole_numbers["batch_size"] = self.batch_size
+        for name, value in whole_numbers.items():
+            whole(name, value, minimum=1)
         for name, value in {"alpha": self.alpha, "tol": self.tol}.items():
             if not is_number(value) or value < 0:
                 raise ConfigError(f"{name} must be a number >= 0, not {value!r}")
@@ -160,31 +161,21 @@ class XpnetEstimator(BaseEstimator):
         step. AdamW takes ``alpha`` as its decoupled rate (W <- W (1 - lr alpha)). With sample
         weights ``batch_size`` is a batch's expected weight (its size times the mean weight).
         """
-        lr, schedule = float(self.learning_rate_init), self.schedule
+        settings = {"optimizer": self.solver, "lr": float(self.learning_rate_init), "schedule": self.schedule}
         if self.solver == "sgd":
             nesterov = bool(self.nesterovs_momentum) and self.momentum > 0
-            l2 = float(self.alpha) / batch_size
-            return SGD(lr, momentum=self.momentum, nesterov=nesterov, weight_decay=l2, schedule=schedule)
-        betas = (self.beta_1, self.beta_2)
-        if self.solver == "adam":
-            return Adam(lr, betas, self.epsilon, weight_decay=float(self.alpha) / batch_size, schedule=schedule)
-        return AdamW(lr, betas, self.epsilon, weight_decay=float(self.alpha), schedule=schedule)
+            settings.update(momentum=self.momentum, nesterov=nesterov, weight_decay=float(self.alpha) / batch_size)
+        else:
+            settings.update(beta1=self.beta_1, beta2=self.beta_2, eps=self.epsilon)
+            settings["weight_decay"] = float(self.alpha) / batch_size if self.solver == "adam" else float(self.alpha)
+        return build_optimizer(settings)
 
     def _new_network(self, n_features: int, n_outputs: int, loss: str, output: str, seed: int) -> MLP:
         activation = _ACTIVATION_ALIASES.get(self.activation, self.activation)
-        return MLP(
-            [n_features, *self._hidden_sizes(), n_outputs],
-            activation=activation,
-            loss=loss,
-            output=output,
-            init=self.init,
-            dropout=self.dropout,
-            backend=self.backend,
-            device=self.device,
-            dtype=self.dtype,
-            seed=seed,
-            huber_delta=getattr(self, "huber_delta", 1.0),  # XpnetRegressor(loss="huber")
-        )
+        settings = {"layers": self._hidden_sizes(), "activation": activation, "loss": loss, "output": output}
+        settings.update(init=self.init, dropout=self.dropout, norm=self.norm, dtype=self.dtype, seed=seed)
+        settings["huber_delta"] = getattr(self, "huber_delta", 1.0)  # XpnetRegressor(loss="huber")
+        return build_network(settings, n_features, n_outputs, backend=self.backend, device=self.device)
 
     # -- training ----------------------------------------------------------------------
 
@@ -396,10 +387,7 @@ class _PortableNetwork:
 
     def network(self, backend, device) -> MLP:
         """The network rebuilt on ``backend``/``device`` (the estimator's, as in ``fit``)."""
-        c = self.config
-        layers = {key: c[key] for key in ("init", "dropout", "dtype")}
-        layers["huber_delta"] = c.get("huber_delta", 1.0)
-        net = MLP(c["sizes"], c["activations"], c["loss"], **layers, backend=backend, device=device)
+        net = MLP.from_config(self.config, backend=backend, device=device)
         net.load_state_dict(self.state)
         net.set_scaling(self.scaling)
         return net

@@ -39,7 +39,8 @@ class XpnetClassifier(ClassifierMixin, XpnetEstimator):
     The parameters are ``sklearn.neural_network.MLPClassifier``'s, with its defaults
     (``solver`` is ``"sgd"``, ``"adam"`` or ``"adamw"``: xpnet has no L-BFGS), plus
     ``schedule`` (``constant``, ``step``, ``cosine``, ``warmup-cosine``: the learning
-    rate over ``max_iter`` epochs), ``dropout``, ``init``, ``scaling`` (``"standard"``,
+    rate over ``max_iter`` epochs), ``dropout``, ``norm`` (``"layer"``: LayerNorm after each
+    hidden layer), ``init``, ``scaling`` (``"standard"``,
     ``"unit"``, ``"symmetric"``: an input scaling fitted on ``X`` and kept inside the network,
     so the saved model and its ONNX export take raw features), ``dtype`` (float32, or
     float64 for exactness), and ``backend``/``device`` (``device="cuda"`` trains on a GPU
@@ -93,6 +94,7 @@ class XpnetClassifier(ClassifierMixin, XpnetEstimator):
         epsilon=1e-8,
         n_iter_no_change=10,
         dropout=0.0,
+        norm="none",
         init="auto",
         scaling=None,
         dtype="float32",
@@ -244,6 +246,7 @@ class XpnetRegressor(RegressorMixin, XpnetEstimator):
         epsilon=1e-8,
         n_iter_no_change=10,
         dropout=0.0,
+        norm="none",
         init="auto",
         scaling=None,
         dtype="float32",

@@ -181,15 +181,12 @@ def _outputs_in(net, X, batch_size, dtype):
     """The forward pass in ``dtype`` (weights, scaling and inputs cast to it), chunk by chunk."""
     xp, backend = net.xp, net.backend
     X = backend.upload(np.asarray(X), dtype) if not backend.owns(X) else xp.astype(X, dtype)
-    layers = [(xp.astype(W, dtype), xp.astype(b, dtype)) for W, b in net.layers]
+    params = [xp.astype(p, dtype) for p in net.params]
     shift, scale = (0.0, 1.0) if net.scaling is None else (net.scaling.shift, net.scaling.scale)
     shift, scale = (v if np.ndim(v) == 0 else backend.upload(np.asarray(v, np.float64), dtype) for v in (shift, scale))
     chunks = []
     for rows in _chunks(X.shape[0], batch_size):
-        a = (X[rows, ...] - shift) * scale
-        for (W, b), act in zip(layers, net.activations):
-            a = act.forward(xp, a @ W.T + b)
-        chunks.append(a)
+        chunks.append(net.forward((X[rows, ...] - shift) * scale, params=params, dtype=dtype))
     return chunks[0] if len(chunks) == 1 else xp.concat(chunks, axis=0)
 
 

@@ -7,6 +7,7 @@ The graph (opset ``OPSET``, IR version ``IR_VERSION``), in the model's float typ
     Sub, Mul         (x - shift) * scale       only when the model carries an input scaling
     Gemm             a W^T + b                 per layer; W stays (out, in), as in the model file
     Sigmoid | Tanh | Relu | LeakyRelu(alpha) | Softmax(axis=1) | Exp    the layer's activation (identity: none)
+    LayerNormalization(axis=-1, epsilon)       after each hidden layer of a network with norm="layer"
     output  "output" [batch, n_outputs]        the network's outputs (probabilities for classifiers)
     output  "label"  [batch] int64             classifiers only: argmax, or output > 0.5 for one sigmoid
 
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from xpnet import __version__
+from xpnet.activations import ACTIVATIONS
 from xpnet.checkpoint import ModelFile
 from xpnet.errors import ConfigError, XpnetError
 from xpnet.fileio import atomic_write_bytes, check_output_path
@@ -37,15 +39,6 @@ IR_VERSION = 8
 INPUT, OUTPUT, LABEL = "input", "output", "label"
 #: protobuf's limit on one serialized message, and room for the graph besides its weights.
 PROTO_LIMIT, PROTO_SLACK = 2**31, 2**20
-
-#: xpnet activation -> (ONNX operator, its attributes); identity adds no node.
-_OPERATORS = {
-    "sigmoid": ("Sigmoid", {}),
-    "tanh": ("Tanh", {}),
-    "relu": ("Relu", {}),
-    "softmax": ("Softmax", {"axis": 1}),
-    "exp": ("Exp", {}),  # the Poisson output
-}
 
 
 def _onnx():
@@ -75,18 +68,11 @@ def to_onnx(net: MLP, *, class_names: list[str] | None = None):
             initializers.append(numpy_helper.from_array(np.asarray(value, dtype=host_dtype), name))
             nodes.append(helper.make_node(op, [a, name], [f"{name}ed"], name=f"scaling_{op.lower()}"))
             a = f"{name}ed"
-    state = net.state_dict()
-    for l, act in enumerate(net.activations):
-        weight, bias = f"layers.{l}.weight", f"layers.{l}.bias"
-        initializers += [numpy_helper.from_array(state[key].astype(host_dtype), key) for key in (weight, bias)]
-        last = l == net.depth - 1
-        z = OUTPUT if last and act.name == "identity" else f"z{l}"
-        nodes.append(helper.make_node("Gemm", [a, weight, bias], [z], name=f"layer{l}_gemm", transB=1))
-        a = z
-        if act.name != "identity":
-            op, attributes = _operator(act)
-            a = OUTPUT if last else f"a{l}"
-            nodes.append(helper.make_node(op, [z], [a], name=f"layer{l}_{act.name}", **attributes))
+    graph = _Graph(helper, nodes)
+    for name, array in net.state_dict().items():
+        initializers.append(numpy_helper.from_array(array.astype(host_dtype), name))
+    for k, layer in enumerate(net.layers):
+        a = layer.to_onnx(graph, a, OUTPUT if k == len(net.layers) - 1 else None)
     outputs = [helper.make_tensor_value_info(OUTPUT, float_type, ["batch", net.num_outputs])]
     if net.is_classifier:
         label_nodes, label_constants = _label_nodes(helper, onnx, net.num_outputs, host_dtype)
@@ -115,20 +101,29 @@ def to_onnx(net: MLP, *, class_names: list[str] | None = None):
     return model
 
 
+class _Graph:
+    """What a layer's ``to_onnx`` adds nodes through: each node named after its output."""
+
+    def __init__(self, helper, nodes: list):
+        self.helper, self.nodes = helper, nodes
+
+    def node(self, op: str, inputs: list[str], output: str, **attributes) -> str:
+        self.nodes.append(self.helper.make_node(op, inputs, [output], name=f"{output}_{op.lower()}", **attributes))
+        return output
+
+    @staticmethod
+    def activation_op(act) -> tuple[str, dict] | None:
+        """The ONNX operator and attributes of activation ``act`` (its ``onnx``); None: no node."""
+        if act.onnx is False:
+            exported = ", ".join(name for name, cls in ACTIVATIONS.items() if cls.onnx is not False)
+            raise ConfigError(f"activation {act.spec()!r} has no ONNX export; xpnet exports {exported}")
+        return act.onnx
+
+
 def _describe(net: MLP) -> str:
     """What the graph computes, without the backend that trained it (the file must not depend on it)."""
-    layers = ", ".join(
-        f"{n_in}->{n_out} {act.spec()}" for n_in, n_out, act in zip(net.sizes, net.sizes[1:], net.activations)
-    )
+    layers = ", ".join(layer.describe() for layer in net.layers)
     return f"xpnet multilayer perceptron: {layers}; trained with loss {net.loss_name}"
-
-
-def _operator(act) -> tuple[str, dict]:
-    if act.name == "leaky_relu":
-        return "LeakyRelu", {"alpha": float(act.alpha)}
-    if act.name not in _OPERATORS:
-        raise ConfigError(f"activation {act.spec()!r} has no ONNX export; xpnet exports {', '.join(_OPERATORS)}")
-    return _OPERATORS[act.name]
 
 
 def _label_nodes(helper, onnx, num_outputs: int, dtype) -> tuple[list, dict]:

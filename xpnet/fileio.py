@@ -94,6 +94,14 @@ def read_failure(path: Path, exc: OSError, what: str, where: str = "the path") -
 # -- outputs -----------------------------------------------------------------------------
 
 
+def _mode(target: Path) -> int | None:
+    """``target``'s file mode (links followed), None when nothing is there; other OSErrors pass."""
+    try:
+        return os.stat(target).st_mode
+    except FileNotFoundError:
+        return None
+
+
 def check_output_path(path: str | os.PathLike, option: str, *, stdout: bool = False) -> None:
     """Refuse, before any work is done, an output path that ``atomic_writer`` would refuse later.
 
@@ -103,9 +111,7 @@ def check_output_path(path: str | os.PathLike, option: str, *, stdout: bool = Fa
         return
     target = Path(path)
     try:
-        mode = os.stat(target).st_mode
-    except FileNotFoundError:
-        mode = None
+        mode = _mode(target)
     except OSError as exc:
         raise ConfigError(f"{option} {path}: cannot use it: {exc.strerror or exc}") from None
     if mode is not None and not stat.S_ISREG(mode):
@@ -148,9 +154,7 @@ def atomic_writer(path: str | os.PathLike, *, stdout: bool = False) -> Iterator[
         return
     target = Path(path)
     try:
-        mode = os.stat(target).st_mode
-    except FileNotFoundError:
-        mode = None
+        mode = _mode(target)
     except OSError as exc:
         raise _write_error(target, exc) from exc
     if mode is not None and (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):

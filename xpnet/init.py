@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from xpnet.names import canonical
+from xpnet.names import Registry, canonical
 
 
 def standard_normal(rng, fan_in, fan_out):
@@ -53,31 +53,33 @@ def he_uniform(rng, fan_in, fan_out):
     return rng.uniform(-limit, limit, (fan_out, fan_in)), np.zeros(fan_out)
 
 
-INITIALIZERS = {
-    "standard_normal": standard_normal,
-    "scaled_normal": scaled_normal,
-    "glorot_uniform": glorot_uniform,
-    "glorot_normal": glorot_normal,
-    "glorot_uniform_sigmoid": glorot_uniform_sigmoid,
-    "he_normal": he_normal,
-    "he_uniform": he_uniform,
-}
-_ALIASES = {
-    "xavier_uniform": "glorot_uniform",
-    "xavier_normal": "glorot_normal",
-    "kaiming_normal": "he_normal",
-    "kaiming_uniform": "he_uniform",
-    "randn": "standard_normal",
-}
-
-
-#: What ``--init`` accepts: ``auto`` (chosen per layer by ``init_name``) or an initialiser.
+#: Every initialiser by name: a new one is its function above plus one line here.
+INITIALIZERS = Registry(
+    "init",
+    {
+        "standard_normal": standard_normal,
+        "scaled_normal": scaled_normal,
+        "glorot_uniform": glorot_uniform,
+        "glorot_normal": glorot_normal,
+        "glorot_uniform_sigmoid": glorot_uniform_sigmoid,
+        "he_normal": he_normal,
+        "he_uniform": he_uniform,
+    },
+    aliases={
+        "xavier_uniform": "glorot_uniform",
+        "xavier_normal": "glorot_normal",
+        "kaiming_normal": "he_normal",
+        "kaiming_uniform": "he_uniform",
+        "randn": "standard_normal",
+    },
+)
+#: What ``init`` may be: an initialiser, or ``auto`` (He for ReLU-family layers, else Glorot).
 INIT_CHOICES = ("auto", *INITIALIZERS)
 
 
 def init_spec(spec: str) -> str:
     """The canonical spelling of an init setting, ``"auto"`` kept as it is."""
-    return canonical(spec, INIT_CHOICES, "init", _ALIASES)
+    return canonical(spec, INIT_CHOICES, "init", INITIALIZERS.aliases)
 
 
 def init_name(spec: str, activation_name: str = "relu") -> str:

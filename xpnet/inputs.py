@@ -19,16 +19,20 @@ from array_api_compat import array_namespace
 from xpnet.errors import ConfigError
 
 
+def host_numbers(data, name: str) -> np.ndarray:
+    """``data`` as a host NumPy array of plain numbers (bools, integers, floats), or a ConfigError naming it."""
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{name} is not an array of numbers ({exc})") from None
+    if array.dtype.kind not in "biuf":
+        raise ConfigError(f"{name} must hold numbers, not {array.dtype} ({type(data).__name__})")
+    return array
+
+
 def as_array(net, data, name: str):
     """``data`` as an array: the backend's own, or a host NumPy array of plain numbers."""
-    array = data
-    if not net.backend.owns(data):
-        try:
-            array = np.asarray(data)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{name} is not an array of numbers ({exc})") from None
-        if array.dtype.kind not in "biuf":
-            raise ConfigError(f"{name} must hold numbers, not {array.dtype} ({type(data).__name__})")
+    array = data if net.backend.owns(data) else host_numbers(data, name)
     if _kind(array) == "?":  # complex, or a backend's own exotic dtype
         raise ConfigError(f"{name} must hold real numbers, not {array.dtype}")
     return array

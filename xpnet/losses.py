@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from xpnet.activations import Activation, Exponential, Sigmoid, Softmax
 from xpnet.backend import device_constant
+from xpnet.checks import is_number
 from xpnet.errors import ConfigError
-from xpnet.names import canonical
+from xpnet.names import Registry
 
 _EPS = 1e-7  # keeps log() finite when the output activation is not the loss's partner
 
@@ -46,6 +47,18 @@ class Loss:
     name = "loss"
     #: True when targets are class labels (accuracy is meaningful).
     classification = True
+    #: The output activation the loss pairs with by default (its gradient is simplest with it).
+    natural_output = "identity"
+    #: ``(activation class, fused loss class)``: with that output, the fused form is used.
+    fused = None
+
+    @classmethod
+    def for_output(cls, output: Activation, **options) -> Loss:
+        """This loss for the output activation ``output``: fused with it where they are partners.
+        ``options`` are the losses' own settings (``huber_delta``); a loss takes the ones it has."""
+        if cls.fused is not None and isinstance(output, cls.fused[0]):
+            return cls.fused[1]()
+        return cls()
 
     def value(self, xp, z, a, y, w=None):
         raise NotImplementedError
@@ -72,6 +85,7 @@ class MSE(Loss):
 
     name = "mse"
     classification = False
+    natural_output = "identity"
 
     def value(self, xp, z, a, y, w=None):
         diff = a - y
@@ -87,6 +101,7 @@ class CrossEntropy(Loss):
     """Categorical cross-entropy C = -1/N Σ_x Σ_j y_j log a_j for one-hot (or soft) y."""
 
     name = "cross_entropy"
+    natural_output = "softmax"
 
     def value(self, xp, z, a, y, w=None):
         return -batch_mean(xp, y * xp.log(_clip(xp, a, _EPS, 1.0)), w)
@@ -117,6 +132,7 @@ class BinaryCrossEntropy(Loss):
     """C = -1/N Σ_x Σ_j [y_j log a_j + (1 - y_j) log(1 - a_j)], one sigmoid per output."""
 
     name = "binary_cross_entropy"
+    natural_output = "sigmoid"
 
     def value(self, xp, z, a, y, w=None):
         a = _clip(xp, a, _EPS, 1.0 - _EPS)
@@ -150,6 +166,16 @@ class ExpPoisson(Loss):
 
     name = "poisson"
     classification = False
+    natural_output = "exp"
+
+    @classmethod
+    def for_output(cls, output: Activation, **options) -> Loss:
+        if not isinstance(output, Exponential):
+            raise ConfigError(
+                f"loss poisson needs the exponential output (a = e^z > 0, the predicted rate), not {output.spec()}; "
+                "leave the output to the loss"
+            )
+        return cls()
 
     def value(self, xp, z, a, y, w=None):
         positive = y > 0
@@ -171,6 +197,11 @@ class Huber(Loss):
 
     name = "huber"
     classification = False
+    natural_output = "identity"
+
+    @classmethod
+    def for_output(cls, output: Activation, **options) -> Loss:
+        return cls(options.get("huber_delta", 1.0))
 
     def __init__(self, delta: float = 1.0):
         self.huber_delta = check_huber_delta(delta)
@@ -190,44 +221,37 @@ class Huber(Loss):
 
 def check_huber_delta(value) -> float:
     """The Huber threshold δ as a float > 0, or a ConfigError naming ``huber_delta``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+    if not (is_number(value) and value > 0):
         raise ConfigError(f"huber_delta must be a number > 0, not {value!r}")
     return float(value)
 
 
-LOSSES = ("mse", "cross_entropy", "binary_cross_entropy", "poisson", "huber")
-#: The losses of regression models (targets are numbers, not class labels).
-REGRESSION_LOSSES = ("mse", "poisson", "huber")
-_ALIASES = {"quadratic": "mse", "ce": "cross_entropy", "bce": "binary_cross_entropy"}
+CrossEntropy.fused = (Softmax, SoftmaxCrossEntropy)
+BinaryCrossEntropy.fused = (Sigmoid, SigmoidBinaryCrossEntropy)
+
+#: Every loss by name: a new one is its class above plus one line here.
+LOSSES = Registry(
+    "loss",
+    {
+        "mse": MSE,
+        "cross_entropy": CrossEntropy,
+        "binary_cross_entropy": BinaryCrossEntropy,
+        "poisson": ExpPoisson,
+        "huber": Huber,
+    },
+    aliases={"quadratic": "mse", "ce": "cross_entropy", "bce": "binary_cross_entropy"},
+)
 #: Each loss's partner output activation: the one that makes its gradient simplest.
-NATURAL_OUTPUT = {
-    "mse": "identity",
-    "cross_entropy": "softmax",
-    "binary_cross_entropy": "sigmoid",
-    "poisson": "exp",
-    "huber": "identity",
-}
+NATURAL_OUTPUT = {name: cls.natural_output for name, cls in LOSSES.items()}
+#: The losses of regression models (targets are numbers, not class labels).
+REGRESSION_LOSSES = tuple(name for name, cls in LOSSES.items() if not cls.classification)
 
 
 def loss_name(spec: str) -> str:
     """The canonical name of a loss given by name or alias."""
-    return canonical(spec, LOSSES, "loss", _ALIASES)
+    return LOSSES.canonical(spec)
 
 
 def get_loss(spec: str, output: Activation, huber_delta: float = 1.0) -> Loss:
     """The loss called ``spec``, fused with ``output`` where they are partners."""
-    name = loss_name(spec)
-    if name == "mse":
-        return MSE()
-    if name == "huber":
-        return Huber(huber_delta)
-    if name == "poisson":
-        if not isinstance(output, Exponential):
-            raise ConfigError(
-                f"loss poisson needs the exponential output (a = e^z > 0, the predicted rate), not {output.spec()}; "
-                "leave the output to the loss"
-            )
-        return ExpPoisson()
-    if name == "cross_entropy":
-        return SoftmaxCrossEntropy() if isinstance(output, Softmax) else CrossEntropy()
-    return SigmoidBinaryCrossEntropy() if isinstance(output, Sigmoid) else BinaryCrossEntropy()
+    return LOSSES.lookup(spec).for_output(output, huber_delta=huber_delta)

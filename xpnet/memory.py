@@ -141,9 +141,10 @@ def parameter_count(sizes: list[int]) -> int:
     return sum(n_in * n_out + n_out for n_in, n_out in itertools.pairwise(sizes))
 
 
-def network_estimate(sizes: list[int], itemsize: int) -> Estimate:
-    """Building a network: its parameters, drawn as float64 on the host, then uploaded."""
-    count = parameter_count(sizes)
+def network_estimate(sizes: list[int], itemsize: int, count: int | None = None) -> Estimate:
+    """Building a network: its parameters, drawn as float64 on the host, then uploaded; ``count``:
+    the parameters its layers hold (``MLP`` says; default: a dense network's weights and biases)."""
+    count = parameter_count(sizes) if count is None else count
     return Estimate().add("parameters", count * itemsize).add("initial weights (float64, on the host)", count * 8)
 
 

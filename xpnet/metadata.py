@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from xpnet.activations import get_activation
+from xpnet.checks import DTYPES
 from xpnet.errors import ConfigError, ModelFileError
 from xpnet.init import init_name
+from xpnet.layers import NORMS
 from xpnet.losses import loss_name
 from xpnet.modelfile import CLASS_NAMES, class_names_problem
 from xpnet.precision import PRECISIONS
@@ -81,11 +83,12 @@ ARCHITECTURE = Record(
         "loss": Text(max_len=64, parse=loss_name, what="a loss name"),
         "init": Either((_INIT, ListOf(_INIT, 1, MAX_LAYERS))),
         "dropout": Either((_RATE, ListOf(_RATE, 1, MAX_LAYERS))),
-        "dtype": Text(choices=("float32", "float64")),
+        "dtype": Text(choices=DTYPES),
         "precision": Text(choices=tuple(PRECISIONS)),
         "huber_delta": Number(0.0, FLOAT32_MAX, open_low=True),  # the Huber loss's threshold (loss huber only)
+        "norm": Text(choices=tuple(NORMS)),
     },
-    optional=frozenset({"loss", "init", "dropout", "dtype", "precision", "huber_delta"}),
+    optional=frozenset({"loss", "init", "dropout", "dtype", "precision", "huber_delta", "norm"}),
     rules=(_per_layer("activations", "init", "dropout"), _output_not_dropped),
 )
 

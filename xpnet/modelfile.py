@@ -94,15 +94,10 @@ def save_model(
         buffers = net.backend.to_host_many(optimizer.state_arrays())
         tensors.update({f"optimizer.{k}": buffer for k, buffer in enumerate(buffers)})
         if history.best_params is not None:
-            tensors.update(named_layers(net.backend.to_host_many(history.best_params), prefix="best."))
+            best = net.backend.to_host_many(history.best_params)
+            tensors.update({f"best.{name}": array for name, array in zip(net.param_names, best)})
         metadata["checkpoint"] = json.dumps(
             {"state": history.resume_state(), "optimizer_steps": optimizer.steps, "buffers": len(buffers)}
         )
     check_finite(tensors, f"saving {path}")
     save_tensors(path, tensors, metadata)
-
-
-def named_layers(params: list, prefix: str = "") -> dict:
-    """A flat ``[W^1, b^1, W^2, b^2, ...]`` under the file's names, ``{prefix}layers.{i}.weight``
-    and ``.bias``: the keys of a ``torch.nn.Sequential`` of ``Linear`` layers."""
-    return {f"{prefix}layers.{k // 2}.{('weight', 'bias')[k % 2]}": array for k, array in enumerate(params)}

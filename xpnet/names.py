@@ -43,3 +43,38 @@ def canonical(name, choices: Iterable[str], what: str, aliases: Mapping[str, str
     if found is None:
         raise ConfigError(f"unknown {what} {name!r}; choose from {', '.join(choices)}")
     return found
+
+
+class Registry(Mapping):
+    """One kind of user-facing name (activations, losses, optimizers, ...): canonical name -> entry.
+
+    A new entry is one line here: its canonical spelling and what it names (a class, a
+    factory, a record). Lookups go through the spelling rule above, so choices, help
+    text and the error for an unknown name all come from the one table.
+    """
+
+    def __init__(self, what: str, entries: Mapping, aliases: Mapping[str, str] | None = None):
+        self.what = what
+        self._entries = dict(entries)
+        self.aliases = dict(aliases or {})
+
+    def __getitem__(self, name: str):
+        return self._entries[name]
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def canonical(self, name) -> str:
+        """The canonical spelling of ``name``; a ConfigError listing the choices if it names none."""
+        return canonical(name, self._entries, self.what, self.aliases)
+
+    def lookup(self, name):
+        """The entry ``name`` (any accepted spelling or alias) names."""
+        return self._entries[self.canonical(name)]
+
+    def listing(self) -> str:
+        """The choices for help text: ``a, b, c``."""
+        return ", ".join(self._entries)

@@ -1,22 +1,26 @@
-"""Dense networks and their backward pass, BP1-BP4, written once against the array API.
+"""A multilayer perceptron: a sequence of layers, the loss, and BP1, written once against the array API.
 
 Notation (Nielsen's, with PyTorch's weight layout): layer l has weights W^l shaped
 ``(n_l, n_{l-1})`` and biases b^l; for a batch of row vectors
 
     z^l = a^{l-1} W^l^T + b^l,      a^l = σ_l(z^l),      a^0 = x.
 
-The backward pass is four equations, each one line below:
+The backward pass is four equations: BP1 here (the output error, from the loss), and
+BP2-BP4 on the lines of ``xpnet.layers.dense``:
 
     BP1  δ^L = ∇_a C ⊙ σ_L'(z^L)                 output error
     BP2  δ^l = (δ^{l+1} W^{l+1}) ⊙ σ_l'(z^l)       error pushed back through W
     BP3  ∂C/∂b^l = Σ_batch δ^l                    bias gradient = error
     BP4  ∂C/∂W^l = δ^l^T a^{l-1}                  error x previous activation
+
+Between dense layers may sit a normalisation (``norm="layer"``) and dropout, each a
+layer of its own (``xpnet.layers``). The flat parameter list ``params`` is what the
+optimizers update; each layer reads its own slice of it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -27,23 +31,13 @@ from xpnet.backend import Backend, define_kernel, fused_kernel, get_backend
 from xpnet.errors import ConfigError
 from xpnet.init import init_name, initial_parameters
 from xpnet.inputs import check_inputs, check_targets
+from xpnet.layers import NORMS, Pass, param_shapes, stack
 from xpnet.losses import NATURAL_OUTPUT, Loss, get_loss, loss_name
 from xpnet.memory import network_estimate
-from xpnet.modelfile import named_layers, save_model
+from xpnet.modelfile import save_model
+from xpnet.names import canonical
 from xpnet.precision import get_precision
 from xpnet.task import CLASSIFICATION, decide_task
-
-
-class Layer(NamedTuple):
-    """One dense layer's parameters, z = a W^T + b (or its gradients, ∂C/∂W and ∂C/∂b)."""
-
-    W: Any
-    b: Any
-
-
-def flatten(layers: Sequence[Layer]) -> list:
-    """``[W^1, b^1, W^2, b^2, ...]``: the flat list optimizers and files see."""
-    return [array for layer in layers for array in layer]
 
 
 class MLP:
@@ -53,7 +47,8 @@ class MLP:
     loss: softmax for cross-entropy, sigmoid for binary cross-entropy, identity for
     MSE and Huber, exponential for Poisson, unless ``output`` says otherwise), or a list
     with one name per layer, output included, as in ``["sigmoid", "sigmoid", "softmax"]``.
-    ``huber_delta`` is the Huber loss's threshold δ (``loss="huber"`` only).
+    ``huber_delta`` is the Huber loss's threshold δ (``loss="huber"`` only). ``norm="layer"``
+    puts a LayerNorm after each hidden layer (``xpnet.layers.norm``); ``dropout`` a dropout layer.
     """
 
     def __init__(
@@ -65,6 +60,7 @@ class MLP:
         output: str | None = None,
         init: str | Sequence[str] = "auto",
         dropout: float | Sequence[float] = 0.0,
+        norm: str | None = "none",
         backend: str | Backend | None = None,
         device: str | None = None,
         dtype: str = "float32",
@@ -79,6 +75,9 @@ class MLP:
         self.loss: Loss = get_loss(self.loss_name, self.activations[-1], huber_delta)
         self.inits = [init_name(spec, act.name) for spec, act in zip(_per_layer(init, depth, "init"), self.activations)]
         self.dropout = _check_dropout(dropout, depth)
+        self.norm = canonical(norm or "none", NORMS, "norm")
+        #: The layers, input side first: Dense (+ norm, dropout) per hidden layer, the output Dense last.
+        self.layers = stack(self.sizes, self.activations, self.norm, self.dropout)
         self.backend = get_backend(backend, device)
         self.xp = self.backend.xp
         self.dtype_name = dtype
@@ -87,17 +86,17 @@ class MLP:
         self.precision = get_precision(precision)
         self.compute_dtype = self._compute_dtype()
         # Refused before a byte is drawn: [784, 100000, 100000, 10] would ask for over 100 GiB.
-        network_estimate(self.sizes, np.dtype(dtype).itemsize).check(f"the network {str(self.sizes)[:60]}")
+        count = sum(int(np.prod(shape)) for shape in param_shapes(self.layers).values())
+        network_estimate(self.sizes, np.dtype(dtype).itemsize, count).check(f"the network {str(self.sizes)[:60]}")
         self.seed = seed
         self.scaling = None
         self._scaling_on_device = self._scaling_kernel_args = None
         self._class_ids = None  #: 0..k-1 on the device (1 for a single sigmoid output), for one-hot targets
         #: Draws the dropout masks on the device; None when no layer drops units.
         self.dropout_rng = self.backend.random_generator(seed) if any(self.dropout) else None
-        #: Flat list [W^1, b^1, W^2, b^2, ...]; optimizers update it in place.
-        self.params = []
-        for W, b in initial_parameters(self.sizes, self.inits, seed):
-            self.params += [self.backend.upload(W, self.dtype), self.backend.upload(b, self.dtype)]
+        drawn = iter(initial_parameters(self.sizes, self.inits, seed))
+        #: Flat list of every layer's parameters, [W^1, b^1, ...]; optimizers update it in place.
+        self.params = [self.backend.upload(p, self.dtype) for layer in self.layers for p in layer.initial(drawn)]
 
     def _compute_dtype(self):
         if not self.precision.mixed:
@@ -109,21 +108,51 @@ class MLP:
             )
         return self.backend.half_dtype(self.precision.compute)
 
+    @classmethod
+    def from_config(cls, config: dict, **options) -> MLP:
+        """The network ``config()`` describes (initial weights; load yours over them); ``options``
+        (backend, device, dtype, precision, seed) are the caller's, not the file's."""
+        dropout = config.get("dropout", 0.0)
+        options.setdefault("dtype", config.get("dtype", "float32"))
+        return cls(
+            config["sizes"],
+            activation=config["activations"],
+            loss=config.get("loss") or "cross_entropy",
+            init=config.get("init") or "auto",
+            dropout=dropout if isinstance(dropout, list) else 0.0,
+            norm=config.get("norm", "none"),
+            huber_delta=config.get("huber_delta", 1.0),
+            **options,
+        )
+
     # -- structure ---------------------------------------------------------------
 
     @property
     def depth(self) -> int:
+        """Dense layers, the output included."""
         return len(self.sizes) - 1
 
     @property
-    def layers(self) -> list[Layer]:
-        """``Layer(W, b)`` for each layer, input side first: named views of ``params``."""
-        return [Layer(*self.params[i : i + 2]) for i in range(0, len(self.params), 2)]
+    def param_names(self) -> list[str]:
+        """The file name of each entry of ``params`` (``layers.0.weight``, ...), from the layers."""
+        return list(param_shapes(self.layers))
+
+    def layer_params(self) -> list[tuple]:
+        """``(layer, its slice of params)`` for each layer, input side first."""
+        return list(zip(self.layers, self._grouped(self.params)))
+
+    def _grouped(self, params: list) -> list[list]:
+        """``params`` cut into each layer's slice, in layer order."""
+        groups, start = [], 0
+        for layer in self.layers:
+            groups.append(params[start : start + len(layer.param_names)])
+            start += len(layer.param_names)
+        return groups
 
     @property
     def macs_per_sample(self) -> int:
         """Multiply-adds of one forward pass for one sample (the matmuls' size)."""
-        return sum(n_in * n_out for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]))
+        return sum(layer.macs() for layer in self.layers)
 
     @property
     def num_outputs(self) -> int:
@@ -136,7 +165,7 @@ class MLP:
 
     def config(self) -> dict:
         """The architecture, enough to rebuild this network (saved in model files)."""
-        return {
+        config = {
             "sizes": list(self.sizes),
             "activations": [act.spec() for act in self.activations],
             "loss": self.loss_name,
@@ -144,47 +173,53 @@ class MLP:
             "dropout": list(self.dropout),
             "dtype": self.dtype_name,
             "precision": self.precision.name,
-        } | ({"huber_delta": self.loss.huber_delta} if self.loss_name == "huber" else {})
+        }
+        if self.loss_name == "huber":
+            config["huber_delta"] = self.loss.huber_delta
+        if self.norm != "none":  # absent otherwise: files without a norm stay as they always were
+            config["norm"] = self.norm
+        return config
 
     def __repr__(self) -> str:
-        layers = ", ".join(
-            f"{n_in}->{n_out} {act.spec()}"
-            for n_in, n_out, act in zip(self.sizes[:-1], self.sizes[1:], self.activations)
-        )
+        layers = ", ".join(layer.describe() for layer in self.layers)
         dtype = self.precision.name if self.precision.mixed else self.dtype_name
         return f"MLP({layers}; loss={self.loss_name}; {dtype} on {self.backend})"
 
     # -- host state --------------------------------------------------------------
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Host copies of the parameters named as in ``torch.nn.Sequential`` of Linear layers."""
-        return named_layers(self.backend.to_host_many(self.params))
+        """Host copies of the parameters under their file names (``param_names``)."""
+        return dict(zip(self.param_names, self.backend.to_host_many(self.params)))
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Replace the parameters by host arrays shaped like ``state_dict()``'s."""
         params = []
-        for i, (n_in, n_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
-            for name, shape in ((f"layers.{i}.weight", (n_out, n_in)), (f"layers.{i}.bias", (n_out,))):
-                if name not in state:
-                    raise ConfigError(f"parameters lack {name!r} (expected shape {shape})")
-                value = np.asarray(state[name])
-                if value.shape != shape:
-                    raise ConfigError(f"parameter {name!r} has shape {value.shape}, expected {shape}")
-                params.append(self.backend.upload(value, self.dtype))
+        for name, shape in param_shapes(self.layers).items():
+            if name not in state:
+                raise ConfigError(f"parameters lack {name!r} (expected shape {shape})")
+            value = np.asarray(state[name])
+            if value.shape != shape:
+                raise ConfigError(f"parameter {name!r} has shape {value.shape}, expected {shape}")
+            params.append(self.backend.upload(value, self.dtype))
         self.params = params
 
     # -- the math ----------------------------------------------------------------
 
-    def forward(self, x, *, logits: bool = False):
+    def _pass(self, train: bool) -> Pass:
+        return Pass(self.xp, train, self.dtype, self.compute_dtype, self._dropout_mask)
+
+    def forward(self, x, *, logits: bool = False, params: list | None = None, dtype=None):
         """Network output a^L for a batch ``x`` (rows are samples), no dropout;
-        ``(z^L, a^L)`` with ``logits=True``, for losses computed from the logits."""
-        a = z = x
-        last = self.depth - 1
-        for l, ((W, b), act) in enumerate(zip(self._compute_layers(), self.activations)):
-            z = a @ W.T + b
-            if l == last:
-                z = self._master(z)  # outputs and losses in the master dtype
-            a = act.forward(self.xp, z)
+        ``(z^L, a^L)`` with ``logits=True``, for losses computed from the logits.
+        ``params`` (laid out as ``self.params``) in ``dtype``: a pass in another float type."""
+        ctx = self._pass(train=False) if dtype is None else Pass(self.xp, False, dtype, dtype, self._dropout_mask)
+        *body, head = self.layers
+        *groups, head_params = self._grouped(self._compute_params() if params is None else params)
+        a = x
+        for layer, params in zip(body, groups):
+            a, _ = layer.forward(ctx, params, a)
+        z = ctx.to_master(head.affine(ctx, head_params, a))  # outputs and losses in the master dtype
+        a = head.activation.forward(self.xp, z)
         return (z, a) if logits else a
 
     def backprop(self, x, y, *, train: bool = False, loss_scale=None, weights=None):
@@ -198,69 +233,45 @@ class MLP:
         ``weights``: None (the plain batch mean), or each row's share of the batch's weight,
         a column ``(N, 1)`` in the master dtype (``xpnet.weights.batch_shares``).
         """
-        xp = self.xp
-        layers = self._compute_layers()
-        cost, inputs, zs, outs, masks = self._forward_pass(x, y, layers, train, weights)
-        delta = self.loss.delta(xp, zs[-1], outs[-1], y, self.activations[-1], weights)  # BP1
+        ctx = self._pass(train)
+        groups = self._grouped(self._compute_params())
+        cost, z, out, caches = self._forward_pass(ctx, x, y, groups, weights)
+        head = self.layers[-1]
+        delta = self.loss.delta(self.xp, z, out, y, head.activation, weights)  # BP1
         if loss_scale is not None:
             delta = delta * loss_scale
-        delta = self._half(delta)
-        grads = [None] * self.depth
-        for l in reversed(range(self.depth)):
-            dC_dW = delta.T @ inputs[l]  # BP4
-            dC_db = xp.sum(delta, axis=0, dtype=self.dtype)  # BP3, summed in the master dtype
-            grads[l] = Layer(self._unscaled(dC_dW, loss_scale), self._unscaled(dC_db, loss_scale))
-            if l:
-                back = delta @ layers[l].W
-                if masks[l - 1] is not None:
-                    back = back * masks[l - 1]
-                delta = self.activations[l - 1].backward(xp, zs[l - 1], outs[l - 1], back)  # BP2
-        return cost, flatten(grads), outs[-1]
+        grads = [None] * len(self.layers)
+        back, grads[-1] = head.backward_delta(ctx, groups[-1], caches[-1], ctx.to_compute(delta), len(self.layers) > 1)
+        for k in reversed(range(len(self.layers) - 1)):
+            back, grads[k] = self.layers[k].backward(ctx, groups[k], caches[k], back, input_error=k > 0)
+        return cost, [self._unscaled(g, loss_scale) for layer_grads in grads for g in layer_grads], out
 
-    def _forward_pass(self, x, y, layers, train: bool, weights=None):
-        """The training forward pass: ``(C, inputs a^{l-1}, zs, outputs a^l, dropout masks)`` per layer."""
-        xp = self.xp
-        inputs, zs, outs, masks = [], [], [], []
-        a = x
-        output_layer = self.depth - 1
-        for l, ((W, b), act) in enumerate(zip(layers, self.activations)):
-            inputs.append(a)
-            z = a @ W.T
-            z += b  # in place: one pass and no second (batch, n_l) array per layer
-            if l < output_layer:
-                a = act.forward(xp, z)
-            else:  # a^L and the loss together (a fused loss shares their work), in the master dtype
-                z = self._master(z)
-                a, cost = self.loss.output_and_value(xp, z, y, act, weights)
-            zs.append(z)
-            outs.append(a)
-            rate = self.dropout[l] if train else 0.0
-            masks.append(self._dropout_mask(a.shape, rate) if rate else None)
-            if rate:
-                a = a * masks[-1]
-        return cost, inputs, zs, outs, masks
+    def _forward_pass(self, ctx: Pass, x, y, groups: list, weights=None):
+        """The training forward pass: ``(C, z^L, a^L, each layer's cache)``."""
+        *body, head = self.layers
+        caches, a = [], x
+        for layer, params in zip(body, groups):
+            a, cache = layer.forward(ctx, params, a)
+            caches.append(cache)
+        # a^L and the loss together (a fused loss shares their work), in the master dtype
+        z = ctx.to_master(head.affine(ctx, groups[-1], a))
+        out, cost = self.loss.output_and_value(self.xp, z, y, head.activation, weights)
+        caches.append(head.cache(a, z))
+        return cost, z, out, caches
 
-    def _compute_layers(self) -> list[Layer]:
-        """The weights the passes run with: the masters, cast to the half type under mixed precision."""
+    def _compute_params(self) -> list:
+        """The parameters the passes run with: the masters, cast to the half type under mixed precision."""
         if not self.precision.mixed:
-            return self.layers
-        xp, half = self.xp, self.compute_dtype
-        return [Layer(xp.astype(W, half), xp.astype(b, half)) for W, b in self.layers]
-
-    def _master(self, array):
-        """``array`` in the master dtype (a cast only under mixed precision)."""
-        return self.xp.astype(array, self.dtype) if self.precision.mixed else array
-
-    def _half(self, array):
-        """``array`` in the compute dtype (a cast only under mixed precision)."""
-        return self.xp.astype(array, self.compute_dtype) if self.precision.mixed else array
+            return self.params
+        return [self.xp.astype(p, self.compute_dtype) for p in self.params]
 
     def _unscaled(self, grad, loss_scale):
-        grad = self._master(grad)
+        grad = self.xp.astype(grad, self.dtype) if self.precision.mixed else grad
         return grad if loss_scale is None else grad / loss_scale
 
     def gradients(self, x, y):
-        """``(loss, [(∂C/∂W, ∂C/∂b), ...])`` for a batch, one pair per layer; for teaching and checks.
+        """``(loss, [(∂C/∂W, ∂C/∂b), ...])`` for a batch, one record per layer with parameters: ``.W``
+        and ``.b`` for a dense layer, ``.gamma`` and ``.beta`` for a norm; for teaching and checks.
 
         ``x`` and ``y`` may be host arrays; ``y`` may be class labels or targets.
         """
@@ -269,7 +280,7 @@ class MLP:
         with self.backend.activated():
             x = self.prepare(self.to_device(x))
             cost, grads, _ = self.backprop(x, self.targets(self.to_device(y, labels=True)))
-        return cost, [Layer(*grads[i : i + 2]) for i in range(0, len(grads), 2)]
+        return cost, [layer.named(group) for layer, group in zip(self.layers, self._grouped(grads)) if group]
 
     def _dropout_mask(self, shape, rate):
         keep = self.dropout_rng.uniform(shape, self.dtype) >= rate  # drawn in float32: CuPy draws no halves
@@ -441,3 +452,9 @@ def _check_dropout(dropout, depth) -> list[float]:
     if rates[-1]:
         raise ConfigError(f"dropout on the output layer ({rates[-1]}) is not supported; give 0 for the last layer")
     return rates
+
+
+def architecture_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """Every parameter's file name and shape for an architecture (``config()``, a file's), nothing allocated."""
+    activations = [get_activation(spec) for spec in config["activations"]]
+    return param_shapes(stack(config["sizes"], activations, config.get("norm", "none")))

@@ -19,7 +19,7 @@ from array_api_compat import array_namespace
 from xpnet.backend import define_kernel, device_constant, fused_kernel
 from xpnet.checks import is_number
 from xpnet.errors import ConfigError
-from xpnet.names import canonical
+from xpnet.names import Registry
 
 # -- schedules: progress t (epochs done, fractional) and total epochs T -> lr factor
 
@@ -64,21 +64,21 @@ class Warmup:
         return ramp * self.then(t, total)
 
 
-SCHEDULES = ("constant", "step", "cosine", "warmup-cosine")
+def _warmup_cosine() -> Warmup:
+    return Warmup(1.0, Cosine())
+
+
+#: Every schedule by name, each a factory: a new one is its class above plus one line here.
+SCHEDULES = Registry(
+    "schedule", {"constant": Constant, "step": StepDecay, "cosine": Cosine, "warmup-cosine": _warmup_cosine}
+)
 
 
 def get_schedule(spec) -> object:
     """``"constant"``, ``"step"`` (x0.1 every 10 epochs), ``"cosine"``, ``"warmup-cosine"``."""
     if callable(spec):
         return spec
-    key = canonical(spec or "constant", SCHEDULES, "schedule")
-    if key == "constant":
-        return Constant()
-    if key == "step":
-        return StepDecay()
-    if key == "cosine":
-        return Cosine()
-    return Warmup(1.0, Cosine())
+    return SCHEDULES.lookup(spec or "constant")()
 
 
 # -- optimizers ----------------------------------------------------------------------
@@ -107,8 +107,16 @@ class Optimizer:
 
     #: Buffers the optimizer keeps per parameter (momentum: 1; Adam's m and v: 2).
     buffers_per_param = 0
-    #: The name of this update among the backend's fused kernels.
-    kernel_name = ""
+    #: The fused CUDA body of this update (``backend.define_kernel``), if it has one: optional,
+    #: without one the array-API ``_update`` runs on every backend.
+    kernel_name = None
+    #: The training settings (rows of ``xpnet.settings``) this rule takes, as ``from_settings`` reads them.
+    hyperparameters: tuple[str, ...] = ("lr", "weight_decay", "schedule")
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> Optimizer:
+        """This rule with the hyperparameters it declares taken from ``settings`` (None: its default)."""
+        return cls(**{key: settings[key] for key in cls.hyperparameters if settings.get(key) is not None})
 
     def init_state(self, params: list) -> None:
         """The per-parameter buffers, zeros, if there are none yet (``step`` makes them on first use)."""
@@ -120,7 +128,7 @@ class Optimizer:
         self.init_state(params)
         if self.xp is None:
             self.xp = array_namespace(params[0])
-            self.kernel = fused_kernel(self.xp, self.kernel_name)
+            self.kernel = fused_kernel(self.xp, self.kernel_name) if self.kernel_name else None
 
     def step(self, params: list, grads: list, finite=None) -> None:
         """One update of ``params`` (in place) from ``grads``. ``finite`` (float16's loss scaling, on the
@@ -203,6 +211,8 @@ class SGD(Optimizer):
     The same rule as ``torch.optim.SGD``.
     """
 
+    hyperparameters = ("lr", "momentum", "nesterov", "weight_decay", "schedule")
+
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, schedule=None):
         super().__init__(lr, weight_decay, schedule)
         if not 0.0 <= momentum < 1.0:
@@ -267,10 +277,18 @@ class Adam(Optimizer):
         " p -= step * m / (sqrt(v * v_scale) + eps);",
     )
 
+    hyperparameters = ("lr", "beta1", "beta2", "eps", "weight_decay", "schedule")
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> Adam:
+        given = {key: settings[key] for key in cls.hyperparameters if settings.get(key) is not None}
+        betas = (given.pop("beta1", 0.9), given.pop("beta2", 0.999))
+        return cls(betas=betas, **given)
+
     def __init__(self, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, schedule=None):
         super().__init__(lr, weight_decay, schedule)
         beta1, beta2 = betas
-        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+        if not (is_number(beta1) and is_number(beta2) and 0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
             raise ConfigError(f"betas must both be in [0, 1), not {betas!r}")
         if not (is_number(eps) and eps > 0):
             raise ConfigError(f"eps must be a positive number, not {eps!r}")
@@ -318,14 +336,11 @@ class AdamW(Adam):
         super().__init__(lr, betas, eps, weight_decay, schedule)
 
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+#: Every optimizer by name: a new one is its class (``_update``, ``hyperparameters``) plus one line here.
+OPTIMIZERS = Registry("optimizer", {"sgd": SGD, "adam": Adam, "adamw": AdamW})
 
 
-def get_optimizer(name: str, **options) -> Optimizer:
-    """Build an optimizer by name (``sgd``, ``adam``, ``adamw``), ignoring unset (None) options."""
-    cls = OPTIMIZERS[canonical(name, OPTIMIZERS, "optimizer")]
-    options = {k: v for k, v in options.items() if v is not None}
-    if cls is not SGD:
-        options.pop("momentum", None)
-        options.pop("nesterov", None)
-    return cls(**options)
+def get_optimizer(name: str, **settings) -> Optimizer:
+    """The optimizer ``name`` (``sgd``, ``adam``, ``adamw``) with the hyperparameters it declares taken
+    from ``settings``; others (``momentum`` for Adam, say) and unset (None) ones are ignored."""
+    return OPTIMIZERS.lookup(name).from_settings(settings)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xpnet.backend import device_constant
-from xpnet.names import canonical
+from xpnet.names import Registry
 
 
 @dataclass(frozen=True)
@@ -30,18 +30,22 @@ class Precision:
         return self.compute is not None
 
 
-PRECISIONS = {
-    "float32": Precision("float32", None, False),
-    "mixed-float16": Precision("mixed-float16", "float16", True),
-    "mixed-bfloat16": Precision("mixed-bfloat16", "bfloat16", False),
-}
+#: Every precision by name.
+PRECISIONS = Registry(
+    "precision",
+    {
+        "float32": Precision("float32", None, False),
+        "mixed-float16": Precision("mixed-float16", "float16", True),
+        "mixed-bfloat16": Precision("mixed-bfloat16", "bfloat16", False),
+    },
+)
 
 
 def get_precision(spec: str | Precision) -> Precision:
     """The precision called ``spec`` (``float32``, ``mixed-float16``, ``mixed-bfloat16``)."""
     if isinstance(spec, Precision):
         return spec
-    return PRECISIONS[canonical(spec, tuple(PRECISIONS), "precision")]
+    return PRECISIONS.lookup(spec)
 
 
 class LossScaler:

@@ -39,6 +39,21 @@ class Recipe:
         return self.name.replace("-", "_")
 
 
+#: The regression recipe's settings, which regression-huber shares but for its loss.
+_REGRESSION = {
+    "dataset": "diabetes",
+    "layers": [32],
+    "activation": "leaky_relu(0.01)",
+    "output": "identity",
+    "loss": "mse",
+    "optimizer": "sgd",
+    "lr": 0.002,
+    "batch_size": 442,
+    "epochs": 1000,
+    "val_split": 0.0,
+    "scaling": "standard",
+}
+
 _RECIPES = [
     Recipe(
         "sigmoid-mse",
@@ -142,39 +157,14 @@ _RECIPES = [
         "10-32-1 LeakyReLU(0.01), linear output, MSE, full-batch gradient descent (the batch is "
         "larger than the whole data set) at 0.002 for 1000 steps, standardised inputs, on "
         "scikit-learn's diabetes data (442 patients; targets in original units).",
-        {
-            "dataset": "diabetes",
-            "layers": [32],
-            "activation": "leaky_relu(0.01)",
-            "output": "identity",
-            "loss": "mse",
-            "optimizer": "sgd",
-            "lr": 0.002,
-            "batch_size": 442,
-            "epochs": 1000,
-            "val_split": 0.0,
-            "scaling": "standard",
-        },
+        _REGRESSION,
     ),
     Recipe(
         "regression-huber",
         "The regression recipe's network and steps with the Huber loss (huber_delta 50 progression "
         "points: squared error within 50 of the target, linear beyond), so the patients the model "
         "misses by most pull no harder than 50 points' worth.",
-        {
-            "dataset": "diabetes",
-            "layers": [32],
-            "activation": "leaky_relu(0.01)",
-            "output": "identity",
-            "loss": "huber",
-            "huber_delta": 50.0,
-            "optimizer": "sgd",
-            "lr": 0.002,
-            "batch_size": 442,
-            "epochs": 1000,
-            "val_split": 0.0,
-            "scaling": "standard",
-        },
+        {**_REGRESSION, "loss": "huber", "huber_delta": 50.0},
     ),
     Recipe(
         "default",

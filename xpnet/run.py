@@ -20,19 +20,17 @@ import numpy as np
 from xpnet.backend import get_backend
 from xpnet.backend.cpu import slow_setting_warnings
 from xpnet.backend.cuda import gpu_free_memory
+from xpnet.build import build_network, build_optimizer
 from xpnet.checkpoint import ModelFile, save_model
 from xpnet.data import load_dataset, split_rows, train_val_split
 from xpnet.distributed import Communicator, rank_device
 from xpnet.errors import BackendError, ConfigError, DataError, DivergenceError, MemoryLimitError
 from xpnet.fileio import STDOUT, atomic_write_text, check_output_path, is_stream
 from xpnet.memory import DeviceRun, Estimate, device_training_estimate, limited, plot_bytes, training_estimate
-from xpnet.network import MLP
-from xpnet.optim import get_optimizer
 from xpnet.plot import MAX_PLOT_CLASSES, check_plot_path, plot_training
 from xpnet.precision import get_precision
 from xpnet.progress import wanted as progress_wanted
 from xpnet.recipes import get_recipe
-from xpnet.scaling import Scaling
 from xpnet.settings import BASE_SETTINGS, RUN_SETTINGS, check_setting, checked
 from xpnet.task import decide_task
 from xpnet.tensorboard import TensorBoardWriter, summary_writer_class
@@ -377,7 +375,7 @@ def _model_and_optimizer(settings: dict, backend, data, X_train, resume):
 
     Returns ``(net, optimizer, history)``; ``history`` is None for a new run.
     """
-    optimizer = _optimizer(settings)
+    optimizer = build_optimizer(settings)
     if resume:
         saved = ModelFile(resume)
         net = saved.build(backend, precision=saved.saved_precision)
@@ -385,26 +383,8 @@ def _model_and_optimizer(settings: dict, backend, data, X_train, resume):
         steps = saved.checkpoint.get("optimizer_steps", 0)
         optimizer.load_state_arrays(saved.optimizer_buffers(net, optimizer), steps, net.params)
         return net, optimizer, History.from_resume_state(saved.resume_state(), best_params=saved.best_params(net))
-    net = MLP(
-        [data.num_features, *settings["layers"], data.num_classes],
-        activation=settings["activation"],
-        loss=settings["loss"],
-        output=settings["output"],
-        init=settings["init"],
-        dropout=settings["dropout"],
-        backend=backend,
-        dtype=settings["dtype"],
-        precision=settings["precision"],
-        seed=settings["seed"],
-        huber_delta=settings["huber_delta"],
-    )
-    net.set_scaling(Scaling.fit(settings["scaling"], X_train))
+    net = build_network(settings, data.num_features, data.num_classes, X_train, backend=backend)
     return net, optimizer, None
-
-
-def _optimizer(settings: dict):
-    options = {key: settings[key] for key in ("lr", "momentum", "nesterov", "weight_decay", "schedule")}
-    return get_optimizer(settings["optimizer"], **options)
 
 
 def memory_estimate(settings: dict, data, plotting: bool, on_host: bool = True) -> Estimate:
@@ -416,7 +396,7 @@ def memory_estimate(settings: dict, data, plotting: bool, on_host: bool = True) 
     held = sum(array.nbytes for array in (X, data.y_train, data.X_test, data.y_test))
     on_device = X.size * (X.itemsize if X.dtype == np.uint8 else itemsize)  # uint8 stays uint8
     data_bytes = held + X.nbytes + data.y_train.nbytes + (on_device if on_host else 0)  # loaded, split, uploaded
-    buffers = _optimizer(settings).buffers_per_param
+    buffers = build_optimizer(settings).buffers_per_param
     estimate = training_estimate(sizes, itemsize, buffers, data_bytes, len(X), settings["batch_size"], X.itemsize)
     if plotting and data.task == "classification":
         estimate.add("the plot's confusion matrix", plot_bytes(min(data.num_classes, MAX_PLOT_CLASSES)))
@@ -431,7 +411,7 @@ def device_estimate(settings: dict, data, ranks: int) -> Estimate:
     uploaded = X.size * (X.itemsize if X.dtype == np.uint8 else itemsize) + data.y_train.size * 4  # labels int32
     half = 2 if precision.mixed else 0
     run = DeviceRun(uploaded, len(X), settings["batch_size"], X.itemsize, half, precision.loss_scaling, ranks)
-    return device_training_estimate(sizes, itemsize, _optimizer(settings).buffers_per_param, run)
+    return device_training_estimate(sizes, itemsize, build_optimizer(settings).buffers_per_param, run)
 
 
 def task_of(settings: dict) -> str:

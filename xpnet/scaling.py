@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from xpnet.checks import is_number
+from xpnet.checks import FLOAT32_MAX, is_number
 from xpnet.errors import ConfigError, DataError
 
 SCALINGS = ("unit", "symmetric", "standard", "none")
@@ -129,15 +129,10 @@ def _to_json(value: Param) -> float | list[float]:
     return float(value)
 
 
-def _is_number(value: Any) -> bool:
-    """A real, non-bool number that stays finite as float32."""
-    return is_number(value, limit=float(np.finfo(np.float32).max))
-
-
 def _from_json(value: Any, name: str, num_features: int | None) -> Param:
-    if _is_number(value):
+    if is_number(value, FLOAT32_MAX):
         return float(value)
-    if isinstance(value, list) and value and all(_is_number(v) for v in value):
+    if isinstance(value, list) and value and all(is_number(v, FLOAT32_MAX) for v in value):
         if num_features is not None and len(value) != num_features:
             raise DataError(
                 f"scaling: {name} has {len(value)} values but the model takes {num_features} features; "

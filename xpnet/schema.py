@@ -154,26 +154,14 @@ class Text(Node):
         return value
 
 
-@dataclass(frozen=True)
-class Bool(Node):
-    def expects(self) -> str:
-        return "true or false"
-
-    def check(self, value, where):
-        if not isinstance(value, bool):
-            raise self.fail(value, where)
-        return value
+def Bool() -> Custom:
+    """true or false (not 0 or 1)."""
+    return Custom("true or false", lambda value: isinstance(value, bool))
 
 
-@dataclass(frozen=True)
-class Null(Node):
-    def expects(self) -> str:
-        return "null"
-
-    def check(self, value, where):
-        if value is not None:
-            raise self.fail(value, where)
-        return value
+def Null() -> Custom:
+    """null alone."""
+    return Custom("null", lambda value: value is None)
 
 
 @dataclass(frozen=True)

@@ -10,28 +10,23 @@ raises a ConfigError saying what it expected.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from xpnet.activations import get_activation
-from xpnet.backend import BACKENDS
-from xpnet.checks import is_number, is_whole
+from xpnet.checks import DTYPES, at_least, fraction, is_number, is_whole, non_negative, positive
 from xpnet.errors import ConfigError
-from xpnet.init import init_spec
-from xpnet.losses import loss_name
+from xpnet.init import INIT_CHOICES, init_spec
+from xpnet.losses import NATURAL_OUTPUT, loss_name
 from xpnet.memory import parse_size
 from xpnet.names import canonical
-from xpnet.optim import OPTIMIZERS, SCHEDULES
-from xpnet.precision import PRECISIONS
+from xpnet.registry import ACTIVATIONS, BACKENDS, LOSSES, MONITORS, NORMS, OPTIMIZERS, PRECISIONS, SCHEDULES
 from xpnet.scaling import SCALINGS
 from xpnet.task import TASKS
-from xpnet.train import MONITORS
 from xpnet.weights import BALANCED, parse_class_weight
 
 #: Widest layer (arrays are indexed with int32 on some devices).
 MAX_WIDTH = 2**31 - 1
-DTYPES = ("float32", "float64")
 
 
 @dataclass(frozen=True)
@@ -66,33 +61,6 @@ class Setting:
 # -- checks: each returns the canonical value or raises ConfigError(reason)
 
 
-def _whole(minimum: int):
-    def check(value):
-        if not (is_whole(value) and value >= minimum):
-            raise ConfigError(f"expected a whole number >= {minimum}, not {value!r}")
-        return int(value)
-
-    return check
-
-
-def _fraction(value):
-    if not (is_number(value) and 0.0 <= value < 1.0):
-        raise ConfigError(f"expected a number in [0, 1), not {value!r}")
-    return float(value)
-
-
-def _positive(value):
-    if not (is_number(value) and value > 0):
-        raise ConfigError(f"expected a positive number, not {value!r}")
-    return float(value)
-
-
-def _non_negative(value):
-    if not (is_number(value) and value >= 0):
-        raise ConfigError(f"expected a number >= 0, not {value!r}")
-    return float(value)
-
-
 def _boolean(value):
     if not isinstance(value, bool):
         raise ConfigError(f"expected true or false, not {value!r}")
@@ -117,7 +85,7 @@ def _memory_size(value):
     """Bytes, from a whole number or a size such as ``8G`` or ``80%`` (``xpnet.memory.parse_size``)."""
     if isinstance(value, str):
         return parse_size(value, "memory_limit")
-    return _whole(1)(value)
+    return at_least(1)(value)
 
 
 def _activation(value):
@@ -140,7 +108,7 @@ def _class_weight(value):
     if parsed == BALANCED:
         return parsed
     for label, weight in parsed.items():
-        if not (math.isfinite(weight) and weight >= 0):
+        if not (is_number(weight) and weight >= 0):
             raise ConfigError(f"the weight of class {label!r} must be a number >= 0, not {weight!r}")
     return ",".join(f"{label}={weight:g}" for label, weight in parsed.items())
 
@@ -185,8 +153,8 @@ _ROWS = [
         "what is free)", "device", parse=str, optional=True, run=True, recipe=False, base=False,
     ),
     Setting(
-        "backend", None, _name(BACKENDS, "backend"), "array library (default: numpy)", "device",
-        choices=BACKENDS, optional=True, run=True, recipe=False, base=False,
+        "backend", None, BACKENDS.canonical, "array library (default: numpy)", "device",
+        choices=tuple(BACKENDS), optional=True, run=True, recipe=False, base=False,
     ),
     Setting(
         "distributed", False, _boolean,
@@ -208,7 +176,7 @@ _ROWS = [
         choices=TASKS, optional=True, recipe=False,
     ),
     Setting(
-        "val_split", 0.1, _fraction, "fraction of training data held out for validation", "data",
+        "val_split", 0.1, fraction, "fraction of training data held out for validation", "data",
         parse=_parse_float,
     ),
     Setting("scaling", "unit", _name(SCALINGS, "scaling"), "input scaling", "data", choices=SCALINGS),
@@ -222,28 +190,31 @@ _ROWS = [
     ),
     Setting(
         "activation", "relu", _activation,
-        "hidden activation: relu, leaky_relu(0.01), sigmoid, tanh, identity", "model",
+        f"hidden activation: {ACTIVATIONS.listing()} (a slope for leaky: leaky_relu(0.01))", "model",
     ),
     Setting(
         "output", None, _activation,
-        "output activation (default: the loss's partner: softmax, sigmoid, identity)", "model", optional=True,
+        "output activation (default: the loss's partner: "
+        f"{', '.join(f'{output} for {loss}' for loss, output in NATURAL_OUTPUT.items())})", "model", optional=True,
     ),
+    Setting("loss", "cross_entropy", loss_name, LOSSES.listing(), "model"),
+    Setting("init", "auto", init_spec, ", ".join(INIT_CHOICES), "model"),
+    Setting("dropout", 0.0, fraction, "dropout rate on hidden layers", "model", parse=_parse_float),
     Setting(
-        "loss", "cross_entropy", loss_name,
-        "cross_entropy, binary_cross_entropy, mse, poisson (exponential output, counts >= 0) or huber", "model",
+        "norm", "none", NORMS.canonical,
+        "normalisation after each hidden layer: none (default) or layer (LayerNorm, per sample)", "model",
+        choices=tuple(NORMS),
     ),
     Setting(
         "huber_delta", 1.0, _huber_delta, "the huber loss's threshold: quadratic within it, linear beyond", "model",
         parse=_parse_float,
     ),
-    Setting("init", "auto", init_spec, "auto, he_normal, glorot_uniform, standard_normal, ...", "model"),
-    Setting("dropout", 0.0, _fraction, "dropout rate on hidden layers", "model", parse=_parse_float),
     Setting(
         "dtype", "float32", _name(DTYPES, "dtype"), "float type of weights and math", "model",
         choices=DTYPES, recipe=False,
     ),
     Setting(
-        "precision", "float32", _name(tuple(PRECISIONS), "precision"),
+        "precision", "float32", PRECISIONS.canonical,
         "float32 (default); mixed-float16: float16 math, float32 master weights, dynamic loss scaling; "
         "mixed-bfloat16: the same in bfloat16, without scaling (PyTorch only; on a CPU fast only with "
         "AVX512-BF16 or AMX, else many times slower than float32, with a warning)", "model",
@@ -256,22 +227,29 @@ _ROWS = [
         run=True, recipe=False,
     ),
     Setting(
-        "optimizer", "sgd", _name(OPTIMIZERS, "optimizer"), "update rule", "optimisation",
+        "optimizer", "sgd", OPTIMIZERS.canonical, "update rule", "optimisation",
         choices=tuple(OPTIMIZERS),
     ),
-    Setting("lr", 0.01, _positive, "learning rate", "optimisation", parse=_parse_float),
-    Setting("momentum", 0.0, _fraction, "SGD momentum", "optimisation", parse=_parse_float),
+    Setting("lr", 0.01, positive, "learning rate", "optimisation", parse=_parse_float),
+    Setting("momentum", 0.0, fraction, "SGD momentum", "optimisation", parse=_parse_float),
     Setting("nesterov", False, _boolean, "Nesterov momentum", "optimisation"),
+    Setting("beta1", 0.9, fraction, "Adam's β1: decay of the gradient average", "optimisation", parse=_parse_float),
     Setting(
-        "weight_decay", 0.0, _non_negative, "L2 weight decay (decoupled for adamw)", "optimisation",
+        "beta2", 0.999, fraction, "Adam's β2: decay of the squared-gradient average", "optimisation",
+        parse=_parse_float,
+    ),
+    Setting("eps", 1e-8, positive, "Adam's ε, added to the root of the squared-gradient average", "optimisation",
+            parse=_parse_float),
+    Setting(
+        "weight_decay", 0.0, non_negative, "L2 weight decay (decoupled for adamw)", "optimisation",
         parse=_parse_float,
     ),
     Setting(
-        "schedule", "constant", _name(SCHEDULES, "schedule"), "constant, step, cosine or warmup-cosine",
-        "optimisation",
+        "schedule", "constant", SCHEDULES.canonical, "learning-rate schedule", "optimisation",
+        choices=tuple(SCHEDULES),
     ),
     Setting(
-        "label_smoothing", 0.0, _fraction,
+        "label_smoothing", 0.0, fraction,
         "label smoothing for cross-entropy targets (the training loss shown includes it, so it "
         "stays above the validation loss)", "optimisation",
         parse=_parse_float,
@@ -281,21 +259,21 @@ _ROWS = [
         "classifiers: weigh each class's rows: balanced (n / (classes x class count)) or LABEL=WEIGHT pairs "
         "such as 0=1,1=5 (labels by class number or name; others weigh 1)", "optimisation", optional=True,
     ),
-    Setting("batch_size", 64, _whole(1), "samples per step", "optimisation", parse=_parse_int),
+    Setting("batch_size", 64, at_least(1), "samples per step", "optimisation", parse=_parse_int),
     Setting(
-        "epochs", 10, _whole(0), "passes over the training data", "optimisation", parse=_parse_int, run=True,
+        "epochs", 10, at_least(0), "passes over the training data", "optimisation", parse=_parse_int, run=True,
     ),
     Setting(
-        "patience", None, _whole(1), "stop after this many epochs without a better --monitor figure", "optimisation",
+        "patience", None, at_least(1), "stop after this many epochs without a better --monitor figure", "optimisation",
         parse=_parse_int, optional=True,
     ),
     Setting(
-        "monitor", "val_loss", _name(tuple(MONITORS), "monitor"),
+        "monitor", "val_loss", MONITORS.canonical,
         "the validation figure that picks the kept epoch and drives --patience: val_loss (lowest) or "
         "val_accuracy (highest; classifiers)", "optimisation", choices=tuple(MONITORS),
     ),
     Setting(
-        "seed", 0, _whole(0), "seed (>= 0) for initial weights, split and shuffling", "optimisation",
+        "seed", 0, at_least(0), "seed (>= 0) for initial weights, split and shuffling", "optimisation",
         parse=_parse_int,
     ),
 ]  # fmt: skip

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from xpnet.checks import is_number, is_whole
+from xpnet.checks import is_number, whole
 from xpnet.compiled import step_runner
 from xpnet.data_parallel import DataParallel
 from xpnet.distributed import Communicator
@@ -25,17 +25,22 @@ from xpnet.divergence import check_diverged, largest_weight
 from xpnet.errors import ConfigError
 from xpnet.evaluate import RunningSums, evaluate_sums, zero_sum
 from xpnet.inputs import check_inputs, check_targets, check_validation
+from xpnet.names import Registry
 from xpnet.optim import SGD, Optimizer
 from xpnet.precision import LossScaler, loss_scaler
 from xpnet.progress import ProgressBar
 from xpnet.scaling import Scaling
+from xpnet.step import Step
 from xpnet.weights import device_weights, validation_weights
 
 #: The validation figures that can pick the kept epoch and drive early stopping: name -> (words, better).
-MONITORS = {
-    "val_loss": ("validation loss", operator.lt),  # lowest
-    "val_accuracy": ("validation accuracy", operator.gt),  # highest
-}
+MONITORS = Registry(
+    "monitor",
+    {
+        "val_loss": ("validation loss", operator.lt),  # lowest
+        "val_accuracy": ("validation accuracy", operator.gt),  # highest
+    },
+)
 
 
 @dataclass
@@ -128,10 +133,13 @@ class _Loop:
     scaler_state: InitVar[list | None] = None  #: a resumed run's loss scaling (History.loss_scaler)
     scaler: LossScaler | None = field(init=False, default=None)  #: float16's dynamic loss scaling, or None
     runner: Any = field(init=False, default=None)  #: runs an epoch's steps, eagerly or compiled (``xpnet.compiled``)
+    step: Step = field(init=False)  #: one minibatch step (``xpnet.step``)
 
     def __post_init__(self, scaler_state):
         self.scaler = loss_scaler(self.net, scaler_state)
         self.validation = self.parallel.validation_part(self.validation)  # this rank's share of the validation set
+        smoothing = self.options.label_smoothing
+        self.step = Step(self.net, self.optimizer, self.X, self.y, smoothing, self.scaler, self.parallel, self.weights)
         if self.options.patience is not None and self.validation is None:
             raise ConfigError("patience (early stopping) needs validation data: pass validation_data or --val-split")
 
@@ -298,21 +306,10 @@ def _run_epoch(loop: _Loop, history: History, rng) -> tuple[EpochTotals | None, 
 
 
 def _train_step(loop: _Loop, idx, sums: RunningSums) -> None:
-    """One minibatch step: forward, backprop (BP1-BP4), the optimizer's update, the running sums."""
-    net, xp, parallel = loop.net, loop.net.xp, loop.parallel
-    shares = parallel.weight_shares(xp, loop.weights, idx)  # each row's part of the batch's weight, or None
-    idx = parallel.local_rows(idx)  # this rank's contiguous part of the global batch
-    xb, yb = net.prepare(xp.take(loop.X, idx, axis=0)), xp.take(loop.y, idx, axis=0)
-    truth = net.targets(yb)
-    smoothing = loop.options.label_smoothing
-    targets = net.targets(yb, smoothing) if smoothing else truth
-    if loop.scaler is None:
-        cost, grads, out = net.backprop(xb, targets, train=True, weights=shares)
-        loop.optimizer.step(net.params, parallel.mean_gradients(net, grads))  # one allreduce across ranks
-    else:  # float16: δ^L scaled up, gradients unscaled in float32, a step with an inf or NaN (on any rank) undone
-        cost, grads, out = net.backprop(xb, targets, train=True, loss_scale=loop.scaler.scale, weights=shares)
-        loop.scaler.step(loop.optimizer, net.params, parallel.mean_gradients(net, grads))
-    sums.add(net, cost, out, truth, parallel.local_batch)
+    """One minibatch step: ``loop.step`` (``xpnet.step.Step``) on the loop's data as bound now (a
+    compiled run puts its traced arrays in ``loop.X`` and ``loop.y`` while it traces the step)."""
+    loop.step.X, loop.step.y = loop.X, loop.y
+    loop.step(idx, sums)
 
 
 def _interrupt(loop: _Loop, history: History, sums: RunningSums, batches: int, seconds: float) -> None:
@@ -399,12 +396,10 @@ def _worth_logging(epoch: int, epochs: int) -> bool:
 def _check_fit_args(net, epochs, batch_size, patience, monitor, label_smoothing) -> tuple:
     """``(epochs, batch_size, patience)`` as Python ints (NumPy integers pass, bools do not)."""
     _check_monitor(net, monitor)
-    if not is_whole(epochs) or epochs < 0:
-        raise ConfigError(f"epochs must be a whole number >= 0, not {epochs!r}")
-    if not is_whole(batch_size) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
-    if patience is not None and (not is_whole(patience) or patience < 1):
-        raise ConfigError(f"patience must be a whole number >= 1, not {patience!r}")
+    whole("epochs", epochs, minimum=0)
+    whole("batch_size", batch_size, minimum=1)
+    if patience is not None:
+        whole("patience", patience, minimum=1)
     if not (is_number(label_smoothing) and 0.0 <= label_smoothing < 1.0):
         raise ConfigError(f"label_smoothing must be in [0, 1), not {label_smoothing!r}")
     return int(epochs), int(batch_size), None if patience is None else int(patience)

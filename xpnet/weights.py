@@ -20,18 +20,14 @@ import numpy as np
 
 from xpnet.backend import device_constant
 from xpnet.errors import ConfigError
+from xpnet.inputs import host_numbers
 
 BALANCED = "balanced"
 
 
 def check_sample_weight(weights, samples: int, name: str = "sample_weight") -> np.ndarray:
     """``weights`` as a float64 host array of one number >= 0 per sample, not all zero."""
-    try:
-        array = np.asarray(weights)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name} is not an array of numbers ({exc})") from None
-    if array.dtype.kind not in "biuf":
-        raise ConfigError(f"{name} must hold numbers, not {array.dtype}")
+    array = host_numbers(weights, name)
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim != 1 or array.shape[0] != samples:

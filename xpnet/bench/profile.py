@@ -17,34 +17,25 @@ from xpnet.bench.runners import XpnetRunner
 from xpnet.bench.targets import Target
 from xpnet.bench.workload import flops_per_sample
 from xpnet.evaluate import RunningSums
+from xpnet.step import PHASES, Step
 
-PHASES = ("batch", "forward+loss+backward", "optimizer", "metrics")
 
+def timed_pass(step: Step, order, batch_size: int, steps: int, sync, clock=time.perf_counter) -> list[list[float]]:
+    """Seconds each of ``PHASES`` took in each of ``steps`` of fit's own steps (``step``), each phase
+    ended by ``sync`` (the device's synchronize) before its clock is read."""
+    spent: list[list[float]] = [[] for _ in PHASES]
+    sums = RunningSums.zero(step.net)  # fit's own running sums
+    last = [0.0]
 
-def _timed_pass(runner: XpnetRunner, order, steps: int) -> list[float]:
-    """Seconds spent in each of ``PHASES`` over ``steps`` of fit's steps, summed."""
-    net, xp, opt, sync = runner.net, runner.net.xp, runner.optimizer, runner.backend.synchronize
-    bs = runner.batch_size
-    spent = [0.0] * len(PHASES)
-    sums = RunningSums.zero(net)
+    def mark(phase: str) -> None:
+        sync()
+        now = clock()
+        spent[PHASES.index(phase)].append(now - last[0])
+        last[0] = now
+
     for b in range(steps):
-        t0 = time.perf_counter()
-        idx = order[b * bs : (b + 1) * bs]
-        xb = net.prepare(xp.take(runner.X, idx, axis=0))
-        targets = net.targets(xp.take(runner.y, idx, axis=0))
-        sync()
-        t1 = time.perf_counter()
-        cost, grads, out = net.backprop(xb, targets, train=True)
-        sync()
-        t2 = time.perf_counter()
-        opt.step(net.params, grads)
-        sync()
-        t3 = time.perf_counter()
-        sums.add(net, cost, out, targets, bs)  # fit's own running sums
-        sync()
-        t4 = time.perf_counter()
-        for i, dt in enumerate((t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-            spent[i] += dt
+        last[0] = clock()
+        step(order[b * batch_size : (b + 1) * batch_size], sums, mark)
     return spent
 
 
@@ -58,10 +49,11 @@ def profile_step(batch_size: int, samples: int = 16384, backend: str = "numpy", 
     runner = XpnetRunner(Target(backend, device), X, y, batch_size)
     steps = max(1, min(samples // batch_size, 400))
     order = runner.backend.upload(np.random.default_rng(0).permutation(X.shape[0]).astype(np.int32))
+    step, sync = Step(runner.net, runner.optimizer, runner.X, runner.y), runner.backend.synchronize
     with runner.backend.step_policy(batch_size * runner.net.macs_per_sample):
-        _timed_pass(runner, order, steps)  # warms up
-        spent = _timed_pass(runner, order, steps)
-    phases = {phase: seconds / steps for phase, seconds in zip(PHASES, spent)}
+        timed_pass(step, order, batch_size, steps, sync)  # warms up
+        spent = timed_pass(step, order, batch_size, steps, sync)
+    phases = {phase: sum(seconds) / steps for phase, seconds in zip(PHASES, spent)}
     own = measure(own_gemms(Target(backend, device), batch_size))
     phases["of which matmuls"] = flops_per_sample() * batch_size / (own.gflops * 1e9)
     return phases

@@ -17,11 +17,10 @@ import numpy as np
 
 from xpnet.backend import get_backend
 from xpnet.bench.targets import Target
-from xpnet.bench.workload import LR, MOMENTUM, SIZES, step_macs
+from xpnet.bench.workload import LR, MOMENTUM, SETTINGS, SIZES, step_macs
+from xpnet.build import build
 from xpnet.init import init_name, initial_parameters
-from xpnet.network import MLP
-from xpnet.optim import SGD
-from xpnet.scaling import Scaling
+from xpnet.step import Step
 from xpnet.train import fit
 
 
@@ -55,15 +54,15 @@ class XpnetRunner(Runner):
     impl = "xpnet"
 
     def __init__(self, target: Target, X, y, batch_size: int, seed: int = 0):
-        self.net = MLP(SIZES, "relu", "cross_entropy", backend=target.backend, device=target.device, seed=seed)
-        self.net.set_scaling(Scaling.fit("unit", X[:1]))
+        settings = {**SETTINGS, "seed": seed}
+        where = {"backend": target.backend, "device": target.device}
+        self.net, self.optimizer = build(settings, SIZES[0], SIZES[-1], X[:1], **where)
         self.backend = self.net.backend
         self.X, self.y = self.net.to_device(X), self.net.to_device(y, labels=True)
         self.batch_size = batch_size
-        self.optimizer = SGD(lr=LR, momentum=MOMENTUM)
         self.epochs = 0
-        xb = self.net.prepare(self.X[:batch_size, ...])
-        self._batch = (xb, self.net.targets(self.y[:batch_size, ...]))
+        self._step = Step(self.net, self.optimizer, self.X, self.y)  # fit's own step
+        self._rows = self.backend.upload(np.arange(min(batch_size, len(X)), dtype=np.int32))
 
     def epoch(self) -> EpochMetrics:
         self.epochs += 1
@@ -75,16 +74,11 @@ class XpnetRunner(Runner):
         return EpochMetrics(record["loss"], record["accuracy"])
 
     def step(self) -> None:
-        """One of ``fit``'s steps: ``backprop`` then ``optimizer.step``, under fit's step policy.
-
-        The library's own pieces, called as ``fit`` calls them (not a copy of its math),
-        under the same ``Backend.step_policy`` with the same multiply-add count, so the
-        step timed here is the step a user's ``fit`` runs: BLAS threads and denormal
-        flushing included, which the harness once re-derived and twice drifted from.
-        """
+        """One of ``fit``'s steps (``xpnet.step.Step``, the very function ``fit`` calls), on the
+        first ``batch_size`` rows, under fit's ``Backend.step_policy`` with the same multiply-add
+        count: the batch's gather, cast and scaling, its targets, BP1-BP4 and the update."""
         with self.backend.step_policy(self.batch_size * self.net.macs_per_sample):
-            _, grads, _ = self.net.backprop(*self._batch, train=True)
-            self.optimizer.step(self.net.params, grads)
+            self._step(self._rows, None)
         self.backend.synchronize()
 
     def peak_memory(self) -> int | None:

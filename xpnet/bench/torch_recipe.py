@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xpnet.build import build_network
 from xpnet.data import load_dataset, train_val_split
 from xpnet.errors import ConfigError
-from xpnet.network import MLP
 from xpnet.optim import get_schedule
 from xpnet.run import resolve_settings
 from xpnet.scaling import Scaling
@@ -46,6 +46,8 @@ def check_supported(settings: dict) -> None:
     for key, value in wanted.items():
         if str(settings.get(key)).replace("-", "_") != value:
             raise ConfigError(f"the PyTorch twin reproduces {key} {value!r} only, not {settings.get(key)!r}")
+    if settings.get("norm", "none") != "none":
+        raise ConfigError(f"the PyTorch twin reproduces networks without a norm, not norm {settings['norm']!r}")
     if settings.get("output") not in (None, "softmax"):
         raise ConfigError(f"the PyTorch twin reproduces a softmax output only, not {settings['output']!r}")
     for key in ("sample_weight", "class_weight"):
@@ -55,7 +57,7 @@ def check_supported(settings: dict) -> None:
 
 def build_model(settings: dict, sizes: list[int]) -> nn.Sequential:
     """``nn.Sequential`` of Linear/ReLU (and Dropout) holding xpnet's initial weights for this seed."""
-    net = MLP(sizes, settings["activation"], settings["loss"], init=settings["init"], seed=settings["seed"])
+    net = build_network({**settings, "dtype": "float32", "precision": "float32"}, sizes[0], sizes[-1])
     state = net.state_dict()  # "layers.{i}.weight" / "layers.{i}.bias", torch's own layout
     dtype = getattr(torch, settings["dtype"])
     layers = []

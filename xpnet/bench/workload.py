@@ -12,6 +12,16 @@ from collections.abc import Sequence
 SIZES = (784, 128, 64, 10)
 BATCH_SIZES = (16, 64, 256, 1024, 4096, 8192)
 LR, MOMENTUM = 0.01, 0.9
+#: The benchmark's network and optimizer as run settings (``xpnet.build``): what xpnet's runner trains.
+SETTINGS = {
+    "layers": list(SIZES[1:-1]),
+    "activation": "relu",
+    "loss": "cross_entropy",
+    "scaling": "unit",
+    "optimizer": "sgd",
+    "lr": LR,
+    "momentum": MOMENTUM,
+}
 #: The implementations compared: xpnet's fit, the same math straight in NumPy, PyTorch eager, and a
 #: hand-written JAX loop compiled over the whole epoch (``jax.jit`` + ``lax.scan``).
 IMPLS = ("xpnet", "direct", "torch-eager", "jax-scan")

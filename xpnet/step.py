@@ -1,0 +1,70 @@
+"""One training step, the one ``fit`` takes: used by ``fit``, the bench runners and the profilers.
+
+A ``Step`` holds what every step of a run shares (the network, the optimizer, the data
+on the device, label smoothing, float16's loss scaler, the data-parallel share); calling
+it with a batch's row indices takes the step:
+
+    batch                   the rows gathered, cast and scaled (``MLP.prepare``)
+    targets                 one-hot (and smoothed) targets (``MLP.targets``)
+    forward+loss+backward   ``MLP.backprop``: BP1-BP4
+    optimizer               the update (one allreduce first, across ranks)
+    metrics                 the running loss and accuracy sums, on the device
+
+``mark``, when given, is called with each phase's name as it ends: a profiler times the
+very step ``fit`` runs instead of a copy of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from xpnet.weights import batch_shares
+
+PHASES = ("batch", "targets", "forward+loss+backward", "optimizer", "metrics")
+
+
+def _no_mark(phase: str) -> None:
+    return None
+
+
+@dataclass
+class Step:
+    """``step(idx, sums)``: one minibatch step on the rows ``idx`` of ``X`` and ``y``."""
+
+    net: Any
+    optimizer: Any
+    X: Any  #: the training inputs, on the device
+    y: Any  #: their labels or targets, on the device
+    label_smoothing: float = 0.0
+    scaler: Any = None  #: float16's ``LossScaler``, or None
+    parallel: Any = None  #: ``DataParallel`` (this rank's rows, the gradient mean), or None: one process
+    weights: Any = None  #: each training row's weight on the device (sample and class weights), or None
+
+    def __call__(self, idx, sums, mark: Callable[[str], None] = _no_mark) -> None:
+        net, xp, parallel = self.net, self.net.xp, self.parallel
+        shares = None  # each row's part of the batch's weight (xpnet.weights), or None: the plain mean
+        if parallel is not None:
+            shares = parallel.weight_shares(xp, self.weights, idx)
+            idx = parallel.local_rows(idx)  # this rank's contiguous part of the global batch
+        elif self.weights is not None:
+            shares = batch_shares(xp, self.weights, idx, idx, 1)
+        xb, yb = net.prepare(xp.take(self.X, idx, axis=0)), xp.take(self.y, idx, axis=0)
+        mark("batch")
+        truth = net.targets(yb)
+        targets = net.targets(yb, self.label_smoothing) if self.label_smoothing else truth
+        mark("targets")
+        loss_scale = None if self.scaler is None else self.scaler.scale
+        cost, grads, out = net.backprop(xb, targets, train=True, loss_scale=loss_scale, weights=shares)
+        mark("forward+loss+backward")
+        if parallel is not None:
+            grads = parallel.mean_gradients(net, grads)  # one allreduce across ranks
+        if self.scaler is None:
+            self.optimizer.step(net.params, grads)
+        else:  # float16: a step with an inf or NaN gradient (on any rank) is undone
+            self.scaler.step(self.optimizer, net.params, grads)
+        mark("optimizer")
+        if sums is not None:
+            sums.add(net, cost, out, truth, idx.shape[0])
+        mark("metrics")
