@@ -21,7 +21,7 @@ from array_api_compat import device as array_device
 from xpnet.backend.audit import Audit
 from xpnet.backend.cpu import _libm, _mxcsr_flushing
 from xpnet.backend.rng import RandomGenerator
-from xpnet.errors import ConfigError
+from xpnet.errors import BackendError, ConfigError
 
 DTYPES = ("float32", "float64")
 HALF_DTYPES = ("float16", "bfloat16")
@@ -63,6 +63,14 @@ class Backend:
     def for_device(cls, device: str | None) -> Backend:
         """This library on ``device`` (None: its default), after checking both are usable here."""
         raise NotImplementedError(f"{cls.__name__} does not say how to find its devices")
+
+    @classmethod
+    def _library(cls, what: str, hint: str) -> ModuleType:
+        """The library's own module, or a ``BackendError`` naming ``what`` is missing and how to get it."""
+        try:
+            return importlib.import_module(cls.module)
+        except ImportError as exc:
+            raise BackendError(f"backend {cls.name!r} needs {what}, which is not installed; {hint}") from exc
 
     def __str__(self) -> str:
         return f"{self.name} on {self.device_name}"

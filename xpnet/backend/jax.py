@@ -34,10 +34,7 @@ class JaxBackend(Backend):
 
     @classmethod
     def for_device(cls, device: str | None) -> Backend:
-        try:
-            jax = importlib.import_module("jax")
-        except ImportError as exc:
-            raise BackendError(f"backend 'jax' needs JAX, which is not installed; {JAX_HINT}") from exc
+        jax = cls._library("JAX", JAX_HINT)
         xp = importlib.import_module("jax.numpy")
         if device in (None, "cpu"):
             return cls(xp, jax.devices("cpu")[0])

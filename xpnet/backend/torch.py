@@ -26,10 +26,7 @@ class TorchBackend(Backend):
 
     @classmethod
     def for_device(cls, device: str | None) -> Backend:
-        try:
-            torch = importlib.import_module("torch")
-        except ImportError as exc:
-            raise BackendError(f"backend 'torch' needs PyTorch, which is not installed; {TORCH_HINT}") from exc
+        torch = cls._library("PyTorch", TORCH_HINT)
         xp = importlib.import_module("array_api_compat.torch")
         if device in (None, "cpu", "meta"):  # meta: shapes without data, for audits (see Backend.audit)
             return cls(xp, torch.device(device or "cpu"))
