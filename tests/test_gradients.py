@@ -68,6 +68,18 @@ def assert_gradients_close(net, analytic, numeric):
     assert max(float(np.max(np.abs(fd))) for fd in numeric) > 1e-3
 
 
+def assert_matches_the_forward_pass(net, x, y, cost, analytic):
+    """``net.gradients``' cost is the forward pass's, and its gradients the forward cost's finite differences."""
+    xd, yd = net.to_device(x), net.to_device(y)
+
+    def forward_cost():
+        z, a = net.forward(xd, logits=True)
+        return net.loss.value(net.xp, z, a, yd)
+
+    assert host_float(net, cost) == pytest.approx(host_float(net, forward_cost()), rel=1e-12)
+    assert_gradients_close(net, analytic, finite_differences(net, forward_cost))
+
+
 def check_gradients(spec, hidden, output, loss, fused, depth, seed=0):
     """net.gradients (BP1-BP4) against finite differences on the backend of ``spec``."""
     rng = np.random.default_rng(seed)
@@ -83,14 +95,7 @@ def check_gradients(spec, hidden, output, loss, fused, depth, seed=0):
     analytic = [host(net, g) for pair in layers for g in pair]
     assert all(g.dtype == np.float64 for g in analytic)
 
-    xd, yd = net.to_device(x), net.to_device(y)
-
-    def forward_cost():
-        z, a = net.forward(xd, logits=True)
-        return net.loss.value(net.xp, z, a, yd)
-
-    assert host_float(net, cost) == pytest.approx(host_float(net, forward_cost()), rel=1e-12)
-    assert_gradients_close(net, analytic, finite_differences(net, forward_cost))
+    assert_matches_the_forward_pass(net, x, y, cost, analytic)
 
 
 def check_dropout_gradients(spec, hidden, seed=0):

@@ -65,12 +65,7 @@ Y_VALUES = st.one_of(
 def test_every_wrong_call_raises_an_xpnet_error(call, X, y, regression):
     net = MLP([3, 4, 1], loss="mse") if regression else MLP([3, 4, 2])
     try:
-        if call == "fit":
-            net.fit(X, y, epochs=1, batch_size=2)
-        elif call in ("predict", "predict_proba"):
-            getattr(net, call)(X)
-        else:
-            getattr(net, call)(X, y)
+        _call(net, call, X, y)
     except XpnetError:
         return
     shape = np.shape(X) if isinstance(X, np.ndarray) else None
@@ -88,12 +83,17 @@ def test_nan_or_infinite_inputs_are_refused_before_any_work(call, bad):
     X[2, 1] = bad
     net = MLP([3, 4, 2])
     with pytest.raises(ConfigError, match=r"^[xX] holds NaN or infinite values"):  # gradients(x, y) says x
-        if call == "fit":
-            net.fit(X, y, epochs=1, batch_size=2)
-        elif call in ("predict", "predict_proba"):
-            getattr(net, call)(X)
-        else:
-            getattr(net, call)(X, y)
+        _call(net, call, X, y)
+
+
+def _call(net, call: str, X, y) -> None:
+    """The public call ``call`` on ``(X, y)``, as a user makes it (one epoch of batch 2 for ``fit``)."""
+    if call == "fit":
+        net.fit(X, y, epochs=1, batch_size=2)
+    elif call in ("predict", "predict_proba"):
+        getattr(net, call)(X)
+    else:
+        getattr(net, call)(X, y)
 
 
 @pytest.mark.parametrize("labels", [[0, 1, 2, 0], [0, 1, -1, 0], [5, 5, 5, 5]])
