@@ -86,6 +86,13 @@ def mpiexec(ranks: int, *args, cwd, timeout: float = 90, env: dict | None = None
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
+def end_job(proc: subprocess.Popen) -> None:
+    """Kill a job still running (its whole process group: every rank), so no test leaves ranks behind."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
 def _rank_results(folder: Path, ranks: int) -> list[tuple[dict, dict]]:
     results = []
     for rank in range(ranks):
@@ -263,9 +270,7 @@ def test_sigint_to_one_rank_stops_every_rank_at_the_same_step_and_resume_ends_as
         marker.with_name(f"{marker.name}.go").touch()
         _, stderr = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        end_job(proc)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "Abort" not in stderr, stderr
     checkpoint = tmp_path / "m.ckpt.safetensors"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import HAVE_TORCH
-from test_mpi import HAVE_MPI, TRAIN, _blobs_npz, _mpmd, _run, _xpnet_on_ranks, job_environment
+from test_mpi import HAVE_MPI, TRAIN, _blobs_npz, _mpmd, _run, _xpnet_on_ranks, end_job, job_environment
 
 pytestmark = [
     pytest.mark.mpi,
@@ -89,8 +89,6 @@ def test_a_second_sigint_to_one_rank_ends_the_job_with_130(data, tmp_path, rank,
             os.kill(pid, signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        end_job(proc)
     assert proc.returncode == 130, stderr
     assert "BAD TERMINATION" not in stderr and "Traceback" not in stderr, stderr
