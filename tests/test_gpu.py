@@ -21,7 +21,6 @@ from test_gradients import GRADIENT_CASES, check_dropout_gradients, check_gradie
 
 from xpnet.activations import ReLU
 from xpnet.backend import fused_kernel, get_backend, kernel_cuda_source, substituted_kernels
-from xpnet.backend.cuda import gpu_free_memory
 from xpnet.backend.kernels import _cupy_kernel
 from xpnet.checkpoint import ModelFile
 from xpnet.data import Scaling
@@ -255,10 +254,10 @@ def test_selfcheck_passes_on_the_gpu_with_its_benchmark(spec, capsys):
 @pytest.mark.parametrize("spec", GPU_BACKENDS)
 def test_the_free_memory_a_run_is_held_to_is_the_gpus_own(spec):
     backend = get_backend(*spec)
-    free = gpu_free_memory(backend)
+    free = backend.gpu_free_memory()
     assert isinstance(free, int) and free > 0
     big = backend.upload(np.zeros(2**28, np.float32))  # 1 GiB taken
-    assert gpu_free_memory(backend) <= free - 2**30 + 2**26  # within the pool's rounding
+    assert backend.gpu_free_memory() <= free - 2**30 + 2**26  # within the pool's rounding
     del big
 
 

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xpnet import run
+from xpnet.backend import NumpyBackend
 from xpnet.cli import main
 from xpnet.data import read_idx
 from xpnet.errors import ConfigError, MemoryLimitError
@@ -166,7 +167,7 @@ def test_a_run_that_fits_the_host_but_not_the_gpu_is_refused_before_it_starts(tm
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", X=rng.standard_normal((400, 64)).astype(np.float32), y=np.arange(400) % 2)
     asked = []
-    monkeypatch.setattr(run, "gpu_free_memory", lambda backend: asked.append(backend) or 1 * MiB)
+    monkeypatch.setattr(NumpyBackend, "gpu_free_memory", lambda backend: asked.append(backend) or 1 * MiB)
     args = ["train", "--dataset", str(tmp_path / "d.npz"), "--layers", "256", "--precision", "mixed-float16"]
     assert main([*args, "--out", str(tmp_path / "m.safetensors")]) == 2
     err = capsys.readouterr().err

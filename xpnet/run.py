@@ -19,7 +19,6 @@ import numpy as np
 
 from xpnet.backend import get_backend
 from xpnet.backend.cpu import slow_setting_warnings
-from xpnet.backend.cuda import gpu_free_memory
 from xpnet.build import build_network, build_optimizer
 from xpnet.checkpoint import ModelFile, save_model
 from xpnet.data import load_dataset, split_rows, train_val_split
@@ -280,7 +279,7 @@ def _prepare(settings: dict, resume, quiet: bool, world: Communicator, plot):
             print(f"xpnet: warning: {warning}", file=sys.stderr, flush=True)
         communicator = world.for_backend(backend)
         data, split = _load_data(settings, quiet)
-        on_gpu = gpu_free_memory(backend)
+        on_gpu = backend.gpu_free_memory()
         memory_estimate(settings, data, plot is not None, on_gpu is None).check(f"training on {settings['dataset']!r}")
         if on_gpu is not None:  # the device's part against the device's own free memory
             device_estimate(settings, data, world.size).check_device(

@@ -83,11 +83,6 @@ def visible_gpu_count() -> int:
         return 0
 
 
-def gpu_free_memory(backend) -> int | None:
-    """Bytes ``backend``'s GPU can still give this process, or None off a GPU (``Backend.gpu_free_memory``)."""
-    return backend.gpu_free_memory()
-
-
 def cuda_libraries() -> dict[str, str]:
     """CuPy and the CUDA libraries it loads, each mapped to its version, "found", or
     "missing (why)"; loads them as CuPy would, and needs no GPU (for ``info``, ``selfcheck``
