@@ -13,6 +13,7 @@ evaluate, predict and gradients; crossings that are budgeted
 
 from __future__ import annotations
 
+import contextlib
 import types
 
 import numpy as np
@@ -20,7 +21,7 @@ import pytest
 from conftest import HAVE_TORCH, NEEDS_TORCH
 
 from xpnet.activations import ReLU
-from xpnet.backend import get_backend
+from xpnet.backend import get_backend, kernel_spec, substituted_kernels
 from xpnet.data import Scaling
 from xpnet.losses import BinaryCrossEntropy
 from xpnet.network import MLP
@@ -129,15 +130,37 @@ def test_fit_evaluate_predict_and_gradients_keep_to_the_device(case):
     assert audit.reads == 1 and audit.uploads == 0  # evaluate's one read; device arrays in and out
 
 
-def _operations_per_step(precision: str, optimizer) -> float:
-    """The operations one training step asks of the device (two fits differ by four steps)."""
+class MetaLaunches:
+    """Stands in for the fused kernels on the meta device: each call is one launch, counted, that
+    hands back its outputs (meta tensors hold no data to update). Keeps the finite flags it is given."""
+
+    def __init__(self):
+        self.count, self.flags = 0, []
+
+    def __call__(self, name: str):
+        outputs = len(kernel_spec(name)[1].split(","))
+
+        def launch(*args):
+            self.count += 1
+            if name in ("sgd", "sgd_momentum", "sgd_nesterov", "adam"):
+                self.flags.append(args[1])
+            return args[-1] if outputs == 1 else args[-outputs:]
+
+        return launch
+
+
+def _operations_per_step(precision: str, optimizer, fused: bool = False) -> float:
+    """The operations one training step asks of the device (two fits differ by four steps); ``fused``:
+    with CuPy's fused kernels (as one launch each) where xpnet has them, the array-API code elsewhere."""
     counts = []
     for steps in (2, 6):
         net = MLP([6, 8, 5, 3], precision=precision, backend=meta_backend(), seed=0)
         X, y = case_data("cross_entropy", None, n=8 * steps)
-        with net.backend.audit() as audit:
+        launches = MetaLaunches()
+        with substituted_kernels(launches) if fused else contextlib.nullcontext(), net.backend.audit() as audit:
             net.fit(X, y, epochs=1, batch_size=8, optimizer=optimizer(), shuffle=False)
-        counts.append(audit.operations)
+        assert audit.violations == []
+        counts.append(audit.operations + launches.count)
     return (counts[1] - counts[0]) / 4
 
 
@@ -150,6 +173,31 @@ def test_float16_loss_scaling_keeps_to_an_operation_budget():
     float16 = _operations_per_step("mixed-float16", lambda: Adam(lr=0.01))
     assert float16 - bfloat16 <= 72, (float16, bfloat16)
     assert bfloat16 - _operations_per_step("float32", lambda: Adam(lr=0.01)) <= 16  # the casts
+
+
+def test_float16_loss_scaling_with_the_fused_kernels_keeps_to_an_operation_budget():
+    """CuPy's path: the fused Adam update takes the 0-d finite flag as one more input, so float16 adds
+    only the overflow check, the unscaling and the scale's update to bfloat16's step (56 operations
+    on the meta device, where an isfinite is four); copies put back cost 110 more (200 against 90)."""
+    bfloat16 = _operations_per_step("mixed-bfloat16", lambda: Adam(lr=0.01), fused=True)
+    float16 = _operations_per_step("mixed-float16", lambda: Adam(lr=0.01), fused=True)
+    assert float16 - bfloat16 <= 60, (float16, bfloat16)
+    assert bfloat16 < _operations_per_step("mixed-bfloat16", lambda: Adam(lr=0.01)) - 50  # the kernels ran
+
+
+def test_the_fused_update_gets_float16s_flag_on_the_device_and_true_otherwise():
+    """No host read decides a skip: the kernel is handed the 0-d device flag itself."""
+    for precision, want in (("mixed-float16", "tensor"), ("mixed-bfloat16", True)):
+        net = MLP([6, 8, 5, 3], precision=precision, backend=meta_backend(), seed=0)
+        launches = MetaLaunches()
+        with substituted_kernels(launches), net.backend.audit() as audit:
+            net.fit(*case_data("cross_entropy", None, n=16), epochs=1, batch_size=8, optimizer=Adam(lr=0.01))
+        assert audit.violations == [] and len(launches.flags) == 2 * 6
+        for flag in launches.flags:
+            if want is True:
+                assert flag is True
+            else:
+                assert flag.device.type == "meta" and flag.shape == () and str(flag.dtype) == "torch.bool"
 
 
 # -- the monitor catches what it is for ----------------------------------------------------

@@ -25,7 +25,8 @@ from xpnet.backend.kernels import _cupy_kernel
 from xpnet.checkpoint import ModelFile
 from xpnet.data import Scaling
 from xpnet.modelfile import save_model
-from xpnet.optim import SGD
+from xpnet.optim import SGD, Adam
+from xpnet.precision import LossScaler
 from xpnet.selfcheck import main as selfcheck_main
 from xpnet.selfcheck.kernels import recorded_calls
 from xpnet.train import History
@@ -233,13 +234,35 @@ def test_a_second_gpu_keeps_everything_on_it(spec):
 def test_the_source_ci_compiles_is_the_source_cupy_compiles(spec):
     """tests/test_kernel_compile.py compiles kernel_cuda_source's text; here CuPy compiles its own
     for the same calls on a real GPU, and the two must be the same text."""
-    backend = get_backend(*spec)
+    backend, flags = get_backend(*spec), 0
     for name, calls in recorded_calls(("float32",)).items():
-        args = calls[0]
-        with backend.activated():
-            kernel = fused_kernel(backend.xp, name)
-            kernel(*[backend.upload(a) if isinstance(a, np.ndarray) else a for a in args])
-        assert kernel_cuda_source(name, args).split("\n", 4)[-1] in "".join(kernel.cached_codes.values()), name
+        for source, args in {kernel_cuda_source(name, args): args for args in calls}.items():  # each distinct call
+            flags += any(isinstance(a, np.ndarray) and a.dtype == bool for a in args)  # float16's device flag
+            with backend.activated():
+                kernel = fused_kernel(backend.xp, name)
+                kernel(*[backend.upload(a) if isinstance(a, np.ndarray) else a for a in args])
+            assert source.split("\n", 4)[-1] in "".join(kernel.cached_codes.values()), name
+    assert flags >= 4  # each optimizer kernel was also called with the 0-d finite flag on the device
+
+
+@pytest.mark.parametrize("spec", [p for p in GPU_BACKENDS if p.values[0][0] == "cupy"])
+def test_a_float16_overflow_leaves_the_fused_updates_weights_and_buffers_bit_for_bit(spec):
+    """CuPy's fused Adam gets the 0-d overflow flag on the device: a step whose gradients hold an inf
+    changes no weight and no moment (nothing is copied to be put back), and the next step updates."""
+    net = build_mlp(spec, [3, 4, 2], precision="mixed-float16", seed=0)
+    optimizer, scaler, xp = Adam(lr=0.1, weight_decay=0.01), LossScaler(net), net.xp
+    with net.backend.activated():
+        scaler.step(optimizer, net.params, [xp.ones_like(p) for p in net.params])
+        assert optimizer.kernel is not None
+        before = [host(net, a) for a in net.params + optimizer.state_arrays()]
+        grads = [xp.ones_like(p) for p in net.params]
+        grads[0][0, 0] = float("inf")
+        scaler.step(optimizer, net.params, grads)
+        after = [host(net, a) for a in net.params + optimizer.state_arrays()]
+        assert all(np.array_equal(a, b) for a, b in zip(after, before))
+        assert [float(host(net, v)) for v in scaler.state()] == [2.0**14, 0.0, 1.0]
+        scaler.step(optimizer, net.params, [xp.ones_like(p) for p in net.params])
+        assert not np.array_equal(host(net, net.params[0]), before[0])
 
 
 @pytest.mark.parametrize("spec", GPU_BACKENDS)

@@ -60,6 +60,20 @@ def test_each_kernel_is_compiled_for_every_dtype_it_is_called_with():
     assert any("typedef unsigned char X;" in s for s in scale) and any("CArray<float, 2, 0, 1>" in s for s in scale)
 
 
+OPTIMIZER_KERNELS = ("sgd", "sgd_momentum", "sgd_nesterov", "adam")
+
+
+@pytest.mark.parametrize("name", OPTIMIZER_KERNELS)
+def test_each_optimizer_kernel_is_compiled_with_the_finite_flag_on_the_device_and_as_true(name):
+    """float16's loss scaling passes the 0-d overflow flag as a device array (CuPy broadcasts it:
+    a CArray of bool), every other run passes True (a kernel scalar); both are compiled above, and
+    the update runs only where the flag is set."""
+    sources = all_sources()[name]
+    assert any("const CArray<bool, " in s and "const bool &finite = _raw_finite[_ind.get()];" in s for s in sources)
+    assert any("const bool finite," in s for s in sources)
+    assert all("if (finite) {" in s for s in sources)
+
+
 def test_a_broken_kernel_body_fails_to_compile():
     f32 = np.zeros(4, np.float32)
     inputs, outputs, _ = kernel_spec("relu_backward")

@@ -114,8 +114,8 @@ def test_an_overflowing_step_is_undone_and_the_scale_halves():
     ids=["adam", "adamw", "nesterov", "sgd"],
 )
 def test_an_overflowing_step_leaves_weights_and_buffers_bit_for_bit(make, fused):
-    """The skip folded into the update (array-API path), or copies put back (a fused kernel):
-    after a good step has filled the buffers, an overflow changes nothing, not one bit."""
+    """The skip folded into the update, on the array-API path and in the fused kernel (its C body run
+    by CKernel): after a good step has filled the buffers, an overflow changes nothing, not one bit."""
     net = MLP([3, 4, 2], precision="mixed-float16", seed=0)
     optimizer, scaler = make(), LossScaler(net)
     with substituted_kernels(CKernel) if fused else contextlib.nullcontext():

@@ -84,6 +84,13 @@ def get_schedule(spec) -> object:
 # -- optimizers ----------------------------------------------------------------------
 
 
+def guarded(body: str) -> str:
+    """A fused update's body run only where the kernel's ``finite`` input is true: a step skipped for a
+    float16 overflow leaves every output as it was, decided on the device (the flag is never read on the
+    host). The array-API ``_update`` does the same with ``_Skip``'s arithmetic, and is the reference."""
+    return f"if (finite) {{ {body} }}"
+
+
 class Optimizer:
     """Holds the base rate, the schedule and per-parameter state."""
 
@@ -107,8 +114,8 @@ class Optimizer:
 
     #: Buffers the optimizer keeps per parameter (momentum: 1; Adam's m and v: 2).
     buffers_per_param = 0
-    #: The fused CUDA body of this update (``backend.define_kernel``), if it has one: optional,
-    #: without one the array-API ``_update`` runs on every backend.
+    #: The fused CUDA body of this update (``backend.define_kernel``, its body ``guarded``) and ``_fused``
+    #: to call it, if it has one: optional, without one the array-API ``_update`` runs on every backend.
     kernel_name = None
     #: The training settings (rows of ``xpnet.settings``) this rule takes, as ``from_settings`` reads them.
     hyperparameters: tuple[str, ...] = ("lr", "weight_decay", "schedule")
@@ -131,17 +138,33 @@ class Optimizer:
             self.kernel = fused_kernel(self.xp, self.kernel_name) if self.kernel_name else None
 
     def step(self, params: list, grads: list, finite=None) -> None:
-        """One update of ``params`` (in place) from ``grads``. ``finite`` (float16's loss scaling, on the
-        array-API path): a 0-d boolean device flag; where it is false the step leaves every parameter
-        and buffer as it was, decided inside the update (``_Skip``), with no copies to put back."""
+        """One update of ``params`` (in place) from ``grads``. ``finite`` (float16's loss scaling): a 0-d
+        boolean device flag, never read on the host; where it is false the step leaves every parameter
+        and buffer as it was, decided inside the update: the fused kernel's own branch, or the array-API
+        arithmetic (``_Skip``), which is the reference the kernel is held to. Either way, no copies.
+        The step count advances on a skipped step too (the host cannot know): Adam's bias correction
+        counts it, on both paths alike."""
         self.bind(params)
         self.steps += 1
+        if self.kernel is not None:  # the flag is one more kernel input: no launch of its own
+            flag = True if finite is None else finite
+            for i, (p, g) in enumerate(zip(params, grads)):
+                self._fused(i, p, g, self._decay(p), flag)
+            return
         skip = None if finite is None else _Skip(self.xp, finite, params[0])
         for i, (p, g) in enumerate(zip(params, grads)):
-            decay = self.weight_decay if p.ndim > 1 else 0.0
-            params[i] = self._update(i, p, g if skip is None else skip.grad(g), decay, skip or _NO_SKIP)
+            params[i] = self._update(i, p, g if skip is None else skip.grad(g), self._decay(p), skip or _NO_SKIP)
+
+    def _decay(self, p) -> float:
+        return self.weight_decay if p.ndim > 1 else 0.0
 
     def _update(self, i, p, g, decay, skip):
+        """The array-API update of parameter ``i`` (the reference): returns the updated ``p``."""
+        raise NotImplementedError
+
+    def _fused(self, i, p, g, decay, finite) -> None:
+        """The same update as one call of ``self.kernel`` (``kernel_name``), in place; ``finite`` is the
+        0-d flag (or True), the kernel's input right after the gradient."""
         raise NotImplementedError
 
     def state_arrays(self) -> list:
@@ -224,28 +247,31 @@ class SGD(Optimizer):
         self.buffers_per_param = 1 if self.momentum else 0
         self.kernel_name = self.NESTEROV if self.nesterov else self.MOMENTUM if self.momentum else self.PLAIN
 
-    # The fused CuPy updates (one kernel per parameter), each the array-API code of ``_update`` below.
+    # The fused CuPy updates (one kernel per parameter), each the array-API code of ``_update`` below;
+    # where ``finite`` is false (a float16 overflow) the branch is not taken: p and v stay as they were.
     #: p <- p - lr (g + λp)
-    PLAIN = define_kernel("sgd", "T g, T lr, T momentum, T decay", "T p", "p -= lr * (g + decay * p);")
+    PLAIN = define_kernel(
+        "sgd", "T g, bool finite, T lr, T momentum, T decay", "T p", guarded("p -= lr * (g + decay * p);")
+    )
     #: v <- μv + (g + λp); p <- p - lr v
     MOMENTUM = define_kernel(
         "sgd_momentum",
-        "T g, T lr, T momentum, T decay",
+        "T g, bool finite, T lr, T momentum, T decay",
         "T p, T v",
-        "T d = g + decay * p; v = momentum * v + d; p -= lr * v;",
+        guarded("T d = g + decay * p; v = momentum * v + d; p -= lr * v;"),
     )
     #: v as above; p <- p - lr (d + μv)
     NESTEROV = define_kernel(
         "sgd_nesterov",
-        "T g, T lr, T momentum, T decay",
+        "T g, bool finite, T lr, T momentum, T decay",
         "T p, T v",
-        "T d = g + decay * p; v = momentum * v + d; p -= lr * (d + momentum * v);",
+        guarded("T d = g + decay * p; v = momentum * v + d; p -= lr * (d + momentum * v);"),
     )
 
+    def _fused(self, i, p, g, decay, finite):
+        self.kernel(g, finite, self.lr, self.momentum, decay, p, *self.state[i])
+
     def _update(self, i, p, g, decay, skip):
-        if self.kernel is not None:
-            self.kernel(g, self.lr, self.momentum, decay, p, *self.state[i])
-            return p
         if decay:
             g = g + skip.times(decay) * p
         if self.momentum:
@@ -270,11 +296,13 @@ class Adam(Optimizer):
     #: 0.001 (every v was off by that much, and selfcheck said so on an H200).
     kernel_name = define_kernel(
         "adam",
-        "T g, T step, T beta1, T beta2, T rest1, T rest2, T v_scale, T eps, T l2, T shrink",
+        "T g, bool finite, T step, T beta1, T beta2, T rest1, T rest2, T v_scale, T eps, T l2, T shrink",
         "T p, T m, T v",
-        "T d = g + l2 * p; p *= shrink;"
-        " m = beta1 * m + rest1 * d; v = beta2 * v + rest2 * d * d;"
-        " p -= step * m / (sqrt(v * v_scale) + eps);",
+        guarded(
+            "T d = g + l2 * p; p *= shrink;"
+            " m = beta1 * m + rest1 * d; v = beta2 * v + rest2 * d * d;"
+            " p -= step * m / (sqrt(v * v_scale) + eps);"
+        ),
     )
 
     hyperparameters = ("lr", "beta1", "beta2", "eps", "weight_decay", "schedule")
@@ -294,17 +322,20 @@ class Adam(Optimizer):
             raise ConfigError(f"eps must be a positive number, not {eps!r}")
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
+    def _bias_corrections(self) -> tuple[float, float]:
+        """lr / (1 - β1^t) and 1 / (1 - β2^t) for this step's t (``steps``, host-side, as both paths take it)."""
+        return self.lr / (1.0 - self.beta1**self.steps), 1.0 / (1.0 - self.beta2**self.steps)
+
+    def _fused(self, i, p, g, decay, finite):
+        m_hat_scale, v_hat_scale = self._bias_corrections()
+        l2, shrink = (0.0, 1.0 - self.lr * decay) if self.decoupled else (decay, 1.0)
+        rest1, rest2 = 1.0 - self.beta1, 1.0 - self.beta2
+        scalars = (m_hat_scale, self.beta1, self.beta2, rest1, rest2, v_hat_scale, self.eps, l2, shrink)
+        self.kernel(g, finite, *scalars, p, *self.state[i])
+
     def _update(self, i, p, g, decay, skip):
         m, v = self.state[i]
-        m_hat_scale = self.lr / (1.0 - self.beta1**self.steps)
-        v_hat_scale = 1.0 / (1.0 - self.beta2**self.steps)
-        if self.kernel is not None:
-            l2, shrink = (0.0, 1.0 - self.lr * decay) if self.decoupled else (decay, 1.0)
-            rest1, rest2 = 1.0 - self.beta1, 1.0 - self.beta2
-            self.kernel(
-                g, m_hat_scale, self.beta1, self.beta2, rest1, rest2, v_hat_scale, self.eps, l2, shrink, p, m, v
-            )
-            return p
+        m_hat_scale, v_hat_scale = self._bias_corrections()
         if decay and self.decoupled:
             p *= skip.keep(1.0 - self.lr * decay)
         elif decay:

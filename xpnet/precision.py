@@ -54,7 +54,8 @@ class LossScaler:
     BP1's δ^L is multiplied by the scale S before the backward pass, so that float16
     gradients too small for its range do not flush to zero; the gradients are divided
     by S again in float32. A step whose gradients hold an inf or a NaN is skipped (the
-    weights and the optimizer's buffers are put back) and S halves; after
+    optimizer gets the 0-d flag and its update, fused kernel or array-API code, leaves the
+    weights and its buffers as they were: nothing is copied to be put back) and S halves; after
     ``growth_interval`` finite steps in a row S doubles. All of it runs on the device with
     no host read: the scale, the run of good steps and the skipped count are read with
     the epoch's metrics. (Adam's step count lives on the host and still advances on a
@@ -78,18 +79,10 @@ class LossScaler:
         return [self.scale, self.good_steps, self.skipped]
 
     def step(self, optimizer, params: list, grads: list) -> None:
-        """``optimizer.step(params, grads)`` if every gradient is finite; else the step is undone."""
-        xp = self.xp
-        finite = xp.all(xp.stack([xp.all(xp.isfinite(g)) for g in grads]))
-        optimizer.bind(params)
-        if optimizer.kernel is None:  # the skip folded into the update: no copies (optim._Skip)
-            optimizer.step(params, grads, finite=finite)
-        else:  # a fused kernel takes no flag: keep copies and put them back where the step overflowed
-            kept = [xp.asarray(a, copy=True) for a in params + optimizer.state_arrays()]
-            optimizer.step(params, grads)
-            for now, before in zip(params + optimizer.state_arrays(), kept):
-                now[...] = xp.where(finite, now, before)
-        self._update(xp.astype(finite, self.scale.dtype))
+        """``optimizer.step(params, grads)``, which changes nothing where a gradient is not finite."""
+        finite = all_finite(self.xp, grads)
+        optimizer.step(params, grads, finite=finite)  # the skip is inside the update (kernel or array-API)
+        self._update(self.xp.astype(finite, self.scale.dtype))
 
     def _update(self, ok: Any) -> None:
         """S x2 after ``growth_interval`` good steps, x1/2 after a bad one, within [1, 2^24]."""
@@ -100,6 +93,11 @@ class LossScaler:
         self.scale = xp.minimum(xp.maximum(self.scale * factor, self._one), self._ceiling)
         self.good_steps = good * (1.0 - grow)
         self.skipped = self.skipped + (1.0 - ok)
+
+
+def all_finite(xp, arrays: list):
+    """A 0-d boolean device array: every element of every array is finite (no host read)."""
+    return xp.all(xp.stack([xp.all(xp.isfinite(a)) for a in arrays]))
 
 
 def loss_scaler(net, state: list | None = None) -> LossScaler | None:

@@ -14,6 +14,7 @@ from xpnet.activations import ReLU
 from xpnet.backend import Backend, get_backend, kernel_cuda_source, substituted_kernels
 from xpnet.network import MLP
 from xpnet.optim import SGD, Adam, AdamW
+from xpnet.precision import all_finite
 from xpnet.scaling import Scaling
 from xpnet.selfcheck.interpret import CKernel
 
@@ -33,7 +34,9 @@ SCALINGS = {
 
 def run_call_sites(backend: Backend, dtype: str, steps: int = 3) -> dict[str, np.ndarray]:
     """Each call site's results, read back to the host, keyed ``relu_backward``, ``<optimizer>/param<i>``
-    and ``<optimizer>/buffer<i>`` (after ``steps`` updates) and ``scale_inputs/<scaling>/<input>``.
+    and ``<optimizer>/buffer<i>`` (after ``steps`` updates), ``<optimizer>/skip-param<i>`` and
+    ``<optimizer>/skip-buffer<i>`` (the same with float16's overflow flag: every third step's gradients
+    hold an inf and must change nothing) and ``scale_inputs/<scaling>/<input>``.
 
     ``dtype`` is the type the math runs in; for a half type ("float16") the networks are
     mixed precision, and the optimizers, which only ever update float32 masters, are left out.
@@ -49,6 +52,7 @@ def run_call_sites(backend: Backend, dtype: str, steps: int = 3) -> dict[str, np
         results["relu_backward"] = backend.to_host(ReLU().backward(xp, backend.upload(z), None, grad))
         for name, make in {} if half else OPTIMIZERS.items():
             results.update(_optimizer_run(backend, make(), name, dtype, steps))
+            results.update(_optimizer_run(backend, make(), name, dtype, steps, skips=True))
         network = {"precision": f"mixed-{dtype}"} if half else {"dtype": dtype}
         for label, scaling in SCALINGS.items():
             net = MLP([3, 2], backend=backend, **network)
@@ -58,17 +62,25 @@ def run_call_sites(backend: Backend, dtype: str, steps: int = 3) -> dict[str, np
     return results
 
 
-def _optimizer_run(backend: Backend, optimizer, name: str, dtype: str, steps: int) -> dict[str, np.ndarray]:
+def _optimizer_run(
+    backend: Backend, optimizer, name: str, dtype: str, steps: int, skips: bool = False
+) -> dict[str, np.ndarray]:
     """Parameters and buffers after ``steps`` updates from fixed weights and gradients, each its own
-    array (``adam/param0``, ``adam/buffer2``): each is compared at its own scale (Adam's v is ~1e-3 of p)."""
+    array (``adam/param0``, ``adam/buffer2``): each is compared at its own scale (Adam's v is ~1e-3 of p).
+    With ``skips``, each step gets the 0-d finite flag as float16's loss scaling makes it, on the device,
+    and every third step's gradients hold an inf: a kernel that ignores the flag ends in inf or NaN."""
     rng = np.random.default_rng(1)
     params = [backend.upload(rng.standard_normal(shape), backend.dtype(dtype)) for shape in ((4, 3), (4,))]
-    for _ in range(steps):
-        grads = [backend.upload(rng.standard_normal(tuple(p.shape)), backend.dtype(dtype)) for p in params]
-        optimizer.step(params, grads)
+    for step in range(steps):
+        host = [rng.standard_normal(tuple(p.shape)) for p in params]
+        if skips and step % 3 == 1:
+            host[0][0, 0] = np.inf
+        grads = [backend.upload(g, backend.dtype(dtype)) for g in host]
+        optimizer.step(params, grads, finite=all_finite(backend.xp, grads) if skips else None)
     arrays = {f"param{i}": p for i, p in enumerate(params)}
     arrays.update({f"buffer{i}": b for i, b in enumerate(optimizer.state_arrays())})
-    return {f"{name}/{label}": backend.to_host(array) for label, array in arrays.items()}
+    prefix = "skip-" if skips else ""
+    return {f"{name}/{prefix}{label}": backend.to_host(array) for label, array in arrays.items()}
 
 
 class _Recorder:
@@ -78,7 +90,9 @@ class _Recorder:
         self.name, self.calls, self.kernel = name, calls, CKernel(name)
 
     def __call__(self, *args):
-        self.calls.setdefault(self.name, []).append([np.array(a) if isinstance(a, np.ndarray) else a for a in args])
+        # A 0-d NumPy bool (the finite flag NumPy's reductions make) is a 0-d device array on CuPy.
+        arrays = (np.ndarray, np.bool_)
+        self.calls.setdefault(self.name, []).append([np.array(a) if isinstance(a, arrays) else a for a in args])
         return self.kernel(*args)
 
 
