@@ -13,21 +13,27 @@ evaluate, predict and gradients; crossings that are budgeted
 
 from __future__ import annotations
 
-import contextlib
+import importlib.util
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import HAVE_TORCH, NEEDS_TORCH
 
 from xpnet.activations import ReLU
-from xpnet.backend import get_backend, kernel_spec, substituted_kernels
+from xpnet.backend import get_backend
 from xpnet.data import Scaling
 from xpnet.losses import BinaryCrossEntropy
 from xpnet.network import MLP
 from xpnet.optim import SGD, Adam, AdamW
 
 pytestmark = pytest.mark.skipif(not HAVE_TORCH, reason=NEEDS_TORCH)
+_SPEC = importlib.util.spec_from_file_location(
+    "step_operations", Path(__file__).resolve().parent.parent / "scripts" / "step_operations.py"
+)
+step_operations = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(step_operations)
 
 #: (hidden, output, loss, optimizer, dropout, scaling, fit options): every class at least once.
 CASES = {
@@ -130,38 +136,9 @@ def test_fit_evaluate_predict_and_gradients_keep_to_the_device(case):
     assert audit.reads == 1 and audit.uploads == 0  # evaluate's one read; device arrays in and out
 
 
-class MetaLaunches:
-    """Stands in for the fused kernels on the meta device: each call is one launch, counted, that
-    hands back its outputs (meta tensors hold no data to update). Keeps the finite flags it is given."""
-
-    def __init__(self):
-        self.count, self.flags = 0, []
-
-    def __call__(self, name: str):
-        outputs = len(kernel_spec(name)[1].split(","))
-
-        def launch(*args):
-            self.count += 1
-            if name in ("sgd", "sgd_momentum", "sgd_nesterov", "adam"):
-                self.flags.append(args[1])
-            return args[-1] if outputs == 1 else args[-outputs:]
-
-        return launch
-
-
 def _operations_per_step(precision: str, optimizer, fused: bool = False) -> float:
-    """The operations one training step asks of the device (two fits differ by four steps); ``fused``:
-    with CuPy's fused kernels (as one launch each) where xpnet has them, the array-API code elsewhere."""
-    counts = []
-    for steps in (2, 6):
-        net = MLP([6, 8, 5, 3], precision=precision, backend=meta_backend(), seed=0)
-        X, y = case_data("cross_entropy", None, n=8 * steps)
-        launches = MetaLaunches()
-        with substituted_kernels(launches) if fused else contextlib.nullcontext(), net.backend.audit() as audit:
-            net.fit(X, y, epochs=1, batch_size=8, optimizer=optimizer(), shuffle=False)
-        assert audit.violations == []
-        counts.append(audit.operations + launches.count)
-    return (counts[1] - counts[0]) / 4
+    """The operations one training step asks of the device (scripts/step_operations.py counts them)."""
+    return step_operations.operations_per_step(precision, optimizer, fused)
 
 
 def test_float16_loss_scaling_keeps_to_an_operation_budget():
@@ -188,10 +165,8 @@ def test_float16_loss_scaling_with_the_fused_kernels_keeps_to_an_operation_budge
 def test_the_fused_update_gets_float16s_flag_on_the_device_and_true_otherwise():
     """No host read decides a skip: the kernel is handed the 0-d device flag itself."""
     for precision, want in (("mixed-float16", "tensor"), ("mixed-bfloat16", True)):
-        net = MLP([6, 8, 5, 3], precision=precision, backend=meta_backend(), seed=0)
-        launches = MetaLaunches()
-        with substituted_kernels(launches), net.backend.audit() as audit:
-            net.fit(*case_data("cross_entropy", None, n=16), epochs=1, batch_size=8, optimizer=Adam(lr=0.01))
+        launches = step_operations.MetaLaunches()
+        audit = step_operations.audited_fit(precision, lambda: Adam(lr=0.01), 2, launches)
         assert audit.violations == [] and len(launches.flags) == 2 * 6
         for flag in launches.flags:
             if want is True:
