@@ -3,6 +3,7 @@
     python scripts/sklearn_compare.py                   # print the Markdown table
     python scripts/sklearn_compare.py --write           # ... and put it in docs/SKLEARN.md
     python scripts/sklearn_compare.py --datasets digits,diabetes --repeats 1
+    python scripts/sklearn_compare.py --datasets digits --write   # re-measure one row, keep the others
 
 For each dataset both estimators get the same hidden layers, activation (ReLU), solver
 (Adam), learning rate, L2 penalty, batch_size="auto" (the same number of steps per epoch),
@@ -205,6 +206,35 @@ def machine() -> str:
     )
 
 
+def written_block(doc: Path = DOC) -> list[str]:
+    """The lines between the markers in ``doc`` now (none if it has no table yet)."""
+    current = doc.read_text(encoding="utf-8") if doc.exists() else ""
+    if BEGIN not in current:
+        return []
+    return current.split(BEGIN, 1)[1].split(END, 1)[0].strip().splitlines()
+
+
+def merged_block(results: list[dict], provenance: str, old: list[str]) -> str:
+    """The table with this run's rows, and the rows of datasets this run left out kept as they
+    were, each run's provenance line (``Rows `a, b`: command; date; machine.``) naming its rows."""
+    rows = {r["name"]: row for r, row in zip(results, table(results).splitlines()[2:])}
+    kept = {}
+    for line in old:
+        name = line.split("|")[1].strip() if line.startswith("| ") else None
+        if name in DATASETS and name not in rows:
+            kept[name] = line
+    sources = []
+    for line in old:
+        if line.startswith("Rows `"):
+            names = [n for n in line[len("Rows `") :].split("`", 1)[0].split(", ") if n in kept]
+            if names:
+                sources.append(f"Rows `{', '.join(names)}`:{line.split('`:', 1)[1]}")
+    sources.append(f"Rows `{', '.join(rows)}`: {provenance}")
+    every = {**kept, **rows}
+    body = [every[name] for name in DATASETS if name in every]
+    return "\n".join([*table([]).splitlines(), *body, "", *sources])
+
+
 def write_doc(text: str, doc: Path = DOC) -> None:
     from xpnet.fileio import atomic_write_text
 
@@ -231,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(compare(name, args.repeats))
         print(f"{name}: done", file=sys.stderr, flush=True)
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    text = f"{table(results)}\n\nCommand: `{command.strip()}`; {when}; {machine()}."
+    text = merged_block(results, f"`{command.strip()}`; {when}; {machine()}.", written_block() if args.write else [])
     print(text)
     if args.write:
         write_doc(text)

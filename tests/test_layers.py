@@ -201,3 +201,48 @@ def test_gradients_are_named_per_layer():
     assert layers[0].W.shape == (6, 4) and layers[0].b.shape == (6,)
     assert layers[1].gamma.shape == (6,) and layers[1].beta.shape == (6,)
     assert layers[2].W.shape == (3, 6)
+
+
+class Gain(LayerNorm):
+    """y = γ ⊙ x: a new layer kind written in a test, to show the seam is one class plus one registry line.
+
+    It borrows only LayerNorm's constructor and parameter names; its math is its own.
+    """
+
+    param_names = ("weight",)
+
+    def param_shapes(self):
+        return {f"{self.prefix}.weight": (self.width,)}
+
+    def initial(self, drawn):
+        return [np.linspace(0.5, 1.5, self.width)]
+
+    def named(self, arrays):
+        return tuple(arrays)
+
+    def forward(self, ctx, params, x):
+        return x * params[0], x
+
+    def backward(self, ctx, params, cache, grad, input_error=True):
+        return (grad * params[0] if input_error else None), [ctx.xp.sum(grad * cache, axis=0)]
+
+    def describe(self):
+        return "gain"
+
+
+def test_a_new_layer_kind_is_one_class_plus_one_registry_line(monkeypatch, tmp_path):
+    from xpnet.layers import NORMS
+
+    monkeypatch.setitem(NORMS._entries, "gain", Gain)
+    net = build_mlp(("numpy", None), [4, 6, 3], activation="tanh", norm="gain", dtype="float64", seed=1)
+    assert [type(layer) for layer in net.layers] == [Dense, Gain, Dense]
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 4)), np.eye(3)[rng.integers(0, 3, 6)]
+    cost, layers = net.gradients(x, y)
+    assert_matches_the_forward_pass(net, x, y, cost, [host(net, g) for group in layers for g in group])
+    X, labels = rng.standard_normal((40, 4)).astype(np.float32), rng.integers(0, 3, 40)
+    net.fit(X, labels, epochs=2, batch_size=8)
+    net.save(tmp_path / "gain.safetensors")
+    loaded = load_model(tmp_path / "gain.safetensors")
+    assert [type(layer) for layer in loaded.layers] == [Dense, Gain, Dense]
+    np.testing.assert_array_equal(loaded.predict_proba(X), net.predict_proba(X))

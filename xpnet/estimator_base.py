@@ -8,9 +8,9 @@ the regressor built on it; see there.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -23,6 +23,7 @@ from xpnet.build import build_network, build_optimizer
 from xpnet.checks import DTYPES as FLOAT_TYPES
 from xpnet.checks import dtype_name, is_number, is_whole, whole
 from xpnet.errors import ConfigError
+from xpnet.estimator_params import estimator_init
 from xpnet.network import MLP
 from xpnet.optim import OPTIMIZERS
 from xpnet.scaling import SCALINGS, Scaling
@@ -44,66 +45,15 @@ class XpnetEstimator(BaseEstimator):
     stopping scores (``_validation_score``) and how outputs become predictions.
     """
 
-    def __init__(
-        self,
-        hidden_layer_sizes=(100,),
-        activation="relu",
-        *,
-        solver="adam",
-        alpha=0.0001,
-        batch_size="auto",
-        learning_rate_init=0.001,
-        schedule="constant",
-        max_iter=200,
-        shuffle=True,
-        random_state=None,
-        tol=1e-4,
-        verbose=False,
-        warm_start=False,
-        momentum=0.9,
-        nesterovs_momentum=True,
-        early_stopping=False,
-        validation_fraction=0.1,
-        beta_1=0.9,
-        beta_2=0.999,
-        epsilon=1e-8,
-        n_iter_no_change=10,
-        dropout=0.0,
-        norm="none",
-        init="auto",
-        scaling=None,
-        dtype="float32",
-        backend=None,
-        device=None,
-    ):
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.solver = solver
-        self.alpha = alpha
-        self.batch_size = batch_size
-        self.learning_rate_init = learning_rate_init
-        self.schedule = schedule
-        self.max_iter = max_iter
-        self.shuffle = shuffle
-        self.random_state = random_state
-        self.tol = tol
-        self.verbose = verbose
-        self.warm_start = warm_start
-        self.momentum = momentum
-        self.nesterovs_momentum = nesterovs_momentum
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.beta_1 = beta_1
-        self.beta_2 = beta_2
-        self.epsilon = epsilon
-        self.n_iter_no_change = n_iter_no_change
-        self.dropout = dropout
-        self.norm = norm
-        self.init = init
-        self.scaling = scaling
-        self.dtype = dtype
-        self.backend = backend
-        self.device = device
+    #: The parameters a subclass adds to the shared ones (``estimator_params``), with defaults.
+    _own_parameters: ClassVar[dict] = {}
+    __init__ = estimator_init(_own_parameters)
+
+    def __init_subclass__(cls, **kwargs):
+        """A subclass that names its own parameters gets the ``__init__`` that takes them."""
+        super().__init_subclass__(**kwargs)
+        if "_own_parameters" in vars(cls) and "__init__" not in vars(cls):
+            cls.__init__ = estimator_init(cls._own_parameters)
 
     # -- settings ----------------------------------------------------------------------
 
@@ -398,9 +348,3 @@ class _PortableNetwork:
             buffers = [net.backend.upload(b, net.dtype) for b in self.optimizer_buffers]
             optimizer.load_state_arrays(buffers, self.optimizer_steps, net.params)
         return optimizer
-
-
-def base_parameters(values: dict) -> dict:
-    """The parameters ``XpnetEstimator.__init__`` takes, picked from a subclass's ``locals()``."""
-    names = inspect.signature(XpnetEstimator.__init__).parameters
-    return {name: values[name] for name in names if name != "self"}

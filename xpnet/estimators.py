@@ -12,6 +12,7 @@ Needs ``pip install "xpnet[sklearn]"``; ``import xpnet`` alone never imports sci
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 import numpy as np
 from sklearn.base import ClassifierMixin, RegressorMixin
@@ -20,7 +21,7 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import column_or_1d
 
 from xpnet.errors import ConfigError
-from xpnet.estimator_base import DTYPES, XpnetEstimator, base_parameters
+from xpnet.estimator_base import DTYPES, XpnetEstimator
 from xpnet.losses import check_huber_delta
 from xpnet.weights import row_weights
 
@@ -69,41 +70,7 @@ class XpnetClassifier(ClassifierMixin, XpnetEstimator):
     _y_numeric = False
     _stratify = True
 
-    def __init__(
-        self,
-        hidden_layer_sizes=(100,),
-        activation="relu",
-        *,
-        solver="adam",
-        alpha=0.0001,
-        batch_size="auto",
-        learning_rate_init=0.001,
-        schedule="constant",
-        max_iter=200,
-        shuffle=True,
-        random_state=None,
-        tol=1e-4,
-        verbose=False,
-        warm_start=False,
-        momentum=0.9,
-        nesterovs_momentum=True,
-        early_stopping=False,
-        validation_fraction=0.1,
-        beta_1=0.9,
-        beta_2=0.999,
-        epsilon=1e-8,
-        n_iter_no_change=10,
-        dropout=0.0,
-        norm="none",
-        init="auto",
-        scaling=None,
-        dtype="float32",
-        backend=None,
-        device=None,
-        class_weight=None,
-    ):
-        super().__init__(**base_parameters(locals()))
-        self.class_weight = class_weight
+    _own_parameters: ClassVar[dict] = {"class_weight": None}
 
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One epoch over ``(X, y)``; the first call needs ``classes``, all the labels there will be."""
@@ -219,43 +186,7 @@ class XpnetRegressor(RegressorMixin, XpnetEstimator):
     _y_numeric = True
     _stratify = False
 
-    def __init__(
-        self,
-        hidden_layer_sizes=(100,),
-        activation="relu",
-        *,
-        loss="squared_error",
-        huber_delta=1.0,
-        solver="adam",
-        alpha=0.0001,
-        batch_size="auto",
-        learning_rate_init=0.001,
-        schedule="constant",
-        max_iter=200,
-        shuffle=True,
-        random_state=None,
-        tol=1e-4,
-        verbose=False,
-        warm_start=False,
-        momentum=0.9,
-        nesterovs_momentum=True,
-        early_stopping=False,
-        validation_fraction=0.1,
-        beta_1=0.9,
-        beta_2=0.999,
-        epsilon=1e-8,
-        n_iter_no_change=10,
-        dropout=0.0,
-        norm="none",
-        init="auto",
-        scaling=None,
-        dtype="float32",
-        backend=None,
-        device=None,
-    ):
-        super().__init__(**base_parameters(locals()))
-        self.loss = loss
-        self.huber_delta = huber_delta
+    _own_parameters: ClassVar[dict] = {"loss": "squared_error", "huber_delta": 1.0}
 
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over ``(X, y)``, continuing from the current weights."""

@@ -84,9 +84,9 @@ ARCHITECTURE = Record(
         "init": Either((_INIT, ListOf(_INIT, 1, MAX_LAYERS))),
         "dropout": Either((_RATE, ListOf(_RATE, 1, MAX_LAYERS))),
         "dtype": Text(choices=DTYPES),
-        "precision": Text(choices=tuple(PRECISIONS)),
+        "precision": Text(choices=PRECISIONS),
         "huber_delta": Number(0.0, FLOAT32_MAX, open_low=True),  # the Huber loss's threshold (loss huber only)
-        "norm": Text(choices=tuple(NORMS)),
+        "norm": Text(choices=NORMS),
     },
     optional=frozenset({"loss", "init", "dropout", "dtype", "precision", "huber_delta", "norm"}),
     rules=(_per_layer("activations", "init", "dropout"), _output_not_dropped),

@@ -11,7 +11,7 @@ number belongs, an integer of 400 digits, NaN, a list of a million layers).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,11 +122,12 @@ class Number(Node):
 class Text(Node):
     """A string of 1..``max_len`` characters (0 allowed with ``empty=True``), valid Unicode.
 
-    ``choices`` limits it to those names; ``parse`` is called on it and any
+    ``choices`` limits it to those names (a registry is read when checked, so a name added
+    to it later is accepted); ``parse`` is called on it and any
     ``XpnetError`` it raises (an unknown activation name, say) is the problem reported.
     """
 
-    choices: tuple[str, ...] | None = None
+    choices: Collection[str] | None = None
     max_len: int = MAX_TEXT
     empty: bool = False
     parse: Callable[[str], Any] | None = None
