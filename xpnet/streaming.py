@@ -69,6 +69,9 @@ class Streamed:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ConfigError(f"{name} must be a whole number >= 1, not {value!r}")
 
+    def __len__(self) -> int:
+        return self.source.rows
+
     @property
     def buffer_rows(self) -> int:
         return min(self.chunk_rows * self.buffer_chunks, self.source.rows)

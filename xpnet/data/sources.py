@@ -24,7 +24,6 @@ import numpy as np
 from xpnet.data.tabular import check_task, check_xy
 from xpnet.errors import ConfigError, DataError
 
-
 #: Rows read at a time to pick scattered rows from a source without row access.
 BLOCK_ROWS = 8192
 
@@ -60,6 +59,17 @@ class Source:
     def _raw(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    def _targets(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start..stop`` of the targets alone, unchecked (a Parquet file reads just that column)."""
+        return self._raw(start, stop)[1]
+
+    def largest_label(self) -> int:
+        """The largest class label, in one pass over the targets (a file's rows are checked as they are read)."""
+        top = 0
+        for start in range(0, self.rows, 16 * BLOCK_ROWS):
+            top = max(top, _top(self._targets(start, min(start + 16 * BLOCK_ROWS, self.rows))))
+        return top
+
     def describe(self) -> dict:
         """What identifies the data, for a checkpoint and for the ranks to compare."""
         return {"source": self.name, "rows": self.rows, "features": self.features}
@@ -85,6 +95,9 @@ class NpySource(Source):
 
     def _raw(self, start, stop):
         return np.array(self.X[start:stop]), np.array(self.y[start:stop])
+
+    def _targets(self, start, stop):
+        return np.asarray(self.y[start:stop])
 
     def take(self, ids):
         ids = np.asarray(ids, dtype=np.int64)
@@ -149,10 +162,24 @@ class ParquetSource(Source):
                 if at >= stop:
                     break
         except Exception as exc:  # a damaged page, or a file cut short after its footer was read
-            raise DataError(f"{self.name} rows {start}..{stop - 1}: cannot be read ({exc}); the file is corrupt") from None
+            raise DataError(
+                f"{self.name} rows {start}..{stop - 1}: cannot be read ({exc}); the file is corrupt"
+            ) from None
         if at < stop:
             raise DataError(f"{self.name}: ends at row {at}, before row {stop - 1}; the file is truncated")
         return self._arrays(parts, start)
+
+    def largest_label(self) -> int:
+        top, at = 0, 0
+        try:
+            for batch in self.file.iter_batches(self.batch_rows, columns=[self.target]):
+                top = max(top, _top(_column(batch, self.target, self.name, at)))
+                at += batch.num_rows
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(f"{self.name} column {self.target!r} after row {at}: cannot be read ({exc})") from None
+        return top
 
     def _arrays(self, parts, start):
         X = np.empty((sum(p.num_rows for p in parts), self.features), dtype=np.float32)
@@ -238,6 +265,12 @@ class RowRange(Source):
     def read(self, start, stop):
         return self.source.read(self.start + start, self.start + stop)
 
+    def _targets(self, start, stop):
+        return self.source._targets(self.start + start, self.start + stop)
+
+    def largest_label(self) -> int:
+        return self.source.largest_label() if self.rows == self.source.rows else super().largest_label()
+
     def take(self, ids):
         return self.source.take(np.asarray(ids, dtype=np.int64) + self.start)
 
@@ -270,6 +303,13 @@ def is_streamed_path(name: str | os.PathLike) -> bool:
     path = Path(name)
     folder = path.is_dir() and ((path / "X.npy").exists() or str(name).endswith(("/", os.sep)))
     return path.suffix.lower() in (".npy", ".parquet", ".pq") or folder
+
+
+def _top(y: np.ndarray) -> int:
+    """The largest finite value (a NaN label is reported where the rows are read)."""
+    y = np.asarray(y, dtype=np.float64)
+    finite = y[np.isfinite(y)]
+    return int(finite.max()) if finite.size else 0
 
 
 def _span(ids: np.ndarray) -> str:
