@@ -205,7 +205,6 @@ def fit(
     ``progress``: a bar of the batches on stderr where ``fit`` logs (``xpnet.progress``).
     ``communicator``: data-parallel (``xpnet.distributed``), every rank calling alike, as one process; rank 0 logs.
     ``sample_weight``/``class_weight`` weigh each batch's mean loss (``xpnet.weights``), as ``(X, y, w)`` validation.
-    ``X`` may be ``xpnet.streaming.stream(...)``'s data read from disk chunk by chunk (then no ``y``).
     """
     if getattr(X, "streamed", False):  # data read from disk as training goes (``xpnet.streaming.stream``)
         return X.fit(**{name: value for name, value in locals().items() if name != "X"})
