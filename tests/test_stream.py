@@ -294,3 +294,21 @@ def test_sources_refuse_what_they_cannot_stream(tmp_path):
         fit(MLP([5, 3]), stream([(X, y)]), y)
     with pytest.raises(DataError, match="chunk 1 has 4 features"):
         ChunkSource([(X, y), (X[:, :4], y)])
+
+
+def test_two_ranks_stream_as_one_process_trains(tmp_path):
+    mpi = pytest.importorskip("test_mpi")
+    if not mpi.HAVE_MPI:
+        pytest.skip('needs mpi4py and mpiexec (pip install "xpnet[mpi]")')
+    X, y = _data(n=1200)
+    folder = _folder(tmp_path, X, y)
+    args = ["train", "--dataset", str(folder), "--layers", "8", "--batch-size", "32", "--chunk-rows", "200",
+            "--shuffle-buffer", "2", "--dtype", "float64", "--epochs", "2", "--schedule", "constant", "--no-progress"]  # fmt: skip
+    two = mpi.mpiexec(2, "-m", "xpnet", *args, "--distributed", "--out", tmp_path / "two.safetensors", cwd=tmp_path)
+    assert two.returncode == 0, two.stderr
+    one = _cli([*args, "--out", str(tmp_path / "one.safetensors")])
+    assert one.returncode == 0, one.stderr
+    from xpnet.checkpoint import ModelFile
+
+    nets = [ModelFile(tmp_path / f"{name}.safetensors").build() for name in ("one", "two")]
+    assert _same(*nets, 1e-10)
