@@ -94,7 +94,7 @@ class NpySource(Source):
             raise DataError(f"{X_path}: X has shape {self.X.shape}, no samples or no features; the data is empty")
 
     def _raw(self, start, stop):
-        return np.array(self.X[start:stop]), np.array(self.y[start:stop])
+        return self.X[start:stop], self.y[start:stop]  # views of the map: ``check_xy``'s cast makes the copy
 
     def _targets(self, start, stop):
         return np.asarray(self.y[start:stop])
