@@ -158,7 +158,7 @@ def test_resume_mid_epoch_continues_exactly(tmp_path):
     folder = _folder(tmp_path, X, y)
     whole, _ = _fit(stream(str(folder), chunk_rows=100, buffer_chunks=3), epochs=3)
     polls = iter(range(10**6))
-    stop_at = 40  # in epoch 2, in its second buffer (9 steps a buffer of 300 rows)
+    stop_at = 44  # epoch 2's step 13: in its second buffer (steps 9-17), whose carried rows are read again
     net = MLP([5, 8, 3], dtype="float64", seed=0)
     optimizer = Adam(lr=0.01)
     options = {"epochs": 3, "batch_size": 32, "optimizer": optimizer, "seed": 3}
