@@ -303,7 +303,8 @@ def test_two_ranks_stream_as_one_process_trains(tmp_path):
     X, y = _data(n=1200)
     folder = _folder(tmp_path, X, y)
     args = ["train", "--dataset", str(folder), "--layers", "8", "--batch-size", "32", "--chunk-rows", "200",
-            "--shuffle-buffer", "2", "--dtype", "float64", "--epochs", "2", "--schedule", "constant", "--no-progress"]  # fmt: skip
+            "--shuffle-buffer", "2", "--dtype", "float64", "--epochs", "2", "--schedule", "constant",
+            "--no-progress"]  # fmt: skip
     two = mpi.mpiexec(2, "-m", "xpnet", *args, "--distributed", "--out", tmp_path / "two.safetensors", cwd=tmp_path)
     assert two.returncode == 0, two.stderr
     one = _cli([*args, "--out", str(tmp_path / "one.safetensors")])
