@@ -313,3 +313,18 @@ def test_two_ranks_stream_as_one_process_trains(tmp_path):
 
     nets = [ModelFile(tmp_path / f"{name}.safetensors").build() for name in ("one", "two")]
     assert _same(*nets, 1e-10)
+
+
+def test_the_cli_trains_on_a_pandas_parquet_file_and_an_npy_pair(tmp_path):
+    pandas = pytest.importorskip("pandas")
+    X, y = _data(n=600)
+    frame = pandas.DataFrame(X, columns=[f"feature {j}" for j in range(X.shape[1])]).assign(label=y)
+    frame.to_parquet(tmp_path / "frame.parquet")  # pandas' own writer: one row group, an index column
+    folder = _folder(tmp_path, X, y)
+    for data in (["--dataset", str(tmp_path / "frame.parquet"), "--target", "label"],
+                 ["--dataset", str(folder / "X.npy"), "--target", str(folder / "y.npy")]):  # fmt: skip
+        out = tmp_path / "m.safetensors"
+        done = _cli(["train", *data, "--epochs", "1", "--layers", "4", "--chunk-rows", "128", "--out", str(out)])
+        assert done.returncode == 0 and out.exists(), done.stderr
+        assert "MLP(5->4" in done.stdout and "540 training, 60 validation" in done.stdout
+        out.unlink()
