@@ -328,3 +328,21 @@ def test_the_cli_trains_on_a_pandas_parquet_file_and_an_npy_pair(tmp_path):
         assert done.returncode == 0 and out.exists(), done.stderr
         assert "MLP(5->4" in done.stdout and "540 training, 60 validation" in done.stdout
         out.unlink()
+
+
+def test_a_parquet_file_of_large_row_groups_is_read_front_to_back_once_an_epoch(tmp_path, monkeypatch):
+    X, y = _data(n=1000)
+    parquet = _parquet(tmp_path / "big-groups.parquet", X, y, row_group=500)
+    monkeypatch.setattr("xpnet.data.sources.RANDOM_ACCESS_GROUP_ROWS", 499)
+    data = stream(str(parquet), target="label", chunk_rows=100, buffer_chunks=3)
+    assert not data.source.random_access
+    opened = []
+    original = type(data.source)._open
+    monkeypatch.setattr(
+        type(data.source), "_open", lambda self, start: opened.append(start) or original(self, start)
+    )
+    net, _ = _fit(data, epochs=2)
+    # Row 0 read for its dtype, then each epoch's reads follow on from one another: one pass over the file.
+    assert opened == [0, 0, 0]
+    chunks = [(X[i : i + 100], y[i : i + 100]) for i in range(0, 1000, 100)]  # also read in order
+    assert _same(net, _fit(stream(chunks, chunk_rows=100, buffer_chunks=3), epochs=2)[0], 0.0)

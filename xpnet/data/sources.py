@@ -101,6 +101,9 @@ class NpySource(Source):
 
     def take(self, ids):
         ids = np.asarray(ids, dtype=np.int64)
+        if ids.size == 0:  # a rank whose share of a buffer is all carried rows
+            X, y = self.read(0, 1)
+            return X[:0], y[:0]
         order = np.argsort(ids, kind="stable")
         back = np.empty_like(order)
         back[order] = np.arange(order.size)
@@ -124,6 +127,11 @@ def _open_npy(path: Path, least_dims: int) -> np.ndarray:
     return array
 
 
+#: Parquet row groups up to this many rows let chunks be read in any order (a read decodes from its
+#: group's start); a file with larger groups is read front to back, its rows shuffled inside each buffer.
+RANDOM_ACCESS_GROUP_ROWS = 65536
+
+
 class ParquetSource(Source):
     """A Parquet file's feature columns and its ``target`` column, read in row batches (pyarrow)."""
 
@@ -145,29 +153,43 @@ class ParquetSource(Source):
             if not (_numeric(field.type)):
                 raise DataError(f"{path}: column {field.name!r} has type {field.type}; every column must be numeric")
         self.rows, self.features = int(self.file.metadata.num_rows), len(self.columns)
-        starts = [self.file.metadata.row_group(i).num_rows for i in range(self.file.num_row_groups)]
-        self.group_starts = np.cumsum([0, *starts])
+        sizes = [self.file.metadata.row_group(i).num_rows for i in range(self.file.num_row_groups)]
+        self.group_starts = np.cumsum([0, *sizes])
+        self._cursor = None  #: (next row, its batches, a batch's rest): where a read that follows on goes on
+        # A range is read from its row group's start: chunks are taken in shuffled order only where that is cheap.
+        self.random_access = max(sizes, default=0) <= RANDOM_ACCESS_GROUP_ROWS
 
     def _raw(self, start, stop):
-        first = int(np.searchsorted(self.group_starts, start, side="right") - 1)
-        last = int(np.searchsorted(self.group_starts, stop - 1, side="right") - 1)
-        at, parts = int(self.group_starts[first]), []
+        at, batches, pending = self._cursor if self._cursor and self._cursor[0] == start else self._open(start)
+        parts = []
         try:
-            batches = self.file.iter_batches(self.batch_rows, row_groups=range(first, last + 1))
-            for batch in batches:
+            while at < stop:
+                batch = pending if pending is not None else next(batches, None)
+                pending = None
+                if batch is None:
+                    break
                 lo, hi = max(start - at, 0), min(stop - at, batch.num_rows)
                 if hi > lo:
                     parts.append(batch.slice(lo, hi - lo))
-                at += batch.num_rows
-                if at >= stop:
-                    break
+                if at + batch.num_rows > stop:  # the rest of this batch starts the next read, if it follows on
+                    pending, at = batch.slice(stop - at), stop
+                else:
+                    at += batch.num_rows
         except Exception as exc:  # a damaged page, or a file cut short after its footer was read
+            self._cursor = None
             raise DataError(
                 f"{self.name} rows {start}..{stop - 1}: cannot be read ({exc}); the file is corrupt"
             ) from None
         if at < stop:
             raise DataError(f"{self.name}: ends at row {at}, before row {stop - 1}; the file is truncated")
+        self._cursor = (stop, batches, pending)
         return self._arrays(parts, start)
+
+    def _open(self, start: int) -> tuple:
+        """Batches from the row group holding row ``start`` to the end (a read that follows on continues them)."""
+        first = int(np.searchsorted(self.group_starts, start, side="right") - 1)
+        groups = range(first, self.file.num_row_groups)
+        return int(self.group_starts[first]), iter(self.file.iter_batches(self.batch_rows, row_groups=groups)), None
 
     def largest_label(self) -> int:
         top, at = 0, 0
