@@ -338,9 +338,7 @@ def test_a_parquet_file_of_large_row_groups_is_read_front_to_back_once_an_epoch(
     assert not data.source.random_access
     opened = []
     original = type(data.source)._open
-    monkeypatch.setattr(
-        type(data.source), "_open", lambda self, start: opened.append(start) or original(self, start)
-    )
+    monkeypatch.setattr(type(data.source), "_open", lambda self, start: opened.append(start) or original(self, start))
     net, _ = _fit(data, epochs=2)
     # Row 0 read for its dtype, then each epoch's reads follow on from one another: one pass over the file.
     assert opened == [0, 0, 0]
