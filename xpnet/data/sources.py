@@ -15,6 +15,8 @@ holds the first row wanted (pip install "xpnet[parquet]"). ``ChunkSource``: any 
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -93,11 +95,21 @@ class NpySource(Source):
         if self.rows == 0 or self.features == 0:
             raise DataError(f"{X_path}: X has shape {self.X.shape}, no samples or no features; the data is empty")
 
+    def read(self, start, stop):
+        try:
+            return super().read(start, stop)
+        finally:
+            _release(self.X, start, stop)
+            _release(self.y, start, stop)
+
     def _raw(self, start, stop):
         return self.X[start:stop], self.y[start:stop]  # views of the map: ``check_xy``'s cast makes the copy
 
     def _targets(self, start, stop):
-        return np.asarray(self.y[start:stop])
+        try:
+            return np.array(self.y[start:stop])
+        finally:
+            _release(self.y, start, stop)
 
     def take(self, ids):
         ids = np.asarray(ids, dtype=np.int64)
@@ -109,7 +121,23 @@ class NpySource(Source):
         back[order] = np.arange(order.size)
         sorted_ids = ids[order]  # a sorted gather touches each page of the map once, in file order
         X, y = check_xy(self.X[sorted_ids], self.y[sorted_ids], self.task, f"{self.name} rows {_span(ids)}")
+        for array in (self.X, self.y):
+            _release(array, int(sorted_ids[0]), int(sorted_ids[-1]) + 1)
         return X[back], y[back]
+
+
+def _release(array: np.ndarray, start: int, stop: int) -> None:
+    """Hand the map's pages of rows ``start..stop`` back (``MADV_DONTNEED``) once they are copied: they
+    stay in the kernel's page cache, but leave this process's resident memory, which then holds the
+    stream's buffers and not the file. Where the platform has no ``madvise``, the kernel evicts them alone."""
+    mapped, advice = getattr(array, "_mmap", None), getattr(mmap, "MADV_DONTNEED", None)
+    if mapped is None or advice is None or stop <= start:
+        return
+    row = array.strides[0]
+    first = array.offset % mmap.ALLOCATIONGRANULARITY + start * row  # numpy maps from an aligned offset
+    aligned = first - first % mmap.PAGESIZE
+    with contextlib.suppress(OSError, ValueError):
+        mapped.madvise(advice, aligned, first + (stop - start) * row - aligned)
 
 
 def _open_npy(path: Path, least_dims: int) -> np.ndarray:
