@@ -351,3 +351,16 @@ def test_a_parquet_file_of_large_row_groups_is_read_front_to_back_once_an_epoch(
     assert opened == [0, 0, 0]
     chunks = [(X[i : i + 100], y[i : i + 100]) for i in range(0, 1000, 100)]  # also read in order
     assert _same(net, _fit(stream(chunks, chunk_rows=100, buffer_chunks=3), epochs=2)[0], 0.0)
+
+
+def test_a_validation_file_holds_the_validation_and_test_rows(tmp_path):
+    X, y = _data(n=700)
+    train, held = _folder(tmp_path, X[:600], y[:600], "train"), _folder(tmp_path, X[600:], y[600:], "held")
+    out = tmp_path / "m.safetensors"
+    args = ["train", "--dataset", str(train), "--val-data", str(held), "--epochs", "1", "--layers", "4"]
+    done = _cli([*args, "--out", str(out)])
+    assert done.returncode == 0 and out.exists(), done.stderr
+    assert "600 training, 100 validation, 100 test samples" in done.stdout
+    other = _folder(tmp_path, X[600:, :4], y[600:], "narrow")
+    done = _cli(["train", "--dataset", str(train), "--val-data", str(other), "--epochs", "1"])
+    assert done.returncode == 2 and "--val-data" in done.stderr and "4 features" in done.stderr, done.stderr
