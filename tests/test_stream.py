@@ -364,3 +364,5 @@ def test_a_validation_file_holds_the_validation_and_test_rows(tmp_path):
     other = _folder(tmp_path, X[600:, :4], y[600:], "narrow")
     done = _cli(["train", "--dataset", str(train), "--val-data", str(other), "--epochs", "1"])
     assert done.returncode == 2 and "--val-data" in done.stderr and "4 features" in done.stderr, done.stderr
+    done = _cli(["train", "--dataset", "friedman1", "--target", "label", "--epochs", "1"])
+    assert done.returncode == 2 and "--target and --val-data are for datasets streamed" in done.stderr, done.stderr

@@ -316,6 +316,8 @@ def _load_data(settings: dict, quiet: bool):
 
 def _load_whole(settings: dict, task: str, quiet: bool):
     """A dataset loaded into memory, and its seeded train/validation split (the weights follow their rows)."""
+    if settings.get("target") or settings.get("val_data"):
+        raise ConfigError("--target and --val-data are for datasets streamed from disk (.npy, .parquet, a folder)")
     data = load_dataset(
         settings["dataset"],
         settings.get("data_dir"),
