@@ -255,6 +255,11 @@ def _cli(args):
     return _run([sys.executable, "-m", "xpnet", *args, "--no-progress"])
 
 
+def _test_line(output: str) -> str:
+    """A run's ``test  loss ...`` line without its seconds."""
+    return next(line for line in output.splitlines() if line.startswith("test ")).rsplit("(", 1)[0]
+
+
 def _broken_sources(tmp_path):
     """``(name, CLI arguments, what the error must name)`` for each kind of bad source."""
     X, y = _data(n=400)
@@ -361,6 +366,11 @@ def test_a_validation_file_holds_the_validation_and_test_rows(tmp_path):
     done = _cli([*args, "--out", str(out)])
     assert done.returncode == 0 and out.exists(), done.stderr
     assert "600 training, 100 validation, 100 test samples" in done.stdout
+    tested = _run(
+        [sys.executable, "-m", "xpnet", "evaluate", str(out)]
+    )  # the held-out rows again, as the model's settings name them
+    assert tested.returncode == 0, tested.stderr
+    assert _test_line(tested.stdout) == _test_line(done.stdout)
     other = _folder(tmp_path, X[600:, :4], y[600:], "narrow")
     done = _cli(["train", "--dataset", str(train), "--val-data", str(other), "--epochs", "1"])
     assert done.returncode == 2 and "--val-data" in done.stderr and "4 features" in done.stderr, done.stderr

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xpnet.data.sources import RowRange, Source, open_source
-from xpnet.errors import DataError
+from xpnet.errors import ConfigError, DataError
 from xpnet.memory import DeviceRun, Estimate, device_training_estimate, training_estimate
 from xpnet.optim import get_optimizer
 from xpnet.precision import get_precision
+from xpnet.settings import BASE_SETTINGS
 from xpnet.streaming import Streamed, fit_scaling, stream_estimate
 
 #: Classes a streamed classification set may have (as a file loaded whole).
@@ -92,6 +93,16 @@ def load_streamed(settings: dict, task: str) -> tuple[StreamDataset, tuple]:
     X_val, y_val = held.read(0, held.rows) if held.rows else _empty(source)
     dataset = StreamDataset(str(settings["dataset"]), data, X_val, y_val, class_names, task)
     return dataset, (data, None, X_val, y_val, None, None)
+
+
+def held_out_data(dataset: str, training: dict, task: str) -> StreamDataset:
+    """A streamed dataset with the held-out rows a model's ``training`` settings chose: what
+    ``xpnet evaluate`` tests on (a model trained with no held-out rows has none to test)."""
+    settings = {**BASE_SETTINGS, **training, "dataset": dataset}
+    data, _ = load_streamed(settings, task)
+    if not len(data.X_test):
+        raise ConfigError(f"dataset {dataset!r}: the model was trained with no held-out rows to test on")
+    return data
 
 
 def _held_out(source: Source, settings: dict) -> tuple[Source, Source]:
