@@ -24,6 +24,7 @@ from xpnet.backend import available_backends, backend_class, cuda_devices, cuda_
 from xpnet.bench.options import add_bench_arguments
 from xpnet.checkpoint import ModelFile
 from xpnet.data import load_dataset
+from xpnet.data.sources import is_streamed_path
 from xpnet.distributed import Communicator, connect, launcher_size, transports
 from xpnet.errors import ConfigError, DivergenceError, RanksDifferError, XpnetError, for_command_line
 from xpnet.evaluate import evaluate_estimate, labels_from_outputs
@@ -37,6 +38,7 @@ from xpnet.run import check_fits, format_test, resolve_settings, resumed_setting
 from xpnet.selfcheck import add_arguments as add_selfcheck_arguments
 from xpnet.selfcheck import main as selfcheck_main
 from xpnet.settings import TABLE, Setting
+from xpnet.stream_run import held_out_data
 from xpnet.task import decide_task
 
 _OUT_OF_MEMORY = (
@@ -356,13 +358,17 @@ def _evaluate_command(args) -> int:
         raise ConfigError(f"{args.model}: metadata training.dataset is missing; pass --dataset")
     task = decide_task(net.loss_name, net.activations[-1])
     try:
-        data = load_dataset(dataset, data_dir=args.data_dir, progress=False, task=task)
+        if is_streamed_path(dataset):  # its held-out rows, as the training settings chose them
+            data = held_out_data(dataset, saved.training, task)
+        else:
+            data = load_dataset(dataset, data_dir=args.data_dir, progress=False, task=task)
     except XpnetError as exc:
         if args.dataset:
             raise
         raise type(exc)(f"{args.model}: metadata training.dataset: {exc}") from None
     check_fits(net, data, f"dataset {dataset!r}")
-    held = sum(a.nbytes for a in (data.X_train, data.y_train, data.X_test, data.y_test)) + model_bytes(net)
+    held = sum(getattr(a, "nbytes", 0) for a in (data.X_train, data.y_train, data.X_test, data.y_test))  # streamed: 0
+    held += model_bytes(net)
     estimate = evaluate_estimate(net, data.X_test).add("the model and the dataset on the host", held)
     estimate.check(f"evaluating {args.model} on dataset {dataset!r}")
     started = time.perf_counter()

@@ -22,6 +22,7 @@ from xpnet.backend.cpu import slow_setting_warnings
 from xpnet.build import build_network, build_optimizer
 from xpnet.checkpoint import ModelFile, save_model
 from xpnet.data import load_dataset, split_rows, train_val_split
+from xpnet.data.sources import is_streamed_path
 from xpnet.distributed import Communicator, rank_device
 from xpnet.errors import BackendError, ConfigError, DataError, DivergenceError, MemoryLimitError
 from xpnet.fileio import STDOUT, atomic_write_text, check_output_path, is_stream
@@ -31,6 +32,7 @@ from xpnet.precision import get_precision
 from xpnet.progress import wanted as progress_wanted
 from xpnet.recipes import get_recipe
 from xpnet.settings import BASE_SETTINGS, RUN_SETTINGS, check_setting, checked
+from xpnet.stream_run import StreamDataset, load_streamed
 from xpnet.task import decide_task
 from xpnet.tensorboard import TensorBoardWriter, summary_writer_class
 from xpnet.train import History, fit
@@ -295,20 +297,10 @@ def _prepare(settings: dict, resume, quiet: bool, world: Communicator, plot):
 def _load_data(settings: dict, quiet: bool):
     """The dataset, checked against the model's task, and its ``(X_train, y_train, X_val, y_val)``."""
     task = task_of(settings)
-    data = load_dataset(
-        settings["dataset"],
-        settings.get("data_dir"),
-        progress=not quiet,
-        task=task,
-        sample_weight=settings["sample_weight"],
-    )
-    decide_task(settings["loss"], settings["output"], given=data.task, source=f"dataset {settings['dataset']!r}")
-    split = train_val_split(data.X_train, data.y_train, settings["val_split"], seed=settings["seed"])
-    if data.w_train is None:
-        split += (None, None)
-    else:  # the weights follow their rows into training and validation
-        rows = split_rows(len(data.X_train), settings["val_split"], seed=settings["seed"])
-        split += tuple(data.w_train[part] for part in rows)
+    if is_streamed_path(settings["dataset"]):  # read from disk as training goes (xpnet.stream_run)
+        data, split = load_streamed(settings, task)
+    else:
+        data, split = _load_whole(settings, task, quiet)
     if settings["monitor"] == "val_accuracy" and data.task != "classification":
         raise ConfigError(
             f"--monitor val_accuracy needs a classification dataset; {settings['dataset']!r} is "
@@ -320,6 +312,25 @@ def _load_data(settings: dict, quiet: bool):
             f"the {len(data.X_train)}; use a larger --val-split"
         )
     return data, split
+
+
+def _load_whole(settings: dict, task: str, quiet: bool):
+    """A dataset loaded into memory, and its seeded train/validation split (the weights follow their rows)."""
+    if settings.get("target") or settings.get("val_data"):
+        raise ConfigError("--target and --val-data are for datasets streamed from disk (.npy, .parquet, a folder)")
+    data = load_dataset(
+        settings["dataset"],
+        settings.get("data_dir"),
+        progress=not quiet,
+        task=task,
+        sample_weight=settings["sample_weight"],
+    )
+    decide_task(settings["loss"], settings["output"], given=data.task, source=f"dataset {settings['dataset']!r}")
+    split = train_val_split(data.X_train, data.y_train, settings["val_split"], seed=settings["seed"])
+    if data.w_train is None:
+        return data, (*split, None, None)
+    rows = split_rows(len(data.X_train), settings["val_split"], seed=settings["seed"])
+    return data, (*split, *(data.w_train[part] for part in rows))
 
 
 class _Checkpoints:
@@ -352,7 +363,7 @@ class _Checkpoints:
 
 def _test_and_save(net, data, history, settings, files: _Files, result, started, quiet, log) -> None:
     """Test the trained model, then write the model, the history and the plot asked for."""
-    test = net.evaluate(data.X_test, data.y_test)
+    test = net.evaluate(data.X_test, data.y_test) if len(data.X_test) else {}  # a stream with no held-out rows
     result["test"] = test
     result["seconds"] = time.perf_counter() - started
     log(format_test(test, result["seconds"]))
@@ -382,13 +393,18 @@ def _model_and_optimizer(settings: dict, backend, data, X_train, resume):
         steps = saved.checkpoint.get("optimizer_steps", 0)
         optimizer.load_state_arrays(saved.optimizer_buffers(net, optimizer), steps, net.params)
         return net, optimizer, History.from_resume_state(saved.resume_state(), best_params=saved.best_params(net))
-    net = build_network(settings, data.num_features, data.num_classes, X_train, backend=backend)
+    streamed = isinstance(data, StreamDataset)  # its scaling is fitted in one pass over the stream
+    net = build_network(settings, data.num_features, data.num_classes, None if streamed else X_train, backend=backend)
+    if streamed:
+        net.set_scaling(data.fit_scaling(settings.get("scaling") or "unit"))
     return net, optimizer, None
 
 
 def memory_estimate(settings: dict, data, plotting: bool, on_host: bool = True) -> Estimate:
     """What training ``settings`` on ``data`` will hold on the host at its peak (``xpnet.memory``), plot
     included; ``on_host``: the backend's arrays are host memory too (not a GPU's: ``device_estimate``)."""
+    if isinstance(data, StreamDataset):
+        return data.memory_estimate(settings, on_host)
     itemsize = np.dtype(settings["dtype"]).itemsize
     sizes = [data.num_features, *settings["layers"], data.num_classes]
     X = data.X_train
@@ -404,6 +420,8 @@ def memory_estimate(settings: dict, data, plotting: bool, on_host: bool = True) 
 
 def device_estimate(settings: dict, data, ranks: int) -> Estimate:
     """What training ``settings`` on ``data`` will hold on the GPU at its peak (``xpnet.memory``)."""
+    if isinstance(data, StreamDataset):
+        return data.device_estimate(settings, ranks)
     itemsize = np.dtype(settings["dtype"]).itemsize
     sizes = [data.num_features, *settings["layers"], data.num_classes]
     X, precision = data.X_train, get_precision(settings["precision"])

@@ -58,7 +58,11 @@ class Scaling:
             if kind == "unit":
                 return cls("unit", low, float(np.float32(1.0 / width)))
             return cls("symmetric", (low + high) / 2, float(np.float32(2.0 / width)))
-        mean, std = _mean_std(X.reshape(X.shape[0], -1))
+        return cls.from_moments(*_mean_std(X.reshape(X.shape[0], -1)))
+
+    @classmethod
+    def from_moments(cls, mean: np.ndarray, std: np.ndarray) -> Scaling:
+        """``standard`` scaling from per-feature means and standard deviations (float64), however summed."""
         scale = np.where(std > STD_FLOOR, 1.0 / np.maximum(std, STD_FLOOR), 1.0)
         return cls("standard", mean.astype(np.float32), scale.astype(np.float32))
 

@@ -164,7 +164,27 @@ _ROWS = [
     ),
     Setting(
         "dataset", "fashion-mnist", _text,
-        "fashion-mnist (default), mnist, diabetes, friedman1, or a .npz/.csv file", "data",
+        "fashion-mnist (default), mnist, diabetes, friedman1, a .npz/.csv file; or streamed from disk: a folder "
+        "with X.npy and y.npy, an X .npy (--target its y .npy) or a .parquet file (--target its label column)",
+        "data",
+    ),
+    Setting(
+        "target", None, _text, "a streamed dataset's targets: the Parquet label column, or the y .npy file",
+        "data", optional=True, recipe=False,
+    ),
+    Setting(
+        "val_data", None, _text,
+        "a streamed dataset's validation (and test) rows, in a file of its kind (default: its last --val-split rows)",
+        "data", optional=True, recipe=False,
+    ),
+    Setting(
+        "chunk_rows", 8192, at_least(1), "rows a streamed dataset is read in at a time", "data",
+        parse=_parse_int, recipe=False,
+    ),
+    Setting(
+        "shuffle_buffer", 4, at_least(1),
+        "chunks of a streamed dataset shuffled together (a buffer of them holding every row: the in-memory order)",
+        "data", parse=_parse_int, recipe=False,
     ),
     Setting(
         "data_dir", None, _text, "folder holding the dataset files (searched first)", "data",

@@ -206,6 +206,8 @@ def fit(
     ``communicator``: data-parallel (``xpnet.distributed``), every rank calling alike, as one process; rank 0 logs.
     ``sample_weight``/``class_weight`` weigh each batch's mean loss (``xpnet.weights``), as ``(X, y, w)`` validation.
     """
+    if getattr(X, "streamed", False):  # data read from disk as training goes (``xpnet.streaming.stream``)
+        return X.fit(**{name: value for name, value in locals().items() if name != "X"})
     epochs, batch_size, patience = _check_fit_args(net, epochs, batch_size, patience, monitor, label_smoothing)
     X, y, validation, given = _data_on_device(net, X, y, validation_data, verbose, log)
     weights = device_weights(net, given["y"], sample_weight, class_weight)  # None: every row counts alike

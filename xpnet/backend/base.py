@@ -144,6 +144,12 @@ class Backend:
 
     # -- crossings and copies ------------------------------------------------------------
 
+    # Streamed training (xpnet.streaming) uploads each shuffle buffer through ``upload`` from its reader
+    # thread, inside ``activated()``. Not done yet, for want of a GPU to test on: on CUDA, page-locked
+    # host buffers and a copy stream of the backend's own (CuPy ``cuda.alloc_pinned_memory`` and a
+    # ``Stream(non_blocking=True)``, PyTorch ``pin_memory`` and ``torch.cuda.Stream``), with an event the
+    # training stream waits on, would let the copy run beside the kernels; they belong here, as an
+    # override of an ``upload_async`` in the CuPy and PyTorch classes.
     def upload(self, host: Any, dtype: Any = None):
         """Copy a host array (or nested sequence) onto this backend's device."""
         with self._crossing("upload"):

@@ -1,0 +1,378 @@
+"""Training on data streamed from disk: the same numbers as in memory, within the memory limit.
+
+A buffer that holds every chunk draws ``fit``'s own permutation, so a streamed run equals the
+in-memory run bit for bit (float64). A smaller buffer shuffles chunk-wise; such a run equals
+``fit`` in memory on the rows in the plan's order, epoch by epoch, which is how the run on a
+dataset four times the memory limit is checked; its peak of traced allocations (NumPy's
+buffers) stays under the limit, and so does the CLI run's growth of resident memory (the memory
+map's pages are handed back, ``MADV_DONTNEED``, as they are copied).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xpnet.data.sources import ChunkSource, NpySource, open_source
+from xpnet.data.stream import epoch_plan, load_buffer
+from xpnet.errors import ConfigError, DataError
+from xpnet.network import MLP
+from xpnet.optim import Adam
+from xpnet.prefetch import Prefetcher
+from xpnet.scaling import Scaling
+from xpnet.streaming import Streamed, fit_scaling, stream, stream_estimate
+from xpnet.train import History, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+pyarrow = pytest.importorskip("pyarrow")  # the parquet extra; CI installs it
+import pyarrow.parquet as pq  # noqa: E402
+
+
+def _data(n=1000, features=5, seed=1):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, features)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(np.int32) + (X[:, 2] > 1)
+    return X, y
+
+
+def _folder(tmp_path, X, y, name="set"):
+    folder = tmp_path / name
+    folder.mkdir()
+    np.save(folder / "X.npy", X)
+    np.save(folder / "y.npy", y)
+    return folder
+
+
+def _parquet(path, X, y, row_group=300):
+    columns = {f"f{j}": X[:, j] for j in range(X.shape[1])}
+    pq.write_table(pyarrow.table({**columns, "label": y}), path, row_group_size=row_group)
+    return path
+
+
+def _fit(data, y=None, epochs=3, seed=3, **options):
+    net = MLP([5, 8, 3], dtype="float64", seed=0)
+    history = fit(net, data, y, epochs=epochs, batch_size=32, optimizer=Adam(lr=0.01), seed=seed, **options)
+    return net, history
+
+
+def _same(a, b, tol=1e-10):
+    return max(float(np.max(np.abs(np.asarray(p) - np.asarray(q)))) for p, q in zip(a.params, b.params)) <= tol
+
+
+def test_plan_of_one_buffer_is_fits_own_permutation():
+    buffers = list(epoch_plan(1000, 100, 10, 32, np.random.default_rng(7)))
+    assert len(buffers) == 1
+    expected = np.random.default_rng(7).permutation(1000)[: 1000 // 32 * 32]
+    assert np.array_equal(buffers[0].ids[buffers[0].order], expected)
+
+
+@pytest.mark.parametrize(("chunk", "chunks"), [(100, 3), (64, 1), (333, 2)])
+def test_plan_uses_each_row_at_most_once_in_full_batches(chunk, chunks):
+    buffers = list(epoch_plan(1000, chunk, chunks, 32, np.random.default_rng(0)))
+    rows = np.concatenate([b.ids[b.order] for b in buffers])
+    assert rows.size == 1000 // 32 * 32 and np.unique(rows).size == rows.size
+    assert [b.first_step for b in buffers] == list(np.cumsum([0] + [b.steps(32) for b in buffers[:-1]]))
+    order = [start for b in buffers for start, _ in b.chunks]
+    assert order != sorted(order)  # the chunks were reordered
+    unshuffled = list(epoch_plan(1000, chunk, chunks, 32, np.random.default_rng(0), shuffle=False))
+    assert np.array_equal(np.concatenate([b.ids[b.order] for b in unshuffled]), np.arange(rows.size))
+
+
+def test_streamed_fit_equals_in_memory_fit_from_npy_parquet_and_chunks(tmp_path):
+    X, y = _data()
+    validation = (X[:100], y[:100])
+    reference, ref_history = _fit(X, y, validation_data=validation)
+    parquet = _parquet(tmp_path / "d.parquet", X, y)
+    chunks = [(X[i : i + 250], y[i : i + 250]) for i in range(0, 1000, 250)]
+    for source in (str(_folder(tmp_path, X, y)), NpySource(tmp_path / "set/X.npy", tmp_path / "set/y.npy")):
+        net, history = _fit(stream(source, chunk_rows=100, buffer_chunks=10), validation_data=validation)
+        assert _same(net, reference, 0.0)
+        assert [r["val_loss"] for r in history.records] == [r["val_loss"] for r in ref_history.records]
+    for data in (stream(parquet, target="label", chunk_rows=128, buffer_chunks=8), stream(chunks, buffer_chunks=4)):
+        assert _same(_fit(data, validation_data=validation)[0], reference, 0.0)
+    assert not _same(
+        _fit(stream(chunks, chunk_rows=250, buffer_chunks=2))[0], reference, 1e-3
+    )  # a smaller buffer: other batches
+
+
+def _plan_order(rows, chunk, chunks, batch, seed, epochs):
+    """The rows streamed training visits, epoch by epoch, drawn as ``fit`` draws them."""
+    rng = np.random.default_rng(seed)
+    return [
+        np.concatenate([b.ids[b.order] for b in epoch_plan(rows, chunk, chunks, batch, rng)]) for _ in range(epochs)
+    ]
+
+
+def _in_memory_on_plan(X, y, orders):
+    """``fit`` in memory on the plan's rows, one epoch at a time, unshuffled: the streamed run's reference."""
+    net, history, optimizer = MLP([X.shape[1], 8, 3], dtype="float64", seed=0), History(), Adam(lr=0.01)
+    for epoch, rows in enumerate(orders, start=1):
+        fit(net, X[rows], y[rows], epochs=epoch, batch_size=32, optimizer=optimizer, shuffle=False, history=history)
+    return net
+
+
+def test_a_set_four_times_the_memory_limit_trains_as_in_memory_under_the_limit(tmp_path):
+    X, y = _data(n=60_000, features=5)  # 60,000 rows x 24 bytes (with the label) = 1.4 MB on disk
+    folder = _folder(tmp_path, X, y)
+    data = stream(str(folder), chunk_rows=500, buffer_chunks=2)
+    buffers = sum(stream_estimate(data, 8).parts.values())  # the stream's own bytes: two buffers and a chunk
+    assert X.nbytes + y.nbytes >= 4 * buffers
+    fit(MLP([5, 8, 3], dtype="float64"), stream([(X[:200], y[:200])]), None, epochs=1)  # what a fit imports
+    net = MLP([5, 8, 3], dtype="float64", seed=0)
+    tracemalloc.start()
+    try:
+        fit(net, data, None, epochs=2, batch_size=32, optimizer=Adam(lr=0.01), seed=3)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < (X.nbytes + y.nbytes) / 4, peak
+    assert _same(net, _in_memory_on_plan(X, y, _plan_order(len(X), 500, 2, 32, 3, 2)))
+
+
+def test_the_cli_trains_a_set_four_times_its_memory_limit(tmp_path):
+    X, y = _data(n=420_000, features=40)  # 69 MB on disk
+    folder = _folder(tmp_path, X, y)
+    warm = _folder(tmp_path, X[:300], y[:300], "warm")
+    args = ["train", "--epochs", "1", "--layers", "8", "--batch-size", "64", "--chunk-rows", "1000",
+            "--shuffle-buffer", "2", "--val-split", "0.01", "--memory-limit", "16M", "--dtype", "float64"]  # fmt: skip
+    # A run on a small set first imports what a run imports: the traced peak is then the big run's own memory.
+    # Resident memory too: its high-water mark reset after the small run (Linux's clear_refs), the big
+    # run's growth above the resident memory then; the map's pages are handed back as they are copied.
+    code = (
+        "import sys, tracemalloc; from xpnet.cli import main; "
+        f"main({args!r} + ['--dataset', {str(warm)!r}]); "
+        "status = lambda key: int(next(l.split()[1] for l in open('/proc/self/status') if l.startswith(key))); "
+        "open('/proc/self/clear_refs', 'w').write('5'); before = status('VmRSS'); "
+        "tracemalloc.start(); code = main(sys.argv[1:]); "
+        "print('grew', (status('VmHWM') - before) * 1024, 'peak', tracemalloc.get_traced_memory()[1]); sys.exit(code)"
+    )
+    done = _run([sys.executable, "-c", code, *args, "--dataset", str(folder), "--out", str(tmp_path / "m.safetensors")])
+    assert done.returncode == 0, done.stderr
+    grew, peak = (int(word) for word in done.stdout.split("grew")[-1].split()[::2])
+    assert X.nbytes + y.nbytes >= 4 * 16 * 2**20
+    assert peak < 16 * 2**20 and grew < 16 * 2**20, (peak, grew)
+    assert (tmp_path / "m.safetensors").exists()
+
+
+def test_resume_mid_epoch_continues_exactly(tmp_path):
+    X, y = _data(n=1000)
+    folder = _folder(tmp_path, X, y)
+    whole, _ = _fit(stream(str(folder), chunk_rows=100, buffer_chunks=3), epochs=3)
+    polls = iter(range(10**6))
+    stop_at = 44  # epoch 2's step 13: in its second buffer (steps 9-17), whose carried rows are read again
+    net = MLP([5, 8, 3], dtype="float64", seed=0)
+    optimizer = Adam(lr=0.01)
+    options = {"epochs": 3, "batch_size": 32, "optimizer": optimizer, "seed": 3}
+    data = stream(str(folder), chunk_rows=100, buffer_chunks=3)
+    history = fit(net, data, None, should_stop=lambda: next(polls) == stop_at, **options)
+    assert (
+        history.interrupted and history.epoch == 1 and history.batch == stop_at - 32 + 1
+    )  # 31 steps and one poll at its end an epoch
+    state = History.from_resume_state(history.resume_state())  # through JSON's shape, as a checkpoint keeps it
+    fit(net, stream(str(folder), chunk_rows=100, buffer_chunks=3), None, history=state, **options)
+    assert _same(net, whole, 0.0)
+
+
+def test_cli_resume_from_a_checkpoint_continues_exactly(tmp_path):
+    X, y = _data(n=1200)
+    parquet = _parquet(tmp_path / "d.parquet", X, y, row_group=200)
+    args = ["train", "--dataset", str(parquet), "--target", "label", "--layers", "8", "--batch-size", "32",
+            "--chunk-rows", "200", "--shuffle-buffer", "2", "--dtype", "float64", "--optimizer", "adam",
+            "--schedule", "constant"]  # fmt: skip
+    whole = _cli([*args, "--epochs", "3", "--out", str(tmp_path / "whole.safetensors")])
+    assert whole.returncode == 0, whole.stderr
+    first = _cli([*args, "--epochs", "1", "--out", str(tmp_path / "part.safetensors")])
+    assert first.returncode == 0, first.stderr
+    ckpt = tmp_path / "part.ckpt.safetensors"
+    resumed = _cli(["train", "--resume", str(ckpt), "--epochs", "3", "--out", str(tmp_path / "part.safetensors")])
+    assert resumed.returncode == 0, resumed.stderr
+    from xpnet.checkpoint import ModelFile
+
+    a = ModelFile(tmp_path / "whole.safetensors").build()
+    b = ModelFile(tmp_path / "part.safetensors").build()
+    assert _same(a, b, 0.0)
+
+
+def test_standard_scaling_in_one_pass_matches_two_passes():
+    X, y = _data(n=3000, features=4)
+    X = X * np.float32(1000) + np.float32(5e4)  # far from zero: a naive one-pass sum of squares would lose it
+    one = fit_scaling(
+        "standard", Streamed(ChunkSource([(X[i : i + 700], y[i : i + 700]) for i in range(0, 3000, 700)]))
+    )
+    two = Scaling.fit("standard", X)
+    assert np.allclose(one.shift, two.shift, rtol=1e-6) and np.allclose(one.scale, two.scale, rtol=1e-5)
+    unit = fit_scaling("unit", Streamed(ChunkSource([(X[:1500], y[:1500]), (X[1500:], y[1500:])]), chunk_rows=600))
+    assert unit == Scaling.fit("unit", X)
+
+
+def test_prefetch_reads_ahead_by_one_and_hands_errors_over():
+    alive, most = [0], [0]
+    lock = threading.Lock()
+
+    def produce(item):
+        with lock:
+            alive[0] += 1
+            most[0] = max(most[0], alive[0])
+        if item == 5:
+            raise DataError("item 5 is bad")
+        return item
+
+    got = []
+    with pytest.raises(DataError, match="item 5"), Prefetcher(range(10), produce) as feed:
+        for item in feed:
+            got.append(item)
+            with lock:
+                alive[0] -= 1
+    assert got == [0, 1, 2, 3, 4] and most[0] <= 2
+    feed = Prefetcher(iter(range(100)), lambda item: item)
+    assert next(iter(feed)) == 0
+    feed.close()  # a stop: the reader ends without reading the rest
+
+
+def test_load_buffer_reads_a_ranks_share_and_carries_the_rest(tmp_path):
+    X, y = _data(n=700)
+    source = NpySource(_folder(tmp_path, X, y) / "X.npy", tmp_path / "set/y.npy")
+    first, second = list(epoch_plan(700, 100, 3, 32, np.random.default_rng(2)))[:2]
+    _, _, kept = load_buffer(source, first, np.arange(first.ids.size), None, False)
+    mine = np.union1d(second.order.reshape(-1, 32)[:, :16].ravel(), second.rest)
+    Xs, ys, _ = load_buffer(source, second, mine, kept, True)
+    assert np.array_equal(Xs, X[second.ids[mine]]) and np.array_equal(ys, y[second.ids[mine]])
+    assert Xs.shape[0] < second.ids.size
+
+
+def _run(command, **kw):
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, **kw)
+
+
+def _cli(args):
+    return _run([sys.executable, "-m", "xpnet", *args, "--no-progress"])
+
+
+def _test_line(output: str) -> str:
+    """A run's ``test  loss ...`` line without its seconds."""
+    return next(line for line in output.splitlines() if line.startswith("test ")).rsplit("(", 1)[0]
+
+
+def _broken_sources(tmp_path):
+    """``(name, CLI arguments, what the error must name)`` for each kind of bad source."""
+    X, y = _data(n=400)
+    bad_header = _folder(tmp_path, X, y, "header")
+    (bad_header / "X.npy").write_bytes(b"\x93NUMPY\x01\x00garbage" + b"\x00" * 100)
+    mismatch = _folder(tmp_path, X, y[:399], "mismatch")
+    truncated_npy = _folder(tmp_path, X, y, "truncated")
+    data = (truncated_npy / "X.npy").read_bytes()
+    (truncated_npy / "X.npy").write_bytes(data[: len(data) // 2])
+    parquet = _parquet(tmp_path / "good.parquet", X, y, row_group=100)
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(parquet.read_bytes()[:-300])
+    nan = X.copy()
+    nan[123, 2] = np.nan
+    with_nan = _parquet(tmp_path / "nan.parquet", nan, y, row_group=100)
+    return [
+        ("bad-npy-header", ["--dataset", str(bad_header)], [str(bad_header / "X.npy")]),
+        ("row-mismatch", ["--dataset", str(mismatch)], ["400 rows", "399"]),
+        ("truncated-npy", ["--dataset", str(truncated_npy)], [str(truncated_npy / "X.npy"), "truncated"]),
+        ("no-target-column", ["--dataset", str(parquet), "--target", "lable"], [str(parquet), "'lable'"]),
+        ("truncated-parquet", ["--dataset", str(cut), "--target", "label"], [str(cut), "truncated"]),
+        ("nan-row", ["--dataset", str(with_nan), "--target", "label"], [str(with_nan), "rows", "(23, 2)"]),
+    ]
+
+
+def test_broken_sources_end_with_an_error_naming_the_file_and_no_model(tmp_path):
+    for name, args, words in _broken_sources(tmp_path):
+        out = tmp_path / f"{name}.safetensors"
+        done = _cli(["train", *args, "--epochs", "1", "--layers", "4", "--chunk-rows", "100", "--out", str(out)])
+        assert done.returncode == 2, (name, done.stderr)
+        assert done.stderr.startswith("xpnet: error:"), (name, done.stderr)
+        for word in words:
+            assert word in done.stderr, (name, word, done.stderr)
+        assert not out.exists() and not out.with_name(f"{name}.ckpt.safetensors").exists()
+
+
+def test_sources_refuse_what_they_cannot_stream(tmp_path):
+    X, y = _data(n=50)
+    with pytest.raises(ConfigError, match="re-iterable"):
+        ChunkSource(iter([(X, y)]))
+    with pytest.raises(ConfigError, match="--target"):
+        open_source(_parquet(tmp_path / "a.parquet", X, y))
+    with pytest.raises(ConfigError, match="no y"):
+        fit(MLP([5, 3]), stream([(X, y)]), y)
+    with pytest.raises(DataError, match="chunk 1 has 4 features"):
+        ChunkSource([(X, y), (X[:, :4], y)])
+
+
+def test_two_ranks_stream_as_one_process_trains(tmp_path):
+    mpi = pytest.importorskip("test_mpi")
+    if not mpi.HAVE_MPI:
+        pytest.skip('needs mpi4py and mpiexec (pip install "xpnet[mpi]")')
+    X, y = _data(n=1200)
+    folder = _folder(tmp_path, X, y)
+    args = ["train", "--dataset", str(folder), "--layers", "8", "--batch-size", "32", "--chunk-rows", "200",
+            "--shuffle-buffer", "2", "--dtype", "float64", "--epochs", "2", "--schedule", "constant",
+            "--no-progress"]  # fmt: skip
+    two = mpi.mpiexec(2, "-m", "xpnet", *args, "--distributed", "--out", tmp_path / "two.safetensors", cwd=tmp_path)
+    assert two.returncode == 0, two.stderr
+    one = _cli([*args, "--out", str(tmp_path / "one.safetensors")])
+    assert one.returncode == 0, one.stderr
+    from xpnet.checkpoint import ModelFile
+
+    nets = [ModelFile(tmp_path / f"{name}.safetensors").build() for name in ("one", "two")]
+    assert _same(*nets, 1e-10)
+
+
+def test_the_cli_trains_on_a_pandas_parquet_file_and_an_npy_pair(tmp_path):
+    pandas = pytest.importorskip("pandas")
+    X, y = _data(n=600)
+    frame = pandas.DataFrame(X, columns=[f"feature {j}" for j in range(X.shape[1])]).assign(label=y)
+    frame.to_parquet(tmp_path / "frame.parquet")  # pandas' own writer: one row group, an index column
+    folder = _folder(tmp_path, X, y)
+    for data in (["--dataset", str(tmp_path / "frame.parquet"), "--target", "label"],
+                 ["--dataset", str(folder / "X.npy"), "--target", str(folder / "y.npy")]):  # fmt: skip
+        out = tmp_path / "m.safetensors"
+        done = _cli(["train", *data, "--epochs", "1", "--layers", "4", "--chunk-rows", "128", "--out", str(out)])
+        assert done.returncode == 0 and out.exists(), done.stderr
+        assert "MLP(5->4" in done.stdout and "540 training, 60 validation" in done.stdout
+        out.unlink()
+
+
+def test_a_parquet_file_of_large_row_groups_is_read_front_to_back_once_an_epoch(tmp_path, monkeypatch):
+    X, y = _data(n=1000)
+    parquet = _parquet(tmp_path / "big-groups.parquet", X, y, row_group=500)
+    monkeypatch.setattr("xpnet.data.sources.RANDOM_ACCESS_GROUP_ROWS", 499)
+    data = stream(str(parquet), target="label", chunk_rows=100, buffer_chunks=3)
+    assert not data.source.random_access
+    opened = []
+    original = type(data.source)._open
+    monkeypatch.setattr(type(data.source), "_open", lambda self, start: opened.append(start) or original(self, start))
+    net, _ = _fit(data, epochs=2)
+    # Row 0 read for its dtype, then each epoch's reads follow on from one another: one pass over the file.
+    assert opened == [0, 0, 0]
+    chunks = [(X[i : i + 100], y[i : i + 100]) for i in range(0, 1000, 100)]  # also read in order
+    assert _same(net, _fit(stream(chunks, chunk_rows=100, buffer_chunks=3), epochs=2)[0], 0.0)
+
+
+def test_a_validation_file_holds_the_validation_and_test_rows(tmp_path):
+    X, y = _data(n=700)
+    train, held = _folder(tmp_path, X[:600], y[:600], "train"), _folder(tmp_path, X[600:], y[600:], "held")
+    out = tmp_path / "m.safetensors"
+    args = ["train", "--dataset", str(train), "--val-data", str(held), "--epochs", "1", "--layers", "4"]
+    done = _cli([*args, "--out", str(out)])
+    assert done.returncode == 0 and out.exists(), done.stderr
+    assert "600 training, 100 validation, 100 test samples" in done.stdout
+    tested = _run(
+        [sys.executable, "-m", "xpnet", "evaluate", str(out)]
+    )  # the held-out rows again, as the model's settings name them
+    assert tested.returncode == 0, tested.stderr
+    assert _test_line(tested.stdout) == _test_line(done.stdout)
+    other = _folder(tmp_path, X[600:, :4], y[600:], "narrow")
+    done = _cli(["train", "--dataset", str(train), "--val-data", str(other), "--epochs", "1"])
+    assert done.returncode == 2 and "--val-data" in done.stderr and "4 features" in done.stderr, done.stderr
+    done = _cli(["train", "--dataset", "friedman1", "--target", "label", "--epochs", "1"])
+    assert done.returncode == 2 and "--target and --val-data are for datasets streamed" in done.stderr, done.stderr

@@ -1,0 +1,285 @@
+"""``fit`` on data read from disk chunk by chunk: shuffled in buffers, read ahead in a background thread.
+
+``stream(source)`` wraps a ``xpnet.data.sources.Source`` (or a path, or a list of ``(X, y)``
+chunks) as ``fit``'s ``X``; ``fit`` hands such data here. Each epoch follows the chunked
+shuffle of ``xpnet.data.stream``: a buffer of ``buffer_chunks`` chunks is read, its rows
+uploaded, its batches trained, while the next buffer is read and uploaded by a
+``xpnet.prefetch.Prefetcher`` thread (double-buffered: two buffers at most are alive). The
+steps are ``fit``'s own (``xpnet.step.Step``), one by one from Python, with the epoch's
+sums, reads, checkpoints and stops exactly as ``fit`` has them; a buffer that holds the
+whole set draws ``fit``'s own permutation, so training equals in-memory training.
+
+Data-parallel: every rank plans the same buffers; a rank reads only the rows of its part of
+each batch (and the rows a buffer carries to the next), straight from a memory map, or from
+the chunks that hold them for a source without row access (Parquet, Python chunks).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from xpnet.data.sources import ChunkSource, NpySource, Source, open_source
+from xpnet.data.stream import chunk_ranges, epoch_plan, load_buffer
+from xpnet.data_parallel import DataParallel
+from xpnet.distributed import Communicator
+from xpnet.errors import ConfigError
+from xpnet.evaluate import RunningSums
+from xpnet.inputs import check_validation
+from xpnet.memory import Estimate
+from xpnet.optim import SGD
+from xpnet.prefetch import Prefetcher, in_order
+from xpnet.scaling import Scaling
+from xpnet.train import (
+    FitOptions,
+    History,
+    _agreed,
+    _check_fit_args,
+    _close,
+    _continue_random_streams,
+    _end_epoch,
+    _interrupt,
+    _Loop,
+    _progress_bar,
+    _read_totals,
+    _restore_best,
+)
+from xpnet.weights import validation_weights
+
+#: Rows per chunk and chunks per shuffle buffer unless asked otherwise (``--chunk-rows``, ``--shuffle-buffer``).
+CHUNK_ROWS = 8192
+BUFFER_CHUNKS = 4
+
+
+@dataclass
+class Streamed:
+    """Training data read from ``source`` as ``fit`` goes: pass it as ``fit``'s ``X`` (no ``y``)."""
+
+    source: Source
+    chunk_rows: int = CHUNK_ROWS
+    buffer_chunks: int = BUFFER_CHUNKS
+    prefetch: bool = True  #: read the next buffer in a background thread while training on this one
+    streamed: bool = field(default=True, init=False)  #: what ``fit`` looks for
+
+    def __post_init__(self):
+        for name in ("chunk_rows", "buffer_chunks"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConfigError(f"{name} must be a whole number >= 1, not {value!r}")
+
+    def __len__(self) -> int:
+        return self.source.rows
+
+    @property
+    def buffer_rows(self) -> int:
+        return min(self.chunk_rows * self.buffer_chunks, self.source.rows)
+
+    def fit(self, net, y=None, **options) -> History:
+        """``fit(net, self, ...)``: see ``xpnet.train.fit``."""
+        return fit_streamed(net, self, y, **options)
+
+    def describe(self) -> dict:
+        return {**self.source.describe(), "chunk rows": self.chunk_rows, "buffer chunks": self.buffer_chunks}
+
+
+def stream(data, target: str | None = None, task: str = "classification", **options) -> Streamed:
+    """``fit``'s ``X`` for data that is not in memory: a ``Source``, a path (``open_source``), or a
+    re-iterable of ``(X, y)`` chunks; ``options``: ``chunk_rows``, ``buffer_chunks``, ``prefetch``."""
+    if isinstance(data, Source):
+        source = data
+    elif isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
+        source = open_source(data, target, task)
+    else:
+        source = ChunkSource(data, task=task)
+    return Streamed(source, **options)
+
+
+def fit_scaling(kind: str, data: Streamed) -> Scaling:
+    """The input scaling fitted in one pass over the chunks: min and max, or mean and standard
+    deviation merged chunk by chunk in float64 (Chan et al.'s pairwise update)."""
+    if kind == "none":
+        return Scaling("none", 0.0, 1.0)
+    low = high = None
+    count, mean, squares = 0, 0.0, 0.0
+    for start, stop in chunk_ranges(data.source.rows, data.chunk_rows):
+        X, _ = data.source.read(start, stop)
+        if X.dtype == np.uint8 and kind != "standard":
+            return Scaling.fit(kind, X[:1])  # 0..255 whatever the rows hold
+        if kind != "standard":
+            low = X.min() if low is None else min(low, X.min())
+            high = X.max() if high is None else max(high, X.max())
+            continue
+        part_mean = X.mean(axis=0, dtype=np.float64)
+        deviation = X.astype(np.float64) - part_mean
+        part_squares = np.einsum("ij,ij->j", deviation, deviation)
+        delta, total = part_mean - mean, count + len(X)
+        mean = mean + delta * (len(X) / total)
+        squares = squares + part_squares + delta * delta * (count * len(X) / total)
+        count = total
+    if kind != "standard":
+        return Scaling.fit(kind, np.array([[low], [high]], dtype=np.float32))
+    return Scaling.from_moments(mean, np.sqrt(squares / count))
+
+
+def stream_estimate(data: Streamed, sizes_itemsize: int, ranks: int = 1) -> Estimate:
+    """What the stream holds at its peak: two buffers (one trained on, one being read), each on the
+    host and on the device, the host's chunk being read, and the rows carried between buffers."""
+    row = data.source.features * 4 + 8  # float32 features (uint8 takes less), a label or target
+    device_row = data.source.features * sizes_itemsize + 8
+    rows = data.buffer_rows
+    estimate = Estimate().add("stream buffers on the host (2)", 2 * rows * row)
+    estimate.add("stream buffers on the device (2)", 2 * rows * device_row + 2 * rows * 12)
+    return estimate.add("a chunk being read", data.chunk_rows * row * 2)
+
+
+def fit_streamed(net, data: Streamed, y=None, **options) -> History:
+    """``xpnet.train.fit`` for ``Streamed`` data: the same options, the same numbers."""
+    _refuse(y, options)
+    epochs, batch_size, patience = _check_fit_args(
+        net, options.get("epochs", 10), options.get("batch_size", 64), options.get("patience"),
+        options.get("monitor", "val_loss"), options.get("label_smoothing", 0.0),
+    )  # fmt: skip
+    _default_scaling(net, data, options.get("verbose", False), options.get("log", print))
+    validation, given = _validation(net, options.get("validation_data"))
+    fit_options = FitOptions(
+        epochs, min(batch_size, data.source.rows), options.get("label_smoothing", 0.0), options.get("shuffle", True),
+        patience, options.get("progress", False), options.get("monitor", "val_loss"),
+    )  # fmt: skip
+    parallel = DataParallel(options.get("communicator") or Communicator(), fit_options.batch_size)
+    log = options.get("log", print) if options.get("verbose") and parallel.communicator.is_root else None
+    seed = options.get("seed", 0)
+    history, rng = _continue_random_streams(net, options.get("history") or History(), seed)
+    optimizer = options.get("optimizer") or SGD()
+    loop = _StreamLoop(
+        net, optimizer, None, None, validation, fit_options, options.get("should_stop"), log, parallel,
+        None, history.loss_scaler,
+    )  # fmt: skip
+    loop.data = data
+    backend = net.backend
+    with backend.activated(), backend.quiet_float_errors(), backend.flush_denormals(), parallel.rank_dropout(net):
+        agreed = {**_agreed(loop, seed, history), "data": data.describe()}
+        parallel.start(net, optimizer, {"validation": given}, agreed)
+        if not _stream_epochs(loop, history, rng, options.get("on_epoch_end")):
+            return history
+        if options.get("restore_best", True):
+            _restore_best(net, history, loop.log, fit_options.monitor)
+    return history
+
+
+def _refuse(y, options: dict) -> None:
+    if y is not None:
+        raise ConfigError("streamed data brings its own targets: call fit(net, stream(...)) with no y")
+    for name in ("sample_weight", "class_weight"):
+        if options.get(name) is not None:
+            raise ConfigError(f"{name} is not supported with streamed data yet; train in memory to weigh rows")
+
+
+def _default_scaling(net, data: Streamed, verbose: bool, log) -> None:
+    """uint8 inputs with no scaling set are scaled to [0, 1], as ``fit`` does in memory."""
+    if net.scaling is None and data.source.read(0, 1)[0].dtype == np.uint8:
+        net.set_scaling(Scaling("unit", 0.0, float(np.float32(1 / 255))))
+        if verbose:
+            log("uint8 inputs and no scaling set: scaling them to [0, 1] (x / 255)")
+
+
+def _validation(net, validation_data) -> tuple:
+    """``((X_val, y_val[, weights]) on the device or None, the checked host arrays)``."""
+    checked = check_validation(net, validation_data)
+    if checked is None:
+        return None, None
+    validation = net.to_device(checked[0]), net.to_device(checked[1], labels=True)
+    return validation + validation_weights(net, validation[1], checked), checked
+
+
+class _StreamLoop(_Loop):
+    """``fit``'s loop state with the steps of a streamed epoch (the data lives in the buffers)."""
+
+    data: Streamed
+
+    @property
+    def steps(self) -> int:
+        return self.data.source.rows // self.batch_size
+
+
+def _stream_epochs(loop: _StreamLoop, history: History, rng, on_epoch_end) -> bool:
+    """As ``xpnet.train._train_epochs``: True at the end or early stopping, False on a stop request."""
+    while history.epoch < loop.epochs:
+        totals, seconds = _stream_epoch(loop, history, rng)
+        if history.interrupted:
+            return False
+        if _end_epoch(loop, history, rng, totals, seconds, on_epoch_end):
+            return True
+        if loop.stop_requested() and history.epoch < loop.epochs:
+            history.interrupted = True
+            return False
+    return True
+
+
+def _stream_epoch(loop: _StreamLoop, history: History, rng):
+    """One epoch from ``history.batch`` on, as ``xpnet.train._run_epoch`` runs it on data in memory."""
+    net, backend = loop.net, loop.net.backend
+    history.rng_state = rng.bit_generator.state  # the plan replays from here on a resume
+    first, partial = history.batch, history.partial
+    carried = partial is not None and loop.parallel.communicator.is_root
+    sums = RunningSums.resumed(net, partial.loss_sum, partial.correct) if carried else RunningSums.zero(net)
+    start = time.perf_counter() - (partial.seconds if partial else 0.0)
+    bar = _progress_bar(loop, history.epoch + 1, initial=first)
+    with backend.step_policy(loop.parallel.local_batch * net.macs_per_sample):
+        stopped = _stream_steps(loop, history, rng, sums, first, bar)
+    if stopped is not None:
+        _close(bar)
+        _interrupt(loop, history, sums, stopped, time.perf_counter() - start)
+        return None, time.perf_counter() - start
+    totals = _read_totals(loop, sums, loop.steps * loop.parallel.local_batch)
+    _close(bar)
+    return totals, time.perf_counter() - start
+
+
+def _stream_steps(loop: _StreamLoop, history: History, rng, sums, first: int, bar) -> int | None:
+    """The epoch's steps from ``first``, buffer after buffer; the batches done if a stop came, else None."""
+    data, size, steps = loop.data, loop.batch_size, loop.steps
+    reorder = data.source.random_access
+    plan = epoch_plan(data.source.rows, data.chunk_rows, data.buffer_chunks, size, rng, loop.options.shuffle, reorder)
+    reader = _Reader(loop)
+    wanted = (buffer for buffer in plan if buffer.first_step + buffer.steps(size) > first)
+    feed = Prefetcher(wanted, reader, context=loop.net.backend.activated) if data.prefetch else None
+    try:
+        for buffer, X, y, order in feed or in_order(wanted, reader):
+            loop.step.X, loop.step.y = X, y
+            for k in range(max(first - buffer.first_step, 0), buffer.steps(size)):
+                b = buffer.first_step + k
+                loop.optimizer.set_progress(history.epoch + b / steps, loop.epochs)
+                loop.step(order[k * size : (k + 1) * size], sums)
+                if bar is not None:
+                    bar.update(1)
+                if loop.stop_requested() and b + 1 < steps:
+                    return b + 1
+            loop.step.X = loop.step.y = X = y = order = None  # this buffer is done: its memory may go
+    finally:
+        if feed is not None:
+            feed.close()
+    return None
+
+
+class _Reader:
+    """Reads a buffer's rows (this rank's share) and uploads them: what the prefetch thread runs."""
+
+    def __init__(self, loop: _StreamLoop):
+        self.loop, self.kept = loop, None
+        source = loop.data.source
+        # A memory map reads any row directly: a rank reads only its share of each buffer.
+        self.row_access = loop.parallel.active and isinstance(getattr(source, "source", source), NpySource)
+
+    def __call__(self, buffer):
+        loop, net = self.loop, self.loop.net
+        positions = np.arange(buffer.ids.size)
+        if loop.parallel.active:  # this rank's part of each batch, and the rows the next buffer carries on
+            mine = buffer.order.reshape(-1, loop.batch_size)[:, loop.parallel.rows].ravel()
+            positions = np.union1d(mine, buffer.rest)
+        X, y, self.kept = load_buffer(loop.data.source, buffer, positions, self.kept, self.row_access)
+        # Positions in the rows read: another rank's rows map anywhere; ``local_rows`` drops them.
+        order = np.minimum(np.searchsorted(positions, buffer.order), positions.size - 1)
+        uploaded = net.to_device(X), net.to_device(y, labels=True)
+        return buffer, *uploaded, net.backend.upload(order.astype(np.int32))
