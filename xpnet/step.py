@@ -44,10 +44,8 @@ class Step:
     scaler: Any = None  #: float16's ``LossScaler``, or None
     parallel: Any = None  #: ``DataParallel`` (this rank's rows, the gradient mean), or None: one process
     weights: Any = None  #: each training row's weight on the device (sample and class weights), or None
-    labels: bool = field(init=False)  #: ``y`` holds class labels (their truth is one-hot: ``count_correct``)
-
-    def __post_init__(self):
-        self.labels = self.net.is_classifier and self.net.xp.isdtype(self.y.dtype, "integral")
+    #: The last targets gathered were made from class labels: exact one-hot rows (``count_correct``).
+    labels: bool = field(init=False, default=False)
 
     def __call__(self, idx, sums, mark: Callable[[str], None] = _no_mark, batch: tuple | None = None) -> None:
         """``idx``: the global batch's rows (None: unweighted, with ``batch`` given); ``batch``: this rank's
@@ -84,6 +82,7 @@ class Step:
         net, xp = self.net, self.net.xp
         xb, yb = net.prepare(xp.take(self.X, rows, axis=0)), xp.take(self.y, rows, axis=0)
         mark("batch")
+        self.labels = net.is_classifier and xp.isdtype(yb.dtype, "integral")
         truth = net.targets(yb)
         targets = net.targets(yb, self.label_smoothing) if self.label_smoothing else truth
         mark("targets")
