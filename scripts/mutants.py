@@ -149,9 +149,14 @@ MUTATIONS = [
       ("tests/test_inputs.py", "-k", "nan_or_infinite")),
     # -- reproducibility and the device ---------------------------------------------------------
     M("a hidden host read in every step", "xpnet/step.py",
-      "            sums.add(net, cost, out, truth, idx.shape[0])\n",
-      "            sums.add(net, cost, out, truth, idx.shape[0])\n            net.backend.to_host(cost)\n",
+      "            sums.add(net, cost, out, truth, xb.shape[0], one_hot=self.labels)\n",
+      "            sums.add(net, cost, out, truth, xb.shape[0], one_hot=self.labels)\n"
+      "            net.backend.to_host(cost)\n",
       ("tests/test_device_audit.py", "-k", "keep_to_the_device and sgd_decay")),
+    M("fit gathers and one-hot encodes every batch again", "xpnet/compiled.py",
+      "            rows, batch = batches(b)\n",
+      "            rows, batch = order[b * loop.batch_size : (b + 1) * loop.batch_size], None\n",
+      ("tests/test_fit_overhead.py", "-k", "little_beyond")),
     M("the shuffle ignores the seed", "xpnet/train.py",
       "    rng = np.random.default_rng(seed)\n    if history.rng_state is not None:",
       "    rng = np.random.default_rng()\n    if history.rng_state is not None:",

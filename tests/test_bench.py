@@ -51,6 +51,17 @@ def test_ratios_compare_within_one_device_and_batch():
     assert rows[2].vs_torch_eager is None and rows[1].vs_direct is None
 
 
+def test_fit_is_held_to_its_own_step_in_a_bare_loop_where_it_runs_eagerly():
+    rows = [_row("xpnet", 90.0), _row("xpnet-step", 100.0), _row("xpnet", 50.0, "torch")]
+    sweep.add_ratios(rows)
+    assert rows[0].vs_step == pytest.approx(0.9)
+    assert rows[2].vs_step is None and rows[1].vs_step is None  # no bare step on torch; the peer has no ratio
+    assert sweep.with_step_peer(["direct", "xpnet", "torch-eager"]) == ["direct", "xpnet", "xpnet-step", "torch-eager"]
+    assert sweep.with_step_peer(["direct"]) == ["direct"]
+    assert sweep.runs_on("xpnet-step", bench.Target("numpy", "cpu"))
+    assert not sweep.runs_on("xpnet-step", bench.Target("jax", "cpu"))  # JAX's fit is compiled: jax-scan is its peer
+
+
 def test_xpnet_on_jax_is_held_to_the_hand_written_jax_loop():
     rows = [_row("xpnet", 90.0, "jax"), _row("jax-scan", 100.0, "jax"), _row("direct", 30.0), _row("xpnet", 60.0)]
     sweep.add_ratios(rows)
@@ -118,9 +129,10 @@ def test_tiny_sweep_writes_json_markdown_png_and_history(tmp_path, capsys):
     assert bench.bench_main(args) == 0
     result = json.loads(out["json"].read_text())
     assert {(r["impl"], r["batch_size"]) for r in result["rows"]} == {
-        (impl, b) for impl in ("xpnet", "direct") for b in (8, 32)
+        (impl, b) for impl in ("xpnet", "xpnet-step", "direct") for b in (8, 32)
     }
-    assert all(r["samples_per_s"] > 0 and r["vs_direct"] is not None for r in result["rows"] if r["impl"] == "xpnet")
+    xpnet_rows = [r for r in result["rows"] if r["impl"] == "xpnet"]
+    assert all(r["samples_per_s"] > 0 and r["vs_direct"] is not None and r["vs_step"] > 0 for r in xpnet_rows)
     assert set(result["ceilings"]["numpy/cpu"]["own"]) == {"8", "32"}
     report = out["md"].read_text()
     assert "| xpnet | numpy | cpu | 8 |" in report and "NumPy" in report
@@ -128,13 +140,17 @@ def test_tiny_sweep_writes_json_markdown_png_and_history(tmp_path, capsys):
     captured = capsys.readouterr()
     printed = captured.out
     progress = captured.err.splitlines()  # on stderr, so the table on stdout stays clean
-    assert progress[0].startswith("bench: batch size 8 (1 of 2) on numpy/cpu (xpnet, direct); 2 batch sizes x 4")
-    assert progress[1].startswith("bench: batch size 32 (2 of 2) on numpy/cpu (xpnet, direct); ")
+    assert progress[0].startswith(
+        "bench: batch size 8 (1 of 2) on numpy/cpu (xpnet, xpnet-step, direct); 2 batch sizes x 5"
+    )
+    assert progress[1].startswith("bench: batch size 32 (2 of 2) on numpy/cpu (xpnet, xpnet-step, direct); ")
     assert "s left" in progress[1] and progress[2].startswith("bench: done in ")
     assert "bench: " not in printed
     assert "before: eeeeeeeeee" in printed and "vs direct NumPy" in printed and "too few repeats" in printed
+    assert "vs bare step" in printed
     runs = [json.loads(line) for line in out["jsonl"].read_text().splitlines()]
-    assert len(runs) == 2 and len(runs[1]["rows"]) == 4 and runs[1]["options"]["batch_sizes"] == [8, 32]
+    assert len(runs) == 2 and len(runs[1]["rows"]) == 6 and runs[1]["options"]["batch_sizes"] == [8, 32]
+    assert all(row["vs_step"]["median"] > 0 for row in runs[1]["rows"] if row["impl"] == "xpnet")
 
 
 def test_phase_profile_covers_every_phase_of_the_step():

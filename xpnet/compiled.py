@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from xpnet.batches import Batches
 from xpnet.evaluate import RunningSums
 
 #: Steps per compiled call: ``fit`` polls for a stop, and updates its progress bar, between calls.
@@ -77,15 +78,27 @@ class EagerSteps:
         self.loop, self.step = loop, step
 
     def run(self, history, order, sums, first: int, bar) -> int | None:
-        """The epoch's steps from batch ``first`` on; the batches done if a stop came, else None."""
-        loop = self.loop
-        steps, size = loop.steps, loop.batch_size
+        """The epoch's steps from batch ``first`` on; the batches done if a stop came, else None.
+
+        The batches are made a run of steps at a time (``xpnet.batches``), and the run's correct
+        predictions counted at its end (``RunningSums.settle``); a step adds to its own work only
+        its slices, the loss sum, the schedule's rate and the stop poll."""
+        loop, net = self.loop, self.loop.net
+        steps, epoch, epochs, set_progress = loop.steps, history.epoch, loop.epochs, loop.optimizer.set_progress
+        local = loop.parallel.rows if loop.parallel.active else None
+        batches = Batches(loop.step, order, steps, loop.batch_size, local)
+        sums.pending = []
         for b in range(first, steps):
-            loop.optimizer.set_progress(history.epoch + b / steps, loop.epochs)
-            self.step(loop, order[b * size : (b + 1) * size], sums)
+            set_progress(epoch + b / steps, epochs)
+            rows, batch = batches(b)
+            self.step(loop, rows, sums, batch)
+            batch = None  # not held while the next run is made: its run's buffers may go first
+            if batches.ends_run(b):
+                sums.settle(net)
             if bar is not None:
                 bar.update(1)
             if loop.stop_requested() and b + 1 < steps:
+                sums.settle(net)
                 return b + 1
         return None
 

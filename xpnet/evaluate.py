@@ -7,7 +7,7 @@ form every device can hold (int32), because some (array-api-strict's no_x64) ref
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,11 +23,16 @@ class RunningSums:
     """Metrics summed on the device, batch by batch, read to the host once.
 
     Added to step by step, in one order, so that a resumed epoch (which starts from the
-    saved partial sums) reports the very same figures as an uninterrupted one.
+    saved partial sums) reports the very same figures as an uninterrupted one. The correct
+    predictions may be held back (``pending``) and counted for many steps at once (``settle``):
+    they are whole numbers, whose float sum is exact in any order while it stays below 2^24
+    (float32's integers), so the count is the one step by step gives, in a few operations a run.
     """
 
     loss: Any  #: Σ batch loss × batch size
     correct: Any  #: correct predictions (classifiers)
+    #: (outputs, truth, one_hot) of the steps whose hits ``settle`` counts; None: each step counts its own
+    pending: list | None = field(default=None, repr=False)
 
     @classmethod
     def zero(cls, net) -> RunningSums:
@@ -39,12 +44,26 @@ class RunningSums:
         """Sums an interrupted epoch saved on the host, back on the device."""
         return cls(*(net.backend.upload(np.asarray(v), net.dtype) for v in (loss_sum, correct)))
 
-    def add(self, net, cost, out, targets, count, weights=None) -> None:
+    def add(self, net, cost, out, targets, count, weights=None, one_hot: bool = False) -> None:
         """One batch of ``count`` samples (their weight): its mean loss ``cost`` and outputs against ``targets``;
-        ``weights`` (a column, or None) weighs each correct prediction."""
+        ``weights`` (a column, or None) weighs each correct prediction; ``one_hot``: see ``count_correct``."""
         self.loss = self.loss + cost * count
-        if net.is_classifier:
-            self.correct = self.correct + count_correct(net, out, targets, weights)
+        if not net.is_classifier:
+            return
+        if self.pending is not None and weights is None:
+            self.pending.append((out, targets, one_hot))
+        else:
+            self.correct = self.correct + count_correct(net, out, targets, weights, one_hot)
+
+    def settle(self, net) -> None:
+        """Count the hits of the steps held back (``pending``), all in one go."""
+        if not self.pending:
+            return
+        xp = net.xp
+        outs, truths, one_hot = zip(*self.pending)
+        self.pending = []
+        out, truth = (parts[0] if len(parts) == 1 else xp.concat(parts) for parts in (outs, truths))
+        self.correct = self.correct + count_correct(net, out, truth, None, one_hot[0])
 
 
 def zero_sum(xp, net):
@@ -52,11 +71,14 @@ def zero_sum(xp, net):
     return xp.zeros((), dtype=net.dtype, device=net.backend.device_of(net.params[0]))
 
 
-def count_correct(net, out, targets, weights=None):
+def count_correct(net, out, targets, weights=None, one_hot: bool = False):
     """Correct predictions in a batch (their summed weights), as a 0-d device array (0 for regression).
 
     A sample counts as correct when its true class scores the row maximum; this
-    avoids argmax, whose int64 result some devices cannot hold.
+    avoids argmax, whose int64 result some devices cannot hold. ``one_hot``: the targets
+    are exact 0/1 rows (made from class labels), whose product with the scores, summed,
+    is the true class's score exactly -- two operations where ``vecdot`` is a dozen on
+    PyTorch (array-api-compat's batched matmul); other targets weigh the scores by ``vecdot``.
     """
     xp = net.xp
     if not net.is_classifier:
@@ -64,7 +86,8 @@ def count_correct(net, out, targets, weights=None):
     if out.shape[1] == 1:
         hits = (out[:, 0] > 0.5) == (targets[:, 0] > 0.5)
     else:
-        hits = xp.vecdot(targets, out) >= xp.max(out, axis=1)
+        score = xp.sum(targets * out, axis=1) if one_hot else xp.vecdot(targets, out)
+        hits = score >= xp.max(out, axis=1)
     hits = xp.astype(hits, net.dtype)
     return xp.sum(hits) if weights is None else xp.sum(hits * weights[:, 0])
 

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from xpnet.batches import ahead_bytes
 from xpnet.errors import ConfigError, MemoryLimitError
 
 ENV = "XPNET_MEMORY_LIMIT"
@@ -166,6 +167,7 @@ def training_estimate(
     estimate.add("data (loaded, split and on the device)", data_bytes)
     estimate.add("shuffling order", samples * 12)
     estimate.add("one training step", batch_bytes(sizes, min(batch, samples), itemsize, input_itemsize))
+    estimate.add("batches made ahead", ahead_bytes(sizes[0], sizes[-1], itemsize, batch, samples))
     evaluation = min(4096, samples) * sum(sizes) * 3 * itemsize + samples * sizes[-1] * itemsize
     return estimate.add("evaluation", evaluation)
 
@@ -204,6 +206,7 @@ def device_training_estimate(sizes: list[int], itemsize: int, buffers: int, run:
     estimate.add(
         "one training step", batch_bytes(sizes, min(run.batch, run.samples), step_itemsize, run.input_itemsize)
     )
+    estimate.add("batches made ahead", ahead_bytes(sizes[0], sizes[-1], itemsize, run.batch, run.samples))
     if run.half_itemsize:
         estimate.add("half copies of the weights", count * run.half_itemsize)
     if run.loss_scaling:

@@ -73,6 +73,8 @@ class MLP:
         self.loss_name = loss_name(loss)
         self.activations = _layer_activations(activation, output, self.loss_name, depth, self.sizes[-1])
         self.loss: Loss = get_loss(self.loss_name, self.activations[-1], huber_delta)
+        # Decided once: the training step's metrics ask every step, and the rule looks names up.
+        self._classifier = decide_task(self.loss_name, self.activations[-1]) == CLASSIFICATION
         self.inits = [init_name(spec, act.name) for spec, act in zip(_per_layer(init, depth, "init"), self.activations)]
         self.dropout = _check_dropout(dropout, depth)
         self.norm = canonical(norm or "none", NORMS, "norm")
@@ -161,7 +163,7 @@ class MLP:
     @property
     def is_classifier(self) -> bool:
         """Outputs are class scores (one per class, argmax is the prediction)."""
-        return decide_task(self.loss_name, self.activations[-1]) == CLASSIFICATION
+        return self._classifier
 
     def config(self) -> dict:
         """The architecture, enough to rebuild this network (saved in model files)."""

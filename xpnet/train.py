@@ -139,7 +139,8 @@ class _Loop:
         self.scaler = loss_scaler(self.net, scaler_state)
         self.validation = self.parallel.validation_part(self.validation)  # this rank's share of the validation set
         smoothing = self.options.label_smoothing
-        self.step = Step(self.net, self.optimizer, self.X, self.y, smoothing, self.scaler, self.parallel, self.weights)
+        parallel = self.parallel if self.parallel.active else None  # one process: no hooks to call each step
+        self.step = Step(self.net, self.optimizer, self.X, self.y, smoothing, self.scaler, parallel, self.weights)
         if self.options.patience is not None and self.validation is None:
             raise ConfigError("patience (early stopping) needs validation data: pass validation_data or --val-split")
 
@@ -307,11 +308,12 @@ def _run_epoch(loop: _Loop, history: History, rng) -> tuple[EpochTotals | None, 
     return totals, time.perf_counter() - start
 
 
-def _train_step(loop: _Loop, idx, sums: RunningSums) -> None:
+def _train_step(loop: _Loop, idx, sums: RunningSums, batch: tuple | None = None) -> None:
     """One minibatch step: ``loop.step`` (``xpnet.step.Step``) on the loop's data as bound now (a
-    compiled run puts its traced arrays in ``loop.X`` and ``loop.y`` while it traces the step)."""
+    compiled run puts its traced arrays in ``loop.X`` and ``loop.y`` while it traces the step);
+    ``batch``: the batch made ahead (``xpnet.batches``), or None: gathered by the step."""
     loop.step.X, loop.step.y = loop.X, loop.y
-    loop.step(idx, sums)
+    loop.step(idx, sums, batch=batch)
 
 
 def _interrupt(loop: _Loop, history: History, sums: RunningSums, batches: int, seconds: float) -> None:

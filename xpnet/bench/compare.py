@@ -19,6 +19,7 @@ MIN_REPEATS = 3
 LABELS = {
     "vs_torch_eager": "vs torch eager",
     "vs_direct": "vs direct NumPy",
+    "vs_step": "vs bare step",
     "pct_own": "% own GEMMs",
     "pct_peak": "% peak GEMM",
     "samples_per_s": "samples/s",

@@ -28,7 +28,7 @@ import xpnet
 from xpnet.bench.history_schema import FIGURES, LINE, ROW_KEY, SCHEMA
 from xpnet.bench.noise import paired_ratios, relative_spread
 from xpnet.bench.results import BenchResult, Row
-from xpnet.bench.workload import DIRECT_PEERS
+from xpnet.bench.workload import DIRECT_PEERS, STEP_PEER
 from xpnet.errors import DataError
 from xpnet.fileio import atomic_write_bytes, open_input, read_failure
 from xpnet.schema import Invalid, check, deepest_key
@@ -94,12 +94,14 @@ def _history_row(row: Row, peers: dict[str, Row], ceiling: dict) -> dict:
 
 
 def _peers(row: Row, rows: list[Row]) -> dict[str, Row]:
-    """The rows ``row`` is measured against: torch eager on its device, direct NumPy for xpnet on NumPy."""
+    """The rows ``row`` is measured against: torch eager on its device; for xpnet the hand-written loop
+    and its own bare step on its backend."""
     same = [r for r in rows if r.batch_size == row.batch_size]
     peers = {"vs_torch_eager": next((r for r in same if r.impl == "torch-eager" and r.device == row.device), None)}
     if row.impl == "xpnet":  # against the hand-written loop on the same backend (NumPy's direct, JAX's jit + scan)
-        loops = (r for r in same if r.impl in DIRECT_PEERS and (r.backend, r.device) == (row.backend, row.device))
-        peers["vs_direct"] = next(loops, None)
+        here = [r for r in same if (r.backend, r.device) == (row.backend, row.device)]
+        peers["vs_direct"] = next((r for r in here if r.impl in DIRECT_PEERS), None)
+        peers["vs_step"] = next((r for r in here if r.impl == STEP_PEER), None)  # fit's own step, bare
     return {name: peer for name, peer in peers.items() if peer is not None and peer is not row}
 
 

@@ -12,7 +12,7 @@ from xpnet.schema import INT64_MAX, Bool, Either, Int, ListOf, Null, Number, Rec
 
 SCHEMA = 1
 #: The figures a history row may carry, the ratios (which compare across runs) first.
-FIGURES = ("vs_torch_eager", "vs_direct", "pct_own", "pct_peak", "samples_per_s")
+FIGURES = ("vs_torch_eager", "vs_direct", "vs_step", "pct_own", "pct_peak", "samples_per_s")
 ROW_KEY = ("impl", "backend", "device", "batch_size")
 #: Most rows, repeats and batch sizes a line may hold: far beyond any sweep.
 MAX_ITEMS = 100_000

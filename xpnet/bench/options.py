@@ -17,12 +17,15 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-sizes", default=",".join(map(str, BATCH_SIZES)), help="comma-separated (default: %(default)s)"
     )
     parser.add_argument(
-        "--backends", default=None, help="comma-separated among numpy, torch, cupy, array-api-strict (default: all)"
+        "--backends",
+        default=None,
+        help="comma-separated among numpy, torch, cupy, array-api-strict, jax (default: numpy, torch, cupy)",
     )
     parser.add_argument(
         "--impls",
         default=",".join(IMPLS),
-        help="comma-separated among xpnet, direct, torch-eager, jax-scan (default: all)",
+        help=f"comma-separated among {', '.join(IMPLS)} (default: all); xpnet-step, fit's own step in a bare "
+        "loop, comes with xpnet wherever xpnet runs eagerly",
     )
     parser.add_argument("--samples", type=int, default=32768, help="samples per timed epoch (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per row; the median is reported")

@@ -23,6 +23,7 @@ class Row:
     epoch_times: list[float] = field(default_factory=list)
     vs_torch_eager: float | None = None
     vs_direct: float | None = None
+    vs_step: float | None = None  #: xpnet's fit epochs against its own step in a bare loop (``xpnet-step``)
 
 
 @dataclass

@@ -1,16 +1,18 @@
 """The implementations the sweep times, each training one epoch of the same batches.
 
-``xpnet`` is the library's own ``fit``; ``direct`` is the same math and loop written
+``xpnet`` is the library's own ``fit``; ``xpnet-step`` is fit's own step in a bare loop over
+the same batches (fit's overhead is the difference); ``direct`` is the same math and loop written
 straight in NumPy (the array-API indirection costs the difference); ``torch-eager`` is a
-plain ``nn.Sequential`` + ``torch.optim.SGD``. All three see the same batches (one seeded
-permutation per epoch, the same uint8 data resident on the device, scaled per batch),
-sum loss and accuracy on the device and read them back once per epoch, as ``fit`` does.
+plain ``nn.Sequential`` + ``torch.optim.SGD``. All see the same batches (one seeded
+permutation per epoch, the same uint8 data resident on the device, scaled per batch); all
+but the bare step sum loss and accuracy on the device and read them back once per epoch, as ``fit`` does.
 ``jax-scan`` is the hand-written JAX loop compiled over the epoch, the peer of xpnet on JAX.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -36,6 +38,7 @@ class Runner:
 
     impl = "?"
     library: str | None = None  #: the one backend this runner is written for (None: any)
+    eager_only = False  #: runs only on backends that do not compile their steps
 
     def epoch(self) -> EpochMetrics:
         raise NotImplementedError
@@ -83,6 +86,28 @@ class XpnetRunner(Runner):
 
     def peak_memory(self) -> int | None:
         return self.backend.peak_memory(self.epoch)
+
+
+class XpnetStepRunner(XpnetRunner):
+    """fit's own step (``xpnet.step.Step``) in a bare Python loop over fit's batches: the same seeded
+    permutation, each batch gathered by the step, under the same ``Backend.step_policy``, and nothing
+    of ``fit`` around it (no running sums, schedule, stop polls, metric read). ``fit``'s own cost is
+    the gap between the two rows (``vs_step``). Eager backends only: on one that compiles its steps
+    (JAX) the xpnet row is compiled and its yardstick is the hand-written ``jax-scan``."""
+
+    impl = "xpnet-step"
+    eager_only = True
+
+    def epoch(self) -> EpochMetrics:
+        self.epochs += 1
+        n = self.X.shape[0]
+        size = min(self.batch_size, n)  # as fit takes it
+        order = self.backend.upload(np.random.default_rng(self.epochs).permutation(n).astype(np.int32))
+        with self.backend.step_policy(size * self.net.macs_per_sample):
+            for b in range(n // size):
+                self._step(order[b * size : (b + 1) * size], None)
+        self.backend.synchronize()
+        return EpochMetrics(math.nan, math.nan)  # a bare loop sums nothing
 
 
 class DirectRunner(Runner):
@@ -307,4 +332,10 @@ class JaxScanRunner(Runner):
         return self.backend.peak_memory(self.epoch)
 
 
-RUNNERS = {"xpnet": XpnetRunner, "direct": DirectRunner, "torch-eager": TorchEagerRunner, "jax-scan": JaxScanRunner}
+RUNNERS = {
+    "xpnet": XpnetRunner,
+    "xpnet-step": XpnetStepRunner,
+    "direct": DirectRunner,
+    "torch-eager": TorchEagerRunner,
+    "jax-scan": JaxScanRunner,
+}

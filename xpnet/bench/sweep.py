@@ -18,6 +18,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
+from xpnet.backend import backend_class
 from xpnet.bench.ceilings import Gemms, own_gemms, peak_gemms
 from xpnet.bench.data import load_data
 from xpnet.bench.environment import environment
@@ -25,7 +26,7 @@ from xpnet.bench.results import BenchResult, Row
 from xpnet.bench.runners import RUNNERS, Runner
 from xpnet.bench.table import format_rows
 from xpnet.bench.targets import Target, available_targets
-from xpnet.bench.workload import BATCH_SIZES, DIRECT_PEERS, IMPLS, PAUSE, flops_per_sample
+from xpnet.bench.workload import BATCH_SIZES, DIRECT_PEERS, IMPLS, PAUSE, STEP_PEER, flops_per_sample
 from xpnet.errors import ConfigError
 
 
@@ -41,9 +42,22 @@ def _check_options(batch_sizes: list[int], repeats: int, warmup: int, pause: flo
             raise ConfigError(f"bench implementations must be among {', '.join(IMPLS)}, not {impl!r}")
 
 
+def with_step_peer(impls: Sequence[str]) -> list[str]:
+    """``impls``, with fit's own step in a bare loop (``STEP_PEER``) beside ``xpnet`` wherever xpnet
+    runs: a ``fit`` epoch is always timed next to its bare steps, so fit's own overhead always shows."""
+    impls = list(impls)
+    if "xpnet" in impls and STEP_PEER not in impls:
+        impls.insert(impls.index("xpnet") + 1, STEP_PEER)
+    return impls
+
+
 def runs_on(impl: str, target: Target) -> bool:
-    """Whether ``impl`` has a runner for ``target``: each runner says its library (``Runner.library``)."""
-    return RUNNERS[impl].library in (None, target.backend)
+    """Whether ``impl`` has a runner for ``target``: each runner says its library (``Runner.library``)
+    and whether it runs only where steps are not compiled (``Runner.eager_only``)."""
+    runner = RUNNERS[impl]
+    if runner.eager_only and backend_class(target.backend).compiles_steps:
+        return False
+    return runner.library in (None, target.backend)
 
 
 def time_alternating(runners: Sequence[Runner | Gemms], repeats: int, warmup: int, pause: float) -> list[list[float]]:
@@ -135,6 +149,7 @@ def run_bench(
     loadavg_start = list(os.getloadavg())
     batch_sizes = [int(b) for b in batch_sizes]
     _check_options(batch_sizes, repeats, warmup, pause, impls)
+    impls = with_step_peer(impls)
     targets, skipped = available_targets(backends)
     X, y, source = load_data(max(samples, max(batch_sizes)), data)
     options = {"batch_sizes": batch_sizes, "backends": list(backends or []), "impls": list(impls)}
@@ -176,14 +191,19 @@ def progress_line(index: int, batch_sizes: list[int], targets, impls, elapsed: f
 
 def add_ratios(rows: list[Row]) -> None:
     """Speed ratios within one batch size: every row against torch eager on its device,
-    and xpnet against the hand-written loop on its backend (NumPy's direct loop, JAX's jit + scan;
-    >1 means faster than the peer)."""
+    and xpnet against the hand-written loop on its backend (NumPy's direct loop, JAX's jit + scan)
+    and against its own step in a bare loop (``vs_step``: fit's overhead; >1 means faster than the peer)."""
     eager = {r.device: r for r in rows if r.impl == "torch-eager"}
     direct = {(r.backend, r.device): r for r in rows if r.impl in DIRECT_PEERS}
+    bare = {(r.backend, r.device): r for r in rows if r.impl == STEP_PEER}
     for row in rows:
         peer = eager.get(row.device)
         if peer is not None and row is not peer:
             row.vs_torch_eager = row.samples_per_s / peer.samples_per_s
-        loop = direct.get((row.backend, row.device))
-        if loop is not None and row.impl == "xpnet":
+        if row.impl != "xpnet":
+            continue
+        loop, step = direct.get((row.backend, row.device)), bare.get((row.backend, row.device))
+        if loop is not None:
             row.vs_direct = row.samples_per_s / loop.samples_per_s
+        if step is not None:
+            row.vs_step = row.samples_per_s / step.samples_per_s

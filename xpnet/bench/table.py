@@ -19,6 +19,7 @@ COLUMNS = (
     ("peak mem", "peak_memory"),
     ("vs torch eager", "vs_torch_eager"),
     ("vs direct NumPy", "vs_direct"),
+    ("vs bare step", "vs_step"),
 )
 
 

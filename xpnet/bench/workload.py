@@ -22,11 +22,13 @@ SETTINGS = {
     "lr": LR,
     "momentum": MOMENTUM,
 }
-#: The implementations compared: xpnet's fit, the same math straight in NumPy, PyTorch eager, and a
-#: hand-written JAX loop compiled over the whole epoch (``jax.jit`` + ``lax.scan``).
-IMPLS = ("xpnet", "direct", "torch-eager", "jax-scan")
+#: The implementations compared: xpnet's fit, fit's own step in a bare loop, the same math straight in
+#: NumPy, PyTorch eager, and a hand-written JAX loop compiled over the whole epoch (``jax.jit`` + ``lax.scan``).
+IMPLS = ("xpnet", "xpnet-step", "direct", "torch-eager", "jax-scan")
 #: The hand-written loops xpnet's ``fit`` on the same backend is measured against (``vs_direct``).
 DIRECT_PEERS = ("direct", "jax-scan")
+#: fit's own step in a bare loop: what a ``fit`` epoch is measured against (``vs_step``: fit's overhead).
+STEP_PEER = "xpnet-step"
 #: Seconds of idle before each timed epoch. OpenBLAS's idle threads spin for about 2^28
 #: cycles (~0.1 s) after a call; without the pause they slowed whichever runner came next
 #: (PyTorch after NumPy: 180k instead of 310k samples/s at batch 1024 on 2 cores).
