@@ -16,7 +16,6 @@ the chunks that hold them for a source without row access (Parquet, Python chunk
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +25,6 @@ from xpnet.data.stream import chunk_ranges, epoch_plan, load_buffer
 from xpnet.data_parallel import DataParallel
 from xpnet.distributed import Communicator
 from xpnet.errors import ConfigError
-from xpnet.evaluate import RunningSums
 from xpnet.inputs import check_validation
 from xpnet.memory import Estimate
 from xpnet.optim import SGD
@@ -37,14 +35,11 @@ from xpnet.train import (
     History,
     _agreed,
     _check_fit_args,
-    _close,
     _continue_random_streams,
-    _end_epoch,
-    _interrupt,
     _Loop,
-    _progress_bar,
-    _read_totals,
     _restore_best,
+    _train_epochs,
+    epoch_around,
 )
 from xpnet.weights import validation_weights
 
@@ -161,7 +156,7 @@ def fit_streamed(net, data: Streamed, y=None, **options) -> History:
     with backend.activated(), backend.quiet_float_errors(), backend.flush_denormals(), parallel.rank_dropout(net):
         agreed = {**_agreed(loop, seed, history), "data": data.describe()}
         parallel.start(net, optimizer, {"validation": given}, agreed)
-        if not _stream_epochs(loop, history, rng, options.get("on_epoch_end")):
+        if not _train_epochs(loop, history, rng, options.get("on_epoch_end"), _stream_epoch):
             return history
         if options.get("restore_best", True):
             _restore_best(net, history, loop.log, fit_options.monitor)
@@ -203,38 +198,10 @@ class _StreamLoop(_Loop):
         return self.data.source.rows // self.batch_size
 
 
-def _stream_epochs(loop: _StreamLoop, history: History, rng, on_epoch_end) -> bool:
-    """As ``xpnet.train._train_epochs``: True at the end or early stopping, False on a stop request."""
-    while history.epoch < loop.epochs:
-        totals, seconds = _stream_epoch(loop, history, rng)
-        if history.interrupted:
-            return False
-        if _end_epoch(loop, history, rng, totals, seconds, on_epoch_end):
-            return True
-        if loop.stop_requested() and history.epoch < loop.epochs:
-            history.interrupted = True
-            return False
-    return True
-
-
 def _stream_epoch(loop: _StreamLoop, history: History, rng):
     """One epoch from ``history.batch`` on, as ``xpnet.train._run_epoch`` runs it on data in memory."""
-    net, backend = loop.net, loop.net.backend
     history.rng_state = rng.bit_generator.state  # the plan replays from here on a resume
-    first, partial = history.batch, history.partial
-    carried = partial is not None and loop.parallel.communicator.is_root
-    sums = RunningSums.resumed(net, partial.loss_sum, partial.correct) if carried else RunningSums.zero(net)
-    start = time.perf_counter() - (partial.seconds if partial else 0.0)
-    bar = _progress_bar(loop, history.epoch + 1, initial=first)
-    with backend.step_policy(loop.parallel.local_batch * net.macs_per_sample):
-        stopped = _stream_steps(loop, history, rng, sums, first, bar)
-    if stopped is not None:
-        _close(bar)
-        _interrupt(loop, history, sums, stopped, time.perf_counter() - start)
-        return None, time.perf_counter() - start
-    totals = _read_totals(loop, sums, loop.steps * loop.parallel.local_batch)
-    _close(bar)
-    return totals, time.perf_counter() - start
+    return epoch_around(loop, history, lambda sums, first, bar: _stream_steps(loop, history, rng, sums, first, bar))
 
 
 def _stream_steps(loop: _StreamLoop, history: History, rng, sums, first: int, bar) -> int | None:

@@ -230,10 +230,12 @@ def fit(
     return history
 
 
-def _train_epochs(loop: _Loop, history: History, rng, on_epoch_end) -> bool:
-    """Epoch after epoch to the last, or to early stopping (True), or to a stop request (False)."""
+def _train_epochs(loop: _Loop, history: History, rng, on_epoch_end, run_epoch=None) -> bool:
+    """Epoch after epoch to the last, or to early stopping (True), or to a stop request (False).
+
+    ``run_epoch`` runs one epoch (``_run_epoch``: data on the device; streamed data has its own)."""
     while history.epoch < loop.epochs:
-        totals, seconds = _run_epoch(loop, history, rng)
+        totals, seconds = (run_epoch or _run_epoch)(loop, history, rng)
         if history.interrupted:
             return False
         if _end_epoch(loop, history, rng, totals, seconds, on_epoch_end):
@@ -287,10 +289,17 @@ def _run_epoch(loop: _Loop, history: History, rng) -> tuple[EpochTotals | None, 
     Returns the epoch's totals and seconds; on a stop request it records where the epoch got
     in ``history`` (``interrupted``, ``batch``, ``partial``) and returns ``(None, seconds)``.
     """
-    net, backend, steps = loop.net, loop.net.backend, loop.steps
     n = loop.X.shape[0]
     history.rng_state = rng.bit_generator.state  # this epoch's, for a checkpoint written mid-epoch
-    order = backend.upload((rng.permutation(n) if loop.options.shuffle else np.arange(n)).astype(np.int32))
+    order = (rng.permutation(n) if loop.options.shuffle else np.arange(n)).astype(np.int32)
+    order = loop.net.backend.upload(order)
+    return epoch_around(loop, history, lambda sums, first, bar: loop.runner.run(history, order, sums, first, bar))
+
+
+def epoch_around(loop: _Loop, history: History, run_steps) -> tuple[EpochTotals | None, float]:
+    """What every epoch has around its steps, ``run_steps(sums, first, bar)`` (the batches done if a
+    stop came, else None): the running sums, the clock and bar, the stop's record, the one host read."""
+    net, backend = loop.net, loop.net.backend
     first, partial = history.batch, history.partial
     # An interrupted epoch's sums are the job's: rank 0 carries them on, the others start from zero.
     carried = partial is not None and loop.parallel.communicator.is_root
@@ -298,12 +307,12 @@ def _run_epoch(loop: _Loop, history: History, rng) -> tuple[EpochTotals | None, 
     start = time.perf_counter() - (partial.seconds if partial else 0.0)
     bar = _progress_bar(loop, history.epoch + 1, initial=first)
     with backend.step_policy(loop.parallel.local_batch * net.macs_per_sample):
-        stopped = loop.runner.run(history, order, sums, first, bar)
+        stopped = run_steps(sums, first, bar)
         if stopped is not None:
             _close(bar)
             _interrupt(loop, history, sums, stopped, time.perf_counter() - start)
             return None, time.perf_counter() - start
-    totals = _read_totals(loop, sums, steps * loop.parallel.local_batch)
+    totals = _read_totals(loop, sums, loop.steps * loop.parallel.local_batch)
     _close(bar)
     return totals, time.perf_counter() - start
 
