@@ -45,7 +45,7 @@ def _record_steps(monkeypatch) -> list[dict]:
     """Every Step call from now on: what it stepped, read before its first update."""
     seen, original = [], Step.__call__
 
-    def recording(self, idx, sums, mark=None):
+    def recording(self, idx, sums, mark=None, **batch):
         if not any(entry["step"] is self for entry in seen):
             net, optimizer = self.net, self.optimizer
             hyper = {k: v for k, v in vars(optimizer).items() if k not in ("state", "xp", "kernel", "steps", "lr")}
@@ -61,7 +61,7 @@ def _record_steps(monkeypatch) -> list[dict]:
                     "scaler": self.scaler,
                 }
             )
-        return original(self, idx, sums) if mark is None else original(self, idx, sums, mark)
+        return original(self, idx, sums, **batch) if mark is None else original(self, idx, sums, mark, **batch)
 
     monkeypatch.setattr(Step, "__call__", recording)
     return seen

@@ -375,4 +375,4 @@ def test_a_validation_file_holds_the_validation_and_test_rows(tmp_path):
     done = _cli(["train", "--dataset", str(train), "--val-data", str(other), "--epochs", "1"])
     assert done.returncode == 2 and "--val-data" in done.stderr and "4 features" in done.stderr, done.stderr
     done = _cli(["train", "--dataset", "friedman1", "--target", "label", "--epochs", "1"])
-    assert done.returncode == 2 and "--target and --val-data are for datasets streamed" in done.stderr, done.stderr
+    assert done.returncode == 2 and "is for datasets streamed from disk" in done.stderr, done.stderr

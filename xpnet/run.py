@@ -316,8 +316,12 @@ def _load_data(settings: dict, quiet: bool):
 
 def _load_whole(settings: dict, task: str, quiet: bool):
     """A dataset loaded into memory, and its seeded train/validation split (the weights follow their rows)."""
-    if settings.get("target") or settings.get("val_data"):
-        raise ConfigError("--target and --val-data are for datasets streamed from disk (.npy, .parquet, a folder)")
+    for name in ("target", "val_data"):
+        if settings.get(name):
+            raise ConfigError(
+                f"--{name.replace('_', '-')} (the {name} setting) is for datasets streamed from disk "
+                f"(.npy, .parquet, a folder), not {settings['dataset']!r}"
+            )
     data = load_dataset(
         settings["dataset"],
         settings.get("data_dir"),
