@@ -349,8 +349,12 @@ def device_constant(xp: ModuleType, value: float, like: Any):
     where = array_device(like)
     if where is None:  # an array being traced by a compiler (JAX): a constant of the trace, never cached
         return xp.full((), value, dtype=like.dtype)
-    key = (id(xp), str(where), str(like.dtype), float(value))
-    found = _CONSTANTS.get(key)
+    try:  # the device and dtype objects themselves: hashing them is cheap, str(dtype) took 17 us on NumPy
+        key = (id(xp), where, like.dtype, float(value))
+        found = _CONSTANTS.get(key)
+    except TypeError:  # a library whose devices or dtypes do not hash
+        key = (id(xp), str(where), str(like.dtype), float(value))
+        found = _CONSTANTS.get(key)
     if found is None:
         # CuPy allocates on the current GPU whatever device= says: make the array's own current.
         with where if hasattr(where, "use") else contextlib.nullcontext():
