@@ -181,6 +181,15 @@ def test_bad_options_are_refused_by_name():
         bench.run_bench(batch_sizes=[8], backends=["numpy"], impls=["jax"], log=None)
     with pytest.raises(ConfigError, match="backends"):
         bench.available_targets(["tpu"])
+    with pytest.raises(ConfigError, match="bench backend numpy runs on cpu, not 'cuda'"):
+        bench.available_targets(["numpy/cuda"])
+
+
+def test_a_backend_can_be_benched_on_one_of_its_devices():
+    """``jax/cuda``: the GPU kit benches JAX on the GPU alone (its CPU rows would only cost time there)."""
+    found, skipped = bench.available_targets(["torch/cpu", "jax/cuda"])
+    assert [t.label for t in found if t.backend != "torch"] == [] and skipped[-1].startswith("jax/cuda: ")
+    assert all(t.device == "cpu" for t in found) and not any(line.startswith("torch/cuda") for line in skipped)
 
 
 def test_package_names_resolve_to_their_modules():
