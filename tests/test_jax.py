@@ -1,6 +1,11 @@
 """Every feature on JAX, or refused naming the backend: mixed precision, the estimators, export,
-the CLI (compiled and ``--no-compile``), float64 through x64. (Data-parallel's refusal is in
-test_distributed.py; the shared core tests run on jax-cpu through conftest's CPU_BACKENDS.)"""
+the CLI (compiled and ``--no-compile``), float64 through x64, ``--device cuda`` with and without
+JAX's CUDA build. (Data-parallel's refusal is in test_distributed.py; the shared core tests run on
+jax-cpu through conftest's CPU_BACKENDS, and on jax-cuda in tests/test_gpu.py.) Not on JAX:
+tests/test_device_audit.py, whose monitor is PyTorch's dispatch on its ``meta`` device; JAX's own
+``jax.transfer_guard`` flags every Python scalar in an eager operation as a host-to-device
+transfer, so it cannot stand in for that audit; a JAX run's host reads are counted instead
+(``Backend.host_reads``: test_compiled.py, test_gpu.py)."""
 
 from __future__ import annotations
 
