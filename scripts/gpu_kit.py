@@ -4,7 +4,8 @@
                    NumPy/CuPy/PyTorch (pip download for a chosen Python and platform) and the
                    Fashion-MNIST files; prints the kit's size (it must stay under 64 MiB).
 ``check DIR``      checks a packed kit against its MANIFEST.json (sizes and SHA-256).
-``plan OUTDIR``    prints the steps ``gpu_kit.sh`` runs: name, time limit, command, one a line.
+``plan OUTDIR``    prints the steps ``gpu_kit.sh`` runs: name, time limit, what it needs, command, one a line.
+``needs WHAT``     says why a step's need (``jax/cuda``: JAX with CUDA) is not met here; nothing if it is.
 ``record OUTDIR``  adds one finished step to OUTDIR/report.json and report.md (the shell calls it).
 ``nccl``           trains one rank data-parallel through the NCCL communicator on CUDA.
 ``report OUTDIR``  writes bench/RESULTS.md's "On a GPU" section from a run's OUTDIR and appends
@@ -37,45 +38,62 @@ DATA_FILES = (
     "t10k-labels-idx1-ubyte.gz",
 )
 DATA_SOURCE = Path("/usr/share/datasets/fashion-mnist")
-#: The default total of the steps' time limits, in seconds (one H200 ran the slowest steps in
-#: 21 s (selfcheck), 69 s (tests/test_gpu.py, 219 tests then; 281 now) and 5 s (the default recipe)).
+#: The default total of the steps' time limits, in seconds. The H200 run of 2c9f1b6 took 22 s (selfcheck),
+#: 49 s (tests/test_gpu.py, 278 CuPy and PyTorch tests), 29 s (the bench), 6-7 s (the default recipe);
+#: JAX's steps have not run on a GPU yet: their limits are estimates, to be set from their first run.
 BUDGET = 490
-BENCH_OPTIONS = (
-    "--backends cupy,torch --impls xpnet,torch-eager --batch-sizes 64,1024,16384 --samples 16384"
-    " --repeats 3 --warmup 1 --pause 0 --gemm-size 4096 --no-memory"
-)
-#: name, time limit (s), command: in order of value, so a short budget keeps the first ones.
+SWEEP = "--batch-sizes 64,1024,16384 --samples 16384 --repeats 3 --warmup 1 --pause 0 --gemm-size 4096 --no-memory"
+BENCH_OPTIONS = f"--backends cupy,torch --impls xpnet,torch-eager {SWEEP}"
+#: xpnet's compiled fit on JAX's GPU against the hand-written jit + scan loop, with the compile time.
+BENCH_JAX_OPTIONS = f"--backends jax/cuda --impls xpnet,jax-scan {SWEEP}"
+#: What a step needs beyond the node's CUDA (``-``: nothing): ``jax/cuda`` is JAX with CUDA, which
+#: a node whose jaxlib is the CPU wheel lacks; such a step is skipped, its line saying why (``needs``).
+JAX_CUDA = "jax/cuda"
+#: name, time limit (s), need, command: in order of value, so a short budget keeps the first ones.
 #: {out} is OUTDIR, {tmp} a scratch folder the shell removes afterwards.
 STEPS = (
-    ("environment", 20, "nvidia-smi; python3 scripts/gpu_kit.py versions"),
-    ("selfcheck-cupy", 35, "python3 -m xpnet selfcheck --device cuda --json > {out}/selfcheck-cupy.json"),
+    ("environment", 20, "-", "nvidia-smi; python3 scripts/gpu_kit.py versions"),
+    ("selfcheck-cupy", 30, "-", "python3 -m xpnet selfcheck --device cuda --json > {out}/selfcheck-cupy.json"),
     (
         "selfcheck-torch",
-        35,
+        30,
+        "-",
         "python3 -m xpnet selfcheck --backend torch --device cuda --json > {out}/selfcheck-torch.json",
     ),
     (
         "selfcheck-jax",
-        45,
+        35,
+        JAX_CUDA,
         "python3 -m xpnet selfcheck --backend jax --device cuda --json > {out}/selfcheck-jax.json",
     ),
-    ("train-cupy", 25, "python3 -m xpnet train --device cuda --out {tmp}/cupy.safetensors"),
+    ("train-cupy", 20, "-", "python3 -m xpnet train --device cuda --out {tmp}/cupy.safetensors"),
     (
         "train-torch-bf16",
-        35,
+        25,
+        "-",
         "python3 -m xpnet train --backend torch --device cuda --precision mixed-bfloat16 --out {tmp}/torch.safetensors",
     ),
-    ("train-jax", 40, "python3 -m xpnet train --backend jax --device cuda --out {tmp}/jax.safetensors"),
-    ("nccl-one-rank", 30, "python3 scripts/gpu_kit.py nccl --out {tmp}/nccl.safetensors"),
+    ("train-jax", 30, JAX_CUDA, "python3 -m xpnet train --backend jax --device cuda --out {tmp}/jax.safetensors"),
+    ("nccl-one-rank", 25, "-", "python3 scripts/gpu_kit.py nccl --out {tmp}/nccl.safetensors"),
     (
         "bench",
-        75,
+        65,
+        "-",
         f"python3 -m xpnet bench {BENCH_OPTIONS} --json {{out}}/bench.json --history {{out}}/history.jsonl",
     ),
+    ("bench-jax", 35, JAX_CUDA, f"python3 -m xpnet bench {BENCH_JAX_OPTIONS} --history {{out}}/history.jsonl"),
     (
         "test-gpu",
-        150,
-        "python3 -m pytest -q -p no:cacheprovider --timeout 60 tests/test_gpu.py",
+        100,
+        "-",
+        'python3 -m pytest -q -p no:cacheprovider --timeout 60 tests/test_gpu.py -k "not jax-cuda"',
+    ),
+    (  # every JAX test, the finite-difference sweep for ReLU alone (all 110 cases: ~90 s eager; the CPU runs them)
+        "test-gpu-jax",
+        75,
+        JAX_CUDA,
+        "python3 -m pytest -q -p no:cacheprovider --timeout 60 tests/test_gpu.py"
+        ' -k "jax-cuda and (not finite_differences or cuda-relu-)"',
     ),
 )
 
@@ -167,30 +185,53 @@ def check(args: argparse.Namespace) -> int:
 # -- the steps --------------------------------------------------------------------------------
 
 
-def plan_steps(budget: float) -> tuple[list[tuple[str, int, str]], list[str]]:
+def plan_steps(budget: float) -> tuple[list[tuple[str, int, str, str]], list[str]]:
     """The steps that fit ``budget`` seconds, and a line for each that does not.
 
     Under the default budget the steps keep their own limits and run in order while their sum
     fits; a larger budget stretches every limit in proportion."""
-    nominal = sum(limit for _, limit, _ in STEPS)
+    nominal = sum(limit for _, limit, _, _ in STEPS)
     scale = max(1.0, budget / nominal)
     chosen, skipped, used = [], [], 0
-    for name, limit, command in STEPS:
+    for name, limit, need, command in STEPS:
         limit = int(limit * scale)
         if used + limit > budget:
             skipped.append(f"{name}: skipped, its {limit} s would not fit the budget ({budget - used:.0f} s left)")
             continue
-        chosen.append((name, limit, command))
+        chosen.append((name, limit, need, command))
         used += limit
     return chosen, skipped
 
 
 def plan(args: argparse.Namespace) -> int:
     chosen, skipped = plan_steps(args.budget)
-    for name, limit, command in chosen:
-        print(f"{name}\t{limit}\t{command.format(out=args.outdir, tmp=args.tmp)}")
+    for name, limit, need, command in chosen:
+        print(f"{name}\t{limit}\t{need}\t{command.format(out=args.outdir, tmp=args.tmp)}")
     for line in skipped:
         print(f"#\t{line}")
+    return 0
+
+
+def unmet(need: str) -> str | None:
+    """Why a step's need is not met on this node (its line then says so), or None when it is.
+    ``backend/device`` (``jax/cuda``): xpnet's backend can be had on that device here."""
+    sys.path.insert(0, str(ROOT))
+    from xpnet.backend import get_backend
+    from xpnet.errors import XpnetError
+
+    backend, _, device = need.partition("/")
+    try:
+        get_backend(backend, device)
+    except XpnetError as exc:  # not installed, or no CUDA in it: skipped; anything else is a bug, and the step fails
+        return f"{need} is not usable here: {exc}"
+    return None
+
+
+def needs(args: argparse.Namespace) -> int:
+    """Print why ``args.need`` is not met (nothing when it is): the shell skips the step with that line."""
+    why = unmet(args.need)
+    if why:
+        print(why)
     return 0
 
 
@@ -224,15 +265,22 @@ def step_result(rc: int) -> str:
     return {0: "PASS", 124: "TIMEOUT", 137: "TIMEOUT", -1: "not run (dry run)"}.get(rc, f"FAIL (exit {rc})")
 
 
+def _cell(text: str) -> str:
+    """``text`` on one line of a Markdown table cell."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
 def record(args: argparse.Namespace) -> int:
-    """Add a finished step (or, with ``--skipped``, the plan's skip lines) to report.json and report.md."""
+    """Add a finished step (or, with ``--skipped``, the plan's skip lines) to report.json and report.md;
+    ``--skip WHY``: the step did not run, its need unmet (``needs``), and its line says why."""
     outdir = Path(args.outdir)
     report = read_report(outdir)
     report["commit"] = args.commit or report.get("commit")
     if args.skipped is not None:
         report["skipped"] = [line for line in args.skipped.split("\n") if line.strip()]
     if args.name:
-        step = {"name": args.name, "rc": args.rc, "result": step_result(args.rc), "seconds": args.seconds}
+        result = f"skipped: {_cell(args.skip)}" if args.skip else step_result(args.rc)
+        step = {"name": args.name, "rc": args.rc, "result": result, "seconds": args.seconds}
         report["steps"].append({**step, "limit": args.limit, "command": args.command})
     _write(outdir / "report.json", json.dumps(report, indent=1) + "\n")
     _write(outdir / "report.md", summary_markdown(report))
@@ -294,16 +342,19 @@ def nccl(args: argparse.Namespace) -> int:
 
 def _bench_table(entry: dict) -> list[str]:
     lines = [
-        "| impl | backend | device | batch | samples/s (spread) | step ms | % of peak GEMM | vs torch eager |",
-        "|---|---|---|---|---|---|---|---|",
+        "| impl | backend | device | batch | samples/s (spread) | step ms | % of peak GEMM | vs torch eager"
+        " | vs jit + scan | compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in entry["rows"]:
-        ratio = row.get("vs_torch_eager", {}).get("median")
         rate = row["samples_per_s"]
+        # vs jit + scan: xpnet on JAX against the hand-written loop (the GPU kit runs no other direct peer)
+        ratios = [(row.get(key) or {}).get("median") for key in ("vs_torch_eager", "vs_direct")]
+        cells = ["" if value is None else f"{value:.2f}" for value in (*ratios, row.get("compile_s"))]
         lines.append(
             f"| {row['impl']} | {row['backend']} | {row.get('device', '')} | {_number(row['batch_size'])}"
             f" | {rate['median']:,.0f} ({rate.get('spread', 0):.0%}) | {row['step_ms']:.3f}"
-            f" | {row['pct_peak']['median']:.1f} | {'' if ratio is None else f'{ratio:.2f}'} |"
+            f" | {row['pct_peak']['median']:.1f} | {' | '.join(cells)} |"
         )
     return lines
 
@@ -376,6 +427,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--command", default="")
     p.add_argument("--commit")
     p.add_argument("--skipped", help="the plan's skip lines, one a line")
+    p.add_argument("--skip", help="the step did not run: why (its need unmet)")
+    sub.add_parser("needs", help="print why a step's need (jax/cuda) is unmet here; nothing if met").add_argument(
+        "need"
+    )
     sub.add_parser("versions", help="print the versions of the GPU libraries found")
     p = sub.add_parser("nccl", help="train 2 epochs on one rank through NCCL")
     p.add_argument("--device", default="cuda")
@@ -389,7 +444,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"pack": pack, "check": check, "plan": plan, "record": record}
-COMMANDS.update(versions=versions, nccl=nccl, report=report)
+COMMANDS.update(versions=versions, nccl=nccl, report=report, needs=needs)
 
 if __name__ == "__main__":
     arguments = parser().parse_args()

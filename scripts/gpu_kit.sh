@@ -11,6 +11,8 @@
 # selfcheck-torch.json, selfcheck-jax.json, bench.json and history.jsonl: at most 8 files, written as it goes.
 # --dry-run (CPU, CI): checks the kit, prints the exact step commands and writes the report
 # files from a simulated run, without running any step.
+# A step that needs what the node may lack (jax/cuda: JAX with CUDA) is asked about first, in a
+# dry run too (gpu_kit.py needs) and, where it is missing, recorded as "skipped: <why>" instead of run.
 set -u
 dry=0
 budget=490
@@ -19,7 +21,7 @@ while [ $# -gt 0 ]; do
         --dry-run) dry=1; shift ;;
         --budget) budget="$2"; shift 2 ;;
         --budget=*) budget="${1#--budget=}"; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) break ;;
     esac
 done
@@ -30,7 +32,7 @@ fi
 kit=$(cd "$1" 2>/dev/null && pwd) || { echo "xpnet: error: KIT $1 is not a folder" >&2; exit 2; }
 mkdir -p "$2" && out=$(cd "$2" && pwd) || { echo "xpnet: error: cannot make OUTDIR $2" >&2; exit 2; }
 [ -f scripts/gpu_kit.py ] && [ -d xpnet ] || { echo "xpnet: error: run from the root of an xpnet checkout" >&2; exit 2; }
-kitpy="python3 scripts/gpu_kit.py"
+kitpy="${PYTHON:-python3} scripts/gpu_kit.py"  # PYTHON: another interpreter for the kit's script
 $kitpy check "$kit" || exit 2
 tmp=$(mktemp -d /tmp/xpnet-gpu-kit.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
@@ -50,9 +52,22 @@ if [ $dry -eq 0 ]; then
 fi
 export PYTHONPATH="$PWD:$site" XPNET_DATA="$kit/data" PYTHONUNBUFFERED=1
 
-while IFS=$'\t' read -r name limit command; do
+while IFS=$'\t' read -r name limit need command; do
     [ "$name" = "#" ] && { echo "$limit"; continue; }
     echo "== $name (limit ${limit} s): $command"
+    why=""
+    if [ "$need" != "-" ]; then
+        echo "   needs $need: skipped, saying why, where this node lacks it"
+        cache="$tmp/unmet-${need//\//-}"  # each need is asked once: python3 scripts/gpu_kit.py needs NEED
+        [ -f "$cache" ] || $kitpy needs "$need" >"$cache" 2>>"$tmp/needs.log" || cat "$tmp/needs.log" >&2
+        [ -f "$cache" ] && why=$(cat "$cache")
+    fi
+    if [ -n "$why" ]; then
+        [ $dry -eq 1 ] || echo "== $name: skipped: $why" >>"$out/log.txt"
+        $kitpy record "$out" --name "$name" --rc 0 --seconds 0 --limit "$limit" --command "$command" --skip "$why" || exit 1
+        grep -F "| $name |" "$out/report.md"
+        continue
+    fi
     if [ $dry -eq 1 ]; then
         rc=-1; seconds=0
     else

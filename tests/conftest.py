@@ -3,13 +3,15 @@
 ``CPU_BACKENDS`` are the ``(backend, device)`` pairs this machine can always test:
 NumPy, PyTorch on the CPU (skipped where PyTorch is missing) and array-api-strict on
 its non-default ``device1``, where any bulk copy to NumPy raises; a stray host
-transfer in the core therefore fails there. ``GPU_BACKENDS`` are the CuPy and
-``torch.cuda`` pairs, marked ``gpu`` and skipped with the reason where no GPU is.
+transfer in the core therefore fails there. ``GPU_BACKENDS`` are the CuPy, ``torch.cuda``
+and JAX-on-CUDA pairs, marked ``gpu`` and skipped with the reason where no GPU is (or, for
+JAX, where its jaxlib is the CPU-only wheel).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import numpy as np
 import pytest
@@ -23,6 +25,9 @@ HAVE_TORCH = importlib.util.find_spec("torch") is not None
 NEEDS_TORCH = f"needs PyTorch: {TORCH_HINT}"
 NO_TORCH = pytest.mark.skipif(not HAVE_TORCH, reason=NEEDS_TORCH)
 HAVE_JAX = importlib.util.find_spec("jax") is not None
+# JAX takes 75% of a GPU's memory when it first touches it (here: asking for GPU_BACKENDS); in the
+# tests it shares the GPU with CuPy and PyTorch, so it takes what it uses instead. Before JAX loads.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 NO_JAX = pytest.mark.skipif(not HAVE_JAX, reason='needs JAX (pip install "xpnet[jax]")')
 
 CPU_BACKENDS = [
@@ -39,10 +44,12 @@ def _gpu_unavailable(backend: str) -> str | None:
         return "needs CuPy and a CUDA GPU (CuPy is not installed here)"
     if backend == "torch" and not HAVE_TORCH:
         return "needs PyTorch with CUDA and a CUDA GPU (PyTorch is not installed here)"
+    if backend == "jax" and not HAVE_JAX:
+        return "needs JAX with CUDA and a CUDA GPU (JAX is not installed here)"
     try:
         get_backend(backend, "cuda")
     except BackendError as exc:
-        what = "CuPy" if backend == "cupy" else "PyTorch with CUDA"
+        what = {"cupy": "CuPy", "torch": "PyTorch with CUDA", "jax": "JAX with CUDA"}[backend]
         return f"needs {what} and a CUDA GPU (none here: {exc})"
     return None
 
@@ -55,7 +62,7 @@ def _gpu_param(backend: str):
     return pytest.param((backend, "cuda"), id=f"{backend}-cuda", marks=marks)
 
 
-GPU_BACKENDS = [_gpu_param("cupy"), _gpu_param("torch")]
+GPU_BACKENDS = [_gpu_param("cupy"), _gpu_param("torch"), _gpu_param("jax")]
 
 
 @pytest.fixture(params=CPU_BACKENDS)

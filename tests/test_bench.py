@@ -15,7 +15,7 @@ from conftest import HAVE_JAX
 
 import xpnet
 from xpnet import bench
-from xpnet.bench import runners, sweep, table, workload
+from xpnet.bench import history, runners, sweep, table, workload
 from xpnet.bench.options import add_bench_arguments
 from xpnet.bench.results import Row
 from xpnet.errors import ConfigError
@@ -72,10 +72,19 @@ def test_xpnet_on_jax_is_held_to_the_hand_written_jax_loop():
 def test_xpnet_compiled_and_the_jax_scan_loop_train_the_same_batches_to_a_similar_loss():
     X, y, _ = bench.load_data(512, "random")
     target = bench.Target("jax", "cpu")
-    first = {impl: runners.RUNNERS[impl](target, X, y, 64).epoch() for impl in ("xpnet", "jax-scan")}
+    made = {impl: runners.RUNNERS[impl](target, X, y, 64) for impl in ("xpnet", "jax-scan")}
+    assert all(runner.compile_seconds() == 0.0 for runner in made.values())
+    first = {impl: runner.epoch() for impl, runner in made.items()}
     for metrics in first.values():
         assert math.isfinite(metrics.loss) and 0.0 <= metrics.accuracy <= 1.0
     assert first["xpnet"].loss == pytest.approx(first["jax-scan"].loss, rel=0.05)
+    # Each compiled in its first epoch, timed (the one-time cost the table shows apart), and never again.
+    compiled = {impl: runner.compile_seconds() for impl, runner in made.items()}
+    assert all(seconds > 0 for seconds in compiled.values()), compiled
+    for runner in made.values():
+        runner.epoch()
+    assert {impl: runner.compile_seconds() for impl, runner in made.items()} == compiled
+    assert runners.RUNNERS["xpnet"](bench.Target("numpy", "cpu"), X, y, 64).compile_seconds() is None
 
 
 def test_tables_have_one_line_per_row_and_every_column():
@@ -85,6 +94,9 @@ def test_tables_have_one_line_per_row_and_every_column():
     md = table.markdown_table(rows).splitlines()
     assert len(md) == 4 and md[0].count("|") == len(table.COLUMNS) + 1
     assert "2.0 KiB" in md[2]
+    rows[0].compile_s = 1.234
+    md = table.markdown_table(rows).splitlines()
+    assert "| compile s |" in md[0] and "| 2.0 KiB | 1.23 |" in md[2] and "| 2.0 KiB | – |" in md[3]
 
 
 def test_bytes_are_formatted_in_binary_units():
@@ -133,6 +145,7 @@ def test_tiny_sweep_writes_json_markdown_png_and_history(tmp_path, capsys):
     }
     xpnet_rows = [r for r in result["rows"] if r["impl"] == "xpnet"]
     assert all(r["samples_per_s"] > 0 and r["vs_direct"] is not None and r["vs_step"] > 0 for r in xpnet_rows)
+    assert all(r["compile_s"] is None for r in result["rows"])  # NumPy compiles nothing
     assert set(result["ceilings"]["numpy/cpu"]["own"]) == {"8", "32"}
     report = out["md"].read_text()
     assert "| xpnet | numpy | cpu | 8 |" in report and "NumPy" in report
@@ -168,6 +181,15 @@ def test_bad_options_are_refused_by_name():
         bench.run_bench(batch_sizes=[8], backends=["numpy"], impls=["jax"], log=None)
     with pytest.raises(ConfigError, match="backends"):
         bench.available_targets(["tpu"])
+    with pytest.raises(ConfigError, match="bench backend numpy runs on cpu, not 'cuda'"):
+        bench.available_targets(["numpy/cuda"])
+
+
+def test_a_backend_can_be_benched_on_one_of_its_devices():
+    """``jax/cuda``: the GPU kit benches JAX on the GPU alone (its CPU rows would only cost time there)."""
+    found, skipped = bench.available_targets(["torch/cpu", "jax/cuda"])
+    assert [t.label for t in found if t.backend != "torch"] == [] and skipped[-1].startswith("jax/cuda: ")
+    assert all(t.device == "cpu" for t in found) and not any(line.startswith("torch/cuda") for line in skipped)
 
 
 def test_package_names_resolve_to_their_modules():
@@ -201,3 +223,20 @@ def test_the_product_cli_does_not_load_the_harness(tmp_path):
     assert code == "0", done.stdout + done.stderr
     assert "xpnet.bench.options" in loaded  # the check can see the harness's modules
     assert not [m for m in _HEAVY if f"'{m}'" in loaded], loaded
+
+
+@pytest.mark.skipif(not HAVE_JAX, reason='needs JAX (pip install "xpnet[jax]")')
+def test_a_sweep_on_jax_reports_the_one_time_compilation_in_its_table_json_and_history(tmp_path):
+    """The compiling runners' rows carry ``compile_s`` (timed in the warm-up epoch) to every output."""
+    result = bench.run_bench(
+        batch_sizes=[32], backends=["jax"], impls=["xpnet", "jax-scan"], samples=64, repeats=1, warmup=1,
+        data="random", memory=False, pause=0, log=None,
+    )  # fmt: skip
+    assert [(r.impl, r.backend) for r in result.rows] == [("xpnet", "jax"), ("jax-scan", "jax")]
+    assert all(r.compile_s > 0 for r in result.rows)
+    assert "compile s" in table.format_rows(result.rows).splitlines()[0]
+    assert all(row["compile_s"] > 0 for row in json.loads(result.to_json())["rows"])
+    path = tmp_path / "history.jsonl"
+    history.append(path, history.entry_from_result(result, "box"))
+    read_back = history.read(path)[0]["rows"]  # checked against the history schema on the way in
+    assert [row["compile_s"] for row in read_back] == [r.compile_s for r in result.rows]

@@ -212,3 +212,17 @@ def test_the_trend_plot_keeps_gpu_rows_apart(tmp_path):
     assert set(series(entries, gpu=True)["vs_torch_eager"]) == {"numpy/cuda batch 100", "torch/cuda batch 100"}
     assert plot_trend(entries, tmp_path / "cpu.png") and (tmp_path / "cpu.png").read_bytes().startswith(b"\x89PNG")
     assert not plot_trend([cpu_run], tmp_path / "gpu.png", gpu=True) and not (tmp_path / "gpu.png").exists()
+
+
+def test_the_one_time_compilation_is_kept_and_checked(tmp_path):
+    result = _result()
+    result.rows[0].compile_s = 2.5
+    entry = history.entry_from_result(result, "box")
+    assert entry["rows"][0]["compile_s"] == 2.5 and entry["rows"][1]["compile_s"] is None
+    path = tmp_path / "h.jsonl"
+    history.append(path, entry)
+    assert history.read(path)[0]["rows"][0]["compile_s"] == 2.5
+    entry["rows"][0]["compile_s"] = "slow"
+    path.write_text(json.dumps(entry) + "\n")
+    with pytest.raises(DataError, match=r"h\.jsonl:1: rows\[0\]\.compile_s"):
+        history.read(path)

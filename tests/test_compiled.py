@@ -84,6 +84,7 @@ def test_a_stop_lands_between_chunks_and_resumes_exactly():
 
 
 def test_one_trace_per_chunk_length_kept_between_fits_and_one_read_per_epoch(monkeypatch):
+    """Each trace is compiled once, timed, and reported in the epoch that paid it (``compile_seconds``)."""
     traced = []
     step = training._train_step
 
@@ -95,14 +96,22 @@ def test_one_trace_per_chunk_length_kept_between_fits_and_one_read_per_epoch(mon
     X, y = blobs(n=700, features=4, classes=3)
     net = MLP([4, 6, 3], backend="jax")
     reads = net.backend.host_reads
-    fit(net, X, y, epochs=3, batch_size=8, optimizer=SGD(lr=0.05, momentum=0.9), restore_best=False)
+    lines = []
+    history = fit(
+        net, X, y, epochs=3, batch_size=8, optimizer=SGD(lr=0.05, momentum=0.9), restore_best=False,
+        verbose=True, log=lines.append,
+    )  # fmt: skip
     assert traced == [(8,), (8,)]  # the chunk of 64 steps and the epoch's last 23: traced once each
     assert net.backend.host_reads - reads == 3
+    first, *later = history.records
+    assert 0 < first["compile_seconds"] < first["seconds"] and all("compile_seconds" not in r for r in later)
+    assert f"(compiled in {first['compile_seconds']:.1f} s)" in lines[0] and "compiled" not in " ".join(lines[1:])
     traced.clear()
-    fit(net, X, y, epochs=1, batch_size=8, optimizer=SGD(lr=0.01, momentum=0.9))  # another rate: the same program
-    assert traced == []
-    fit(net, X, y, epochs=1, batch_size=8, optimizer=SGD(lr=0.01, momentum=0.5))  # another momentum: traced anew
-    assert traced == [(8,), (8,)]
+    history = fit(net, X, y, epochs=1, batch_size=8, optimizer=SGD(lr=0.01, momentum=0.9))  # another rate: the same
+    assert traced == [] and "compile_seconds" not in history.records[0]
+    history = fit(net, X, y, epochs=1, batch_size=8, optimizer=SGD(lr=0.01, momentum=0.5))  # another momentum: anew
+    assert traced == [(8,), (8,)] and history.records[0]["compile_seconds"] > 0
     traced.clear()
-    fit(net, X, y, epochs=1, batch_size=8, optimizer=SGD(lr=0.05), compile=False)
+    history = fit(net, X, y, epochs=1, batch_size=8, optimizer=SGD(lr=0.05), compile=False)
     assert len(traced) == 87  # eager: every step runs the Python step
+    assert "compile_seconds" not in history.records[0]

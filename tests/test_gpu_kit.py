@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -67,39 +68,63 @@ def test_pack_without_the_data_is_an_error_naming_the_folder(tmp_path):
 
 def test_the_default_plan_fits_its_budget_and_a_short_budget_skips_saying_so():
     chosen, skipped = gpu_kit.plan_steps(gpu_kit.BUDGET)
-    assert gpu_kit.BUDGET <= 490 and sum(limit for _, limit, _ in chosen) <= gpu_kit.BUDGET
-    assert [name for name, _, _ in chosen] == [name for name, _, _ in gpu_kit.STEPS] and skipped == []
+    assert gpu_kit.BUDGET <= 490 and sum(step[1] for step in chosen) <= gpu_kit.BUDGET
+    assert [step[0] for step in chosen] == [step[0] for step in gpu_kit.STEPS] and skipped == []
     chosen, skipped = gpu_kit.plan_steps(100)
-    assert sum(limit for _, limit, _ in chosen) <= 100 and len(chosen) + len(skipped) == len(gpu_kit.STEPS)
+    assert sum(step[1] for step in chosen) <= 100 and len(chosen) + len(skipped) == len(gpu_kit.STEPS)
     assert skipped and all("skipped" in line and "budget" in line for line in skipped)
-    doubled, _ = gpu_kit.plan_steps(2 * sum(limit for _, limit, _ in gpu_kit.STEPS))
-    assert [limit for _, limit, _ in doubled] == [2 * limit for _, limit, _ in gpu_kit.STEPS]
+    doubled, _ = gpu_kit.plan_steps(2 * sum(step[1] for step in gpu_kit.STEPS))
+    assert [step[1] for step in doubled] == [2 * step[1] for step in gpu_kit.STEPS]
 
 
 def test_the_steps_leave_at_most_eight_files_in_outdir():
     outputs = {"report.json", "report.md", "log.txt"}
-    for _, _, command in gpu_kit.STEPS:
+    for *_, command in gpu_kit.STEPS:
         outputs |= {word.split("/", 1)[1] for word in command.split() if word.startswith("{out}/")}
     assert len(outputs) <= 8
 
 
 def test_the_dry_run_checks_the_kit_prints_every_command_and_writes_the_report(kit, tmp_path):
+    """JAX's steps (``jax/cuda``) are asked about in the dry run too: without JAX's CUDA, as here, their
+    lines say skipped and why; where it is, they are not run, as every other step."""
     out = tmp_path / "out"
     done = subprocess.run(
-        ["bash", "scripts/gpu_kit.sh", "--dry-run", kit, out], capture_output=True, text=True, cwd=ROOT
+        ["bash", "scripts/gpu_kit.sh", "--dry-run", kit, out],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHON": sys.executable},  # the needs are asked with xpnet's own interpreter
     )
     assert done.returncode == 0, done.stderr
-    for name, limit, command in gpu_kit.STEPS:
+    for name, limit, _, command in gpu_kit.STEPS:
         assert (
             f"== {name} (limit {limit} s): python3" in done.stdout
             or f"== {name} (limit {limit} s): nvidia" in done.stdout
         )
         assert command.split("{")[0] in done.stdout
     report = json.loads((out / "report.json").read_text())
-    assert [s["name"] for s in report["steps"]] == [name for name, _, _ in gpu_kit.STEPS]
-    assert all(s["result"] == "not run (dry run)" for s in report["steps"])
-    assert "| bench | not run (dry run) |" in (out / "report.md").read_text()
+    assert [s["name"] for s in report["steps"]] == [step[0] for step in gpu_kit.STEPS]
+    jax_steps = {"selfcheck-jax", "train-jax", "bench-jax", "test-gpu-jax"}
+    assert {step[0] for step in gpu_kit.STEPS if step[2] == "jax/cuda"} == jax_steps
+    why = gpu_kit.unmet("jax/cuda")
+    for step in report["steps"]:
+        expected = f"skipped: {why}" if why and step["name"] in jax_steps else "not run (dry run)"
+        assert step["result"] == expected, step
+    text = (out / "report.md").read_text()
+    assert "| bench | not run (dry run) |" in text
+    if why:
+        assert "| bench-jax | skipped: jax/cuda is not usable here: device 'cuda': " in text
     assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md"]
+
+
+def test_a_step_whose_need_is_unmet_is_recorded_as_skipped_saying_why(tmp_path):
+    assert "JAX" in gpu_kit.unmet("jax/cuda") or "NVIDIA driver" in gpu_kit.unmet("jax/cuda")  # no GPU here
+    assert gpu_kit.unmet("numpy/cpu") is None
+    assert _kit_py("needs", "numpy/cpu").stdout == ""
+    _kit_py("record", tmp_path, "--name", "bench-jax", "--limit", 35, "--command", "bench", "--skip", "no | CUDA\nhere")
+    (line,) = json.loads((tmp_path / "report.json").read_text())["steps"]
+    assert line["result"] == "skipped: no \\| CUDA here"
+    assert "| bench-jax | skipped: no \\| CUDA here | 0 | 35 |" in (tmp_path / "report.md").read_text()
 
 
 def test_the_dry_run_refuses_an_incomplete_kit(kit, tmp_path):
@@ -114,6 +139,7 @@ def _bench_entry() -> dict:
     rows = [
         Row("xpnet", "cupy", "cuda:0", 1024, 2e6, 0.5, 900.0, 2.0, 20.0, None, [0.5, 0.5, 0.6]),
         Row("torch-eager", "torch", "cuda:0", 1024, 1e6, 1.0, 450.0, 1.0, 10.0, None, [1.0, 1.0, 1.1]),
+        Row("xpnet", "jax", "cuda:0", 1024, 3e6, 0.3, 1350.0, 3.0, 30.0, None, [1 / 3] * 3, compile_s=3.25),
     ]
     ceiling = {
         "peak": 45000.0,
@@ -121,7 +147,8 @@ def _bench_entry() -> dict:
         "repeats": {"peak": {1024: [45000.0] * 3}, "own": {1024: [4500.0] * 3}},
     }
     env = {"cpu": "Test CPU", "cores": 16, "gpu": "NVIDIA H200", "loadavg": [0, 0, 0], "loadavg_start": [0, 0, 0]}
-    result = BenchResult(rows, {"cupy/cuda:0": ceiling, "torch/cuda:0": ceiling}, [], env, {"repeats": 3})
+    ceilings = {label: ceiling for label in ("cupy/cuda:0", "torch/cuda:0", "jax/cuda:0")}
+    result = BenchResult(rows, ceilings, [], env, {"repeats": 3})
     return history.entry_from_result(result)
 
 
@@ -154,6 +181,7 @@ def test_report_writes_the_on_a_gpu_section_once_and_appends_the_bench_rows(tmp_
     assert text.count("## On a GPU") == 1 and text.startswith("# Results\n\nkept\n")
     assert "NVIDIA H200" in text and "commit abc123" in text and "| test-gpu | TIMEOUT | 90 | 90 |" in text
     assert "| xpnet | cupy | cuda:0 | 1024 | 2,000,000 (" in text  # the device column: torch rows may be CPU or CUDA
+    assert "| vs torch eager | vs jit + scan | compile s |" in text and "| 3.00 |  | 3.25 |" in text  # JAX's compile
     appended = history.read(tmp_path / "history" / f"{entry['machine']}.jsonl")
     assert len(appended) == 2 and appended[0]["rows"] == json.loads(json.dumps(entry["rows"]))
 

@@ -1,6 +1,11 @@
 """Every feature on JAX, or refused naming the backend: mixed precision, the estimators, export,
-the CLI (compiled and ``--no-compile``), float64 through x64. (Data-parallel's refusal is in
-test_distributed.py; the shared core tests run on jax-cpu through conftest's CPU_BACKENDS.)"""
+the CLI (compiled and ``--no-compile``), float64 through x64, ``--device cuda`` with and without
+JAX's CUDA build. (Data-parallel's refusal is in test_distributed.py; the shared core tests run on
+jax-cpu through conftest's CPU_BACKENDS, and on jax-cuda in tests/test_gpu.py.) Not on JAX:
+tests/test_device_audit.py, whose monitor is PyTorch's dispatch on its ``meta`` device; JAX's own
+``jax.transfer_guard`` flags every Python scalar in an eager operation as a host-to-device
+transfer, so it cannot stand in for that audit; a JAX run's host reads are counted instead
+(``Backend.host_reads``: test_compiled.py, test_gpu.py)."""
 
 from __future__ import annotations
 
@@ -74,3 +79,38 @@ def test_the_cli_trains_on_jax_compiled_and_eagerly(tmp_path, capsys):
         accuracy.append(capsys.readouterr().out.split("accuracy")[1].split()[0])
     compiled, eager = (float(a) for a in accuracy)
     assert compiled > 0.5 and compiled == pytest.approx(eager, abs=0.02)
+
+
+def test_cuda_with_a_cpu_only_jax_is_refused_saying_how_to_get_jaxs_cuda_build(monkeypatch, capsys, tmp_path):
+    """On a GPU machine (the driver check passed) whose JAX is the plain CPU wheel, as here."""
+    from xpnet.backend import resolve
+    from xpnet.cli import main
+
+    monkeypatch.setattr(resolve, "nvidia_driver_missing", lambda: False)
+    assert main(["train", "--backend", "jax", "--device", "cuda", "--out", str(tmp_path / "m.safetensors")]) == 2
+    error = capsys.readouterr().err
+    assert "xpnet: error: device 'cuda': JAX has no CUDA here" in error and "Traceback" not in error
+    assert 'pip install -U "jax[cuda13]"' in error and "--device cpu" in error
+
+
+def test_cuda_picks_the_gpu_jax_sees_where_its_jaxlib_has_cuda(monkeypatch):
+    """A CUDA jaxlib stood in for: ``jax.devices("gpu")`` lists two GPUs; cuda:N is the N-th."""
+    import jax
+
+    from xpnet.backend import get_backend, resolve
+    from xpnet.errors import BackendError
+
+    class Gpu:
+        platform = "gpu"
+
+        def __init__(self, index):
+            self.id = index
+
+    gpus, listed = [Gpu(0), Gpu(1)], jax.devices
+    monkeypatch.setattr(resolve, "nvidia_driver_missing", lambda: False)
+    monkeypatch.setattr(jax, "devices", lambda kind=None: gpus if kind == "gpu" else listed(kind))
+    backend = get_backend("jax", "cuda:1")
+    assert backend.device is gpus[1] and backend.device_name == "cuda:1" and backend.cuda_index == 1
+    assert get_backend("jax", "cuda").device is gpus[0]
+    with pytest.raises(BackendError, match="cuda:2 does not exist; JAX sees 2 GPU"):
+        get_backend("jax", "cuda:2")

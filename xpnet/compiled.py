@@ -18,6 +18,8 @@ every step. Between chunks ``fit`` polls for a stop (Ctrl-C), so an interrupted 
 chunk boundary and resumes there exactly. Two chunk lengths are compiled (``CHUNK_STEPS`` and
 the epoch's remainder; a resume mid-epoch may add a third), once per network and optimizer
 settings, kept for later ``fit`` calls; batches all have one size, so no step ever recompiles.
+Each compilation (tracing, lowering and XLA's compile) is timed where it happens (``TimedJit``):
+``fit`` records it in the epoch that paid it (``compile_seconds``), the benchmark beside its epochs.
 The buffers of ``net.params`` and the optimizer's state are donated: arrays taken from them
 before a compiled ``fit`` are not to be used after it (copy them: ``backend.copy``).
 """
@@ -25,6 +27,7 @@ before a compiled ``fit`` are not to be used after it (copy them: ``backend.copy
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 import weakref
 from collections.abc import Callable
@@ -74,6 +77,8 @@ def _trace_key(loop) -> tuple:
 class EagerSteps:
     """``step(loop, idx, sums)`` called batch by batch from Python, as every backend can."""
 
+    compile_seconds = 0.0  #: nothing is compiled
+
     def __init__(self, loop, step: Callable[[Any, Any, Any], None]):
         self.loop, self.step = loop, step
 
@@ -110,9 +115,14 @@ class CompiledSteps:
         import jax
 
         self.jax = jax
-        self._compiled = jax.jit(self._chunk, donate_argnums=(0,))
+        self._compiled = TimedJit(self._chunk, donate_argnums=(0,))
         self._scaling = loop.net._scaling_on_device  # kept alive: its id is in the trace key
         self.start(loop, step)
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds spent compiling this step so far (every chunk length, every ``fit`` call)."""
+        return self._compiled.seconds
 
     def start(self, loop, step: Callable[[Any, Any, Any], None]) -> None:
         """Run for ``loop`` (a ``fit`` call) from now on: what a trace reads is found there."""
@@ -205,3 +215,31 @@ class CompiledSteps:
             net.dropout_rng.key = state["key"]
         if loop.scaler is not None:
             loop.scaler.scale, loop.scaler.good_steps, loop.scaler.skipped = state["scaler"]
+
+
+class TimedJit:
+    """``jax.jit(fn)``, compiled ahead of the first call with each new signature (``lower().compile()``)
+    and the seconds that took summed in ``seconds``: the one-time cost of a compiled run, measured
+    where it is paid rather than guessed from a slow first epoch (which also holds the run itself)."""
+
+    def __init__(self, fn: Callable, donate_argnums: tuple[int, ...] = ()):
+        import jax
+
+        self.jax = jax
+        self.jitted = jax.jit(fn, donate_argnums=donate_argnums)
+        self.programs: dict = {}  #: the compiled program of each signature seen
+        self.seconds = 0.0
+
+    def __call__(self, *args):
+        leaves, tree = self.jax.tree_util.tree_flatten(args)
+        signature = (
+            tree,
+            self.jax.config.jax_enable_x64,
+            *((getattr(a, "shape", ()), getattr(a, "dtype", type(a))) for a in leaves),
+        )
+        program = self.programs.get(signature)
+        if program is None:
+            started = time.perf_counter()
+            program = self.programs[signature] = self.jitted.lower(*args).compile()
+            self.seconds += time.perf_counter() - started
+        return program(*args)

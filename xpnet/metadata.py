@@ -103,8 +103,9 @@ RECORD = Record(
         "lr": Number(0.0),
         "seconds": Number(0.0),
         "samples_per_s": Number(0.0, finite=False),  # infinite when an epoch took no measurable time
+        "compile_seconds": Number(0.0),  # of "seconds", those spent compiling the step (JAX's first epoch)
     },
-    optional=frozenset({"accuracy", "val_loss", "val_accuracy", "lr", "seconds", "samples_per_s"}),
+    optional=frozenset({"accuracy", "val_loss", "val_accuracy", "lr", "seconds", "samples_per_s", "compile_seconds"}),
     extra=Number(finite=False),
     what="an epoch record",
 )

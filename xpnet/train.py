@@ -101,6 +101,7 @@ class EpochTotals:
     val_seen: float | None = None
     largest_weight: float = 0.0  #: max |w| after the epoch's last step (NaN once any weight is)
     loss_scaler: list[float] | None = None  #: [scale, good steps, skipped steps] under float16
+    compile_seconds: float = 0.0  #: of the epoch's seconds, those spent compiling the step (``xpnet.compiled``)
 
 
 @dataclass(frozen=True)
@@ -301,6 +302,7 @@ def epoch_around(loop: _Loop, history: History, run_steps) -> tuple[EpochTotals 
     stop came, else None): the running sums, the clock and bar, the stop's record, the one host read."""
     net, backend = loop.net, loop.net.backend
     first, partial = history.batch, history.partial
+    compiled = getattr(loop.runner, "compile_seconds", 0.0)  # streamed data has no runner
     # An interrupted epoch's sums are the job's: rank 0 carries them on, the others start from zero.
     carried = partial is not None and loop.parallel.communicator.is_root
     sums = RunningSums.resumed(net, partial.loss_sum, partial.correct) if carried else RunningSums.zero(net)
@@ -313,6 +315,7 @@ def epoch_around(loop: _Loop, history: History, run_steps) -> tuple[EpochTotals 
             _interrupt(loop, history, sums, stopped, time.perf_counter() - start)
             return None, time.perf_counter() - start
     totals = _read_totals(loop, sums, loop.steps * loop.parallel.local_batch)
+    totals.compile_seconds = getattr(loop.runner, "compile_seconds", 0.0) - compiled
     _close(bar)
     return totals, time.perf_counter() - start
 
@@ -429,6 +432,8 @@ def _record(net, epoch: int, totals: EpochTotals, seconds: float, optimizer) -> 
     record["lr"] = optimizer.lr
     record["seconds"] = seconds
     record["samples_per_s"] = totals.seen / seconds if seconds > 0 else float("inf")
+    if totals.compile_seconds:  # the one-time compilation, part of ``seconds``
+        record["compile_seconds"] = totals.compile_seconds
     return record
 
 
@@ -476,6 +481,8 @@ def format_record(record: dict) -> str:
     if "val_accuracy" in record:
         parts.append(f"val_acc {record['val_accuracy']:.4f}")
     parts.append(f"{record['samples_per_s']:,.0f} samples/s")
+    if "compile_seconds" in record:
+        parts.append(f"(compiled in {record['compile_seconds']:.1f} s)")
     return "  ".join(parts)
 
 

@@ -21,6 +21,10 @@ from xpnet.backend.rng import RandomGenerator
 from xpnet.errors import BackendError, ConfigError
 
 JAX_HINT = 'install JAX with: pip install "xpnet[jax]"'
+#: JAX's NVIDIA GPU support is a separate build (docs.jax.dev, Installation); the plain wheel is CPU-only.
+JAX_CUDA_HINT = (
+    'JAX\'s CUDA build is a separate install: pip install -U "jax[cuda13]" (or "jax[cuda12]" on a CUDA 12 driver)'
+)
 
 
 class JaxBackend(Backend):
@@ -41,10 +45,9 @@ class JaxBackend(Backend):
         index = cuda_index(device, cls.name)
         try:
             gpus = jax.devices("gpu")
-        except RuntimeError:
+        except RuntimeError as exc:  # a CPU-only jaxlib: "no platforms that are instances of gpu are present"
             raise BackendError(
-                f"device {device!r} needs a CUDA GPU, but this jaxlib sees none (is it a CPU build?); "
-                f"install jax[cuda12] for a GPU, or {ON_THE_CPU}"
+                f"device {device!r}: JAX has no CUDA here (jax.devices('gpu'): {exc}); {JAX_CUDA_HINT}; or {ON_THE_CPU}"
             ) from None
         if index >= len(gpus):
             raise BackendError(f"device cuda:{index} does not exist; JAX sees {len(gpus)} GPU(s)")

@@ -11,6 +11,9 @@ device and batch size, each tracked figure as ``{"median": m, "spread": s}``:
 - ``pct_own`` / ``pct_peak``: % of the GEMM ceilings, paired the same way (the sweep
   times the ceilings' GEMMs in turn with the runners).
 
+Beside them, as single numbers: ``step_ms``, and ``compile_s`` (the one-time compilation of
+the runners that compile, JAX's; null for the others).
+
 ``spread`` is the relative half-range of the repeats (``noise.relative_spread``), so the
 noise of every figure is measured in the run that produced it.
 """
@@ -84,7 +87,8 @@ def _history_row(row: Row, peers: dict[str, Row], ceiling: dict) -> dict:
     work = row.samples_per_s * statistics.median(times)  # samples per timed epoch
     rates = [work / t for t in times]
     out = {key: getattr(row, key) for key in ROW_KEY}
-    out.update(repeats=len(times), step_ms=row.step_ms, epoch_times=times, samples_per_s=figure(rates))
+    out.update(repeats=len(times), step_ms=row.step_ms, compile_s=row.compile_s, epoch_times=times)
+    out["samples_per_s"] = figure(rates)
     for name, peer in peers.items():
         out[name] = figure(paired_ratios(peer.epoch_times, times))
     gflops = [r * row.gflops / row.samples_per_s for r in rates]

@@ -44,10 +44,11 @@ ROW = Record(
         "batch_size": Int(1, INT64_MAX),
         "repeats": Int(0, MAX_ITEMS),
         "step_ms": Either((Null(), _NON_NEGATIVE)),
+        "compile_s": Either((Null(), _NON_NEGATIVE)),  # seconds compiling, once (JAX); null where none
         "epoch_times": _TIMES,
         **{name: Either((Null(), _FIGURE)) for name in FIGURES},
     },
-    optional=frozenset({"repeats", "step_ms", "epoch_times", *FIGURES}),
+    optional=frozenset({"repeats", "step_ms", "compile_s", "epoch_times", *FIGURES}),
     what="a history row",
 )
 

@@ -19,7 +19,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backends",
         default=None,
-        help="comma-separated among numpy, torch, cupy, array-api-strict, jax (default: numpy, torch, cupy)",
+        help="comma-separated among numpy, torch, cupy, array-api-strict, jax, each on every device kind it has,"
+        " or on one: jax/cuda (default: numpy, torch, cupy)",
     )
     parser.add_argument(
         "--impls",

@@ -24,6 +24,9 @@ class Row:
     vs_torch_eager: float | None = None
     vs_direct: float | None = None
     vs_step: float | None = None  #: xpnet's fit epochs against its own step in a bare loop (``xpnet-step``)
+    #: seconds the runner spent compiling (tracing + XLA's compile, timed where it happens:
+    #: ``xpnet.compiled.TimedJit``), once, in the untimed warm-up epoch; None where nothing is compiled
+    compile_s: float | None = None
 
 
 @dataclass

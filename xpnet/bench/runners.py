@@ -7,6 +7,8 @@ plain ``nn.Sequential`` + ``torch.optim.SGD``. All see the same batches (one see
 permutation per epoch, the same uint8 data resident on the device, scaled per batch); all
 but the bare step sum loss and accuracy on the device and read them back once per epoch, as ``fit`` does.
 ``jax-scan`` is the hand-written JAX loop compiled over the epoch, the peer of xpnet on JAX.
+The runners that compile (xpnet on JAX, ``jax-scan``) say how long compiling took (``compile_seconds``):
+timed where it happens (``xpnet.compiled.TimedJit``), in the untimed warm-up epoch, reported apart.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from xpnet.backend import get_backend
 from xpnet.bench.targets import Target
 from xpnet.bench.workload import LR, MOMENTUM, SETTINGS, SIZES, step_macs
 from xpnet.build import build
+from xpnet.compiled import TimedJit
 from xpnet.init import init_name, initial_parameters
 from xpnet.step import Step
 from xpnet.train import fit
@@ -50,6 +53,10 @@ class Runner:
     def peak_memory(self) -> int | None:
         return None
 
+    def compile_seconds(self) -> float | None:
+        """Seconds spent tracing and compiling over all epochs so far; None where nothing is compiled."""
+        return None
+
 
 class XpnetRunner(Runner):
     """xpnet's own ``fit`` loop, one epoch per call."""
@@ -63,7 +70,7 @@ class XpnetRunner(Runner):
         self.backend = self.net.backend
         self.X, self.y = self.net.to_device(X), self.net.to_device(y, labels=True)
         self.batch_size = batch_size
-        self.epochs = 0
+        self.epochs, self.compiled = 0, 0.0
         self._step = Step(self.net, self.optimizer, self.X, self.y)  # fit's own step
         self._rows = self.backend.upload(np.arange(min(batch_size, len(X)), dtype=np.int32))
 
@@ -74,7 +81,11 @@ class XpnetRunner(Runner):
         )
         self.backend.synchronize()
         record = history.records[-1]
+        self.compiled += record.get("compile_seconds", 0.0)  # fit's own measure, in the epoch that compiled
         return EpochMetrics(record["loss"], record["accuracy"])
+
+    def compile_seconds(self) -> float | None:
+        return self.compiled if self.backend.compiles_steps else None
 
     def step(self) -> None:
         """One of ``fit``'s steps (``xpnet.step.Step``, the very function ``fit`` calls), on the
@@ -281,7 +292,7 @@ class JaxScanRunner(Runner):
         self.velocity = [put(np.zeros(p.shape, np.float32)) for p in self.params]
         self.X, self.y = put(X), put(y.astype(np.int32))
         self.batch_size, self.epochs = batch_size, 0
-        self._epoch = jax.jit(self._scan, donate_argnums=(0, 1))
+        self._epoch = TimedJit(self._scan, donate_argnums=(0, 1))  # compiled on the first epoch, timed
         self._step = jax.jit(self._update, donate_argnums=(0, 1))
         self._put = put
 
@@ -330,6 +341,9 @@ class JaxScanRunner(Runner):
 
     def peak_memory(self) -> int | None:
         return self.backend.peak_memory(self.epoch)
+
+    def compile_seconds(self) -> float | None:
+        return self._epoch.seconds
 
 
 RUNNERS = {

@@ -82,6 +82,7 @@ def _row(target: Target, runner: Runner, seconds: list[float], samples: int, cei
     batch_size = runner.batch_size
     steps = samples // batch_size
     median = statistics.median(seconds)
+    compiled = runner.compile_seconds()  # before peak_memory's extra epoch
     rate = steps * batch_size / median
     gflops = rate * flops_per_sample() / 1e9
     return Row(
@@ -96,6 +97,7 @@ def _row(target: Target, runner: Runner, seconds: list[float], samples: int, cei
         pct_own=100 * gflops / ceiling["own"],
         peak_memory=runner.peak_memory() if memory else None,
         epoch_times=seconds,
+        compile_s=compiled,
     )
 
 

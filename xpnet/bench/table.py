@@ -17,6 +17,7 @@ COLUMNS = (
     ("% peak GEMM", "pct_peak"),
     ("% own GEMMs", "pct_own"),
     ("peak mem", "peak_memory"),
+    ("compile s", "compile_s"),
     ("vs torch eager", "vs_torch_eager"),
     ("vs direct NumPy", "vs_direct"),
     ("vs bare step", "vs_step"),
@@ -30,6 +31,8 @@ def _cell(key: str, value) -> str:
         return f"{value:,.0f}"
     if key == "step_ms":
         return f"{value:.3f}"
+    if key == "compile_s":
+        return f"{value:.2f}"
     if key in ("gflops", "pct_peak", "pct_own"):
         return f"{value:.1f}"
     if key == "peak_memory":

@@ -24,10 +24,14 @@ class Target:
 
 
 def _candidates(name: str) -> list[Target]:
-    """The backend ``name`` on each device kind its class runs on."""
+    """The backend ``name`` on each device kind its class runs on; ``backend/device`` (jax/cuda) on that one."""
+    name, _, device = name.partition("/")
     if name not in BENCH_BACKENDS:
         raise ConfigError(f"bench backends must be among {', '.join(BENCH_BACKENDS)}, not {name!r}")
-    return [Target(name, kind) for kind in backend_class(name).device_kinds]
+    kinds = backend_class(name).device_kinds
+    if device and device not in kinds:
+        raise ConfigError(f"bench backend {name} runs on {' or '.join(kinds)}, not {device!r}")
+    return [Target(name, kind) for kind in kinds if kind == device or not device]
 
 
 def available_targets(backends: Sequence[str] | None = None) -> tuple[list[Target], list[str]]:
