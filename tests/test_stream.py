@@ -407,6 +407,16 @@ def test_two_ranks_share_the_passes_before_training_and_agree_with_one_process(t
     assert (read > 0).all()  # the shares cover the rows: every row was read by a rank
 
 
+def test_the_largest_label_of_a_row_range_reads_that_range(tmp_path):
+    X, y = _data(n=1000)
+    y[[5, 420, 999]] = [9, 8, 7]
+    parquet = open_source(_parquet(tmp_path / "d.parquet", X, y, row_group=300), "label")
+    npy = open_source(_folder(tmp_path, X, y))
+    for start, stop in [(0, 1000), (6, 1000), (299, 421), (300, 420), (421, 999), (0, 5), (500, 500)]:
+        expected = int(y[start:stop].max()) if stop > start else 0
+        assert parquet.largest_label(start, stop) == npy.largest_label(start, stop) == expected, (start, stop)
+
+
 class _SecondOfTwo(Communicator):
     """Rank 1 of a job of two, whose rank 0 found what this rank found (no MPI needed)."""
 
