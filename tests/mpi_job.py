@@ -12,6 +12,8 @@ the test to compare; nothing here asserts, so a failing rank's numbers still com
   rank RANK raise at its STEP-th optimizer step (a bug, as far as xpnet can tell).
 - ``nan OUT RANK STEP ARGS ...``: the same, the hook making rank RANK's loss NaN at its STEP-th
   step (its gradients and so everyone's weights stay finite).
+- ``stream-passes OUT FOLDER CHUNK_ROWS``: the passes over a streamed ``.npy`` folder before
+  training (the scaling's moments and range, the largest label), each rank recording the rows it read.
 
 mpi4py is imported inside the modes, so that pytest can import ``train_case`` without
 starting MPI.
@@ -30,9 +32,12 @@ from nccl_standin import RecordingNCCL
 
 from xpnet.backend import Backend, NumpyBackend, get_backend
 from xpnet.cli import main
+from xpnet.data.sources import NpySource, Source
 from xpnet.distributed import Communicator, FlatBuffer, MPICommunicator, NCCLCommunicator
 from xpnet.network import MLP
 from xpnet.optim import SGD, Adam, AdamW, Optimizer
+from xpnet.stream_passes import fit_scaling, largest_label, standard_moments, value_range
+from xpnet.streaming import Streamed
 
 #: Training set-ups 1 process x B must match R ranks x B/R on: (network options, optimizer, fit options).
 CASES = {
@@ -188,7 +193,43 @@ def nan(out: Path, rank: str, step: str, *argv: str) -> None:
     sys.exit(main(list(argv)))
 
 
+class RecordedReads(Source):
+    """A source that notes the rows of each read (``[start, stop)``), then reads them from ``source``."""
+
+    def __init__(self, source: Source):
+        self.source, self.reads = source, []
+        self.name, self.rows, self.features, self.task = source.name, source.rows, source.features, source.task
+
+    def read(self, start, stop):
+        self.reads.append([int(start), int(stop)])
+        return self.source.read(start, stop)
+
+    def _targets(self, start, stop):
+        self.reads.append([int(start), int(stop)])
+        return self.source._targets(start, stop)
+
+    def take(self, ids):
+        ids = np.asarray(ids, dtype=np.int64)
+        self.reads.extend([int(i), int(i) + 1] for i in ids)
+        return self.source.take(ids)
+
+
+def stream_passes(out: Path, folder: str, chunk_rows: str) -> None:
+    comm = MPICommunicator()
+    source = RecordedReads(NpySource(Path(folder) / "X.npy", Path(folder) / "y.npy"))
+    data = Streamed(source, int(chunk_rows))
+    moments = standard_moments(data, comm)
+    record = {"rank": comm.rank, "count": moments.count, "largest_label": largest_label(source, int(chunk_rows), comm)}
+    record["range"] = value_range(data, comm)
+    for kind in ("standard", "unit", "symmetric"):
+        scaling = fit_scaling(kind, data, comm)
+        record[kind] = [np.asarray(scaling.shift, dtype=np.float64).tolist(), np.asarray(scaling.scale).tolist()]
+    record["reads"] = source.reads
+    _write(out, comm.rank, record, mean=moments.mean, squares=moments.squares)
+
+
 if __name__ == "__main__":
     mode, folder, *rest = sys.argv[1:]
     modes = {"collectives": collectives, "nccl-standin": nccl_standin, "fit": fit_cases, "fail": fail, "nan": nan}
+    modes["stream-passes"] = stream_passes
     modes[mode](Path(folder), *rest)

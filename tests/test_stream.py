@@ -15,18 +15,26 @@ import sys
 import threading
 import tracemalloc
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import NO_TORCH
 
+from xpnet.batches import ahead_bytes
 from xpnet.data.sources import ChunkSource, NpySource, open_source
 from xpnet.data.stream import epoch_plan, load_buffer
+from xpnet.data_parallel import rank_part
+from xpnet.distributed import Communicator
 from xpnet.errors import ConfigError, DataError
 from xpnet.network import MLP
-from xpnet.optim import Adam
+from xpnet.optim import SGD, Adam
 from xpnet.prefetch import Prefetcher
 from xpnet.scaling import Scaling
-from xpnet.streaming import Streamed, fit_scaling, stream, stream_estimate
+from xpnet.settings import BASE_SETTINGS
+from xpnet.stream_passes import fit_scaling, largest_label, standard_moments
+from xpnet.stream_run import load_streamed
+from xpnet.streaming import Streamed, stream, stream_estimate
 from xpnet.train import History, fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,9 +128,10 @@ def _in_memory_on_plan(X, y, orders):
 def test_a_set_four_times_the_memory_limit_trains_as_in_memory_under_the_limit(tmp_path):
     X, y = _data(n=60_000, features=5)  # 60,000 rows x 24 bytes (with the label) = 1.4 MB on disk
     folder = _folder(tmp_path, X, y)
-    data = stream(str(folder), chunk_rows=500, buffer_chunks=2)
+    data = stream(str(folder), chunk_rows=250, buffer_chunks=2)
     buffers = sum(stream_estimate(data, 8).parts.values())  # the stream's own bytes: two buffers and a chunk
-    assert X.nbytes + y.nbytes >= 4 * buffers
+    ahead = ahead_bytes(5, 3, 8, 32, data.buffer_rows)  # and a buffer's batches made ahead (xpnet.batches)
+    assert X.nbytes + y.nbytes >= 4 * (buffers + ahead)
     fit(MLP([5, 8, 3], dtype="float64"), stream([(X[:200], y[:200])]), None, epochs=1)  # what a fit imports
     net = MLP([5, 8, 3], dtype="float64", seed=0)
     tracemalloc.start()
@@ -132,7 +141,7 @@ def test_a_set_four_times_the_memory_limit_trains_as_in_memory_under_the_limit(t
     finally:
         tracemalloc.stop()
     assert peak < (X.nbytes + y.nbytes) / 4, peak
-    assert _same(net, _in_memory_on_plan(X, y, _plan_order(len(X), 500, 2, 32, 3, 2)))
+    assert _same(net, _in_memory_on_plan(X, y, _plan_order(len(X), 250, 2, 32, 3, 2)))
 
 
 def test_the_cli_trains_a_set_four_times_its_memory_limit(tmp_path):
@@ -209,6 +218,33 @@ def test_standard_scaling_in_one_pass_matches_two_passes():
     assert np.allclose(one.shift, two.shift, rtol=1e-6) and np.allclose(one.scale, two.scale, rtol=1e-5)
     unit = fit_scaling("unit", Streamed(ChunkSource([(X[:1500], y[:1500]), (X[1500:], y[1500:])]), chunk_rows=600))
     assert unit == Scaling.fit("unit", X)
+
+
+def _audited_fit(X, y=None):
+    """The device operations, host reads and uploads of a 2-epoch ``fit`` on PyTorch (after one to warm up)."""
+    for _ in range(2):
+        net = MLP([12, 10, 4], backend="torch", seed=0)
+        with net.backend.audit() as audit:
+            fit(net, X, y, epochs=2, batch_size=8, optimizer=SGD(lr=0.1), seed=1, compile=False)
+    return audit
+
+
+@NO_TORCH
+def test_a_streamed_step_asks_the_device_for_what_a_step_in_memory_does():
+    # A buffer's batches are made a run of steps at a time (xpnet.batches), as in memory: one buffer
+    # holding the set asks for exactly in-memory fit's operations; each further buffer adds the making
+    # of a run (about 30), not a dozen per step (before: 20 more per step, 3,144 here); one read an epoch.
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(640, 12)).astype(np.float32), rng.integers(0, 4, 640)
+    memory = _audited_fit(X, y)
+    chunks = [(X[i : i + 160], y[i : i + 160]) for i in range(0, 640, 160)]
+    whole = _audited_fit(stream(chunks, chunk_rows=640, buffer_chunks=1, prefetch=False))
+    four = _audited_fit(stream(chunks, chunk_rows=160, buffer_chunks=1, prefetch=False))  # 4 buffers an epoch
+    assert memory.operations > 1000 and memory.violations == whole.violations == four.violations == []
+    assert whole.operations == memory.operations
+    assert four.operations - memory.operations <= 32 * 4 * 2, (four.operations, memory.operations)
+    assert memory.reads == whole.reads == four.reads == 2
+    assert (whole.uploads, four.uploads) == (3 * 2, 3 * 4 * 2)  # each buffer's inputs, targets and order
 
 
 def test_prefetch_reads_ahead_by_one_and_hands_errors_over():
@@ -313,10 +349,11 @@ def test_two_ranks_stream_as_one_process_trains(tmp_path):
     if not mpi.HAVE_MPI:
         pytest.skip('needs mpi4py and mpiexec (pip install "xpnet[mpi]")')
     X, y = _data(n=1200)
+    y[700] = 4  # the largest label, in rank 1's share of the training rows (0..600 is rank 0's)
     folder = _folder(tmp_path, X, y)
     args = ["train", "--dataset", str(folder), "--layers", "8", "--batch-size", "32", "--chunk-rows", "200",
             "--shuffle-buffer", "2", "--dtype", "float64", "--epochs", "2", "--schedule", "constant",
-            "--no-progress"]  # fmt: skip
+            "--scaling", "standard", "--no-progress"]  # fmt: skip
     two = mpi.mpiexec(2, "-m", "xpnet", *args, "--distributed", "--out", tmp_path / "two.safetensors", cwd=tmp_path)
     assert two.returncode == 0, two.stderr
     one = _cli([*args, "--out", str(tmp_path / "one.safetensors")])
@@ -324,7 +361,89 @@ def test_two_ranks_stream_as_one_process_trains(tmp_path):
     from xpnet.checkpoint import ModelFile
 
     nets = [ModelFile(tmp_path / f"{name}.safetensors").build() for name in ("one", "two")]
+    assert nets[0].num_outputs == nets[1].num_outputs == 5  # classes 0..4, counted from both ranks' shares
+    for part in ("shift", "scale"):  # the standard scaling, each rank's moments merged
+        np.testing.assert_allclose(getattr(nets[1].scaling, part), getattr(nets[0].scaling, part), rtol=1e-6)
     assert _same(*nets, 1e-10)
+
+
+def _one_process_passes(folder: Path, chunk_rows: int) -> dict:
+    data = stream(str(folder), chunk_rows=chunk_rows)
+    moments = standard_moments(data)
+    passes = {"moments": moments, "largest_label": largest_label(data.source, chunk_rows)}
+    return {**passes, **{kind: fit_scaling(kind, data) for kind in ("standard", "unit", "symmetric")}}
+
+
+@pytest.mark.parametrize("chunk_rows", [100, 5000])  # 12 chunks, 6 a rank; one chunk, so rank 1 has none
+def test_two_ranks_share_the_passes_before_training_and_agree_with_one_process(tmp_path, chunk_rows):
+    mpi = pytest.importorskip("test_mpi")
+    if not mpi.HAVE_MPI:
+        pytest.skip('needs mpi4py and mpiexec (pip install "xpnet[mpi]")')
+    X, y = _data(n=1200)
+    X = X * np.float32(1000) + np.float32(5e4)  # far from zero: the moments' merge must be the careful one
+    y[1150] = 7  # the largest label in rank 1's share
+    folder = _folder(tmp_path, X, y)
+    done = mpi.mpiexec(2, mpi.JOB, "stream-passes", tmp_path, folder, chunk_rows, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    one = _one_process_passes(folder, chunk_rows)
+    exact = X.astype(np.float64)  # the two-pass moments, for the one process's merge
+    np.testing.assert_allclose(one["moments"].mean, exact.mean(axis=0), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(one["moments"].squares, ((exact - exact.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-10)
+    chunks = [(a, b) for a, b in zip(range(0, 1200, chunk_rows), [*range(chunk_rows, 1200, chunk_rows), 1200])]
+    read = np.zeros(1200, dtype=int)
+    for rank, (record, arrays) in enumerate(mpi._rank_results(tmp_path, 2)):
+        assert record["largest_label"] == one["largest_label"] == 7
+        assert record["count"] == one["moments"].count == 1200
+        np.testing.assert_allclose(arrays["mean"], one["moments"].mean, rtol=1e-12, atol=0)
+        np.testing.assert_allclose(arrays["squares"], one["moments"].squares, rtol=1e-12, atol=0)
+        for kind in ("unit", "symmetric"):  # min and max are exact
+            assert record[kind] == [float(one[kind].shift), float(one[kind].scale)], kind
+        np.testing.assert_allclose(record["standard"], [one["standard"].shift, one["standard"].scale], rtol=1e-6)
+        part = chunks[rank_part(len(chunks), SimpleNamespace(rank=rank, size=2))]  # this rank's share
+        low, high = (part[0][0], part[-1][1]) if part else (0, 0)
+        assert all(low <= start < stop <= high for start, stop in record["reads"]), (rank, record["reads"])
+        for start, stop in record["reads"]:
+            read[start:stop] += 1
+    assert (read > 0).all()  # the shares cover the rows: every row was read by a rank
+
+
+def test_the_largest_label_of_a_row_range_reads_that_range(tmp_path):
+    X, y = _data(n=1000)
+    y[[5, 420, 999]] = [9, 8, 7]
+    parquet = open_source(_parquet(tmp_path / "d.parquet", X, y, row_group=300), "label")
+    npy = open_source(_folder(tmp_path, X, y))
+    for start, stop in [(0, 1000), (6, 1000), (299, 421), (300, 420), (421, 999), (0, 5), (500, 500)]:
+        expected = int(y[start:stop].max()) if stop > start else 0
+        assert parquet.largest_label(start, stop) == npy.largest_label(start, stop) == expected, (start, stop)
+
+
+class _SecondOfTwo(Communicator):
+    """Rank 1 of a job of two, whose rank 0 found what this rank found (no MPI needed)."""
+
+    rank, size = 1, 2
+
+    def allgather_json(self, value):
+        return [value, value]
+
+
+def test_a_train_runs_passes_read_only_the_ranks_share_of_the_training_rows(tmp_path, monkeypatch):
+    from mpi_job import RecordedReads
+
+    X, y = _data(n=1200)
+    opened = []
+
+    def recorded(*args):
+        opened.append(RecordedReads(open_source(*args)))
+        return opened[-1]
+
+    monkeypatch.setattr("xpnet.stream_run.open_source", recorded)
+    settings = {**BASE_SETTINGS, "dataset": str(_folder(tmp_path, X, y)), "chunk_rows": 100, "val_split": 0.1}
+    data, _ = load_streamed(settings, "classification", _SecondOfTwo())
+    data.fit_scaling("standard")
+    # 1,080 training rows in 11 chunks: rank 0 reads 0..600, rank 1 600..1080; the held-out 1080..1200 by both.
+    assert data.class_names == ["0", "1", "2"]
+    assert sorted(opened[0].reads)[0][0] == 600 and max(stop for _, stop in opened[0].reads) == 1200
+    assert [1080, 1200] in opened[0].reads
 
 
 def test_the_cli_trains_on_a_pandas_parquet_file_and_an_npy_pair(tmp_path):

@@ -280,7 +280,7 @@ def _prepare(settings: dict, resume, quiet: bool, world: Communicator, plot):
         for warning in slow_setting_warnings(backend, settings["precision"], settings["tf32"]) if world.is_root else ():
             print(f"xpnet: warning: {warning}", file=sys.stderr, flush=True)
         communicator = world.for_backend(backend)
-        data, split = _load_data(settings, quiet)
+        data, split = _load_data(settings, quiet, world)
         on_gpu = backend.gpu_free_memory()
         memory_estimate(settings, data, plot is not None, on_gpu is None).check(f"training on {settings['dataset']!r}")
         if on_gpu is not None:  # the device's part against the device's own free memory
@@ -294,11 +294,12 @@ def _prepare(settings: dict, resume, quiet: bool, world: Communicator, plot):
         raise type(exc)(f"--resume {resume}: with the settings it was trained with: {exc}") from None
 
 
-def _load_data(settings: dict, quiet: bool):
-    """The dataset, checked against the model's task, and its ``(X_train, y_train, X_val, y_val)``."""
+def _load_data(settings: dict, quiet: bool, world: Communicator | None = None):
+    """The dataset, checked against the model's task, and its ``(X_train, y_train, X_val, y_val)``;
+    a streamed one's passes over the training rows are shared among the ranks of ``world``."""
     task = task_of(settings)
     if is_streamed_path(settings["dataset"]):  # read from disk as training goes (xpnet.stream_run)
-        data, split = load_streamed(settings, task)
+        data, split = load_streamed(settings, task, world)
     else:
         data, split = _load_whole(settings, task, quiet)
     if settings["monitor"] == "val_accuracy" and data.task != "classification":

@@ -5,8 +5,9 @@ goes (``xpnet.data.sources.is_streamed_path``). The training rows stay on disk
 (``xpnet.streaming.Streamed``); the validation rows, which are also the rows the finished model
 is tested on, are read into memory: ``--val-data FILE``, or else the last ``--val-split`` of the
 dataset's rows (a held-out range, not a random draw, so nothing is read to pick it). The classes
-are counted in one pass over the targets; the memory check counts the stream's buffers and the
-validation rows, not the dataset.
+are counted in one pass over the training targets (data-parallel, each rank reads its share:
+``xpnet.stream_passes``) and the held-out labels in memory; the memory check counts the stream's
+buffers and the validation rows, not the dataset.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xpnet.data.sources import RowRange, Source, open_source
+from xpnet.distributed import Communicator
 from xpnet.errors import ConfigError, DataError
 from xpnet.memory import DeviceRun, Estimate, device_training_estimate, training_estimate
 from xpnet.optim import get_optimizer
 from xpnet.precision import get_precision
 from xpnet.settings import BASE_SETTINGS
-from xpnet.streaming import Streamed, fit_scaling, stream_estimate
+from xpnet.stream_passes import fit_scaling, largest_label
+from xpnet.streaming import Streamed, stream_estimate
 
 #: Classes a streamed classification set may have (as a file loaded whole).
 MAX_CLASSES = 100_000
@@ -39,6 +42,8 @@ class StreamDataset:
     task: str = "classification"
     y_train: None = None  #: the targets travel with the stream
     w_train: None = None
+    #: The ranks that share the passes over the training rows (one process: a ``Communicator()``).
+    communicator: Communicator = field(default_factory=Communicator, repr=False)
 
     @property
     def num_features(self) -> int:
@@ -75,23 +80,25 @@ class StreamDataset:
         return [self.num_features, *settings["layers"], self.num_classes]
 
     def fit_scaling(self, kind: str):
-        """The input scaling, fitted in one pass over the training rows."""
-        return fit_scaling(kind, self.X_train)
+        """The input scaling, fitted in one pass over the training rows (each rank over its share)."""
+        return fit_scaling(kind, self.X_train, self.communicator)
 
 
 def _buffers(settings: dict) -> int:
     return get_optimizer(settings.get("optimizer") or "sgd", **settings).buffers_per_param
 
 
-def load_streamed(settings: dict, task: str) -> tuple[StreamDataset, tuple]:
+def load_streamed(settings: dict, task: str, communicator: Communicator | None = None) -> tuple[StreamDataset, tuple]:
     """The streamed dataset ``settings`` name and ``run_training``'s split ``(X_train, y_train, X_val,
-    y_val, w_train, w_val)``, the training part a stream, the validation rows in memory."""
+    y_val, w_train, w_val)``, the training part a stream, the validation rows in memory;
+    ``communicator``: the ranks that share the passes over the training rows."""
+    communicator = communicator or Communicator()
     source = open_source(settings["dataset"], settings.get("target"), task)
     train, held = _held_out(source, settings)
     data = Streamed(train, settings["chunk_rows"], settings["shuffle_buffer"])
-    class_names = _class_names(source, held, task)
     X_val, y_val = held.read(0, held.rows) if held.rows else _empty(source)
-    dataset = StreamDataset(str(settings["dataset"]), data, X_val, y_val, class_names, task)
+    class_names = _class_names(data, y_val, task, communicator)
+    dataset = StreamDataset(str(settings["dataset"]), data, X_val, y_val, class_names, task, communicator=communicator)
     return dataset, (data, None, X_val, y_val, None, None)
 
 
@@ -118,10 +125,13 @@ def _held_out(source: Source, settings: dict) -> tuple[Source, Source]:
     return RowRange(source, 0, source.rows - count), RowRange(source, source.rows - count, source.rows)
 
 
-def _class_names(source: Source, held: Source, task: str) -> list[str]:
+def _class_names(data: Streamed, y_held: np.ndarray, task: str, communicator: Communicator) -> list[str]:
+    """Classes ``0..top``, ``top`` the largest label of the training rows (a pass, shared among the
+    ranks) and of the held-out rows (already in memory)."""
     if task != "classification":
         return []
-    top = max(source.largest_label(), held.largest_label() if held is not source and held.rows else 0)
+    source = data.source
+    top = max(largest_label(source, data.chunk_rows, communicator), int(y_held.max()) if y_held.size else 0)
     if top >= MAX_CLASSES:
         raise DataError(f"{source.name}: labels go up to {top}, over {MAX_CLASSES} classes; number them 0, 1, 2, ...")
     if top == 0:

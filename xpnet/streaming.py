@@ -5,9 +5,12 @@ chunks) as ``fit``'s ``X``; ``fit`` hands such data here. Each epoch follows the
 shuffle of ``xpnet.data.stream``: a buffer of ``buffer_chunks`` chunks is read, its rows
 uploaded, its batches trained, while the next buffer is read and uploaded by a
 ``xpnet.prefetch.Prefetcher`` thread (double-buffered: two buffers at most are alive). The
-steps are ``fit``'s own (``xpnet.step.Step``), one by one from Python, with the epoch's
-sums, reads, checkpoints and stops exactly as ``fit`` has them; a buffer that holds the
-whole set draws ``fit``'s own permutation, so training equals in-memory training.
+steps are ``fit``'s own (``xpnet.step.Step``), their batches made ahead over the buffer's rows
+as ``fit`` makes them over data in memory (``xpnet.batches``: one gather, prepare and one-hot
+per run of steps), with the epoch's sums, reads, checkpoints and stops exactly as ``fit`` has
+them; a buffer that holds the whole set draws ``fit``'s own permutation, so training equals
+in-memory training. The passes before training (the scaling, the class count) are made in
+``xpnet.stream_passes``.
 
 Data-parallel: every rank plans the same buffers; a rank reads only the rows of its part of
 each batch (and the rows a buffer carries to the next), straight from a memory map, or from
@@ -20,8 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from xpnet.batches import Batches
 from xpnet.data.sources import ChunkSource, NpySource, Source, open_source
-from xpnet.data.stream import chunk_ranges, epoch_plan, load_buffer
+from xpnet.data.stream import epoch_plan, load_buffer
 from xpnet.data_parallel import DataParallel
 from xpnet.distributed import Communicator
 from xpnet.errors import ConfigError
@@ -89,33 +93,6 @@ def stream(data, target: str | None = None, task: str = "classification", **opti
     else:
         source = ChunkSource(data, task=task)
     return Streamed(source, **options)
-
-
-def fit_scaling(kind: str, data: Streamed) -> Scaling:
-    """The input scaling fitted in one pass over the chunks: min and max, or mean and standard
-    deviation merged chunk by chunk in float64 (Chan et al.'s pairwise update)."""
-    if kind == "none":
-        return Scaling("none", 0.0, 1.0)
-    low = high = None
-    count, mean, squares = 0, 0.0, 0.0
-    for start, stop in chunk_ranges(data.source.rows, data.chunk_rows):
-        X, _ = data.source.read(start, stop)
-        if X.dtype == np.uint8 and kind != "standard":
-            return Scaling.fit(kind, X[:1])  # 0..255 whatever the rows hold
-        if kind != "standard":
-            low = X.min() if low is None else min(low, X.min())
-            high = X.max() if high is None else max(high, X.max())
-            continue
-        part_mean = X.mean(axis=0, dtype=np.float64)
-        deviation = X.astype(np.float64) - part_mean
-        part_squares = np.einsum("ij,ij->j", deviation, deviation)
-        delta, total = part_mean - mean, count + len(X)
-        mean = mean + delta * (len(X) / total)
-        squares = squares + part_squares + delta * delta * (count * len(X) / total)
-        count = total
-    if kind != "standard":
-        return Scaling.fit(kind, np.array([[low], [high]], dtype=np.float32))
-    return Scaling.from_moments(mean, np.sqrt(squares / count))
 
 
 def stream_estimate(data: Streamed, sizes_itemsize: int, ranks: int = 1) -> Estimate:
@@ -205,25 +182,35 @@ def _stream_epoch(loop: _StreamLoop, history: History, rng):
 
 
 def _stream_steps(loop: _StreamLoop, history: History, rng, sums, first: int, bar) -> int | None:
-    """The epoch's steps from ``first``, buffer after buffer; the batches done if a stop came, else None."""
-    data, size, steps = loop.data, loop.batch_size, loop.steps
+    """The epoch's steps from ``first``, buffer after buffer; the batches done if a stop came, else None.
+
+    A buffer's batches are made a run of steps at a time (``xpnet.batches``), as ``fit`` makes them
+    from data in memory, and each run's correct predictions counted at its end (``RunningSums.settle``)."""
+    data, size, steps, net = loop.data, loop.batch_size, loop.steps, loop.net
     reorder = data.source.random_access
     plan = epoch_plan(data.source.rows, data.chunk_rows, data.buffer_chunks, size, rng, loop.options.shuffle, reorder)
-    reader = _Reader(loop)
+    reader, local = _Reader(loop), loop.parallel.rows if loop.parallel.active else None
     wanted = (buffer for buffer in plan if buffer.first_step + buffer.steps(size) > first)
-    feed = Prefetcher(wanted, reader, context=loop.net.backend.activated) if data.prefetch else None
+    feed = Prefetcher(wanted, reader, context=net.backend.activated) if data.prefetch else None
+    sums.pending = []
     try:
         for buffer, X, y, order in feed or in_order(wanted, reader):
             loop.step.X, loop.step.y = X, y
+            batches = Batches(loop.step, order, buffer.steps(size), size, local)
             for k in range(max(first - buffer.first_step, 0), buffer.steps(size)):
                 b = buffer.first_step + k
                 loop.optimizer.set_progress(history.epoch + b / steps, loop.epochs)
-                loop.step(order[k * size : (k + 1) * size], sums)
+                rows, batch = batches(k)
+                loop.step(rows, sums, batch=batch)
+                batch = None  # not held while the next run is made: its run's buffers may go first
+                if batches.ends_run(k):
+                    sums.settle(net)
                 if bar is not None:
                     bar.update(1)
                 if loop.stop_requested() and b + 1 < steps:
+                    sums.settle(net)
                     return b + 1
-            loop.step.X = loop.step.y = X = y = order = None  # this buffer is done: its memory may go
+            loop.step.X = loop.step.y = X = y = order = batches = None  # this buffer is done: its memory may go
     finally:
         if feed is not None:
             feed.close()

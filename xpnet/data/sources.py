@@ -65,11 +65,12 @@ class Source:
         """Rows ``start..stop`` of the targets alone, unchecked (a Parquet file reads just that column)."""
         return self._raw(start, stop)[1]
 
-    def largest_label(self) -> int:
-        """The largest class label, in one pass over the targets (a file's rows are checked as they are read)."""
-        top = 0
-        for start in range(0, self.rows, 16 * BLOCK_ROWS):
-            top = max(top, _top(self._targets(start, min(start + 16 * BLOCK_ROWS, self.rows))))
+    def largest_label(self, start: int = 0, stop: int | None = None) -> int:
+        """The largest class label of rows ``start..stop`` (all of them by default), in one pass over
+        their targets (a file's rows are checked as they are read)."""
+        top, stop = 0, self.rows if stop is None else stop
+        for first in range(start, stop, 16 * BLOCK_ROWS):
+            top = max(top, _top(self._targets(first, min(first + 16 * BLOCK_ROWS, stop))))
         return top
 
     def describe(self) -> dict:
@@ -219,12 +220,21 @@ class ParquetSource(Source):
         groups = range(first, self.file.num_row_groups)
         return int(self.group_starts[first]), iter(self.file.iter_batches(self.batch_rows, row_groups=groups)), None
 
-    def largest_label(self) -> int:
-        top, at = 0, 0
+    def largest_label(self, start: int = 0, stop: int | None = None) -> int:
+        """The target column alone, from the row group that holds row ``start``."""
+        top, stop = 0, self.rows if stop is None else stop
+        if start >= stop:
+            return top
+        first = int(np.searchsorted(self.group_starts, start, side="right") - 1)
+        at, groups = int(self.group_starts[first]), range(first, self.file.num_row_groups)
         try:
-            for batch in self.file.iter_batches(self.batch_rows, columns=[self.target]):
-                top = max(top, _top(_column(batch, self.target, self.name, at)))
+            for batch in self.file.iter_batches(self.batch_rows, row_groups=groups, columns=[self.target]):
+                lo, hi = max(start - at, 0), min(stop - at, batch.num_rows)
+                if hi > lo:
+                    top = max(top, _top(_column(batch.slice(lo, hi - lo), self.target, self.name, at + lo)))
                 at += batch.num_rows
+                if at >= stop:
+                    break
         except DataError:
             raise
         except Exception as exc:
@@ -318,8 +328,8 @@ class RowRange(Source):
     def _targets(self, start, stop):
         return self.source._targets(self.start + start, self.start + stop)
 
-    def largest_label(self) -> int:
-        return self.source.largest_label() if self.rows == self.source.rows else super().largest_label()
+    def largest_label(self, start: int = 0, stop: int | None = None) -> int:
+        return self.source.largest_label(self.start + start, self.start + (self.rows if stop is None else stop))
 
     def take(self, ids):
         return self.source.take(np.asarray(ids, dtype=np.int64) + self.start)
