@@ -440,6 +440,8 @@ def test_streamed_buffers_through_staged_copies_train_as_without_prefetch(monkey
     assert len(gpu.pinned) == 2 * 2 and len(set(gpu.pinned)) == 1
     waits = [(thread, closing) for _, thread, _, _, closing in gpu.entries("synchronize")]
     assert waits and all(thread == "xpnet-prefetch" or closing for thread, closing in waits)
+    # Each epoch ends waiting for its blocks' last copies (a buffer read ahead and never taken among them).
+    assert [thread for thread, closing in waits if closing] == [TRAINING] * 2 * 2
 
 
 # -- the meta device: the training thread under the dispatch monitor ---------------------------
@@ -478,3 +480,21 @@ def test_the_stream_estimate_counts_the_page_locked_blocks_on_cuda(monkeypatch):
     gpu = FakeGPU()
     _streamed_fit(data, monkeypatch, gpu)  # batches of 32
     assert max(gpu.pinned) <= counted // 2 <= 2 * max(gpu.pinned)  # a bound, within a power of two
+
+
+def test_a_gpu_runs_memory_check_counts_the_page_locked_blocks_and_a_cpu_runs_does_not(monkeypatch):
+    from xpnet import stream_run
+
+    X, y = _data()
+    asked = []
+
+    def recording(*args):
+        asked.append(args[3:])
+        return stream_estimate(*args)
+
+    monkeypatch.setattr(stream_run, "stream_estimate", recording)
+    dataset = stream_run.StreamDataset("set", stream([(X, y)], chunk_rows=100), X[:10], y[:10], ["a", "b", "c"])
+    settings = {"dtype": "float64", "batch_size": 64, "layers": [8], "optimizer": "sgd"}
+    dataset.memory_estimate(settings, on_host=False)
+    dataset.memory_estimate(settings, on_host=True)
+    assert asked == [(8, 64), (0, 64)]

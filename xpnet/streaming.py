@@ -4,7 +4,8 @@
 chunks) as ``fit``'s ``X``; ``fit`` hands such data here. Each epoch follows the chunked
 shuffle of ``xpnet.data.stream``: a buffer of ``buffer_chunks`` chunks is read, its rows
 uploaded, its batches trained, while the next buffer is read and uploaded by a
-``xpnet.prefetch.Prefetcher`` thread (double-buffered: two buffers at most are alive). The
+``xpnet.prefetch.Prefetcher`` thread (double-buffered: two buffers at most are alive; on CUDA
+through page-locked blocks and a copy stream, ``xpnet.backend.staging``). The
 steps are ``fit``'s own (``xpnet.step.Step``), one by one from Python, with the epoch's
 sums, reads, checkpoints and stops exactly as ``fit`` has them; a buffer that holds the
 whole set draws ``fit``'s own permutation, so training equals in-memory training.
