@@ -315,3 +315,56 @@ def test_mixed_precision_trains_on_gpu_without_hidden_syncs(spec, precision):
         history = net.fit(X, y, epochs=3, batch_size=64, optimizer=SGD(lr=0.1, momentum=0.9))
     assert audit.violations == [] and audit.reads == 3
     assert history.records[-1]["accuracy"] > 0.95
+
+
+def _page_locked(uploads) -> bool:
+    """Whether an upload's first staging block is page-locked memory, as its library sees it."""
+    block = uploads._slots[0].block
+    if hasattr(block, "is_pinned"):  # a PyTorch tensor
+        return block.is_pinned()
+    import cupy
+
+    return isinstance(block, cupy.cuda.PinnedMemoryPointer) and cupy.cuda.pinned_memory.is_memory_pinned(block.ptr)
+
+
+@pytest.mark.parametrize("spec", GPU_BACKENDS)
+def test_streamed_training_on_gpu_goes_through_pinned_copies_and_equals_training_in_memory(spec, monkeypatch):
+    """One buffer holding the set draws fit's own batches: the weights of in-memory training on the
+    same GPU (float64; 1e-12 leaves room for a library's reduction order only, other batches differ
+    by about 1e-3). Buffers of a fifth of the set: the same with and without the reader thread. Each
+    run under the sync audit, every buffer staged in page-locked blocks and copied on the copy stream
+    (xpnet.backend.staging; tests/test_pinned_uploads.py checks the order of operations with fakes)."""
+    from xpnet.backend.staging import PinnedUploads
+    from xpnet.streaming import stream
+    from xpnet.train import fit
+
+    X, y = blobs(n=1000, features=5, classes=3)
+    X = X.astype(np.float32)
+    chunks = [(X[i : i + 100], y[i : i + 100]) for i in range(0, 1000, 100)]
+
+    def trained(data, made: list, labels=None) -> list[np.ndarray]:
+        net = build_mlp(spec, [5, 16, 3], dtype="float64", seed=0)
+        background_uploads = net.backend.background_uploads
+
+        def recorded():
+            made.append(background_uploads())
+            return made[-1]
+
+        monkeypatch.setattr(net.backend, "background_uploads", recorded)
+        with net.backend.audit() as audit:
+            fit(net, data, labels, epochs=2, batch_size=32, optimizer=Adam(lr=0.01), seed=3)
+        assert audit.violations == [] and audit.reads == 2
+        return [host(net, p) for p in net.params]
+
+    whole, buffered, in_turn = [], [], []
+    reference = trained(X, [], y)
+    for got, want in zip(trained(stream([(X, y)], chunk_rows=100, buffer_chunks=10), whole), reference):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    prefetched = trained(stream(chunks, chunk_rows=100, buffer_chunks=2), buffered)
+    one_by_one = trained(stream(chunks, chunk_rows=100, buffer_chunks=2, prefetch=False), in_turn)
+    for got, want in zip(prefetched, one_by_one):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert len(whole) == len(buffered) == 2  # an uploader an epoch
+    for uploads in whole + buffered + in_turn:
+        assert isinstance(uploads, PinnedUploads) and _page_locked(uploads)
+    assert [u.pinned_blocks for u in whole] == [1, 1] and [u.pinned_blocks for u in buffered] == [2, 2]

@@ -21,6 +21,7 @@ optimizers update; each layer reads its own slice of it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -343,12 +344,16 @@ class MLP:
             return data
         if self.backend.same_library(data):  # on another device of this library: copied across
             return self.backend.copy(data)
+        return self.backend.upload(*self.device_form(data, labels=labels))
+
+    def device_form(self, data, *, labels: bool = False) -> tuple[np.ndarray, Any]:
+        """``(host array, dtype)`` that ``to_device`` uploads host ``data`` as (None: its own dtype)."""
         data = np.asarray(data)
         if data.dtype == np.uint8 and not labels:
-            return self.backend.upload(data)
+            return data, None
         if labels and data.dtype.kind in "iub":
-            return self.backend.upload(data.astype(np.int32, copy=False))
-        return self.backend.upload(data, self.dtype)
+            return data.astype(np.int32, copy=False), None
+        return data, self.dtype
 
     def targets(self, y, smoothing: float = 0.0):
         """Float targets shaped like the output: one-hot rows for integer class labels.

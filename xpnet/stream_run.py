@@ -58,7 +58,8 @@ class StreamDataset:
     def memory_estimate(self, settings: dict, on_host: bool) -> Estimate:
         """The host's peak: the network, the stream's buffers and the held-out rows (``xpnet.memory``)."""
         itemsize = np.dtype(settings["dtype"]).itemsize
-        stream = stream_estimate(self.X_train, itemsize if on_host else 0)
+        pinned = 0 if on_host else itemsize  # a GPU's uploads go through page-locked blocks
+        stream = stream_estimate(self.X_train, itemsize if on_host else 0, 1, pinned, settings["batch_size"])
         held = self.X_test.nbytes + self.y_test.nbytes
         data_bytes = sum(stream.parts.values()) + held * (2 if on_host else 1)
         rows = self.X_train.buffer_rows

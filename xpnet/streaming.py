@@ -4,7 +4,8 @@
 chunks) as ``fit``'s ``X``; ``fit`` hands such data here. Each epoch follows the chunked
 shuffle of ``xpnet.data.stream``: a buffer of ``buffer_chunks`` chunks is read, its rows
 uploaded, its batches trained, while the next buffer is read and uploaded by a
-``xpnet.prefetch.Prefetcher`` thread (double-buffered: two buffers at most are alive). The
+``xpnet.prefetch.Prefetcher`` thread (double-buffered: two buffers at most are alive; on CUDA
+through page-locked blocks and a copy stream, ``xpnet.backend.staging``). The
 steps are ``fit``'s own (``xpnet.step.Step``), their batches made ahead over the buffer's rows
 as ``fit`` makes them over data in memory (``xpnet.batches``: one gather, prepare and one-hot
 per run of steps), with the epoch's sums, reads, checkpoints and stops exactly as ``fit`` has
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from xpnet.backend.staging import ALIGN, BackgroundUploads
 from xpnet.batches import Batches
 from xpnet.data.sources import ChunkSource, NpySource, Source, open_source
 from xpnet.data.stream import epoch_plan, load_buffer
@@ -95,14 +97,22 @@ def stream(data, target: str | None = None, task: str = "classification", **opti
     return Streamed(source, **options)
 
 
-def stream_estimate(data: Streamed, sizes_itemsize: int, ranks: int = 1) -> Estimate:
+def stream_estimate(
+    data: Streamed, sizes_itemsize: int, ranks: int = 1, pinned_itemsize: int = 0, batch_size: int = 1
+) -> Estimate:
     """What the stream holds at its peak: two buffers (one trained on, one being read), each on the
-    host and on the device, the host's chunk being read, and the rows carried between buffers."""
+    host and on the device, the host's chunk being read, and the rows carried between buffers. On
+    CUDA (``pinned_itemsize``: the network dtype's size) also the two page-locked blocks the buffers
+    are copied from (``xpnet.backend.staging``): a buffer and the rows it carries over (fewer than
+    ``batch_size``), rounded up to a power of two as the blocks are."""
     row = data.source.features * 4 + 8  # float32 features (uint8 takes less), a label or target
     device_row = data.source.features * sizes_itemsize + 8
     rows = data.buffer_rows
     estimate = Estimate().add("stream buffers on the host (2)", 2 * rows * row)
     estimate.add("stream buffers on the device (2)", 2 * rows * device_row + 2 * rows * 12)
+    if pinned_itemsize:
+        block = (rows + batch_size - 1) * (data.source.features * pinned_itemsize + 8 + 4) + 3 * ALIGN
+        estimate.add("page-locked staging blocks (2)", 2 * (1 << (block - 1).bit_length()))
     return estimate.add("a chunk being read", data.chunk_rows * row * 2)
 
 
@@ -189,12 +199,14 @@ def _stream_steps(loop: _StreamLoop, history: History, rng, sums, first: int, ba
     data, size, steps, net = loop.data, loop.batch_size, loop.steps, loop.net
     reorder = data.source.random_access
     plan = epoch_plan(data.source.rows, data.chunk_rows, data.buffer_chunks, size, rng, loop.options.shuffle, reorder)
-    reader, local = _Reader(loop), loop.parallel.rows if loop.parallel.active else None
+    uploads = net.backend.background_uploads()  # made here: the arrays are for this thread's stream
+    reader, local = _Reader(loop, uploads), loop.parallel.rows if loop.parallel.active else None
     wanted = (buffer for buffer in plan if buffer.first_step + buffer.steps(size) > first)
     feed = Prefetcher(wanted, reader, context=net.backend.activated) if data.prefetch else None
     sums.pending = []
     try:
-        for buffer, X, y, order in feed or in_order(wanted, reader):
+        for buffer, arrival in feed or in_order(wanted, reader):
+            X, y, order = arrival.take()  # before their first use: on CUDA this stream waits for the copy
             loop.step.X, loop.step.y = X, y
             batches = Batches(loop.step, order, buffer.steps(size), size, local)
             for k in range(max(first - buffer.first_step, 0), buffer.steps(size)):
@@ -210,18 +222,20 @@ def _stream_steps(loop: _StreamLoop, history: History, rng, sums, first: int, ba
                 if loop.stop_requested() and b + 1 < steps:
                     sums.settle(net)
                     return b + 1
-            loop.step.X = loop.step.y = X = y = order = batches = None  # this buffer is done: its memory may go
+            # this buffer is done: its memory may go
+            loop.step.X = loop.step.y = X = y = order = arrival = batches = None
     finally:
         if feed is not None:
             feed.close()
+        uploads.close()
     return None
 
 
 class _Reader:
-    """Reads a buffer's rows (this rank's share) and uploads them: what the prefetch thread runs."""
+    """Reads a buffer's rows (this rank's share) and starts their upload: what the prefetch thread runs."""
 
-    def __init__(self, loop: _StreamLoop):
-        self.loop, self.kept = loop, None
+    def __init__(self, loop: _StreamLoop, uploads: BackgroundUploads):
+        self.loop, self.uploads, self.kept = loop, uploads, None
         source = loop.data.source
         # A memory map reads any row directly: a rank reads only its share of each buffer.
         self.row_access = loop.parallel.active and isinstance(getattr(source, "source", source), NpySource)
@@ -235,5 +249,5 @@ class _Reader:
         X, y, self.kept = load_buffer(loop.data.source, buffer, positions, self.kept, self.row_access)
         # Positions in the rows read: another rank's rows map anywhere; ``local_rows`` drops them.
         order = np.minimum(np.searchsorted(positions, buffer.order), positions.size - 1)
-        uploaded = net.to_device(X), net.to_device(y, labels=True)
-        return buffer, *uploaded, net.backend.upload(order.astype(np.int32))
+        (X, x_type), (y, y_type) = net.device_form(X), net.device_form(y, labels=True)
+        return buffer, self.uploads.start([X, y, order.astype(np.int32)], [x_type, y_type, None])

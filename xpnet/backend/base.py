@@ -21,6 +21,7 @@ from array_api_compat import device as array_device
 from xpnet.backend.audit import Audit
 from xpnet.backend.cpu import _libm, _mxcsr_flushing
 from xpnet.backend.rng import RandomGenerator
+from xpnet.backend.staging import BackgroundUploads
 from xpnet.errors import BackendError, ConfigError
 
 DTYPES = ("float32", "float64")
@@ -144,12 +145,6 @@ class Backend:
 
     # -- crossings and copies ------------------------------------------------------------
 
-    # Streamed training (xpnet.streaming) uploads each shuffle buffer through ``upload`` from its reader
-    # thread, inside ``activated()``. Not done yet, for want of a GPU to test on: on CUDA, page-locked
-    # host buffers and a copy stream of the backend's own (CuPy ``cuda.alloc_pinned_memory`` and a
-    # ``Stream(non_blocking=True)``, PyTorch ``pin_memory`` and ``torch.cuda.Stream``), with an event the
-    # training stream waits on, would let the copy run beside the kernels; they belong here, as an
-    # override of an ``upload_async`` in the CuPy and PyTorch classes.
     def upload(self, host: Any, dtype: Any = None):
         """Copy a host array (or nested sequence) onto this backend's device."""
         with self._crossing("upload"):
@@ -157,6 +152,20 @@ class Backend:
         if self._audit is not None:
             self._audit.remember(array)
         return array
+
+    def background_uploads(self) -> BackgroundUploads:
+        """Uploads a background thread starts for the calling thread to use (``xpnet.backend.staging``);
+        call it in the thread that trains. Here each is ``upload``, ready at once; the CUDA backends
+        copy from page-locked blocks on a copy stream of their own, beside the training kernels."""
+        return BackgroundUploads(self)
+
+    def _uploaded(self, arrays: list) -> None:
+        """Arrays ``background_uploads`` copied itself, counted and known to an audit as ``upload``'s
+        are; its guard stays on: an asynchronous copy from page-locked memory is no synchronisation."""
+        if self._audit is not None:
+            for array in arrays:
+                self._audit.count("upload")
+                self._audit.remember(array)
 
     def _put(self, host: Any, dtype: Any):
         """``host`` as an array of this library on this device (``upload`` without its counting)."""

@@ -12,6 +12,7 @@ import numpy as np
 from xpnet.backend.base import ON_THE_CPU, Backend
 from xpnet.backend.cuda import CUPY_HINT, cuda_index, cuda_libraries
 from xpnet.backend.rng import RandomGenerator
+from xpnet.backend.staging import BackgroundUploads, PinnedUploads
 from xpnet.errors import BackendError
 
 
@@ -81,6 +82,9 @@ class CupyBackend(Backend):
     def _copy_to_host(self, array: Any) -> np.ndarray:
         return array.get()
 
+    def background_uploads(self) -> BackgroundUploads:
+        return CupyPinnedUploads(self)
+
     def copy(self, array: Any):
         """Made with this GPU current: ``cp.asarray(copy=True)`` puts its result on the current GPU."""
         with self.device:
@@ -128,6 +132,44 @@ class CupyBackend(Backend):
 
     def stream_pointer(self) -> int:
         return importlib.import_module("cupy").cuda.get_current_stream().ptr
+
+
+class CupyPinnedUploads(PinnedUploads):
+    """Staged uploads through CuPy: ``cuda.alloc_pinned_memory``, ``cuda.Stream(non_blocking=True)``
+    (no implicit wait on the legacy default stream the training runs on), ``ndarray.set(view, stream=)``
+    (asynchronous from page-locked memory).
+
+    The device arrays are allocated with the training stream current. CuPy's pool keeps free blocks
+    per stream and gives a block back to the stream it was allocated on, whichever thread frees it,
+    so a buffer the training thread drops is reused in the training stream's order only (allocated on
+    the copy stream, it would be the next copy's to write while queued kernels still read it: CuPy
+    has no ``record_stream``). A block from the training stream's pool may still be read by kernels
+    queued before it was freed, so after allocating, the copy stream waits, on the GPU, for the work
+    queued on the training stream so far.
+    """
+
+    def _streams(self) -> tuple[Any, Any]:
+        cupy = importlib.import_module("cupy")
+        with self.backend.device:
+            return cupy.cuda.get_current_stream(), cupy.cuda.Stream(non_blocking=True)
+
+    def _event(self):
+        return importlib.import_module("cupy").cuda.Event(disable_timing=True)
+
+    def _pin(self, nbytes: int) -> tuple[Any, np.ndarray]:
+        block = importlib.import_module("cupy").cuda.alloc_pinned_memory(nbytes)
+        return block, np.ndarray((nbytes,), np.uint8, buffer=block)
+
+    def _copy(self, block: Any, views: list[tuple[int, np.ndarray]]) -> list:
+        cupy = importlib.import_module("cupy")
+        with self.backend.device, self.consumer:
+            arrays = [cupy.empty(view.shape, view.dtype) for _, view in views]
+        queued = self._event()
+        queued.record(self.consumer)  # recorded after the allocation: covers the work on any block it reused
+        self.copy_stream.wait_event(queued)
+        for array, (_, view) in zip(arrays, views):
+            array.set(view, stream=self.copy_stream)
+        return arrays
 
 
 class CupyRandomGenerator(RandomGenerator):

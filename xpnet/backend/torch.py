@@ -14,6 +14,7 @@ from xpnet.backend.audit import Audit, torch_dispatch_monitor
 from xpnet.backend.base import HALF_DTYPES, ON_THE_CPU, TORCH_HINT, Backend
 from xpnet.backend.cuda import cuda_index
 from xpnet.backend.rng import RandomGenerator
+from xpnet.backend.staging import BackgroundUploads, PinnedUploads
 from xpnet.errors import BackendError, ConfigError
 
 
@@ -92,6 +93,9 @@ class TorchBackend(Backend):
             return array.detach().cpu().float().numpy()
         return array.detach().cpu().numpy()
 
+    def background_uploads(self) -> BackgroundUploads:
+        return TorchPinnedUploads(self) if self._on_cuda else super().background_uploads()
+
     def random_generator(self, seed: int | None) -> RandomGenerator:
         return TorchRandomGenerator(self, seed)
 
@@ -153,6 +157,56 @@ class TorchBackend(Backend):
         import torch
 
         return torch.cuda.current_stream(self.device).cuda_stream
+
+
+class TorchPinnedUploads(PinnedUploads):
+    """Staged uploads through PyTorch CUDA: ``torch.empty(..., pin_memory=True)``, a ``torch.cuda.Stream``
+    (PyTorch makes its streams non-blocking), ``copy_(non_blocking=True)`` under ``torch.cuda.stream``.
+
+    The device tensors are allocated on the copy stream and, when taken, marked with
+    ``record_stream(training stream)``: PyTorch's caching allocator knows only the stream a block
+    was allocated on, and would otherwise give a dropped buffer's memory to the next copy while
+    the training stream's kernels may still read it. Slices of the pinned block (not NumPy views)
+    are copied, so PyTorch's pinned allocator also knows which copies read it.
+    """
+
+    def _host_dtype(self, host: np.ndarray, dtype: Any) -> np.dtype | None:
+        if dtype is None:
+            return host.dtype
+        name = str(dtype).removeprefix("torch.")
+        return None if name == "bfloat16" else np.dtype(name)
+
+    def _streams(self) -> tuple[Any, Any]:
+        import torch
+
+        return torch.cuda.current_stream(self.backend.device), torch.cuda.Stream(device=self.backend.device)
+
+    def _event(self):
+        import torch
+
+        return torch.cuda.Event()
+
+    def _pin(self, nbytes: int) -> tuple[Any, np.ndarray]:
+        import torch
+
+        block = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        return block, block.numpy()
+
+    def _copy(self, block: Any, views: list[tuple[int, np.ndarray]]) -> list:
+        import torch
+
+        arrays = []
+        with torch.cuda.stream(self.copy_stream):  # allocated on, and copied by, the copy stream
+            for offset, view in views:
+                kind = torch.from_numpy(view).dtype
+                source = block[offset : offset + view.nbytes].view(kind).view(view.shape)
+                array = torch.empty(view.shape, dtype=kind, device=self.backend.device)
+                arrays.append(array.copy_(source, non_blocking=True))
+        return arrays
+
+    def _claim(self, arrays: list) -> None:
+        for array in arrays:
+            array.record_stream(self.consumer)
 
 
 class TorchRandomGenerator(RandomGenerator):
