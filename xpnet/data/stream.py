@@ -15,6 +15,7 @@ reads from the buffer that holds its next batch.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -73,21 +74,26 @@ def load_buffer(source: Source, buffer: Buffer, positions: np.ndarray, kept: Kep
     """``(X, y, kept)``: the rows at ``positions`` (sorted) of ``buffer``, and what it leaves over.
 
     Carried rows come from ``kept`` (or the source, after a resume); chunk rows are read chunk
-    by chunk, or, with ``row_access``, just the rows wanted (a memory map: a rank's share).
+    by chunk, or, with ``row_access``, just the rows wanted (a memory map: a rank's share). Where
+    the source knows its features' dtype before reading, whole chunks are read straight into the
+    buffer (``Source.read_into``): one copy of each row on its way from the file.
     """
     carried = positions[positions < buffer.carried]
     fresh = buffer.ids[positions[positions >= buffer.carried]]
-    X = y = None
-    at = 0
-    parts = _fresh_rows(source, buffer, fresh, row_access)
+    dtype = None if row_access else source.feature_dtype
+    X = None if dtype is None else np.empty((positions.size, source.features), dtype=dtype)
+    parts = _fresh_rows(source, buffer, fresh, row_access, None if X is None else X[carried.size :])
     if carried.size:
-        parts = (_carried_rows(source, buffer.ids[carried], kept), *parts)
+        parts = itertools.chain([_carried_rows(source, buffer.ids[carried], kept)], parts)
+    ys, at = [], 0
     for Xp, yp in parts:
-        if X is None:  # the buffer's arrays, allocated once: no concatenated copy beside the parts
+        if X is None:  # the buffer's array, allocated once: no concatenated copy beside the parts
             X = np.empty((positions.size, *Xp.shape[1:]), dtype=Xp.dtype)
-            y = np.empty((positions.size, *yp.shape[1:]), dtype=yp.dtype)
-        X[at : at + len(Xp)], y[at : at + len(yp)] = Xp, yp
-        at += len(Xp)
+        if Xp is not None:  # None: read into its place already
+            X[at : at + len(yp)] = Xp
+        ys.append(yp)
+        at += len(yp)
+    y = np.concatenate(ys)
     rest = np.searchsorted(positions, buffer.rest)
     return X, y, Kept(buffer.ids[buffer.rest], X[rest], y[rest])
 
@@ -100,17 +106,20 @@ def _carried_rows(source: Source, ids: np.ndarray, kept: Kept | None):
     return source.take(ids)  # the first buffer after a resume: its carried rows are read again
 
 
-def _fresh_rows(source: Source, buffer: Buffer, ids: np.ndarray, row_access: bool):
-    """The buffer's own rows ``ids`` (in buffer order: chunk by chunk, ascending in each)."""
+def _fresh_rows(source: Source, buffer: Buffer, ids: np.ndarray, row_access: bool, into: np.ndarray | None):
+    """The buffer's own rows ``ids`` (in buffer order: chunk by chunk, ascending in each), as ``(X, y)``;
+    a whole chunk as ``(None, y)`` where ``into`` (the buffer's rows from the first fresh one) took its X."""
     if row_access:
         yield source.take(ids)
         return
+    at = 0
     for start, stop in buffer.chunks:
         inside = ids[(ids >= start) & (ids < stop)]
         if inside.size == 0:
             continue
-        X, y = source.read(start, stop)
-        if inside.size == stop - start:
-            yield X, y
+        if into is not None and inside.size == stop - start:
+            yield None, source.read_into(start, stop, into[at : at + inside.size])
         else:
-            yield X[inside - start], y[inside - start]
+            X, y = source.read(start, stop)
+            yield (X, y) if inside.size == stop - start else (X[inside - start], y[inside - start])
+        at += inside.size

@@ -137,42 +137,45 @@ def check_xy(X: np.ndarray, y: np.ndarray, task: str, where: str) -> tuple[np.nd
     """Validate and normalise one (features, targets) pair.
 
     ``X``: numeric, at least 2-D, flattened to ``(n, features)``; uint8 stays uint8 (so
-    image scaling can use 1/255), everything else becomes float32. ``y``: 1-D
-    non-negative whole numbers -> int32 for classification; 1-D or 2-D -> float32 for
-    regression. Both finite, non-empty and of equal length. ``where`` names the source.
+    image scaling can use 1/255), everything else becomes float32. ``y``: see ``check_y``.
+    Both finite, non-empty and of equal length. ``where`` names the source.
     """
     check_task(task)
     X = np.asarray(X)
-    y = np.asarray(y)
     if X.dtype.kind not in "biuf":
         raise DataError(f"{where}: X has dtype {X.dtype}; features must be numbers")
-    if y.dtype.kind not in "biuf":
-        raise DataError(f"{where}: y has dtype {y.dtype}; targets must be numbers")
     if X.ndim < 2:
         raise DataError(f"{where}: X has shape {X.shape}; it needs one row per sample, e.g. X.reshape(-1, 1)")
     if X.shape[0] == 0 or math.prod(X.shape[1:]) == 0:
         raise DataError(f"{where}: X has shape {X.shape}, no samples or no features; the data is empty")
-    if y.ndim == 0 or len(y) != X.shape[0]:
-        raise DataError(
-            f"{where}: X has {X.shape[0]} samples but y has shape {y.shape}; they need one target per sample"
-        )
     X = X.reshape(X.shape[0], -1)
     X = X if X.dtype == np.uint8 else _to_float32(X, "X", where)
+    return X, check_y(y, X.shape[0], task, where)
+
+
+def check_y(y: np.ndarray, samples: int, task: str, where: str) -> np.ndarray:
+    """The targets of ``samples`` rows, checked: 1-D non-negative whole numbers -> int32 for
+    classification; 1-D or 2-D -> float32 for regression; finite."""
+    y = np.asarray(y)
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"{where}: y has dtype {y.dtype}; targets must be numbers")
+    if y.ndim == 0 or len(y) != samples:
+        raise DataError(f"{where}: X has {samples} samples but y has shape {y.shape}; they need one target per sample")
     if task == "classification":
-        y = _labels(y, where)
-    else:
-        if y.ndim > 2:
-            raise DataError(f"{where}: y has shape {y.shape}; regression targets must be 1-D or 2-D")
-        if y.ndim == 2 and y.shape[1] == 0:
-            raise DataError(f"{where}: y has shape {y.shape}, no target columns; the data is empty")
-        y = _to_float32(y, "y", where)
-    return X, y
+        return _labels(y, where)
+    if y.ndim > 2:
+        raise DataError(f"{where}: y has shape {y.shape}; regression targets must be 1-D or 2-D")
+    if y.ndim == 2 and y.shape[1] == 0:
+        raise DataError(f"{where}: y has shape {y.shape}, no target columns; the data is empty")
+    return _to_float32(y, "y", where)
 
 
 def _to_float32(a: np.ndarray, name: str, where: str) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         out = a.astype(np.float32)
-    bad = ~np.isfinite(out)
+        if np.isfinite(np.sum(out, dtype=np.float32)):  # one pass and no mask: every value is finite
+            return out
+    bad = ~np.isfinite(out)  # a NaN/Inf, or finite values whose sum overflowed: find which
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         value = a[first]
