@@ -144,6 +144,37 @@ def test_a_set_four_times_the_memory_limit_trains_as_in_memory_under_the_limit(t
     assert _same(net, _in_memory_on_plan(X, y, _plan_order(len(X), 250, 2, 32, 3, 2)))
 
 
+def test_numpy_steps_train_on_reused_blocks_as_on_fresh_ones(tmp_path, monkeypatch):
+    """On NumPy the steps read the buffer's block in place; the reader fills a block again once its
+    buffer is trained (no fresh 100 MB of page faults a buffer): the numbers stay those of fresh blocks."""
+    from xpnet import streaming
+
+    X, y = _data(n=6_000, features=5)
+    data = stream(str(_folder(tmp_path, X, y)), chunk_rows=250, buffer_chunks=2)  # 12 buffers an epoch
+    blocks, made = [], streaming._Reader._empty
+
+    def spied(reader, shape, dtype):
+        block = made(reader, shape, dtype)
+        blocks.append(block if block.base is None else block.base)
+        return block
+
+    def trained(**options):
+        net = MLP([5, 8, 3], seed=0)  # float32, as the file: the upload is the block itself
+        fit(net, data, None, epochs=2, batch_size=32, optimizer=Adam(lr=0.01), seed=3, **options)
+        return net
+
+    monkeypatch.setattr(streaming._Reader, "_empty", spied)
+    monkeypatch.setattr("xpnet.batches.AHEAD_BYTES", 4096)  # runs of two steps: the block is read to the end
+    reused = trained()  # the blocks are kept alive in ``blocks``: distinct ids are distinct blocks
+    assert len(blocks) == 24 and len({id(b) for b in blocks}) <= 4  # two at most an epoch (a reader each)
+    monkeypatch.setattr(streaming._Reader, "recycle", lambda reader, host, trained: None)
+    blocks.clear()
+    fresh = trained()
+    assert len({id(b) for b in blocks}) == 24  # the reference: a fresh block a buffer
+    assert _same(reused, fresh, 0.0)
+    assert not _same(reused, MLP([5, 8, 3], seed=0), 1e-3)  # it trained
+
+
 def test_the_cli_trains_a_set_four_times_its_memory_limit(tmp_path):
     X, y = _data(n=420_000, features=40)  # 69 MB on disk
     folder = _folder(tmp_path, X, y)

@@ -70,25 +70,28 @@ class Kept:
     y: np.ndarray
 
 
-def load_buffer(source: Source, buffer: Buffer, positions: np.ndarray, kept: Kept | None, row_access: bool):
+def load_buffer(
+    source: Source, buffer: Buffer, positions: np.ndarray, kept: Kept | None, row_access: bool, empty=np.empty
+):
     """``(X, y, kept)``: the rows at ``positions`` (sorted) of ``buffer``, and what it leaves over.
 
     Carried rows come from ``kept`` (or the source, after a resume); chunk rows are read chunk
     by chunk, or, with ``row_access``, just the rows wanted (a memory map: a rank's share). Where
     the source knows its features' dtype before reading, whole chunks are read straight into the
-    buffer (``Source.read_into``): one copy of each row on its way from the file.
+    buffer (``Source.read_into``): one copy of each row on its way from the file. ``empty(shape, dtype)``
+    makes the buffer's features array (``np.empty``, or a block the reader reuses).
     """
     carried = positions[positions < buffer.carried]
     fresh = buffer.ids[positions[positions >= buffer.carried]]
     dtype = None if row_access else source.feature_dtype
-    X = None if dtype is None else np.empty((positions.size, source.features), dtype=dtype)
+    X = None if dtype is None else empty((positions.size, source.features), dtype)
     parts = _fresh_rows(source, buffer, fresh, row_access, None if X is None else X[carried.size :])
     if carried.size:
         parts = itertools.chain([_carried_rows(source, buffer.ids[carried], kept)], parts)
     ys, at = [], 0
     for Xp, yp in parts:
         if X is None:  # the buffer's array, allocated once: no concatenated copy beside the parts
-            X = np.empty((positions.size, *Xp.shape[1:]), dtype=Xp.dtype)
+            X = empty((positions.size, *Xp.shape[1:]), Xp.dtype)
         if Xp is not None:  # None: read into its place already
             X[at : at + len(yp)] = Xp
         ys.append(yp)
