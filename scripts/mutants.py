@@ -187,6 +187,11 @@ MUTATIONS = [
       "        carried, step = ids[positions[used:]], step + used // batch_size",
       "        carried, step = ids[:0], step + used // batch_size",
       ("tests/test_stream.py", "-k", "at_most_once or four_times_the")),
+    M("a buffer's host block is handed back to the reader before its steps are done", "xpnet/streaming.py",
+      "            batches = Batches(loop.step, order, buffer.steps(size), size, local)\n",
+      "            batches = Batches(loop.step, order, buffer.steps(size), size, local)\n"
+      "            reader.recycle(host, X)\n",
+      ("tests/test_stream.py", "-k", "reused_blocks")),
     # -- ONNX export ----------------------------------------------------------------------------
     M("ONNX LeakyRelu loses its alpha", "xpnet/activations.py",
       'return "LeakyRelu", {"alpha": float(self.alpha)}',
