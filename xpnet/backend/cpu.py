@@ -10,9 +10,13 @@ import platform
 import numpy as np
 
 #: Steps with fewer forward multiply-adds than this run on one BLAS thread (``compute_threads``).
-#: Measured on 2 cores: 7e6 (784-128-64-10 at batch 64) ran faster on one thread;
-#: 1.3e7 and more (the same net at batch 128, 784-256-10 at 64) faster on two.
-SMALL_STEP_MACS = 10_000_000
+#: Whole ``fit`` epochs of 784-128-64-10 on 2 AMD EPYC cores, OpenBLAS 0.3.31, all threads over
+#: one, medians of two or three runs of ``python scripts/blas_threads.py`` (2026-12-05):
+#: 0.86-1.08x at 8.7e5 multiply-adds (batch 8), 1.03-1.38x at 1.7e6 (16), 1.12-1.32x at 3.5e6
+#: (32), 1.19-1.36x at 7e6 (64). (On 2026-11-22 another 2-core machine had run 7e6 faster on
+#: one thread; the cut was 1e7 then.) Fixed, not tuned per run: the thread count changes
+#: OpenBLAS's rounding, and a run's numbers must not depend on a timing.
+SMALL_STEP_MACS = 1_000_000
 
 
 @functools.cache
