@@ -2,7 +2,7 @@
 
 ``xpnet.backend.cpu.SMALL_STEP_MACS`` is where ``fit`` stops running a step on one OpenBLAS
 thread. This times the benchmark's network (784-128-64-10, SGD momentum) one epoch at a time,
-alternating the two policies on the same batches, and prints each batch size's steps per
+alternating the two policies on the same batches, and prints each batch size's samples per
 second and the ratio of the two (median of the rounds, with their range), and whether the
 two ended with equal weights (they do not: the thread count changes OpenBLAS's rounding).
 
