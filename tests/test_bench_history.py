@@ -8,8 +8,10 @@ import json
 
 import pytest
 
+from xpnet.backend.cpu import cpu_flags
 from xpnet.bench import history
 from xpnet.bench.compare import compare, format_changes, overall
+from xpnet.bench.environment import environment, vector_isa
 from xpnet.bench.pytest_import import entry_from_pytest_benchmark, read_pytest_benchmark
 from xpnet.bench.results import BenchResult, Row
 from xpnet.bench.trend import plot_trend, series
@@ -61,6 +63,25 @@ def test_a_line_holds_paired_ratios_with_their_measured_spread():
 def test_machine_names_are_file_names():
     assert history.machine_name({"cpu": "Intel(R) Xeon(R) CPU @ 2.20GHz", "cores": 2}) == "intel-xeon-2c"
     assert history.machine_name({"cpu": "AMD EPYC", "cores": 16, "gpu": "NVIDIA H100"}) == "amd-epyc-16c-nvidia-h100"
+
+
+def test_one_cpu_name_on_two_generations_keeps_two_histories():
+    """A cloud's "AMD EPYC" was an AVX2 machine (68 GFLOP/s) one day and an AVX-512 one (200) the next:
+    the widest vector instructions go into the name, so their runs are never compared as one machine's."""
+    avx2 = {"flags": ["sse2", "avx", "avx2", "fma"]}
+    avx512 = {"flags": ["avx", "avx2", "avx512f", "avx512bw"]}
+    names = {
+        history.machine_name({"cpu": "AMD EPYC", "cores": 2, "isa": vector_isa(cpu["flags"])}) for cpu in (avx2, avx512)
+    }
+    assert names == {"amd-epyc-avx2-2c", "amd-epyc-avx512-2c"}
+    assert vector_isa(["fp", "asimd", "sve"]) == "sve" and vector_isa(["fp", "asimd"]) == "neon"
+    assert vector_isa([]) is None and vector_isa(["sse2"]) is None
+    assert history.machine_name({"cpu": "AMD EPYC", "cores": 2, "isa": None}) == "amd-epyc-2c"  # flags unknown
+    assert environment()["isa"] == vector_isa(cpu_flags())  # this machine's, read from /proc/cpuinfo
+    result = _result()
+    result.environment["isa"] = "avx512"
+    entry = history.entry_from_result(result)
+    assert entry["isa"] == "avx512" and entry["machine"] == "intel-xeon-processor-avx512-2c"
 
 
 def test_lines_append_and_read_back_in_order(tmp_path):
@@ -174,8 +195,11 @@ def _pytest_benchmark_json():
 
 
 def test_pytest_benchmark_runs_import_as_history_lines(tmp_path):
-    entry = entry_from_pytest_benchmark(_pytest_benchmark_json())
-    assert entry["source"] == "pytest-benchmark" and entry["machine"] == "amd-epyc-2c"
+    data = _pytest_benchmark_json()
+    entry = entry_from_pytest_benchmark(data)
+    assert entry["source"] == "pytest-benchmark" and entry["machine"] == "amd-epyc-2c"  # no flags: no ISA
+    data["machine_info"]["cpu"]["flags"] = ["avx", "avx2", "avx512f"]  # py-cpuinfo's list, when installed
+    assert entry_from_pytest_benchmark(data)["machine"] == "amd-epyc-avx512-2c"
     assert entry["commit"] == "d" * 40 and entry["date"] == "2026-11-22T05:39:36Z" and entry["loadavg"] is None
     xpnet_row = entry["rows"][0]
     assert len(entry["rows"]) == 3 and xpnet_row["samples_per_s"]["median"] == pytest.approx(163840)

@@ -19,7 +19,7 @@ from xpnet.bench.compare import compare, format_changes
 from xpnet.bench.options import add_bench_arguments
 from xpnet.errors import ConfigError, DataError, XpnetError
 
-REAL = history.project_root() / "bench" / "history" / "amd-epyc-2c.jsonl"
+REAL = history.project_root() / "bench" / "history" / "amd-epyc-avx512-2c.jsonl"
 _HUGE = "\x00HUGE\x00"  #: stands for an integer of 5,000 digits (beyond what json.dumps writes)
 EXTRA = [_HUGE, "x" * 5000, -0.5, 0.0, {"median": "x", "spread": 0.1}, {"median": 1.0, "spread": None}]
 

@@ -11,11 +11,12 @@ import numpy as np
 
 #: Steps with fewer forward multiply-adds than this run on one BLAS thread (``compute_threads``).
 #: Whole ``fit`` epochs of 784-128-64-10 on 2 AMD EPYC cores, OpenBLAS 0.3.31, all threads over
-#: one, medians of two or three runs of ``python scripts/blas_threads.py`` (2026-12-05):
+#: one, ``python scripts/blas_threads.py``: with AVX2 (2026-12-05, medians of two or three runs)
 #: 0.86-1.08x at 8.7e5 multiply-adds (batch 8), 1.03-1.38x at 1.7e6 (16), 1.12-1.32x at 3.5e6
-#: (32), 1.19-1.36x at 7e6 (64). (On 2026-11-22 another 2-core machine had run 7e6 faster on
-#: one thread; the cut was 1e7 then.) Fixed, not tuned per run: the thread count changes
-#: OpenBLAS's rounding, and a run's numbers must not depend on a timing.
+#: (32), 1.19-1.36x at 7e6 (64); with AVX-512 (2026-12-06, one run of 6 rounds) 1.00x, 1.06x,
+#: 1.07x, 1.23x. (On 2026-11-22, before ``fit`` lost its overhead, the AVX-512 machine had run
+#: 7e6 faster on one thread; the cut was 1e7 then.) Fixed, not tuned per run: the thread count
+#: changes OpenBLAS's rounding, and a run's numbers must not depend on a timing.
 SMALL_STEP_MACS = 1_000_000
 
 

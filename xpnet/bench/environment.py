@@ -10,6 +10,17 @@ from pathlib import Path
 import array_api_compat
 import numpy as np
 
+from xpnet.backend.cpu import cpu_flags
+
+#: The widest vector instructions a CPU may have, widest first, as /proc/cpuinfo's flags name them:
+#: what a BLAS picks its kernels by (the same "AMD EPYC" has been a 68 and a 200 GFLOP/s machine here).
+VECTOR_ISAS = (("avx512f", "avx512"), ("avx2", "avx2"), ("avx", "avx"), ("sve", "sve"), ("asimd", "neon"))
+
+
+def vector_isa(flags) -> str | None:
+    """The widest of ``VECTOR_ISAS`` among ``flags``; None where the flags are unknown or have none."""
+    return next((name for flag, name in VECTOR_ISAS if flag in flags), None)
+
 
 def environment(loadavg_start: list[float] | None = None) -> dict:
     """Date, CPU, BLAS and library versions, and the load average now (and at the start, if given).
@@ -19,6 +30,7 @@ def environment(loadavg_start: list[float] | None = None) -> dict:
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": _cpu_name(),
+        "isa": vector_isa(cpu_flags()),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,

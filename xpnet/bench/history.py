@@ -44,8 +44,11 @@ CHECKOUT = Path(xpnet.__file__).resolve().parent.parent
 
 
 def machine_name(env: dict) -> str:
-    """A file-name-safe name for the machine: its CPU, core count and GPU, if any."""
-    words = [re.sub(r"\((r|tm)\)|\bcpu\b|@.*", "", str(env.get("cpu", "unknown")).lower()), f"{env.get('cores')}c"]
+    """A file-name-safe name for the machine: its CPU, its widest vector instructions (a cloud's
+    "AMD EPYC" or "Intel Xeon" names several generations), core count and GPU, if any."""
+    words = [re.sub(r"\((r|tm)\)|\bcpu\b|@.*", "", str(env.get("cpu", "unknown")).lower())]
+    words += [env["isa"]] if env.get("isa") else []
+    words.append(f"{env.get('cores')}c")
     if env.get("gpu"):
         words.append(str(env["gpu"]).lower())
     return re.sub(r"[^a-z0-9]+", "-", " ".join(words)).strip("-")
@@ -125,6 +128,7 @@ def entry_from_result(result: BenchResult, machine: str | None = None) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine or machine_name(env),
         "cpu": env.get("cpu"),
+        "isa": env.get("isa"),
         "cores": env.get("cores"),
         "gpu": env.get("gpu"),
         "loadavg": {"start": env.get("loadavg_start"), "end": env.get("loadavg")},

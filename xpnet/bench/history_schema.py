@@ -61,6 +61,7 @@ LINE = Record(
         "date": _MAYBE_NAME,
         "machine": _MAYBE_NAME,
         "cpu": _MAYBE_NAME,
+        "isa": _MAYBE_NAME,  # the widest vector instructions (environment.vector_isa); lines before it lack it
         "cores": Either((Null(), Int(1, 2**20))),
         "gpu": _MAYBE_NAME,
         "loadavg": Either((Null(), Record({"start": _LOAD, "end": _LOAD}, optional=frozenset({"start", "end"})))),
@@ -77,6 +78,7 @@ LINE = Record(
             "date",
             "machine",
             "cpu",
+            "isa",
             "cores",
             "gpu",
             "loadavg",

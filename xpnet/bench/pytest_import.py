@@ -14,6 +14,7 @@ import datetime
 import json
 from pathlib import Path
 
+from xpnet.bench.environment import vector_isa
 from xpnet.bench.history import ROW_KEY, SCHEMA, machine_name
 from xpnet.errors import DataError
 
@@ -54,7 +55,8 @@ def entry_from_pytest_benchmark(data: dict, machine: str | None = None, where: s
         rows = [row for row in map(_timing, data["benchmarks"]) if row is not None]
         info, commit = data.get("machine_info", {}), data.get("commit_info", {})
         cpu = info.get("cpu", {})
-        env = {"cpu": cpu.get("brand_raw") or info.get("processor"), "cores": cpu.get("count")}
+        isa = vector_isa(cpu["flags"]) if isinstance(cpu.get("flags"), list) else None  # py-cpuinfo's, if installed
+        env = {"cpu": cpu.get("brand_raw") or info.get("processor"), "isa": isa, "cores": cpu.get("count")}
     except (KeyError, TypeError, AttributeError, ZeroDivisionError) as exc:
         raise DataError(f"{where}: not a pytest-benchmark JSON of bench/ ({exc!r} missing or wrong)") from None
     if not rows:
