@@ -149,6 +149,8 @@ def test_tiny_sweep_writes_json_markdown_png_and_history(tmp_path, capsys):
     assert set(result["ceilings"]["numpy/cpu"]["own"]) == {"8", "32"}
     report = out["md"].read_text()
     assert "| xpnet | numpy | cpu | 8 |" in report and "NumPy" in report
+    isa = result["environment"]["isa"]  # the CPU line names the vector instructions the BLAS ran on
+    assert isa is None or f"- CPU: {result['environment']['cpu']}, {isa} (" in report
     assert out["png"].read_bytes().startswith(b"\x89PNG")
     captured = capsys.readouterr()
     printed = captured.out

@@ -21,7 +21,7 @@ def _header(result: BenchResult) -> list[str]:
         f"one epoch per timing, median of {opts['repeats']} alternating repeats after {opts['warmup']} warm-up,",
         f"a garbage collection and {opts.get('pause', 0):g} s idle before each timed epoch.",
         "",
-        f"- CPU: {env['cpu']} ({env['cores']} logical cores)",
+        f"- CPU: {env['cpu']}{', ' + env['isa'] if env.get('isa') else ''} ({env['cores']} logical cores)",
         f"- BLAS: {env['blas']}",
         f"- Load average (1/5/15 min) when the run ended: {env['load_average']} on {env['cores']} cores",
         f"- Python {env['python']}, NumPy {env['numpy']}, array-api-compat {env['array_api_compat']}, "
