@@ -11,7 +11,7 @@ import pytest
 from xpnet.backend.cpu import cpu_flags
 from xpnet.bench import history
 from xpnet.bench.compare import compare, format_changes, overall
-from xpnet.bench.environment import environment, vector_isa
+from xpnet.bench.environment import cpu_label, cpu_name, environment, vector_isa
 from xpnet.bench.pytest_import import entry_from_pytest_benchmark, read_pytest_benchmark
 from xpnet.bench.results import BenchResult, Row
 from xpnet.bench.trend import plot_trend, series
@@ -78,6 +78,8 @@ def test_one_cpu_name_on_two_generations_keeps_two_histories():
     assert vector_isa([]) is None and vector_isa(["sse2"]) is None
     assert history.machine_name({"cpu": "AMD EPYC", "cores": 2, "isa": None}) == "amd-epyc-2c"  # flags unknown
     assert environment()["isa"] == vector_isa(cpu_flags())  # this machine's, read from /proc/cpuinfo
+    isa = vector_isa(cpu_flags())
+    assert cpu_label() == (f"{cpu_name()}, {isa}" if isa else cpu_name())  # recipes' "Measured on"
     result = _result()
     result.environment["isa"] = "avx512"
     entry = history.entry_from_result(result)

@@ -29,7 +29,7 @@ def environment(loadavg_start: list[float] | None = None) -> dict:
     """
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "isa": vector_isa(cpu_flags()),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
@@ -59,7 +59,14 @@ def _gpu_name() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
-def _cpu_name() -> str:
+def cpu_label() -> str:
+    """The CPU's name and widest vector instructions ("AMD EPYC, avx512"): the BLAS picks its
+    kernels by the second, so it sets both a run's speed and the last bits of its numbers."""
+    isa = vector_isa(cpu_flags())
+    return f"{cpu_name()}, {isa}" if isa else cpu_name()
+
+
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
