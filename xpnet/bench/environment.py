@@ -67,6 +67,7 @@ def cpu_label() -> str:
 
 
 def cpu_name() -> str:
+    """/proc/cpuinfo's model name (a cloud's may be only "AMD EPYC"), else the platform's word."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
