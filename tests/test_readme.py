@@ -109,6 +109,24 @@ def test_selfchecks_sample_output_has_every_check_in_order():
     assert f"of {len(CHECKS)} checks" in sample
 
 
+#: Checks whose line the code alone decides (no timing, no versions, no CUDA libraries): README's
+#: sample must say what they print now (its sync-audit line had said 1241 operations after the code made 937).
+FIXED_CHECKS = ("gradients", "sync-audit", "dropout", "save-resume", "training")
+
+
+@pytest.mark.parametrize("name", FIXED_CHECKS)
+def test_selfchecks_sample_lines_are_what_the_checks_print(name, tmp_path):
+    from xpnet.backend import get_backend
+    from xpnet.selfcheck.checks import CHECKS, Context
+
+    if name == "sync-audit":
+        pytest.importorskip("torch", reason="the sample's sync-audit line includes PyTorch's meta device")
+    sample = next(code for language, code, _ in blocks(ROOT / "README.md") if "xpnet selfcheck on" in code)
+    written = next(line for line in sample.splitlines() if line[:4] in ("PASS", "FAIL") and line.split()[1] == name)
+    outcome = CHECKS[name](Context(get_backend("numpy"), tmp_path))
+    assert written == f"{outcome.status:4s}  {name:15s} {outcome.detail}"  # as selfcheck prints it
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     """One working folder for all documents: README's later commands use the files earlier ones wrote."""
