@@ -43,6 +43,7 @@ def table_row(name: str, dataset: str, result: dict) -> str:
 
 def write_table(rows: dict[str, str], doc: Path = DOC) -> None:
     """Put ``rows`` (recipe name -> table row) between the markers, keeping rows not re-run."""
+    from xpnet.backend.threads import usable_cores
     from xpnet.bench.environment import cpu_label
     from xpnet.fileio import atomic_write_text
     from xpnet.recipes import RECIPES
@@ -57,7 +58,7 @@ def write_table(rows: dict[str, str], doc: Path = DOC) -> None:
         if found and found.group(1) not in rows:
             rows[found.group(1)] = line
     ordered = [rows[name] for name in RECIPES if name in rows]
-    machine = f"{cpu_label()} ({platform.machine()}), {_cpu_count()} CPU cores, Python {platform.python_version()}"
+    machine = f"{cpu_label()} ({platform.machine()}), {usable_cores()} CPU cores, Python {platform.python_version()}"
     table = "\n".join([HEADER, *ordered])
     atomic_write_text(doc, f"{head}{BEGIN}\n{table}\n\nMeasured on: {machine}.\n{END}{tail}")
 
@@ -86,12 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         write_table(dict(rows), args.doc)  # after every recipe, so a long run keeps what it measured
     print(f"wrote {args.doc}")
     return 0
-
-
-def _cpu_count() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 if __name__ == "__main__":

@@ -100,10 +100,15 @@ def test_every_block_says_what_it_is():
     assert not unmarked, f"fenced blocks without one of {LANGUAGES}: {unmarked}"
 
 
+def _selfcheck_sample() -> str:
+    """README's sample of ``python -m xpnet selfcheck``'s output."""
+    return next(code for language, code, _ in blocks(ROOT / "README.md") if "xpnet selfcheck on" in code)
+
+
 def test_selfchecks_sample_output_has_every_check_in_order():
     from xpnet.selfcheck import CHECKS
 
-    sample = next(code for language, code, _ in blocks(ROOT / "README.md") if "xpnet selfcheck on" in code)
+    sample = _selfcheck_sample()
     names = [line.split()[1] for line in sample.splitlines() if line[:4] in ("PASS", "FAIL", "SKIP")]
     assert names == list(CHECKS)
     assert f"of {len(CHECKS)} checks" in sample
@@ -128,7 +133,7 @@ for name in sys.argv[1:]:
 
 def test_selfchecks_sample_lines_are_what_the_checks_print():
     pytest.importorskip("torch", reason="the sample's sync-audit line includes PyTorch's meta device")
-    sample = next(code for language, code, _ in blocks(ROOT / "README.md") if "xpnet selfcheck on" in code)
+    sample = _selfcheck_sample()
     written = [line for line in sample.splitlines() if line[:4] in ("PASS", "FAIL") and line.split()[1] in FIXED_CHECKS]
     ran = subprocess.run(
         [sys.executable, "-c", _RUN_FIXED, *FIXED_CHECKS], capture_output=True, text=True, timeout=300, cwd=ROOT

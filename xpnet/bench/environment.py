@@ -59,11 +59,12 @@ def _gpu_name() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
-def cpu_label() -> str:
+def cpu_label(env: dict | None = None) -> str:
     """The CPU's name and widest vector instructions ("AMD EPYC, avx512"): the BLAS picks its
-    kernels by the second, so it sets both a run's speed and the last bits of its numbers."""
-    isa = vector_isa(cpu_flags())
-    return f"{cpu_name()}, {isa}" if isa else cpu_name()
+    kernels by the second, so it sets both a run's speed and the last bits of its numbers.
+    ``env``: a recorded ``environment()``; None: this machine now."""
+    name, isa = (env["cpu"], env.get("isa")) if env is not None else (cpu_name(), vector_isa(cpu_flags()))
+    return f"{name}, {isa}" if isa else name
 
 
 def cpu_name() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from xpnet.bench.environment import cpu_label
 from xpnet.bench.results import BenchResult, Row
 from xpnet.bench.table import markdown_table
 from xpnet.bench.workload import MOMENTUM, flops_per_sample
@@ -21,7 +22,7 @@ def _header(result: BenchResult) -> list[str]:
         f"one epoch per timing, median of {opts['repeats']} alternating repeats after {opts['warmup']} warm-up,",
         f"a garbage collection and {opts.get('pause', 0):g} s idle before each timed epoch.",
         "",
-        f"- CPU: {env['cpu']}{', ' + env['isa'] if env.get('isa') else ''} ({env['cores']} logical cores)",
+        f"- CPU: {cpu_label(env)} ({env['cores']} logical cores)",
         f"- BLAS: {env['blas']}",
         f"- Load average (1/5/15 min) when the run ended: {env['load_average']} on {env['cores']} cores",
         f"- Python {env['python']}, NumPy {env['numpy']}, array-api-compat {env['array_api_compat']}, "
