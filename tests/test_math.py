@@ -11,6 +11,7 @@ import pytest
 from conftest import build_mlp, host
 
 from xpnet.activations import LeakyReLU, get_activation
+from xpnet.backend import row_max
 from xpnet.errors import ConfigError
 from xpnet.init import INITIALIZERS, init_name, initial_parameters
 from xpnet.losses import (
@@ -70,6 +71,21 @@ def test_elementwise_backward_is_grad_times_derivative(spec, name):
     expected = grad * DERIVATIVE[name](Z)
     out = act.backward(net.xp, z, a, on(net, grad))  # may overwrite its grad argument (NumPy: grad itself)
     np.testing.assert_allclose(host(net, out), expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 64, 1024])
+def test_row_max_is_the_libraries_own_max_exactly(spec, rows):
+    """``row_max`` (NumPy: down the columns of a transposed copy) gives ``xp.max(axis=1)``'s numbers, NaN
+    and infinities included, with and without keepdims."""
+    net = build_mlp(spec, [5, 5], dtype="float32")
+    z = np.random.default_rng(rows).standard_normal((rows, 10)).astype(np.float32)
+    z[0, 3], z[-1, :2] = np.nan, (np.inf, -np.inf)  # a NaN row, and a row with both infinities
+    z[rows // 2, 5:] = 0.0
+    on_device = on(net, z)
+    own = host(net, net.xp.max(on_device, axis=1))  # JAX's CPU max skips the NaN at 1024 rows: its own way
+    assert np.array_equal(host(net, row_max(net.xp, on_device)), own, equal_nan=True)
+    kept = host(net, row_max(net.xp, on_device, keepdims=True))
+    assert kept.shape == (rows, 1) and np.array_equal(kept[:, 0], own, equal_nan=True)
 
 
 def test_softmax_backward_is_the_jacobian_transpose_product():

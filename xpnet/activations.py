@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xpnet.backend import define_kernel, device_constant, fused_kernel
+from xpnet.backend import define_kernel, device_constant, fused_kernel, row_max
 from xpnet.errors import ConfigError
 from xpnet.names import Registry
 
@@ -129,7 +129,7 @@ class Softmax(Activation):
     onnx = ("Softmax", {"axis": 1})
 
     def forward(self, xp, z):
-        e = xp.exp(z - xp.max(z, axis=1, keepdims=True))
+        e = xp.exp(z - row_max(xp, z, keepdims=True))
         return e / xp.sum(e, axis=1, keepdims=True)
 
     def backward(self, xp, z, a, grad_a):

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from xpnet.backend import row_max
 from xpnet.inputs import check_inputs, check_targets
 from xpnet.losses import batch_mean
 from xpnet.memory import Estimate
@@ -87,7 +88,7 @@ def count_correct(net, out, targets, weights=None, one_hot: bool = False):
         hits = (out[:, 0] > 0.5) == (targets[:, 0] > 0.5)
     else:
         score = xp.sum(targets * out, axis=1) if one_hot else xp.vecdot(targets, out)
-        hits = score >= xp.max(out, axis=1)
+        hits = score >= row_max(xp, out)
     hits = xp.astype(hits, net.dtype)
     return xp.sum(hits) if weights is None else xp.sum(hits * weights[:, 0])
 
@@ -231,6 +232,6 @@ def _argmax_int32(xp, net, out):
     best score gives j back.
     """
     k = out.shape[1]
-    top = (out == xp.max(out, axis=1, keepdims=True)) | xp.isnan(out)
+    top = (out == row_max(xp, out, keepdims=True)) | xp.isnan(out)
     countdown = xp.arange(k, 0, -1, dtype=xp.int32, device=net.backend.device_of(out))
     return k - xp.max(xp.astype(top, xp.int32) * countdown, axis=1)

@@ -14,7 +14,7 @@ C = Σ_x w_x C_x, and BP1 scales each row's error by its share instead of by 1/N
 from __future__ import annotations
 
 from xpnet.activations import Activation, Exponential, Sigmoid, Softmax
-from xpnet.backend import device_constant
+from xpnet.backend import device_constant, row_max
 from xpnet.checks import is_number
 from xpnet.errors import ConfigError
 from xpnet.names import Registry
@@ -118,7 +118,7 @@ class SoftmaxCrossEntropy(CrossEntropy):
 
     def output_and_value(self, xp, z, y, activation, w=None):
         # One exp for both: a = e / Σe and log a = shifted - log Σe, finite for any logits.
-        shifted = z - xp.max(z, axis=1, keepdims=True)
+        shifted = z - row_max(xp, z, keepdims=True)
         e = xp.exp(shifted)
         total = xp.sum(e, axis=1, keepdims=True)
         log_p = shifted - xp.log(total)

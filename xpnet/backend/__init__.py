@@ -11,9 +11,9 @@ library does differently from ``base.Backend`` (the array API standard's way): `
 ``LIBRARIES`` table maps names to classes: a new library is a module plus a line there).
 Beside them: ``cpu`` (BLAS threads by step size, denormals), ``threads`` (the process's BLAS
 threads: its cores shared among the ranks on its node), ``kernels`` (fused CuPy kernels), ``rng``
-(device random numbers), ``audit`` (host reads and device mixing), ``cuda`` (what the
-machine offers). No module outside this package imports a backend library for its math,
-and none compares a backend's name: it asks the backend's methods.
+(device random numbers), ``rows`` (row maxima, which NumPy is slow at), ``audit`` (host reads and
+device mixing), ``cuda`` (what the machine offers). No module outside this package imports a
+backend library for its math, and none compares a backend's name: it asks the backend's methods.
 """
 
 from xpnet.backend.base import DTYPES, Backend, device_constant
@@ -33,6 +33,7 @@ from xpnet.backend.kernels import (
 from xpnet.backend.numpy import NumpyBackend
 from xpnet.backend.resolve import BACKENDS, LIBRARIES, available_backends, backend_class, get_backend
 from xpnet.backend.rng import RandomGenerator
+from xpnet.backend.rows import row_max
 from xpnet.backend.strict import StrictBackend
 from xpnet.backend.torch import TorchBackend
 
@@ -60,5 +61,6 @@ __all__ = [
     "kernel_names",
     "kernel_spec",
     "nvrtc_compile",
+    "row_max",
     "substituted_kernels",
 ]
