@@ -11,7 +11,8 @@ two ended with equal weights (they do not: the thread count changes OpenBLAS's r
     python scripts/blas_threads.py --batches 64 1024 --rounds 30 --each   # every round's rates too
 
 ``--each`` shows how a shared machine moves: on this workplace's 2-core VMs, epochs on all
-threads came in two speeds, a second apart, while one thread's stayed within 2% (bench/NOTES.md).
+threads came in two speeds, changing from round to round, while one thread's moved far less
+(bench/NOTES.md, issue 21's section).
 """
 
 from __future__ import annotations
