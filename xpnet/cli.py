@@ -158,7 +158,7 @@ def _add_train_arguments(parser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(description="Train dense networks by backpropagation on NumPy, CuPy or PyTorch.")
+    parser = _Parser(description="Train dense networks by backpropagation on NumPy, CuPy, PyTorch or JAX.")
     parser.add_argument("--version", action="version", version=f"xpnet {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     train = commands.add_parser("train", help="train a model (the default command)")
