@@ -19,7 +19,7 @@ import statistics
 from xpnet.bench.noise import paired_ratios, relative_spread
 
 EAGER = ("torch-eager", "torch")
-#: (what, faster runner, slower runner, batch sizes or None for all, target)
+#: (what, the runner judged, the runner it is judged against, batch sizes or None for all, target)
 TARGETS = [
     ("NumPy vs PyTorch eager", ("xpnet", "numpy"), EAGER, (64, 1024), ">= 1.6x at 64, >= 1.25x at 1024"),
     ("the direct NumPy loop vs PyTorch eager", ("direct", "numpy"), EAGER, (64, 1024), "no target"),
@@ -37,14 +37,14 @@ def target_lines(result: dict) -> list[str]:
     }
     every_batch = sorted({key[2] for key in times})
     lines = []
-    for what, faster, slower, batches, target in TARGETS:
+    for what, runner, baseline, batches, target in TARGETS:
         figures = []
         for batch in batches or every_batch:
-            if (*faster, batch) not in times or (*slower, batch) not in times:
+            if (*runner, batch) not in times or (*baseline, batch) not in times:
                 figures.append(f"{batch}: not in this run")
                 continue
-            # Speed ratio: the slower runner's epoch time over the faster one's.
-            ratios = paired_ratios(times[(*slower, batch)], times[(*faster, batch)])
+            # A speed ratio: the baseline's epoch time over the judged runner's.
+            ratios = paired_ratios(times[(*baseline, batch)], times[(*runner, batch)])
             figures.append(f"{batch}: {statistics.median(ratios):.3f}x ±{relative_spread(ratios):.0%}")
         lines.append(f"{what} ({target}): " + ", ".join(figures))
     return lines
