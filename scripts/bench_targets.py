@@ -14,39 +14,39 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
-from xpnet.bench.noise import paired_ratios, relative_spread
+from xpnet.bench.history import entry_from_result
+from xpnet.bench.results import BenchResult
 
-EAGER = ("torch-eager", "torch")
-#: (what, the runner judged, the runner it is judged against, batch sizes or None for all, target)
+#: (what, impl, backend, the history's paired figure, batch sizes or None for all, target)
 TARGETS = [
-    ("NumPy vs PyTorch eager", ("xpnet", "numpy"), EAGER, (64, 1024), ">= 1.6x at 64, >= 1.25x at 1024"),
-    ("the direct NumPy loop vs PyTorch eager", ("direct", "numpy"), EAGER, (64, 1024), "no target"),
-    ("JAX compiled vs jax-scan", ("xpnet", "jax"), ("jax-scan", "jax"), None, "0.9-1.1x"),
-    ("JAX vs PyTorch eager", ("xpnet", "jax"), EAGER, (64, 1024), ">= 2.1x at 64, >= 1.1x at 1024"),
-    ("fit over its bare step, NumPy", ("xpnet", "numpy"), ("xpnet-step", "numpy"), None, ">= 0.9x"),
-    ("fit over its bare step, PyTorch", ("xpnet", "torch"), ("xpnet-step", "torch"), None, ">= 0.9x"),
+    ("NumPy vs PyTorch eager", "xpnet", "numpy", "vs_torch_eager", (64, 1024), ">= 1.6x at 64, >= 1.25x at 1024"),
+    ("the direct NumPy loop vs PyTorch eager", "direct", "numpy", "vs_torch_eager", (64, 1024), "no target"),
+    ("JAX compiled vs jax-scan", "xpnet", "jax", "vs_direct", None, "0.9-1.1x"),
+    ("JAX vs PyTorch eager", "xpnet", "jax", "vs_torch_eager", (64, 1024), ">= 2.1x at 64, >= 1.1x at 1024"),
+    ("fit over its bare step, NumPy", "xpnet", "numpy", "vs_step", None, ">= 0.9x"),
+    ("fit over its bare step, PyTorch", "xpnet", "torch", "vs_step", None, ">= 0.9x"),
 ]
 
 
-def target_lines(result: dict) -> list[str]:
-    """One line per target: each batch size's median speed ratio (3 decimals) and its spread."""
-    times = {
-        (r["impl"], r["backend"], r["batch_size"]): r["epoch_times"] for r in result["rows"] if r["device"] == "cpu"
+def target_lines(result: BenchResult) -> list[str]:
+    """One line per target: each batch size's median speed ratio (3 decimals) and its spread, as the
+    history pairs them (``history.entry_from_result``: repeat i of a row over repeat i of its peer)."""
+    figures = {
+        (row["impl"], row["backend"], row["batch_size"]): row
+        for row in entry_from_result(result)["rows"]
+        if row["device"] == "cpu"
     }
-    every_batch = sorted({key[2] for key in times})
+    every_batch = sorted({key[2] for key in figures})
     lines = []
-    for what, runner, baseline, batches, target in TARGETS:
-        figures = []
+    for what, impl, backend, name, batches, target in TARGETS:
+        shown = []
         for batch in batches or every_batch:
-            if (*runner, batch) not in times or (*baseline, batch) not in times:
-                figures.append(f"{batch}: not in this run")
-                continue
-            # A speed ratio: the baseline's epoch time over the judged runner's.
-            ratios = paired_ratios(times[(*baseline, batch)], times[(*runner, batch)])
-            figures.append(f"{batch}: {statistics.median(ratios):.3f}x ±{relative_spread(ratios):.0%}")
-        lines.append(f"{what} ({target}): " + ", ".join(figures))
+            paired = figures.get((impl, backend, batch), {}).get(name)
+            shown.append(
+                f"{batch}: {paired['median']:.3f}x ±{paired['spread']:.0%}" if paired else f"{batch}: not in this run"
+            )
+        lines.append(f"{what} ({target}): " + ", ".join(shown))
     return lines
 
 
@@ -57,11 +57,15 @@ def main() -> None:
     try:
         with open(path) as file:
             result = json.load(file)
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         parser.error(f"{path}: cannot read a bench result ({error})")
-    if "rows" not in result:
+    if not isinstance(result, dict) or "rows" not in result:
         parser.error(f"{path}: no 'rows' in it: not a file from scripts/bench.py --json")
-    print("\n".join(target_lines(result)))
+    try:
+        lines = target_lines(BenchResult.from_dict(result))
+    except (TypeError, KeyError, ValueError, AttributeError) as error:
+        parser.error(f"{path}: not a whole file from scripts/bench.py --json ({error!r} missing or wrong)")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -43,3 +43,23 @@ class BenchResult:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BenchResult:
+        """The result ``to_json`` wrote, parsed. JSON keys are strings, so the ceilings' batch sizes
+        come back as ints, as the sweep made them (``history.entry_from_result`` looks them up by row)."""
+        rows = [Row(**row) for row in data["rows"]]
+        ceilings = {label: _batches_as_ints(ceiling) for label, ceiling in data["ceilings"].items()}
+        return cls(**dict(data, rows=rows, ceilings=ceilings))
+
+
+def _batches_as_ints(ceiling: dict) -> dict:
+    """One target's ceilings with its per-batch tables keyed by int batch size again."""
+
+    def by_batch(table: dict) -> dict:
+        return {int(batch): value for batch, value in table.items()}
+
+    out = dict(ceiling, own=by_batch(ceiling["own"]))
+    if "repeats" in ceiling:
+        out["repeats"] = {kind: by_batch(table) for kind, table in ceiling["repeats"].items()}
+    return out
